@@ -1,0 +1,1 @@
+"""Import of ONNX models and PyTorch checkpoints; installed as ``streamrnn.converters``."""

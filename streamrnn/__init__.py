@@ -1,0 +1,114 @@
+"""streamrnn: stateful, per-frame inference of LSTM / GRU / RNN models on Numba kernels.
+
+>>> import streamrnn as srnn
+>>> model = srnn.load("model.onnx")          # or .pt / .safetensors / .srnn
+>>> s = model.stream(); y = s.step(x)        # one frame, state kept inside
+>>> pool = model.pool(4096); Y = pool.step(ids, X)
+
+Importing streamrnn imports neither onnx nor torch; the converters load them on demand.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from .errors import (
+    CapacityError,
+    FormatError,
+    NonFiniteError,
+    ShapeError,
+    StreamIdError,
+    StreamRNNError,
+    UnsupportedError,
+)
+from .model import Model, Pool, Stream
+from .spec import (
+    Activation,
+    ActivationLayer,
+    DenseLayer,
+    GRULayer,
+    LSTMLayer,
+    ModelSpec,
+    RNNLayer,
+    SoftmaxLayer,
+)
+from .state import State
+
+__version__ = "0.1.0"
+logging.getLogger("streamrnn").addHandler(logging.NullHandler())
+
+__all__ = [
+    "load", "from_onnx", "from_torch", "InferenceSession", "Model", "Stream", "Pool", "State",
+    "ModelSpec", "LSTMLayer", "GRULayer", "RNNLayer", "DenseLayer", "ActivationLayer",
+    "SoftmaxLayer", "Activation", "StreamRNNError", "ShapeError", "StreamIdError",
+    "CapacityError", "NonFiniteError", "FormatError", "UnsupportedError",
+]
+
+_TORCH_EXT = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    arch: Any = None,
+    state_map: dict[str, str] | None = None,
+) -> Model:
+    """Load a model from ``.onnx``, ``.pt``/``.pth``/``.bin``/``.ckpt``, ``.safetensors`` or ``.srnn``.
+
+    Parameters
+    ----------
+    path : path of the file; the extension picks the reader.
+    dtype : "float32" (default) or "float64".
+    device : "cpu" (default) or "cuda".
+    arch : for PyTorch checkpoints, what a state_dict cannot tell (see ``from_torch``).
+    state_map : for ONNX graphs, pairs of state input -> state output names.
+
+    Raises
+    ------
+    FileNotFoundError : the file does not exist.
+    StreamRNNError : the file is unreadable, hostile or holds an unsupported model.
+    """
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(p)
+    ext = os.path.splitext(p)[1].lower()
+    if ext == ".srnn":
+        from .fileformat import load_srnn
+
+        return Model(load_srnn(p), dtype=dtype, device=device)
+    if ext == ".onnx":
+        return from_onnx(p, dtype=dtype, device=device, state_map=state_map)
+    if ext in _TORCH_EXT or ext == ".safetensors":
+        from .converters import torch_import
+
+        spec = torch_import.spec_from_checkpoint(p, arch=arch)
+        return Model(spec, dtype=dtype, device=device)
+    raise StreamRNNError(
+        f"path: expected a file ending in .onnx, .srnn, .safetensors, {', '.join(_TORCH_EXT)}; got {p!r}"
+    )
+
+
+def from_onnx(model_or_path: Any, *, dtype: str = "float32", device: str = "cpu", state_map=None):
+    """Build a model from an ONNX ``ModelProto``, bytes or a path (see ``streamrnn.converters``)."""
+    from .converters import onnx_import
+
+    return onnx_import.model_from_onnx(model_or_path, dtype=dtype, device=device, state_map=state_map)
+
+
+def from_torch(module_or_state_dict: Any, *, arch: Any = None, dtype: str = "float32", device: str = "cpu") -> Model:
+    """Build a model from a live ``torch.nn.Module`` or a state_dict (tensors or numpy arrays)."""
+    from .converters import torch_import
+
+    spec = torch_import.spec_from_torch(module_or_state_dict, arch=arch)
+    return Model(spec, dtype=dtype, device=device)
+
+
+def __getattr__(name: str):
+    if name == "InferenceSession":
+        from .converters.onnx_session import InferenceSession
+
+        return InferenceSession
+    raise AttributeError(name)

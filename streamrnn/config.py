@@ -1,0 +1,20 @@
+"""Numba options in one place (stumpy style).
+
+Every CPU kernel is compiled with these options; ``parallel=True`` is only used by the kernels
+whose outer loop runs over streams (``PARALLEL``).
+"""
+from __future__ import annotations
+
+import os
+
+# error_model='numpy': no Python-style divide checks, so LLVM can vectorise the inner loops.
+# nogil: kernels release the GIL, so different streams/pools run in parallel from threads.
+# fastmath is off on purpose: it lets LLVM drop NaN/Inf handling and reassociate sums,
+# which would break the bit-level agreement between the step and the chunk kernels.
+NJIT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+PARALLEL = dict(NJIT, parallel=True)
+
+#: Set STREAMRNN_NO_CACHE=1 to disable numba's on-disk cache (e.g. read-only installs).
+if os.environ.get("STREAMRNN_NO_CACHE"):
+    NJIT["cache"] = False
+    PARALLEL["cache"] = False

@@ -1,0 +1,294 @@
+"""CPU engine: whole-stack kernels built from the per-layer cells.
+
+* ``_stream_step``  one stream, one frame, every layer, in one compiled call (the real-time path);
+* ``_pool_step`` / ``_pool_step_par``  many streams of a state arena, serial / parallel over streams;
+* ``run_sequence``  a (B, T, I) chunk: per layer, the input projection of every step as one GEMM
+  (numpy / BLAS), then the recurrence (``_recur_seq``), also serving ragged ``lengths`` and
+  reverse / bidirectional layers (the ONNX Runtime / DeepCPU design).
+
+Kernels return an int status (0 = ok) instead of raising, so a refused call is cheap and leaves
+every state untouched: inputs are validated before any state is written.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+from numba import njit, prange, types
+
+from ..config import NJIT, PARALLEL
+from ..layers.dense.cpu import _frame_layer
+from ..layers.gru.cpu import _gru_cell
+from ..layers.lstm.cpu import _lstm_cell
+from ..layers.rnn.cpu import _rnn_cell
+from .pack import (
+    GRU, K_CELL, K_DIR, K_FEAT, K_H, K_IN, K_OUT, K_REC, K_S, LSTM, O_B, O_C, O_H, O_WT, RNN,
+    Packed,
+)
+
+# status codes (low 8 bits; the row / column index is in the bits above)
+OK, E_XLEN, E_OUTLEN, E_NONFINITE, E_ID_RANGE, E_ID_CLOSED, E_ID_DUP = 0, 1, 2, 3, 4, 5, 6
+
+_GATES = (4, 3, 1)  # LSTM, GRU, RNN
+
+
+@njit(**NJIT)
+def _cell(W, m, d, g, st, scr, G):
+    """Run the cell of recurrent layer row ``m``, direction ``d``; g holds x @ Wt + b."""
+    kind, H, base = m[0], m[K_H], K_DIR + 9 * d
+    ho = m[base + O_H]
+    h = st[ho : ho + m[K_REC]]
+    if kind == LSTM:
+        co = m[base + O_C]
+        _lstm_cell(W, m, d, g, h, st[co : co + H], scr[G : G + H])
+    elif kind == GRU:
+        _gru_cell(W, m, d, g, h, scr[G : G + 3 * H])
+    else:
+        _rnn_cell(W, m, d, g, h)
+    return h
+
+
+@njit(**NJIT)
+def _stack_core(x, out, st, scr, W, meta):
+    """Every layer on one frame of one stream. st (S,) state, scr scratch (see pack.py)."""
+    cell, feat = meta[0, K_CELL], meta[0, K_FEAT]
+    cur = x
+    ping = 0
+    for li in range(meta.shape[0]):
+        m = meta[li]
+        kind = m[0]
+        if kind <= RNN:
+            G = (4 if kind == LSTM else 3 if kind == GRU else 1) * m[K_H]
+            g = scr[0:G]
+            b = m[K_DIR + O_B]
+            for j in range(G):
+                g[j] = W[b + j]
+            _matvec_acc_in(W, m[K_DIR + O_WT], m[K_IN], G, cur, g)
+            cur = _cell(W, m, 0, g, st, scr, G)
+        else:
+            o = cell + ping * feat
+            y = scr[o : o + m[K_OUT]]
+            _frame_layer(W, m, cur, y)
+            cur = y
+            ping ^= 1
+    for j in range(out.shape[0]):
+        out[j] = cur[j]
+
+
+@njit(**NJIT)
+def _matvec_acc_in(W, off, rows, cols, v, g):
+    for k in range(rows):
+        vk = v[k]
+        base = off + k * cols
+        for j in range(cols):
+            g[j] += vk * W[base + j]
+
+
+@njit(**NJIT)
+def _check_frame(x, n):
+    for k in range(n):
+        if not math.isfinite(x[k]):
+            return E_NONFINITE | (k << 8)
+    return OK
+
+
+@njit(**NJIT)
+def _stream_step(x, out, sbuf, W, meta):
+    """One stream, one frame. sbuf = [state (S) | scratch]. Returns a status (0 = ok)."""
+    I, O, S = meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT], meta[0, K_S]
+    if x.shape[0] != I:
+        return E_XLEN
+    if out.shape[0] != O:
+        return E_OUTLEN
+    rc = _check_frame(x, I)
+    if rc != OK:
+        return rc
+    _stack_core(x, out, sbuf[:S], sbuf[S:], W, meta)
+    return OK
+
+
+@njit(**NJIT)
+def _stream_push(X, Y, sbuf, W, meta):
+    """One stream, T frames stepped in order (the chunk path for small chunks)."""
+    I, O, S = meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT], meta[0, K_S]
+    if X.shape[1] != I:
+        return E_XLEN
+    if Y.shape[1] != O or Y.shape[0] != X.shape[0]:
+        return E_OUTLEN
+    for t in range(X.shape[0]):
+        rc = _check_frame(X[t], I)
+        if rc != OK:
+            return rc | (t << 40)
+    for t in range(X.shape[0]):
+        _stack_core(X[t], Y[t], sbuf[:S], sbuf[S:], W, meta)
+    return OK
+
+
+@njit(**NJIT)
+def _pool_check(ids, X, out, alive, stamp, epoch, I, O):
+    n = ids.shape[0]
+    if X.shape[0] != n or X.shape[1] != I:
+        return E_XLEN
+    if out.shape[0] != n or out.shape[1] != O:
+        return E_OUTLEN
+    cap = alive.shape[0]
+    for r in range(n):
+        sid = ids[r]
+        if sid < 0 or sid >= cap:
+            return E_ID_RANGE | (r << 8)
+        if alive[sid] == 0:
+            return E_ID_CLOSED | (r << 8)
+        if stamp[sid] == epoch:
+            return E_ID_DUP | (r << 8)
+        stamp[sid] = epoch
+        if _check_frame(X[r], I) != OK:
+            return E_NONFINITE | (r << 8)
+    return OK
+
+
+@njit(**NJIT)
+def _pool_step(ids, X, out, arena, scr, W, meta, alive, stamp, epoch):
+    """Streams ``ids`` of the state arena (cap, S) advance one frame each, serially."""
+    rc = _pool_check(ids, X, out, alive, stamp, epoch, meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT])
+    if rc != OK:
+        return rc
+    for r in range(ids.shape[0]):
+        _stack_core(X[r], out[r], arena[ids[r]], scr[0], W, meta)
+    return OK
+
+
+@njit(**PARALLEL)
+def _pool_step_par(ids, X, out, arena, scr, W, meta, alive, stamp, epoch):
+    """As ``_pool_step``, parallel over streams: one contiguous block of rows per thread."""
+    rc = _pool_check(ids, X, out, alive, stamp, epoch, meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT])
+    if rc != OK:
+        return rc
+    n, nt = ids.shape[0], scr.shape[0]
+    chunk = (n + nt - 1) // nt
+    for t in prange(nt):
+        for r in range(t * chunk, min(n, (t + 1) * chunk)):
+            _stack_core(X[r], out[r], arena[ids[r]], scr[t], W, meta)
+    return OK
+
+
+@njit(**NJIT)
+def _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr):
+    n = lengths[b]
+    G = XW.shape[2]
+    st = state[b]
+    g = scr[b, :G]
+    for s in range(n):
+        t = n - 1 - s if rev else s
+        for j in range(G):
+            g[j] = XW[b, t, j]
+        h = _cell(W, m, d, g, st, scr[b], G)
+        for j in range(h.shape[0]):
+            Y[b, t, col0 + j] = h[j]
+
+
+@njit(**NJIT)
+def _recur_seq(XW, Y, col0, lengths, state, W, m, d, rev, scr):
+    """The recurrence of one layer direction over a chunk. XW (B, T, G) = X @ Wt + b (precomputed),
+    Y (B, T, F) output (columns col0 : col0 + Hr), state (B, S) updated in place."""
+    for b in range(XW.shape[0]):
+        _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr)
+
+
+@njit(**PARALLEL)
+def _recur_seq_par(XW, Y, col0, lengths, state, W, m, d, rev, scr):
+    """As ``_recur_seq``, parallel over the batch."""
+    for b in prange(XW.shape[0]):
+        _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr)
+
+
+@njit(**NJIT)
+def _frames(X, Y, W, m):
+    """A stateless layer on every frame: X (N, I) -> Y (N, O)."""
+    for r in range(X.shape[0]):
+        _frame_layer(W, m, X[r], Y[r])
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation at load time (explicit signatures; numba's cache makes later loads fast)
+# ---------------------------------------------------------------------------------------------
+_compiled: set = set()
+_compile_lock = threading.Lock()
+
+
+def _sigs(dt):
+    f = types.float32 if dt == np.float32 else types.float64
+    v, m2, m3 = f[::1], f[:, ::1], f[:, :, ::1]
+    i1, i2 = types.int64[::1], types.int64[:, ::1]
+    u1, i64 = types.uint8[::1], types.int64
+    im = types.int64[::1]
+    return {
+        _stream_step: (v, v, v, v, i2),
+        _stream_push: (m2, m2, v, v, i2),
+        _pool_step: (i1, m2, m2, m2, m2, v, i2, u1, i1, i64),
+        _pool_step_par: (i1, m2, m2, m2, m2, v, i2, u1, i1, i64),
+        _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
+        _recur_seq_par: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
+        _frames: (m2, m2, v, im),
+    }
+
+
+def compile_for(dtype) -> None:
+    """Compile (or load from numba's cache) every CPU kernel for ``dtype``. Idempotent."""
+    dt = np.dtype(dtype).type
+    if dt in _compiled:
+        return
+    with _compile_lock:
+        if dt in _compiled:
+            return
+        for fn, sig in _sigs(dt).items():
+            fn._can_compile = True
+            fn.compile(sig)
+            # No compilation on the hot path: a call with other types raises TypeError, which
+            # the callers catch to convert their arguments (or refuse them) and retry.
+            fn.disable_compile()
+        _compiled.add(dt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence orchestration (Python over layers, compiled over time and batch)
+# ---------------------------------------------------------------------------------------------
+def run_sequence(pk: Packed, X: np.ndarray, lengths: np.ndarray, state: np.ndarray) -> np.ndarray:
+    """X (B, T, I) C-contiguous, lengths (B,) int64, state (B, S) updated in place -> Y (B, T, O).
+
+    Inputs must be validated by the caller (shapes, finiteness, lengths in [0, T]).
+    Outputs past a sequence's length are zero.
+    """
+    W, meta = pk.W, pk.meta
+    B, T, _ = X.shape
+    cur = X
+    par = B > 1
+    for li in range(meta.shape[0]):
+        m = meta[li]
+        kind = int(m[0])
+        if kind <= RNN:
+            H, Hr, D = int(m[K_H]), int(m[K_REC]), int(m[5])
+            G = _GATES[kind] * H
+            I = int(m[K_IN])
+            Y = np.zeros((B, T, D * Hr), dtype=W.dtype)
+            scr = np.empty((B, pk.cell_scratch), dtype=W.dtype)
+            rev0 = bool(m[6])
+            for d in range(D):
+                base = K_DIR + 9 * d
+                wt = W[m[base + O_WT] : m[base + O_WT] + I * G].reshape(I, G)  # (I, G)
+                bias = W[m[base + O_B] : m[base + O_B] + G]
+                XW = cur.reshape(B * T, I) @ wt  # (B*T, G): the input projection, one GEMM
+                XW += bias
+                fn = _recur_seq_par if par else _recur_seq
+                fn(XW.reshape(B, T, G), Y, d * Hr, lengths, state, W, m, d, rev0 or d == 1, scr)
+            cur = Y
+        else:
+            O = int(m[K_OUT])
+            Y = np.empty((B * T, O), dtype=W.dtype)
+            _frames(np.ascontiguousarray(cur.reshape(B * T, -1)), Y, W, m)
+            cur = Y.reshape(B, T, O)
+    if np.any(lengths < T):
+        mask = np.arange(T)[None, :] >= lengths[:, None]  # (B, T)
+        cur = np.ascontiguousarray(cur)
+        cur[mask] = 0
+    return cur

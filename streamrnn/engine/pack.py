@@ -1,0 +1,166 @@
+"""Packing a ModelSpec into the kernels' layout: one flat weight buffer + an int64 meta table.
+
+The internal weight layout (documented here, shared by the CPU and CUDA kernels)
+--------------------------------------------------------------------------------
+Each layer is one row of ``meta`` (``NMETA`` int64 columns, names ``K_*`` below). Weights of all
+layers live in one contiguous buffer ``W`` of the model dtype; ``meta`` holds offsets into it.
+Gate order stays ONNX's (LSTM i, o, f, c; GRU z, r, h). Per recurrent layer and direction:
+
+* ``Wt`` (I, G*H)   = W[d].T: row k holds input k's weights for every gate unit, so the step is a
+  sequence of contiguous ``axpy`` (vectorises; one GEMM for a whole chunk).
+* ``Rt`` (Hr, G*H)  = R[d].T, likewise for the recurrent input.
+* ``b``  (G*H,)     = Wb + Rb pre-added, except GRU with linear_before_reset, whose h gate keeps
+  only Wbh here and Rbh apart in ``rbh`` (H,) because it is multiplied by r.
+* ``peep`` (3H,)    LSTM peepholes i, o, f.
+* ``Pt`` (H, Hr)    LSTM projection, transposed.
+* ``par`` (7,)      clip (0 = none), then (alpha, beta) of the 3 activation slots.
+
+Dense: ``Wt`` (I, O), ``b`` (O,), ``par`` as above (activation in slot 0, id -1 = none).
+
+Per stream, the state is a flat vector (``ModelSpec.state_slots``) and the kernels use a scratch
+vector of ``scratch_size`` floats: the cell scratch, then two ping-pong feature buffers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..spec import (
+    ActivationLayer,
+    DenseLayer,
+    GRULayer,
+    LSTMLayer,
+    ModelSpec,
+    RNNLayer,
+    SoftmaxLayer,
+)
+
+# layer kinds
+LSTM, GRU, RNN, DENSE, ACT, SOFTMAX = 0, 1, 2, 3, 4, 5
+# meta columns
+K_KIND, K_IN, K_H, K_OUT, K_REC, K_NDIR, K_REV, K_FLAGS = range(8)
+K_ACT = 8  # 8..13: activation ids, 3 slots per direction
+K_DIR = 14  # 14..22 direction 0, 23..31 direction 1 (offsets below, relative to K_DIR + 9*d)
+O_H, O_C, O_WT, O_RT, O_B, O_RBH, O_PEEP, O_PROJ, O_PAR = range(9)
+K_S, K_CELL, K_FEAT = 32, 33, 34  # state size, cell scratch, feature buffer (same in every row)
+NMETA = 36
+# flag bits
+F_INPUT_FORGET, F_PEEP, F_LBR, F_CLIP, F_PROJ, F_BIAS, F_LOG = 1, 2, 4, 8, 16, 32, 64
+
+
+@dataclass
+class Packed:
+    W: np.ndarray  # (nW,) model dtype
+    meta: np.ndarray  # (L, NMETA) int64
+    state_size: int
+    scratch_size: int
+    cell_scratch: int  # floats of the cell scratch (the two feature buffers follow it)
+    feat_size: int  # widest layer output
+
+
+def _cell_scratch(layer) -> int:
+    if isinstance(layer, LSTMLayer):
+        return 5 * layer.hidden_size
+    if isinstance(layer, GRULayer):
+        return 6 * layer.hidden_size
+    if isinstance(layer, RNNLayer):
+        return layer.hidden_size
+    return 0
+
+
+def pack(spec: ModelSpec, dtype) -> Packed:
+    """Lay the spec's weights out for the kernels (see the module docstring)."""
+    dtype = np.dtype(dtype)
+    chunks: list[np.ndarray] = []
+    size = 0
+
+    def put(a) -> int:
+        nonlocal size
+        a = np.ascontiguousarray(a, dtype=np.float64).ravel()
+        off = size
+        chunks.append(a)
+        size += a.size
+        return off
+
+    meta = np.zeros((len(spec.layers), NMETA), dtype=np.int64)
+    meta[:, K_ACT : K_ACT + 6] = -1
+    slots = {(i, d, k): o for i, d, k, o, _ in spec.state_slots()}
+    for li, layer in enumerate(spec.layers):
+        m = meta[li]
+        m[K_IN], m[K_OUT] = layer.input_size, layer.output_size
+        if isinstance(layer, (LSTMLayer, GRULayer, RNNLayer)):
+            m[K_KIND] = {LSTMLayer: LSTM, GRULayer: GRU, RNNLayer: RNN}[type(layer)]
+            H, G, D = layer.hidden_size, layer.GATES, layer.num_directions
+            m[K_H], m[K_REC], m[K_NDIR] = H, layer.rec_size, D
+            m[K_REV] = int(layer.direction == "reverse")
+            flags = 0
+            if layer.clip is not None:
+                flags |= F_CLIP
+            if isinstance(layer, LSTMLayer):
+                flags |= F_INPUT_FORGET * layer.input_forget
+                flags |= F_PEEP * (layer.P is not None)
+                flags |= F_PROJ * (layer.proj is not None)
+            if isinstance(layer, GRULayer):
+                flags |= F_LBR * layer.linear_before_reset
+            m[K_FLAGS] = flags
+            A = layer.ACTS
+            for d in range(D):
+                base = K_DIR + 9 * d
+                acts = layer.activations[A * d : A * d + A]
+                for s, a in enumerate(acts):
+                    m[K_ACT + 3 * d + s] = a.id
+                bias = np.zeros(2 * G * H) if layer.B is None else np.asarray(layer.B[d], np.float64)
+                wb, rb = bias[: G * H], bias[G * H :]
+                b = wb + rb
+                rbh = np.zeros(H)
+                if isinstance(layer, GRULayer) and layer.linear_before_reset:
+                    b[2 * H :] = wb[2 * H :]
+                    rbh = rb[2 * H :]
+                m[base + O_H] = slots[(li, d, "h")]
+                m[base + O_C] = slots.get((li, d, "c"), -1)
+                m[base + O_WT] = put(np.asarray(layer.W[d], np.float64).T)  # (I, G*H)
+                m[base + O_RT] = put(np.asarray(layer.R[d], np.float64).T)  # (Hr, G*H)
+                m[base + O_B] = put(b)  # (G*H,)
+                m[base + O_RBH] = put(rbh)  # (H,)
+                if isinstance(layer, LSTMLayer) and layer.P is not None:
+                    m[base + O_PEEP] = put(layer.P[d])  # (3H,)
+                if isinstance(layer, LSTMLayer) and layer.proj is not None:
+                    m[base + O_PROJ] = put(np.asarray(layer.proj[d], np.float64).T)  # (H, Hr)
+                par = [layer.clip or 0.0]
+                for s in range(3):
+                    a = acts[s] if s < len(acts) else None
+                    par += [a.alpha, a.beta] if a is not None else [0.0, 0.0]
+                m[base + O_PAR] = put(par)
+        elif isinstance(layer, DenseLayer):
+            m[K_KIND] = DENSE
+            m[K_H] = layer.output_size
+            m[K_DIR + O_WT] = put(np.asarray(layer.weight, np.float64).T)  # (I, O)
+            bias = np.zeros(layer.output_size) if layer.bias is None else layer.bias
+            m[K_DIR + O_B] = put(bias)
+            a = layer.activation
+            m[K_ACT] = -1 if a is None else a.id
+            m[K_DIR + O_PAR] = put([0.0, a.alpha if a else 0.0, a.beta if a else 0.0, 0, 0, 0, 0])
+        elif isinstance(layer, ActivationLayer):
+            m[K_KIND] = ACT
+            a = layer.activation
+            m[K_ACT] = a.id
+            m[K_DIR + O_PAR] = put([0.0, a.alpha, a.beta, 0, 0, 0, 0])
+        elif isinstance(layer, SoftmaxLayer):
+            m[K_KIND] = SOFTMAX
+            m[K_FLAGS] = F_LOG * layer.log
+        else:  # pragma: no cover - ModelSpec validates layer types
+            raise TypeError(type(layer))
+    meta[:, K_S] = spec.state_size()
+    meta[:, K_CELL] = max(_cell_scratch(layer) for layer in spec.layers)
+    meta[:, K_FEAT] = max(max(layer.output_size, layer.input_size) for layer in spec.layers)
+    W = np.concatenate(chunks).astype(dtype) if chunks else np.zeros(1, dtype)
+    cell, feat = int(meta[0, K_CELL]), int(meta[0, K_FEAT])
+    return Packed(
+        W=W,
+        meta=meta,
+        state_size=spec.state_size(),
+        scratch_size=cell + 2 * feat,
+        cell_scratch=cell,
+        feat_size=feat,
+    )

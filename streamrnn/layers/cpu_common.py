@@ -1,0 +1,68 @@
+"""Scalar activations and the mat-vec helper shared by the CPU cell kernels.
+
+All ``@njit`` with the options of :mod:`streamrnn.config`; numba inlines them into the kernels.
+"""
+from __future__ import annotations
+
+import math
+
+from numba import njit
+
+from ..config import NJIT
+
+
+@njit(**NJIT)
+def _act(x, k, a, b):
+    """Activation ``k`` (ids of ``streamrnn.spec.ACTIVATION_IDS``) with ONNX semantics."""
+    if k == 0:  # Sigmoid, written to never overflow
+        if x >= 0:
+            return 1.0 / (1.0 + math.exp(-x))
+        e = math.exp(x)
+        return e / (1.0 + e)
+    if k == 1:
+        return math.tanh(x)
+    if k == 2:
+        return x if x > 0 else 0.0 * x
+    if k == 3:
+        return a * x + b
+    if k == 4:
+        return x if x >= 0 else a * x
+    if k == 5:
+        return x if x >= a else 0.0 * x
+    if k == 6:
+        return a * math.tanh(b * x)
+    if k == 7:
+        return min(max(a * x + b, 0.0), 1.0)
+    if k == 8:
+        return x if x >= 0 else a * (math.exp(x) - 1.0)
+    if k == 9:
+        return x / (1.0 + abs(x))
+    if k == 10:
+        if x > 0:
+            return x + math.log1p(math.exp(-x))
+        return math.log1p(math.exp(x))
+    return x  # -1: identity
+
+
+@njit(**NJIT)
+def _clip(x, c):
+    """Clip to [-c, c]; c == 0 means no clipping."""
+    if c > 0:
+        if x > c:
+            return c
+        if x < -c:
+            return -c
+    return x
+
+
+@njit(**NJIT)
+def _matvec_acc(W, off, rows, cols, col0, ncol, v, g, g0):
+    """g[g0 : g0+ncol] += v[:rows] @ M[:, col0 : col0+ncol] for M = W[off:].reshape(rows, cols).
+
+    Written as a sequence of contiguous axpy over M's rows so LLVM vectorises the inner loop.
+    """
+    for k in range(rows):
+        vk = v[k]
+        base = off + k * cols + col0
+        for j in range(ncol):
+            g[g0 + j] += vk * W[base + j]

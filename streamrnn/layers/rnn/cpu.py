@@ -1,0 +1,24 @@
+"""Simple RNN cell kernel (CPU, numba). ``_rnn_cell`` is THE RNN step; see ``reference.py``."""
+from __future__ import annotations
+
+from numba import njit
+
+from ...config import NJIT
+from ...engine.pack import F_CLIP, K_ACT, K_DIR, K_FLAGS, K_H, O_PAR, O_RT
+from ..cpu_common import _act, _clip, _matvec_acc
+
+
+@njit(**NJIT)
+def _rnn_cell(W, m, d, g, h):
+    """Advance one RNN direction by one step: h = f(clip(g + h @ Rt)).
+
+    g (H,)  in: x @ Wt + b; clobbered.  h (H,) in/out: hidden state.
+    """
+    H, flags = m[K_H], m[K_FLAGS]
+    base = K_DIR + 9 * d
+    _matvec_acc(W, m[base + O_RT], H, H, 0, H, h, g, 0)
+    par = m[base + O_PAR]
+    clip = W[par] if flags & F_CLIP else W[par] * 0
+    k, a, b = m[K_ACT + 3 * d], W[par + 1], W[par + 2]
+    for j in range(H):
+        h[j] = _act(_clip(g[j], clip), k, a, b)

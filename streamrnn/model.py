@@ -1,0 +1,501 @@
+"""The public objects: :class:`Model`, :class:`Stream` (one live stream), :class:`Pool` (many).
+
+Non-finite inputs (NaN / Inf) are **refused**: the call raises :class:`NonFiniteError` and no
+stream's state changes. Every failed call leaves every state exactly as it was.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+
+from .engine import cpu
+from .engine.pack import pack
+from .errors import CapacityError, NonFiniteError, ShapeError, StreamIdError, StreamRNNError
+from .spec import ModelSpec
+from .state import State, layout_key, state_from_bytes
+
+log = logging.getLogger("streamrnn")
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def _resolve_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.type not in (np.float32, np.float64):
+        raise StreamRNNError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def _as_float(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "fiu":
+        raise ShapeError(f"{name}: expected a float array, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _check_finite(a: np.ndarray, name: str) -> None:
+    if not np.isfinite(a).all():
+        idx = np.argwhere(~np.isfinite(a))[0]
+        raise NonFiniteError(
+            f"{name}: expected finite values, got {a[tuple(idx)]} at index {tuple(int(i) for i in idx)}"
+            " (non-finite inputs are refused; no state was changed)"
+        )
+
+
+class Model:
+    """A recurrent model ready to run, stream and pool.
+
+    Build one with :func:`streamrnn.load`, :func:`streamrnn.from_onnx`,
+    :func:`streamrnn.from_torch` or ``Model(spec)`` from a :class:`~streamrnn.spec.ModelSpec`.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The layers (weights in the ONNX layout).
+    dtype : {"float32", "float64"}
+        Precision of weights, states and outputs.
+    device : {"cpu", "cuda"}
+        Where the kernels run.
+    """
+
+    def __init__(self, spec: ModelSpec, *, dtype: Any = "float32", device: str = "cpu"):
+        if not isinstance(spec, ModelSpec):
+            raise StreamRNNError(f"spec: expected a ModelSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self.dtype = _resolve_dtype(dtype)
+        if device not in ("cpu", "cuda"):
+            raise StreamRNNError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        self.device = device
+        self._packed = pack(spec, self.dtype)
+        self._key = layout_key(spec)
+        self._slots = spec.state_slots()
+        if device == "cuda":
+            from .engine import cuda as cuda_engine  # imported only when asked for
+
+            self._cuda = cuda_engine.CudaEngine(self)
+        else:
+            self._cuda = None
+            cpu.compile_for(self.dtype)
+
+    # -- description -----------------------------------------------------------------------
+    @property
+    def input_size(self) -> int:
+        return self.spec.input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.spec.output_size
+
+    @property
+    def state_size(self) -> int:
+        """Floats of recurrent state per stream."""
+        return self._packed.state_size
+
+    @property
+    def streamable(self) -> bool:
+        """False when a layer is reverse or bidirectional (``run`` only)."""
+        return self.spec.streamable
+
+    def __repr__(self) -> str:
+        return f"<streamrnn.Model {self.spec.name!r} {self.input_size}->{self.output_size} {self.dtype} {self.device}>"
+
+    def __str__(self) -> str:
+        return self.spec.summary() + f"\n  dtype={self.dtype}  device={self.device}"
+
+    # -- state helpers ---------------------------------------------------------------------
+    def _new_state(self, data: np.ndarray) -> State:
+        return State(data, self._slots, self._key)
+
+    def _state_array(self, state: Any, name: str, batch: int | None) -> np.ndarray:
+        """Validate a State / array and return a fresh float array (S,) or (B, S)."""
+        S = self.state_size
+        if isinstance(state, State):
+            if state._key != self._key:
+                raise StreamRNNError(f"{name}: expected a state of this model's layout, got one of another model")
+            data = state.data
+        else:
+            data = np.asarray(state)
+            if data.dtype.kind not in "fiu":
+                raise ShapeError(f"{name}: expected a State or float array, got {type(state).__name__}")
+        data = np.array(data, dtype=self.dtype, copy=True)
+        if batch is None:
+            if data.shape != (S,):
+                raise ShapeError(f"{name}: expected one stream's state of shape ({S},), got {data.shape}")
+        else:
+            if data.shape == (S,):
+                data = np.broadcast_to(data, (batch, S)).copy()
+            if data.shape != (batch, S):
+                raise ShapeError(f"{name}: expected a state of shape ({batch}, {S}) or ({S},), got {data.shape}")
+        _check_finite(data, name)
+        return data
+
+    def state_from_bytes(self, blob: bytes) -> State:
+        """Parse bytes written by ``State.to_bytes`` / ``Stream.state_bytes``."""
+        return state_from_bytes(blob, self._key, self._slots, self.dtype)
+
+    # -- offline ---------------------------------------------------------------------------
+    def run(
+        self,
+        X: Any,
+        state: Any = None,
+        return_state: bool = False,
+        lengths: Any = None,
+    ):
+        """Run whole sequences.
+
+        Parameters
+        ----------
+        X : array (T, input_size) or (B, T, input_size)
+        state : State or array, optional
+            Initial state; a one-stream state is broadcast over the batch. Zeros if None.
+        return_state : bool
+            Also return the final state (a batched State for 3-D X).
+        lengths : int array (B,), optional
+            Valid steps per sequence (ragged batch, ONNX ``sequence_lens``). Outputs past a length
+            are exactly 0; the returned state of a sequence is its state at its last valid step.
+
+        Returns
+        -------
+        Y : array (T, output_size) or (B, T, output_size), or ``(Y, State)``.
+        """
+        X = _as_float(X, "X", self.dtype)
+        if X.ndim not in (2, 3):
+            raise ShapeError(f"X: expected rank 2 (T, {self.input_size}) or 3 (B, T, {self.input_size}), got shape {X.shape}")
+        single = X.ndim == 2
+        X3 = X[None] if single else X
+        B, T, I = X3.shape
+        if I != self.input_size:
+            raise ShapeError(f"X: expected {self.input_size} features in the last axis, got shape {X.shape}")
+        _check_finite(X3, "X")
+        if lengths is None:
+            L = np.full(B, T, dtype=np.int64)
+        else:
+            la = np.asarray(lengths)
+            if la.dtype.kind not in "iu" or la.shape != (B,):
+                raise ShapeError(f"lengths: expected an int array of shape ({B},), got {la.dtype} {la.shape}")
+            L = np.ascontiguousarray(la, dtype=np.int64)
+            if (L < 0).any() or (L > T).any():
+                raise ShapeError(f"lengths: expected values in [0, {T}], got min {L.min()} max {L.max()}")
+        if state is None:
+            st = np.zeros((B, self.state_size), dtype=self.dtype)
+        else:
+            st = self._state_array(state, "state", B)
+        if self._cuda is not None:
+            Y = self._cuda.run(X3, L, st)
+        else:
+            Y = cpu.run_sequence(self._packed, X3, L, st)
+        Y = Y[0] if single else Y
+        if return_state:
+            return Y, self._new_state(st[0] if single else st)
+        return Y
+
+    # -- online ----------------------------------------------------------------------------
+    def _require_streamable(self, what: str) -> None:
+        if not self.streamable:
+            bad = [l.describe() for l in self.spec.layers if not l.streamable]
+            raise StreamRNNError(
+                f"{what}: expected a model of forward layers only, got {bad}: a reverse or "
+                "bidirectional layer needs the future of the sequence; use model.run() instead"
+            )
+
+    def stream(self) -> "Stream":
+        """A new live stream with zero state (see :class:`Stream`)."""
+        self._require_streamable("stream()")
+        return Stream(self)
+
+    def pool(self, capacity: int = 4096) -> "Pool":
+        """A preallocated pool for up to ``capacity`` live streams (see :class:`Pool`)."""
+        self._require_streamable("pool()")
+        return Pool(self, capacity)
+
+    def save(self, path: str) -> None:
+        """Write the model in streamrnn's ``.srnn`` format (JSON architecture + safetensors)."""
+        from .fileformat import save_srnn
+
+        save_srnn(self.spec, path)
+
+
+def _raise_status(rc: int, model: Model, xname: str, x, out, ids=None) -> None:
+    code, idx = rc & 0xFF, rc >> 8
+    if code == cpu.E_XLEN:
+        shape = getattr(x, "shape", None)
+        raise ShapeError(f"{xname}: expected {model.input_size} features per frame, got shape {shape}")
+    if code == cpu.E_OUTLEN:
+        raise ShapeError(f"out: expected shape matching {model.output_size} outputs per frame, got {getattr(out, 'shape', None)}")
+    if code == cpu.E_NONFINITE:
+        t, k = idx >> 32, idx & 0xFFFFFFFF
+        where = f"frame {t}" if xname == "X" and ids is None else f"row {idx}" if ids is not None else f"feature {k}"
+        raise NonFiniteError(f"{xname}: expected finite values, got NaN/Inf at {where} (refused; no state changed)")
+    if code in (cpu.E_ID_RANGE, cpu.E_ID_CLOSED, cpu.E_ID_DUP):
+        sid = int(ids[idx])
+        why = {cpu.E_ID_RANGE: "an id of an open stream", cpu.E_ID_CLOSED: "an open stream id", cpu.E_ID_DUP: "distinct ids"}[code]
+        got = {cpu.E_ID_RANGE: f"{sid} (unknown)", cpu.E_ID_CLOSED: f"{sid} (closed or never opened)", cpu.E_ID_DUP: f"{sid} repeated"}[code]
+        raise StreamIdError(f"ids[{idx}]: expected {why}, got {got}; no state changed")
+    raise StreamRNNError(f"internal status {rc}")  # pragma: no cover
+
+
+class Stream:
+    """One live stream: the model's recurrent state, advanced frame by frame.
+
+    ``step(x)`` (one frame) and ``push(X)`` (a chunk) give the same results as ``Model.run`` on
+    the whole sequence. ``reset()`` returns to the zero state. Thread-safe: calls on one stream
+    are serialised; different streams run in parallel (the kernels release the GIL).
+    """
+
+    def __init__(self, model: Model):
+        self.model = model
+        pk = model._packed
+        self._S = pk.state_size
+        self._I, self._O = model.input_size, model.output_size
+        self._dtype = model.dtype
+        self._W, self._meta = pk.W, pk.meta
+        self._sbuf = np.zeros(pk.state_size + pk.scratch_size, dtype=model.dtype)  # [state | scratch]
+        self._lock = threading.Lock()
+        self._cuda = model._cuda.stream() if model._cuda is not None else None
+
+    def step(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """Advance one frame: x (input_size,) -> y (output_size,).
+
+        ``out``: a caller's C-contiguous buffer of the model dtype to write into (no allocation).
+        """
+        if self._cuda is not None:
+            return self._cuda.step(x, out)
+        if out is None:
+            out = np.empty(self._O, self._dtype)
+        with self._lock:
+            try:
+                rc = cpu._stream_step(x, out, self._sbuf, self._W, self._meta)
+            except TypeError:  # not a contiguous array of the model dtype: convert, then retry
+                x, out = self._coerce(x, out)
+                rc = cpu._stream_step(x, out, self._sbuf, self._W, self._meta)
+        if rc:
+            _raise_status(rc, self.model, "x", x, out)
+        return out
+
+    def _coerce(self, x, out):
+        x = _as_float(x, "x", self._dtype)
+        if x.ndim != 1:
+            raise ShapeError(f"x: expected shape ({self._I},), got {x.shape}")
+        if not (isinstance(out, np.ndarray) and out.dtype == self._dtype and out.flags.c_contiguous and out.ndim == 1):
+            raise ShapeError(
+                f"out: expected a C-contiguous {self._dtype} array of shape ({self._O},), got "
+                f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
+            )
+        return x, out
+
+    def push(self, X: Any) -> np.ndarray:
+        """Advance a chunk: X (T, input_size) -> Y (T, output_size)."""
+        X = _as_float(X, "X", self._dtype)
+        if X.ndim != 2:
+            raise ShapeError(f"X: expected rank 2 (T, {self._I}), got shape {X.shape}")
+        if self._cuda is not None:
+            return self._cuda.push(X)
+        Y = np.empty((X.shape[0], self._O), self._dtype)
+        with self._lock:
+            rc = cpu._stream_push(X, Y, self._sbuf, self._W, self._meta)
+        if rc:
+            _raise_status(rc, self.model, "X", X, Y)
+        return Y
+
+    def reset(self) -> None:
+        """Back to the zero state (as a fresh ``model.stream()``)."""
+        with self._lock:
+            if self._cuda is not None:
+                self._cuda.reset()
+            self._sbuf[: self._S] = 0
+
+    @property
+    def state(self) -> State:
+        """A copy of the full recurrent state; assign a State to restore it."""
+        with self._lock:
+            if self._cuda is not None:
+                return self.model._new_state(self._cuda.get_state())
+            return self.model._new_state(self._sbuf[: self._S].copy())
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        data = self.model._state_array(value, "state", None)
+        with self._lock:
+            if self._cuda is not None:
+                self._cuda.set_state(data)
+            else:
+                self._sbuf[: self._S] = data
+
+    def state_bytes(self) -> bytes:
+        """The state as portable bytes (restore with :meth:`load_state_bytes`, on any device)."""
+        return self.state.to_bytes()
+
+    def load_state_bytes(self, blob: bytes) -> None:
+        self.state = self.model.state_from_bytes(blob)
+
+
+class Pool:
+    """Preallocated state for up to ``capacity`` live streams, advanced together.
+
+    Streams never see each other's state. Opening past capacity raises and opens nothing.
+    Closed, unknown and negative ids raise on every call. Thread-safe (serialised per pool).
+    """
+
+    #: pool.step runs the parallel kernel from this many weight-floats x streams on
+    PARALLEL_WORK = 1 << 16
+
+    def __init__(self, model: Model, capacity: int):
+        if not isinstance(capacity, (int, np.integer)) or capacity <= 0:
+            raise StreamRNNError(f"capacity: expected a positive int, got {capacity!r}")
+        import numba
+
+        self.model = model
+        pk = model._packed
+        self._capacity = int(capacity)
+        self._S, self._I, self._O = pk.state_size, model.input_size, model.output_size
+        self._dtype = model.dtype
+        self._W, self._meta = pk.W, pk.meta
+        self._arena = np.zeros((self._capacity, max(self._S, 1)), dtype=model.dtype)  # (cap, S)
+        self._alive = np.zeros(self._capacity, dtype=np.uint8)
+        self._stamp = np.zeros(self._capacity, dtype=np.int64)
+        self._epoch = 0
+        self._nthreads = numba.get_num_threads()
+        self._scr = np.zeros((self._nthreads, pk.scratch_size), dtype=model.dtype)
+        self._free = list(range(self._capacity - 1, -1, -1))  # stack: lowest id opened first
+        self._n_open = 0
+        self._lock = threading.Lock()
+        self._cuda = model._cuda.pool(self._capacity) if model._cuda is not None else None
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def __len__(self) -> int:
+        return self._n_open
+
+    def __repr__(self) -> str:
+        return f"<streamrnn.Pool {self._n_open}/{self._capacity} streams>"
+
+    # -- ids -------------------------------------------------------------------------------
+    def open(self, n: int | None = None):
+        """Open one stream (returns an int id) or ``n`` streams (an int64 array of ids)."""
+        k = 1 if n is None else n
+        if not isinstance(k, (int, np.integer)) or k < 0:
+            raise StreamRNNError(f"n: expected a non-negative int, got {n!r}")
+        with self._lock:
+            if k > len(self._free):
+                raise CapacityError(
+                    f"n: expected at most {len(self._free)} more streams (capacity {self._capacity}, "
+                    f"{self._n_open} open), got {k}; nothing was opened"
+                )
+            ids = np.array([self._free.pop() for _ in range(k)], dtype=np.int64)
+            self._arena[ids] = 0
+            if self._cuda is not None:
+                self._cuda.reset(ids)
+            self._alive[ids] = 1
+            self._n_open += k
+        return int(ids[0]) if n is None else ids
+
+    def _ids(self, ids: Any, name: str = "ids") -> np.ndarray:
+        a = np.asarray(ids)
+        if a.ndim == 0:
+            a = a.reshape(1)
+        if a.dtype.kind not in "iu" or a.ndim != 1:
+            raise StreamIdError(f"{name}: expected an int or 1-D int array of stream ids, got {a.dtype} {a.shape}")
+        a = a.astype(np.int64)
+        for r, sid in enumerate(a):
+            if sid < 0 or sid >= self._capacity:
+                raise StreamIdError(f"{name}[{r}]: expected an id of an open stream, got {sid} (unknown)")
+            if not self._alive[sid]:
+                raise StreamIdError(f"{name}[{r}]: expected an open stream id, got {sid} (closed or never opened)")
+        if len(np.unique(a)) != len(a):
+            raise StreamIdError(f"{name}: expected distinct ids, got repeats in {a.tolist()}")
+        return a
+
+    def close(self, ids: Any) -> None:
+        """Close streams; their ids may be reused by a later ``open``."""
+        with self._lock:
+            a = self._ids(ids)
+            self._alive[a] = 0
+            self._free.extend(int(i) for i in a[::-1])
+            self._n_open -= len(a)
+
+    def reset(self, ids: Any) -> None:
+        """Zero the state of open streams."""
+        with self._lock:
+            a = self._ids(ids)
+            self._arena[a] = 0
+            if self._cuda is not None:
+                self._cuda.reset(a)
+
+    def get_state(self, sid: int) -> State:
+        """A copy of stream ``sid``'s state."""
+        with self._lock:
+            a = self._ids(sid, "sid")
+            if self._cuda is not None:
+                return self.model._new_state(self._cuda.get_state(int(a[0])))
+            return self.model._new_state(self._arena[a[0], : self._S].copy())
+
+    def set_state(self, sid: int, state: Any) -> None:
+        """Restore stream ``sid`` from a State (e.g. ``Stream.state`` or ``get_state``)."""
+        data = self.model._state_array(state, "state", None)
+        with self._lock:
+            a = self._ids(sid, "sid")
+            if self._cuda is not None:
+                self._cuda.set_state(int(a[0]), data)
+            else:
+                self._arena[a[0], : self._S] = data
+
+    # -- compute ---------------------------------------------------------------------------
+    def step(self, ids: Any, X: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """Each listed stream advances one frame: ids (n,), X (n, input_size) -> Y (n, output_size).
+
+        An int ``ids`` with X (input_size,) returns (output_size,).
+        """
+        if isinstance(ids, (int, np.integer)):
+            y = self.step(np.array([ids], np.int64), np.asarray(X).reshape(1, -1), None if out is None else out.reshape(1, -1))
+            return y[0]
+        if not (isinstance(ids, np.ndarray) and ids.dtype == np.int64 and ids.ndim == 1 and ids.flags.c_contiguous):
+            ids = np.asarray(ids)
+            if ids.dtype.kind not in "iu" or ids.ndim != 1:
+                raise StreamIdError(f"ids: expected a 1-D int array of stream ids, got {ids.dtype} {ids.shape}")
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not (isinstance(X, np.ndarray) and X.dtype == self._dtype and X.flags.c_contiguous):
+            X = _as_float(X, "X", self._dtype)
+        if X.ndim != 2:
+            raise ShapeError(f"X: expected rank 2 ({len(ids)}, {self._I}), got shape {X.shape}")
+        n = ids.shape[0]
+        if out is None:
+            out = np.empty((n, self._O), self._dtype)
+        elif not (isinstance(out, np.ndarray) and out.dtype == self._dtype and out.flags.c_contiguous and out.ndim == 2):
+            raise ShapeError(f"out: expected a C-contiguous {self._dtype} array ({n}, {self._O}), got {getattr(out, 'shape', out)}")
+        if self._cuda is not None:
+            with self._lock:
+                self._cuda.step(ids, X, out, self._alive)
+            return out
+        fn = cpu._pool_step_par if (self._nthreads > 1 and n > 1 and n * self._W.size >= self.PARALLEL_WORK) else cpu._pool_step
+        with self._lock:
+            self._epoch += 1
+            rc = fn(ids, X, out, self._arena, self._scr, self._W, self._meta, self._alive, self._stamp, self._epoch)
+        if rc:
+            _raise_status(rc, self.model, "X", X, out, ids)
+        return out
+
+    def push(self, sid: int, X: Any) -> np.ndarray:
+        """One stream advances a chunk: X (T, input_size) -> Y (T, output_size)."""
+        X = _as_float(X, "X", self._dtype)
+        if X.ndim != 2:
+            raise ShapeError(f"X: expected rank 2 (T, {self._I}), got shape {X.shape}")
+        with self._lock:
+            a = self._ids(sid, "sid")
+            if self._cuda is not None:
+                return self._cuda.push(int(a[0]), X)
+            sbuf = np.empty(self._S + self._scr.shape[1], self._dtype)
+            sbuf[: self._S] = self._arena[a[0], : self._S]
+            Y = np.empty((X.shape[0], self._O), self._dtype)
+            rc = cpu._stream_push(X, Y, sbuf, self._W, self._meta)
+            if rc:
+                _raise_status(rc, self.model, "X", X, Y)
+            self._arena[a[0], : self._S] = sbuf[: self._S]
+        return Y
