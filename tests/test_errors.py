@@ -1,0 +1,148 @@
+"""Bad input raises StreamRNNError naming argument, expected and actual; no state changes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import streamrnn as srnn
+
+from conftest import rand_spec
+
+
+@pytest.fixture
+def model():
+    return srnn.Model(rand_spec(np.random.default_rng(0), n_rec=2, exotic=False))
+
+
+def _fresh(model, rng):
+    X = rng.standard_normal((3, model.input_size))
+    s = model.stream()
+    s.push(X)
+    return s
+
+
+def test_stream_step_errors_leave_state(model):
+    rng = np.random.default_rng(1)
+    s = _fresh(model, rng)
+    before = s.state
+    I = model.input_size
+    bad = [
+        (np.zeros(I + 1), srnn.ShapeError, "x"),
+        (np.zeros((1, I)), srnn.ShapeError, "x"),
+        (np.array(["a"] * I), srnn.ShapeError, "x"),
+        (np.r_[np.full(I - 1, 0.5), np.nan], srnn.NonFiniteError, "x"),
+        (np.r_[np.inf, np.zeros(I - 1)], srnn.NonFiniteError, "x"),
+    ]
+    for x, exc, name in bad:
+        with pytest.raises(exc, match=name):
+            s.step(x)
+        assert s.state == before
+    with pytest.raises(srnn.ShapeError, match="out"):
+        s.step(np.zeros(I), out=np.zeros(model.output_size + 1, np.float32))
+    with pytest.raises(srnn.ShapeError, match="out"):
+        s.step(np.zeros(I), out=np.zeros(model.output_size, np.float64))
+    X = rng.standard_normal((4, I))
+    X[2, 0] = np.nan
+    with pytest.raises(srnn.NonFiniteError, match="frame 2"):
+        s.push(X)
+    assert s.state == before
+    with pytest.raises(srnn.ShapeError, match=r"expected .*features"):
+        s.push(np.zeros((4, I + 2)))
+    assert s.state == before
+    assert isinstance(srnn.ShapeError("x"), ValueError)
+
+
+def test_pool_errors_change_no_stream(model):
+    rng = np.random.default_rng(2)
+    pool = model.pool(capacity=4)
+    ids = pool.open(3)
+    pool.step(ids, rng.standard_normal((3, model.input_size)))
+    snaps = [pool.get_state(i) for i in ids]
+    I = model.input_size
+    X = rng.standard_normal((3, I))
+    cases = [
+        (np.array([ids[0], ids[1], 99]), X, srnn.StreamIdError, "unknown"),
+        (np.array([ids[0], -1, ids[2]]), X, srnn.StreamIdError, "unknown"),
+        (np.array([ids[0], ids[1], 3]), X, srnn.StreamIdError, "closed"),  # id 3 never opened
+        (np.array([ids[0], ids[1], ids[0]]), X, srnn.StreamIdError, "repeated"),
+        (ids, X[:2], srnn.ShapeError, "X"),
+        (ids, np.zeros((3, I + 1)), srnn.ShapeError, "X"),
+        (ids, np.where(np.arange(3)[:, None] == 1, np.nan, X), srnn.NonFiniteError, "row 1"),
+        (np.array([0.5, 1, 2]), X, srnn.StreamIdError, "int"),
+    ]
+    for i, x, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            pool.step(i, x)
+        for sid, snap in zip(ids, snaps):
+            assert pool.get_state(sid) == snap
+    with pytest.raises(srnn.StreamIdError):
+        pool.push(3, X)
+    with pytest.raises(srnn.NonFiniteError):
+        pool.push(ids[0], np.full((2, I), np.inf))
+    assert pool.get_state(ids[0]) == snaps[0]
+
+
+def test_pool_capacity_and_closed_ids(model):
+    pool = model.pool(capacity=3)
+    a = pool.open(2)
+    with pytest.raises(srnn.CapacityError, match="capacity 3"):
+        pool.open(2)
+    assert len(pool) == 2  # nothing was opened
+    pool.open()
+    with pytest.raises(srnn.CapacityError):
+        pool.open()
+    pool.close(a[0])
+    with pytest.raises(srnn.StreamIdError, match="closed"):
+        pool.close(a[0])  # a second close raises
+    for call in (lambda: pool.step([a[0]], np.zeros((1, model.input_size))),
+                 lambda: pool.get_state(a[0]), lambda: pool.reset([a[0]]),
+                 lambda: pool.set_state(a[0], pool.get_state(a[1])), lambda: pool.push(a[0], np.zeros((1, model.input_size)))):
+        with pytest.raises(srnn.StreamIdError):
+            call()
+    with pytest.raises(srnn.StreamIdError):
+        pool.get_state(-3)
+    with pytest.raises(srnn.StreamRNNError, match="capacity"):
+        model.pool(capacity=0)
+
+
+def test_run_errors(model):
+    I = model.input_size
+    with pytest.raises(srnn.ShapeError, match="rank"):
+        model.run(np.zeros(I))
+    with pytest.raises(srnn.ShapeError, match="features"):
+        model.run(np.zeros((2, 3, I + 1)))
+    with pytest.raises(srnn.NonFiniteError):
+        model.run(np.full((2, I), np.nan))
+    with pytest.raises(srnn.ShapeError, match="lengths"):
+        model.run(np.zeros((2, 3, I)), lengths=[1, 4])
+    with pytest.raises(srnn.ShapeError, match="lengths"):
+        model.run(np.zeros((2, 3, I)), lengths=[1])
+    with pytest.raises(srnn.ShapeError, match="state"):
+        model.run(np.zeros((2, 3, I)), state=np.zeros(model.state_size + 1))
+    other = srnn.Model(rand_spec(np.random.default_rng(9), n_rec=1, kinds=("gru",)))
+    with pytest.raises(srnn.StreamRNNError, match="state"):
+        model.stream().state = other.stream().state
+    with pytest.raises(srnn.StreamRNNError, match="dtype"):
+        srnn.Model(model.spec, dtype="int8")
+    with pytest.raises(srnn.StreamRNNError, match="device"):
+        srnn.Model(model.spec, device="tpu")
+
+
+def test_state_bytes_errors(model):
+    s = model.stream()
+    blob = s.state_bytes()
+    for bad, msg in [(b"garbage", "magic"), (blob[:-4], "bytes"), (blob[:20], "header|bytes")]:
+        with pytest.raises(srnn.FormatError, match=msg):
+            s.load_state_bytes(bad)
+    other = srnn.Model(rand_spec(np.random.default_rng(9), n_rec=1, kinds=("gru",)))
+    with pytest.raises(srnn.FormatError, match="different model"):
+        other.stream().load_state_bytes(blob)
+
+
+def test_spec_validation_messages():
+    with pytest.raises(srnn.StreamRNNError, match=r"LSTMLayer.W: expected shape \(1, 8, 3\), got \(1, 8, 4\)"):
+        srnn.LSTMLayer(3, 2, np.zeros((1, 8, 4)), np.zeros((1, 8, 2)))
+    with pytest.raises(srnn.UnsupportedError, match="activation"):
+        srnn.Activation("Swish")
+    with pytest.raises(srnn.StreamRNNError, match=r"layers\[1\].*expected input size 2"):
+        srnn.ModelSpec((srnn.RNNLayer(3, 2, np.ones((1, 2, 3)), np.ones((1, 2, 2))), srnn.DenseLayer(np.ones((1, 5)))))

@@ -1,0 +1,75 @@
+"""The .srnn format: round trip, memory-mapped load, refusal of bad and newer files."""
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+import streamrnn as srnn
+
+from conftest import assert_close, rand_spec
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_roundtrip_every_layer_kind(tmp_path, seed, dtype):
+    rng = np.random.default_rng(seed)
+    spec = rand_spec(rng, n_rec=3, direction="bidirectional" if seed == 3 else "forward")
+    model = srnn.Model(spec, dtype=dtype)
+    p = tmp_path / "m.srnn"
+    model.save(str(p))
+    back = srnn.load(p, dtype=dtype)
+    X = rng.standard_normal((2, 6, spec.input_size))
+    assert_close(back.run(X), model.run(X), dtype, rtol=0, atol=0)
+    assert str(back).splitlines()[1:] == str(model).splitlines()[1:]
+
+
+def _rewrite_meta(src, dst, **changes):
+    raw = open(src, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    hdr = json.loads(raw[8 : 8 + n])
+    hdr["__metadata__"].update(changes)
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    open(dst, "wb").write(struct.pack("<Q", len(h)) + h + raw[8 + n :])
+
+
+def test_bad_files(tmp_path):
+    model = srnn.Model(rand_spec(np.random.default_rng(0), n_rec=1))
+    good = tmp_path / "good.srnn"
+    model.save(str(good))
+    with pytest.raises(FileNotFoundError):
+        srnn.load(tmp_path / "missing.srnn")
+    raw = good.read_bytes()
+    cases = {
+        "empty.srnn": b"",
+        "trunc.srnn": raw[: len(raw) // 2],
+        "hdr.srnn": struct.pack("<Q", 10**12) + raw[8:],
+        "junk.srnn": b"\x00" * 64,
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(srnn.StreamRNNError):
+            srnn.load(tmp_path / name)
+    _rewrite_meta(good, tmp_path / "newer.srnn", version="99")
+    with pytest.raises(srnn.FormatError, match="newer"):
+        srnn.load(tmp_path / "newer.srnn")
+    _rewrite_meta(good, tmp_path / "notours.srnn", format="other")
+    with pytest.raises(srnn.FormatError, match="not a streamrnn"):
+        srnn.load(tmp_path / "notours.srnn")
+    _rewrite_meta(good, tmp_path / "badspec.srnn", spec="{not json")
+    with pytest.raises(srnn.FormatError, match="architecture"):
+        srnn.load(tmp_path / "badspec.srnn")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(srnn.StreamRNNError, match="expected a file ending"):
+        srnn.load(tmp_path / "x.txt")
+
+
+def test_srnn_readable_by_safetensors(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    model = srnn.Model(rand_spec(np.random.default_rng(1), n_rec=2))
+    p = tmp_path / "m.srnn"
+    model.save(str(p))
+    tensors = st.load_file(str(p))
+    assert set(tensors) == set(model.spec.tensors())

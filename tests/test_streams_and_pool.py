@@ -1,0 +1,163 @@
+"""Streaming equivalences, pool isolation under random interleavings, snapshots, threads."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import streamrnn as srnn
+
+from conftest import assert_close, rand_spec
+
+
+def _model(seed, dtype=np.float32, n_rec=2):
+    rng = np.random.default_rng(seed)
+    return srnn.Model(rand_spec(rng, n_rec=n_rec), dtype=dtype), rng
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pool_random_interleavings_equal_lone_streams(seed, dtype):
+    model, rng = _model(seed, dtype)
+    n_streams, T = 7, 12
+    X = rng.standard_normal((n_streams, T, model.input_size))
+    expected = model.run(X)
+    pool = model.pool(capacity=16)
+    decoy = pool.open(3)  # streams that are stepped with garbage in between
+    ids = pool.open(n_streams)
+    pos = np.zeros(n_streams, int)
+    got = np.zeros_like(expected)
+    while (pos < T).any():
+        live = np.flatnonzero(pos < T)
+        pick = rng.permutation(live)[: rng.integers(1, len(live) + 1)]
+        if rng.random() < 0.3:  # one stream gets a chunk through pool.push
+            k = pick[0]
+            n = int(rng.integers(1, T - pos[k] + 1))
+            got[k, pos[k] : pos[k] + n] = pool.push(ids[k], X[k, pos[k] : pos[k] + n])
+            pos[k] += n
+            continue
+        Y = pool.step(ids[pick], X[pick, pos[pick]])
+        got[pick, pos[pick]] = Y
+        pos[pick] += 1
+        pool.step(decoy, rng.standard_normal((3, model.input_size)) * 5)
+    assert_close(got, expected, dtype)
+
+
+def test_pool_parallel_kernel_matches_serial():
+    model, rng = _model(3, np.float64)
+    pool = model.pool(capacity=300)
+    ids = rng.permutation(pool.open(300))
+    X = rng.standard_normal((300, 5, model.input_size))
+    old = srnn.Pool.PARALLEL_WORK
+    try:
+        srnn.Pool.PARALLEL_WORK = 0  # force the parallel kernel
+        Y = np.stack([pool.step(ids, X[:, t]) for t in range(5)], 1)
+    finally:
+        srnn.Pool.PARALLEL_WORK = old
+    # ids were permuted: stream ids[r] got X[r]
+    assert_close(Y, model.run(X), np.float64)
+
+
+def test_snapshot_restore_and_bytes(dtype):
+    model, rng = _model(11, dtype)
+    X = rng.standard_normal((10, model.input_size))
+    s = model.stream()
+    s.push(X[:4])
+    snap = s.state
+    blob = s.state_bytes()
+    after = s.push(X[4:])
+    snap.data[:] = 123.0 if False else snap.data  # no-op write path is allowed
+    mutated = s.state
+    mutated.data[:] = 7.0  # mutating a snapshot never changes the stream
+    assert not np.allclose(s.state.data, 7.0)
+    s.state = snap
+    assert_close(s.push(X[4:]), after, dtype)
+    s2 = model.stream()
+    s2.load_state_bytes(blob)
+    assert_close(s2.push(X[4:]), after, dtype)
+    # the same snapshot goes to a pool stream and to model.run
+    pool = model.pool(4)
+    sid = pool.open()
+    pool.set_state(sid, snap)
+    assert_close(pool.push(sid, X[4:]), after, dtype)
+    assert_close(model.run(X[4:], state=snap), after, dtype)
+    assert pool.get_state(sid) == s2.state
+    # state_bytes from a float64 model load into a float32 one of the same layout
+    other = srnn.Model(model.spec, dtype=np.float32 if dtype == np.float64 else np.float64)
+    s3 = other.stream()
+    s3.load_state_bytes(blob)
+    assert_close(s3.state.data, snap.data, np.float32)
+
+
+def test_state_views_by_layer():
+    model, rng = _model(2, np.float64)
+    s = model.stream()
+    s.push(rng.standard_normal((3, model.input_size)))
+    st = s.state
+    for (i, d, k), v in st.layers().items():
+        layer = model.spec.layers[i]
+        assert v.shape == ((layer.rec_size,) if k == "h" else (layer.hidden_size,))
+    i = next(i for i, _ in model.spec.recurrent())
+    assert st.h(i).shape[0] == model.spec.layers[i].rec_size
+
+
+def test_reset_and_open_after_close_start_from_zero():
+    model, rng = _model(4)
+    X = rng.standard_normal((5, model.input_size))
+    fresh = model.run(X)
+    s = model.stream()
+    s.push(X)
+    s.reset()
+    assert_close(s.push(X), fresh)
+    pool = model.pool(2)
+    a = pool.open()
+    pool.push(a, X)
+    pool.close(a)
+    b = pool.open()
+    assert_close(pool.push(b, X), fresh)
+    pool.reset([b])
+    assert_close(pool.push(b, X), fresh)
+    assert len(pool) == 1 and pool.capacity == 2
+
+
+def test_threads_on_one_stream_are_serialised_and_streams_run_in_parallel():
+    model, rng = _model(6, np.float64, n_rec=1)
+    X = rng.standard_normal((4, 200, model.input_size))
+    expected = model.run(X)
+    streams = [model.stream() for _ in range(4)]
+    outs = [np.zeros((200, model.output_size)) for _ in range(4)]
+
+    def work(k):
+        for t in range(200):
+            outs[k][t] = streams[k].step(X[k, t])
+
+    th = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    [t.start() for t in th]
+    [t.join() for t in th]
+    assert_close(np.stack(outs), expected, np.float64)
+    # many threads hammering one pool: each thread owns one stream id
+    pool = model.pool(8)
+    ids = pool.open(4)
+    outs2 = [np.zeros((200, model.output_size)) for _ in range(4)]
+
+    def work2(k):
+        for t in range(200):
+            outs2[k][t] = pool.step(ids[k : k + 1], X[k, t : t + 1])[0]
+
+    th = [threading.Thread(target=work2, args=(k,)) for k in range(4)]
+    [t.start() for t in th]
+    [t.join() for t in th]
+    assert_close(np.stack(outs2), expected, np.float64)
+
+
+def test_bidirectional_is_run_only():
+    rng = np.random.default_rng(0)
+    for direction in ("bidirectional", "reverse"):
+        spec = rand_spec(rng, n_rec=1, direction=direction)
+        model = srnn.Model(spec)
+        assert not model.streamable
+        model.run(rng.standard_normal((3, spec.input_size)))
+        with pytest.raises(srnn.StreamRNNError, match="run"):
+            model.stream()
+        with pytest.raises(srnn.StreamRNNError, match="bidirectional|reverse"):
+            model.pool(4)
