@@ -9,9 +9,9 @@ import os
 
 # error_model='numpy': no Python-style divide checks, so LLVM can vectorise the inner loops.
 # nogil: kernels release the GIL, so different streams/pools run in parallel from threads.
-# fastmath is off on purpose: it lets LLVM drop NaN/Inf handling and reassociate sums,
-# which would break the bit-level agreement between the step and the chunk kernels.
-NJIT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+# fastmath: only 'contract' (fused multiply-add). Full fastmath would let LLVM assume no NaN/Inf
+# and reorder sums freely; FMA contraction only makes each multiply-add more exact.
+NJIT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False, fastmath={"contract"})
 PARALLEL = dict(NJIT, parallel=True)
 
 #: Set STREAMRNN_NO_CACHE=1 to disable numba's on-disk cache (e.g. read-only installs).

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from ..config import NJIT, PARALLEL
+from ..layers.cpu_common import _matvec_acc
 from ..layers.dense.cpu import _frame_layer
 from ..layers.gru.cpu import _gru_cell
 from ..layers.lstm.cpu import _lstm_cell
@@ -41,7 +42,7 @@ def _cell(W, m, d, g, st, scr, G):
     h = st[ho : ho + m[K_REC]]
     if kind == LSTM:
         co = m[base + O_C]
-        _lstm_cell(W, m, d, g, h, st[co : co + H], scr[G : G + H])
+        _lstm_cell(W, m, d, g, h, st[co : co + H])
     elif kind == GRU:
         _gru_cell(W, m, d, g, h, scr[G : G + 3 * H])
     else:
@@ -78,11 +79,7 @@ def _stack_core(x, out, st, scr, W, meta):
 
 @njit(**NJIT)
 def _matvec_acc_in(W, off, rows, cols, v, g):
-    for k in range(rows):
-        vk = v[k]
-        base = off + k * cols
-        for j in range(cols):
-            g[j] += vk * W[base + j]
+    _matvec_acc(W, off, rows, cols, 0, cols, v, g, 0)
 
 
 @njit(**NJIT)

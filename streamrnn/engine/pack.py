@@ -44,6 +44,7 @@ K_ACT = 8  # 8..13: activation ids, 3 slots per direction
 K_DIR = 14  # 14..22 direction 0, 23..31 direction 1 (offsets below, relative to K_DIR + 9*d)
 O_H, O_C, O_WT, O_RT, O_B, O_RBH, O_PEEP, O_PROJ, O_PAR = range(9)
 K_S, K_CELL, K_FEAT = 32, 33, 34  # state size, cell scratch, feature buffer (same in every row)
+K_FAST = 35  # 1 for float32 models: SIMD rational tanh / sigmoid (see layers/cpu_common.py)
 NMETA = 36
 # flag bits
 F_INPUT_FORGET, F_PEEP, F_LBR, F_CLIP, F_PROJ, F_BIAS, F_LOG = 1, 2, 4, 8, 16, 32, 64
@@ -61,7 +62,7 @@ class Packed:
 
 def _cell_scratch(layer) -> int:
     if isinstance(layer, LSTMLayer):
-        return 5 * layer.hidden_size
+        return 4 * layer.hidden_size
     if isinstance(layer, GRULayer):
         return 6 * layer.hidden_size
     if isinstance(layer, RNNLayer):
@@ -152,6 +153,7 @@ def pack(spec: ModelSpec, dtype) -> Packed:
         else:  # pragma: no cover - ModelSpec validates layer types
             raise TypeError(type(layer))
     meta[:, K_S] = spec.state_size()
+    meta[:, K_FAST] = int(dtype == np.float32)
     meta[:, K_CELL] = max(_cell_scratch(layer) for layer in spec.layers)
     meta[:, K_FEAT] = max(max(layer.output_size, layer.input_size) for layer in spec.layers)
     W = np.concatenate(chunks).astype(dtype) if chunks else np.zeros(1, dtype)

@@ -6,8 +6,8 @@ import math
 from numba import njit
 
 from ...config import NJIT
-from ...engine.pack import ACT, DENSE, F_LOG, K_ACT, K_DIR, K_FLAGS, K_IN, K_OUT, O_B, O_PAR, O_WT
-from ..cpu_common import _act, _matvec_acc
+from ...engine.pack import ACT, DENSE, F_LOG, K_ACT, K_DIR, K_FAST, K_FLAGS, K_IN, K_OUT, O_B, O_PAR, O_WT
+from ..cpu_common import _matvec_acc, _vact
 
 
 @njit(**NJIT)
@@ -20,15 +20,11 @@ def _frame_layer(W, m, x, y):
         for j in range(n_out):
             y[j] = W[b + j]
         _matvec_acc(W, m[K_DIR + O_WT], n_in, n_out, 0, n_out, x, y, 0)
-        k = m[K_ACT]
-        if k >= 0:
-            a, bb = W[par + 1], W[par + 2]
-            for j in range(n_out):
-                y[j] = _act(y[j], k, a, bb)
+        _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
     elif kind == ACT:
-        k, a, bb = m[K_ACT], W[par + 1], W[par + 2]
         for j in range(n_out):
-            y[j] = _act(x[j], k, a, bb)
+            y[j] = x[j]
+        _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
     else:  # SOFTMAX
         mx = x[0]
         for j in range(n_in):

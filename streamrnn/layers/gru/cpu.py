@@ -4,8 +4,8 @@ from __future__ import annotations
 from numba import njit
 
 from ...config import NJIT
-from ...engine.pack import F_CLIP, F_LBR, K_ACT, K_DIR, K_FLAGS, K_H, O_PAR, O_RBH, O_RT
-from ..cpu_common import _act, _clip, _matvec_acc
+from ...engine.pack import F_CLIP, F_LBR, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, O_PAR, O_RBH, O_RT
+from ..cpu_common import _matvec_acc, _vact, _vclip
 
 
 @njit(**NJIT)
@@ -16,7 +16,7 @@ def _gru_cell(W, m, d, g, h, hr):
     h  (H,)   in/out: hidden state
     hr (3H,)  scratch: recurrent products
     """
-    H, flags = m[K_H], m[K_FLAGS]
+    H, flags, fast = m[K_H], m[K_FLAGS], m[K_FAST]
     base = K_DIR + 9 * d
     rt = m[base + O_RT]
     par = m[base + O_PAR]
@@ -26,22 +26,24 @@ def _gru_cell(W, m, d, g, h, hr):
     lbr = flags & F_LBR
     for j in range(3 * H):
         hr[j] = 0.0
-    if lbr:
-        _matvec_acc(W, rt, H, 3 * H, 0, 3 * H, h, hr, 0)  # hr = h @ Rt (z, r, h)
-    else:
-        _matvec_acc(W, rt, H, 3 * H, 0, 2 * H, h, hr, 0)  # z and r parts only
-    # z, r
+    # lbr: hr = h @ Rt for z, r and h; else only the z and r parts
+    _matvec_acc(W, rt, H, 3 * H, 0, 3 * H if lbr else 2 * H, h, hr, 0)
+    zr = g[0 : 2 * H]
     for j in range(2 * H):
-        g[j] = _act(_clip(g[j] + hr[j], clip), kf, af, bf)
+        zr[j] += hr[j]
+    _vclip(zr, clip)
+    _vact(zr, kf, af, bf, fast)  # z, r
+    z, r, gh = g[0:H], g[H : 2 * H], g[2 * H : 3 * H]
     if lbr:
-        rbh = m[base + O_RBH]
+        rbh = W[m[base + O_RBH] :][:H]
         for j in range(H):
-            g[2 * H + j] += g[H + j] * (hr[2 * H + j] + W[rbh + j])
+            gh[j] += r[j] * (hr[2 * H + j] + rbh[j])
     else:
-        for j in range(H):  # r * h into hr[0:H] (z, r products no longer needed)
-            hr[j] = g[H + j] * h[j]
-        _matvec_acc(W, rt, H, 3 * H, 2 * H, H, hr, g, 2 * H)  # += (r*h) @ Rh
+        rh = hr[0:H]  # the z, r products are no longer needed
+        for j in range(H):
+            rh[j] = r[j] * h[j]
+        _matvec_acc(W, rt, H, 3 * H, 2 * H, H, rh, g, 2 * H)  # += (r*h) @ Rh
+    _vclip(gh, clip)
+    _vact(gh, kg, ag, bg, fast)
     for j in range(H):
-        hc = _act(_clip(g[2 * H + j], clip), kg, ag, bg)
-        z = g[j]
-        h[j] = (1.0 - z) * hc + z * h[j]
+        h[j] = (1.0 - z[j]) * gh[j] + z[j] * h[j]

@@ -5,57 +5,60 @@ from numba import njit
 
 from ...config import NJIT
 from ...engine.pack import (
-    F_CLIP, F_INPUT_FORGET, F_PEEP, F_PROJ, K_ACT, K_DIR, K_FLAGS, K_H, K_REC,
+    F_CLIP, F_INPUT_FORGET, F_PEEP, F_PROJ, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, K_REC,
     O_PAR, O_PEEP, O_PROJ, O_RT,
 )
-from ..cpu_common import _act, _clip, _matvec_acc
+from ..cpu_common import _matvec_acc, _vact, _vclip
 
 
 @njit(**NJIT)
-def _lstm_cell(W, m, d, g, h, c, tmp):
+def _lstm_cell(W, m, d, g, h, c):
     """Advance one LSTM direction by one step for one stream.
 
-    g   (4H,)  in: x @ Wt + b (gate order i, o, f, c); clobbered
-    h   (Hr,)  in/out: hidden state (the layer's output)
-    c   (H,)   in/out: cell state
-    tmp (H,)   scratch (used with a projection)
+    g (4H,)  in: x @ Wt + b (gate order i, o, f, c); clobbered (used as scratch)
+    h (Hr,)  in/out: hidden state (the layer's output)
+    c (H,)   in/out: cell state
     """
-    H, Hr, flags = m[K_H], m[K_REC], m[K_FLAGS]
+    H, Hr, flags, fast = m[K_H], m[K_REC], m[K_FLAGS], m[K_FAST]
     base = K_DIR + 9 * d
-    G = 4 * H
-    _matvec_acc(W, m[base + O_RT], Hr, G, 0, G, h, g, 0)  # g += h @ Rt
+    _matvec_acc(W, m[base + O_RT], Hr, 4 * H, 0, 4 * H, h, g, 0)  # g += h @ Rt
     par = m[base + O_PAR]
     clip = W[par] if flags & F_CLIP else W[par] * 0
     kf, kg, kh = m[K_ACT + 3 * d], m[K_ACT + 3 * d + 1], m[K_ACT + 3 * d + 2]
     af, bf, ag, bg, ah, bh = W[par + 1], W[par + 2], W[par + 3], W[par + 4], W[par + 5], W[par + 6]
+    gi, go, gf, gc = g[0:H], g[H : 2 * H], g[2 * H : 3 * H], g[3 * H : 4 * H]  # (H,) each
     peep = flags & F_PEEP
-    pp = m[base + O_PEEP]
-    proj = flags & F_PROJ
+    if peep:
+        pi, po, pf = W[m[base + O_PEEP] :][:H], W[m[base + O_PEEP] + H :][:H], W[m[base + O_PEEP] + 2 * H :][:H]
+        for j in range(H):
+            gi[j] += pi[j] * c[j]
+            gf[j] += pf[j] * c[j]
+    _vclip(gi, clip)
+    _vact(gi, kf, af, bf, fast)  # i
+    if flags & F_INPUT_FORGET:
+        for j in range(H):
+            gf[j] = 1.0 - gi[j]
+    else:
+        _vclip(gf, clip)
+        _vact(gf, kf, af, bf, fast)  # f
+    _vclip(gc, clip)
+    _vact(gc, kg, ag, bg, fast)  # candidate
     for j in range(H):
-        cp = c[j]
-        gi = g[j]
-        gf = g[2 * H + j]
-        if peep:
-            gi += W[pp + j] * cp
-            gf += W[pp + 2 * H + j] * cp
-        it = _act(_clip(gi, clip), kf, af, bf)
-        if flags & F_INPUT_FORGET:
-            ft = 1.0 - it
-        else:
-            ft = _act(_clip(gf, clip), kf, af, bf)
-        ct = _act(_clip(g[3 * H + j], clip), kg, ag, bg)
-        cn = ft * cp + it * ct
-        go = g[H + j]
-        if peep:
-            go += W[pp + H + j] * cn
-        ot = _act(_clip(go, clip), kf, af, bf)
-        c[j] = cn
-        hn = ot * _act(cn, kh, ah, bh)
-        if proj:
-            tmp[j] = hn
-        else:
-            h[j] = hn
-    if proj:  # h = Pt.T @ tmp
+        c[j] = gf[j] * c[j] + gi[j] * gc[j]
+    if peep:
+        for j in range(H):
+            go[j] += po[j] * c[j]
+    _vclip(go, clip)
+    _vact(go, kf, af, bf, fast)  # o
+    for j in range(H):
+        gi[j] = c[j]
+    _vact(gi, kh, ah, bh, fast)  # h(c)
+    if flags & F_PROJ:  # h = (o * h(c)) @ Pt
+        for j in range(H):
+            gc[j] = go[j] * gi[j]
         for r in range(Hr):
             h[r] = 0.0
-        _matvec_acc(W, m[base + O_PROJ], H, Hr, 0, Hr, tmp, h, 0)
+        _matvec_acc(W, m[base + O_PROJ], H, Hr, 0, Hr, gc, h, 0)
+    else:
+        for j in range(H):
+            h[j] = go[j] * gi[j]

@@ -4,8 +4,8 @@ from __future__ import annotations
 from numba import njit
 
 from ...config import NJIT
-from ...engine.pack import F_CLIP, K_ACT, K_DIR, K_FLAGS, K_H, O_PAR, O_RT
-from ..cpu_common import _act, _clip, _matvec_acc
+from ...engine.pack import F_CLIP, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, O_PAR, O_RT
+from ..cpu_common import _matvec_acc, _vact, _vclip
 
 
 @njit(**NJIT)
@@ -19,6 +19,7 @@ def _rnn_cell(W, m, d, g, h):
     _matvec_acc(W, m[base + O_RT], H, H, 0, H, h, g, 0)
     par = m[base + O_PAR]
     clip = W[par] if flags & F_CLIP else W[par] * 0
-    k, a, b = m[K_ACT + 3 * d], W[par + 1], W[par + 2]
+    _vclip(g, clip)
+    _vact(g, m[K_ACT + 3 * d], W[par + 1], W[par + 2], m[K_FAST])
     for j in range(H):
-        h[j] = _act(_clip(g[j], clip), k, a, b)
+        h[j] = g[j]

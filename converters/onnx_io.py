@@ -1,0 +1,154 @@
+"""Reading ONNX files: bytes / path / ModelProto -> a checked ``ModelProto``; tensors and types.
+
+Only the converter modules import ``onnx``; ``import streamrnn`` never does.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError, StreamRNNError, UnsupportedError
+
+log = logging.getLogger("streamrnn")
+
+#: Opsets of the default domain that the importer accepts (inclusive lower bound).
+MIN_OPSET = 7
+
+
+def load_proto(model_or_path: Any):
+    """Return a checked ``onnx.ModelProto`` from a ModelProto, bytes or a path.
+
+    Raises
+    ------
+    FileNotFoundError : a path that does not exist.
+    FormatError : bytes that are not a readable, well-formed ONNX model.
+    """
+    import onnx
+
+    if isinstance(model_or_path, onnx.ModelProto):
+        proto = model_or_path
+    elif isinstance(model_or_path, (bytes, bytearray, memoryview)):
+        proto = _parse(bytes(model_or_path), "model bytes")
+    elif isinstance(model_or_path, (str, os.PathLike)):
+        path = os.fspath(model_or_path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(path)
+        with open(path, "rb") as f:
+            proto = _parse(f.read(), repr(path))
+    else:
+        raise StreamRNNError(
+            f"model: expected an onnx.ModelProto, bytes or a path, got {type(model_or_path).__name__}"
+        )
+    _check(proto)
+    return proto
+
+
+def _parse(data: bytes, what: str):
+    import onnx
+
+    if not data:
+        raise FormatError(f"{what}: expected an ONNX model, got an empty file")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as e:  # protobuf DecodeError and friends
+        raise FormatError(f"{what}: expected an ONNX protobuf, got unparsable bytes ({e})") from None
+    return proto
+
+
+def _check(proto) -> None:
+    import onnx
+
+    if not proto.HasField("graph") or len(proto.graph.output) == 0:
+        raise FormatError("model: expected an ONNX model with a graph and outputs, got none (truncated file?)")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FormatError(f"model: expected a well-formed ONNX model, the checker says: {msg}") from None
+
+
+def default_opset(proto) -> int:
+    """The model's opset of the default domain ("" / "ai.onnx")."""
+    for oi in proto.opset_import:
+        if oi.domain in ("", "ai.onnx"):
+            v = int(oi.version)
+            if v < MIN_OPSET:
+                raise UnsupportedError(
+                    f"opset_import: expected an ai.onnx opset >= {MIN_OPSET}, got {v}"
+                )
+            return v
+    raise UnsupportedError("opset_import: expected an import of the default ONNX domain, got none")
+
+
+def to_array(tensor) -> np.ndarray:
+    """A TensorProto as a numpy array (a private, writable copy)."""
+    from onnx import numpy_helper
+
+    if tensor.data_location == 1:  # EXTERNAL
+        raise UnsupportedError(
+            f"initializer {tensor.name!r}: external data is not supported; save the model with "
+            "its tensors inside the .onnx file"
+        )
+    try:
+        return np.array(numpy_helper.to_array(tensor))
+    except Exception as e:
+        raise FormatError(f"tensor {tensor.name!r}: unreadable data ({e})") from None
+
+
+def np_dtype(elem_type: int) -> np.dtype:
+    """numpy dtype of an ONNX element type; UnsupportedError for those numpy lacks."""
+    from onnx import helper
+
+    try:
+        dt = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:
+        dt = None
+    if dt is None or dt.kind not in "biuf":
+        raise UnsupportedError(f"element type: expected a numeric or bool ONNX type, got {elem_type}")
+    return dt
+
+
+def type_string(elem_type: int) -> str:
+    """onnxruntime's type string, e.g. ``'tensor(float)'``."""
+    from onnx import helper
+
+    name = helper.tensor_dtype_to_string(elem_type).split(".")[-1].lower()
+    return f"tensor({'float' if name == 'float' else name})"
+
+
+def value_info_shape(vi) -> list[int | str | None]:
+    """Declared shape of a ValueInfoProto: ints, symbolic names, or None for unknown dims."""
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return []
+    out: list[int | str | None] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return out
+
+
+def attributes(node) -> dict[str, Any]:
+    """The attributes of a NodeProto as plain Python values (strings decoded)."""
+    from onnx import AttributeProto, helper
+
+    out: dict[str, Any] = {}
+    for a in node.attribute:
+        if a.type == AttributeProto.TENSOR:
+            out[a.name] = to_array(a.t)
+            continue
+        v = helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            v = [s.decode("utf-8", "replace") for s in v]
+        out[a.name] = v
+    return out

@@ -1,0 +1,7 @@
+"""``python -m streamrnn``: the same as the ``streamrnn`` command."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
