@@ -279,6 +279,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> list[float] | None:
+    """The 1 / 5 / 15 minute load averages (other processes competing for the cores), if known."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_info(extra_packages: tuple[str, ...] = ("numpy", "numba", "onnxruntime", "torch", "onnx")) -> dict[str, Any]:
     """CPU model, core counts, OS, Python and package versions (packages not installed: None)."""
     import importlib.metadata as md
@@ -302,6 +310,7 @@ def machine_info(extra_packages: tuple[str, ...] = ("numpy", "numba", "onnxrunti
         except md.PackageNotFoundError:
             versions[p] = None
     info["versions"] = versions
+    info["loadavg_1_5_15"] = load_average()
     try:
         import numba
 

@@ -344,6 +344,9 @@ class Pool:
 
     #: pool.step runs the parallel kernel from this many weight-floats x streams on
     PARALLEL_WORK = 1 << 16
+    #: pool.step uses one BLAS GEMM per layer (instead of a mat-vec per stream) from this many
+    #: streams on (see bench/NOTES.md)
+    GEMM_MIN_STREAMS = 16
 
     def __init__(self, model: Model, capacity: int):
         if not isinstance(capacity, (int, np.integer)) or capacity <= 0:
@@ -362,6 +365,7 @@ class Pool:
         self._epoch = 0
         self._nthreads = numba.get_num_threads()
         self._scr = np.zeros((self._nthreads, pk.scratch_size), dtype=model.dtype)
+        self._batched = cpu.BatchedStep(pk)
         self._free = list(range(self._capacity - 1, -1, -1))  # stack: lowest id opened first
         self._n_open = 0
         self._lock = threading.Lock()
@@ -474,10 +478,16 @@ class Pool:
             with self._lock:
                 self._cuda.step(ids, X, out, self._alive)
             return out
-        fn = cpu._pool_step_par if (self._nthreads > 1 and n > 1 and n * self._W.size >= self.PARALLEL_WORK) else cpu._pool_step
+        par = self._nthreads > 1 and n > 1 and n * self._W.size >= self.PARALLEL_WORK
         with self._lock:
             self._epoch += 1
-            rc = fn(ids, X, out, self._arena, self._scr, self._W, self._meta, self._alive, self._stamp, self._epoch)
+            if n >= self.GEMM_MIN_STREAMS:
+                rc = cpu._pool_validate(ids, X, out, self._alive, self._stamp, self._epoch, self._I, self._O)
+                if not rc:
+                    self._batched(ids, X, out, self._arena, par)
+            else:
+                fn = cpu._pool_step_par if par else cpu._pool_step
+                rc = fn(ids, X, out, self._arena, self._scr, self._W, self._meta, self._alive, self._stamp, self._epoch)
         if rc:
             _raise_status(rc, self.model, "X", X, out, ids)
         return out

@@ -16,9 +16,16 @@ def _model(seed, dtype=np.float32, n_rec=2):
     return srnn.Model(rand_spec(rng, n_rec=n_rec), dtype=dtype), rng
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_pool_random_interleavings_equal_lone_streams(seed, dtype):
-    model, rng = _model(seed, dtype)
+@pytest.fixture(params=["matvec", "gemm"])
+def pool_path(request, monkeypatch):
+    """Run a test on both pool.step paths: per-stream mat-vecs and batched GEMM."""
+    monkeypatch.setattr(srnn.Pool, "GEMM_MIN_STREAMS", 1 if request.param == "gemm" else 10**9)
+    return request.param
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_pool_random_interleavings_equal_lone_streams(seed, dtype, pool_path):
+    model, rng = _model(seed, dtype, n_rec=1 + seed % 3)
     n_streams, T = 7, 12
     X = rng.standard_normal((n_streams, T, model.input_size))
     expected = model.run(X)
@@ -161,3 +168,16 @@ def test_bidirectional_is_run_only():
             model.stream()
         with pytest.raises(srnn.StreamRNNError, match="bidirectional|reverse"):
             model.pool(4)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("seed", range(6))
+def test_pool_paths_each_cell_kind(kind, seed, dtype, pool_path):
+    rng = np.random.default_rng(seed + 100)
+    spec = rand_spec(rng, n_rec=2, kinds=(kind,))
+    model = srnn.Model(spec, dtype=dtype)
+    X = rng.standard_normal((20, 4, spec.input_size))
+    pool = model.pool(32)
+    ids = rng.permutation(pool.open(20))
+    Y = np.stack([pool.step(ids, X[:, t]) for t in range(4)], 1)
+    assert_close(Y, model.run(X), dtype)

@@ -18,14 +18,14 @@ import numpy as np
 from numba import njit, prange, types
 
 from ..config import NJIT, PARALLEL
-from ..layers.cpu_common import _matvec_acc
+from ..layers.cpu_common import _matvec_acc, _vact
 from ..layers.dense.cpu import _frame_layer
-from ..layers.gru.cpu import _gru_cell
-from ..layers.lstm.cpu import _lstm_cell
-from ..layers.rnn.cpu import _rnn_cell
+from ..layers.gru.cpu import _gru_cell, _gru_gates
+from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
+from ..layers.rnn.cpu import _rnn_cell, _rnn_gates
 from .pack import (
-    GRU, K_CELL, K_DIR, K_FEAT, K_H, K_IN, K_OUT, K_REC, K_S, LSTM, O_B, O_C, O_H, O_WT, RNN,
-    Packed,
+    DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_H, K_IN, K_OUT, K_REC, K_S, LSTM,
+    O_B, O_C, O_H, O_PAR, O_RT, O_WT, RNN, Packed,
 )
 
 # status codes (low 8 bits; the row / column index is in the bits above)
@@ -227,6 +227,12 @@ def _sigs(dt):
         _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
         _recur_seq_par: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
         _frames: (m2, m2, v, im),
+        _pool_validate: (i1, m2, m2, u1, i1, i64, i64, i64),
+        _gather_h: (i1, m2, m2, i64, i64, i64),
+        _gates_rows: (i1, m2, m2, m2, m2, v, im),
+        _gates_rows_par: (i1, m2, m2, m2, m2, v, im),
+        _frames_rows: (m2, m2, v, im),
+        _bias_act_rows: (m2, v, im),
     }
 
 
@@ -289,3 +295,161 @@ def run_sequence(pk: Packed, X: np.ndarray, lengths: np.ndarray, state: np.ndarr
         cur = np.ascontiguousarray(cur)
         cur[mask] = 0
     return cur
+
+
+# ---------------------------------------------------------------------------------------------
+# Many streams, batched: per layer one BLAS GEMM over all listed streams + fused elementwise
+# ---------------------------------------------------------------------------------------------
+@njit(**NJIT)
+def _pool_validate(ids, X, out, alive, stamp, epoch, I, O):
+    """The checks of ``_pool_step`` alone (nothing is written but the duplicate stamps)."""
+    return _pool_check(ids, X, out, alive, stamp, epoch, I, O)
+
+
+@njit(**NJIT)
+def _gather_h(ids, arena, A, col0, ho, Hr):
+    """A[r, col0 : col0+Hr] = h of stream ids[r] (read from the arena)."""
+    for r in range(ids.shape[0]):
+        src = arena[ids[r]]
+        for j in range(Hr):
+            A[r, col0 + j] = src[ho + j]
+
+
+@njit(**NJIT)
+def _gates_one(r, ids, G, HR, Y, arena, W, m):
+    """Row r of a batched step: G[r] = x @ Wt (+ h @ Rt for LSTM / RNN), HR[r] = h @ Rt for
+    GRU with linear_before_reset (else scratch); updates the state arena[ids[r]], Y[r] = h."""
+    kind, H, Hr = m[0], m[K_H], m[K_REC]
+    Gw = G.shape[1]
+    b = m[K_DIR + O_B]
+    ho = m[K_DIR + O_H]
+    g = G[r]
+    for j in range(Gw):
+        g[j] += W[b + j]
+    st = arena[ids[r]]
+    h = st[ho : ho + Hr]
+    if kind == LSTM:
+        co = m[K_DIR + O_C]
+        _lstm_gates(W, m, 0, g, h, st[co : co + H])
+    elif kind == GRU:
+        if m[K_FLAGS] & F_LBR:
+            _gru_gates(W, m, 0, g, h, HR[r])
+        else:  # r multiplies h before Rh: the per-row cell does the recurrence
+            _gru_cell(W, m, 0, g, h, HR[r])
+    else:
+        _rnn_gates(W, m, 0, g, h)
+    y = Y[r]
+    for j in range(Hr):
+        y[j] = h[j]
+
+
+@njit(**NJIT)
+def _gates_rows(ids, G, HR, Y, arena, W, m):
+    for r in range(ids.shape[0]):
+        _gates_one(r, ids, G, HR, Y, arena, W, m)
+
+
+@njit(**PARALLEL)
+def _gates_rows_par(ids, G, HR, Y, arena, W, m):
+    for r in prange(ids.shape[0]):
+        _gates_one(r, ids, G, HR, Y, arena, W, m)
+
+
+@njit(**NJIT)
+def _frames_rows(X, Y, W, m):
+    """A stateless layer on each row: X (n, I) -> Y (n, O) (activation / softmax / dense act)."""
+    for r in range(X.shape[0]):
+        _frame_layer(W, m, X[r], Y[r])
+
+
+@njit(**NJIT)
+def _bias_act_rows(Y, W, m):
+    """Dense epilogue after the GEMM: Y[r] += b, then the activation."""
+    b = m[K_DIR + O_B]
+    par = m[K_DIR + O_PAR]
+    for r in range(Y.shape[0]):
+        y = Y[r]
+        for j in range(y.shape[0]):
+            y[j] += W[b + j]
+        _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
+
+
+class BatchedStep:
+    """``pool.step`` for many streams: per layer one GEMM (numpy / BLAS) over the listed
+    streams, then one fused elementwise kernel. Buffers grow to the largest batch seen and are
+    reused, so a steady stream of calls allocates nothing."""
+
+    def __init__(self, pk: Packed):
+        self.pk = pk
+        self.cap = 0
+        self.layers = []
+        W, meta = pk.W, pk.meta
+        for li in range(meta.shape[0]):
+            m = meta[li]
+            kind, I = int(m[0]), int(m[K_IN])
+            if kind <= RNN:
+                H, Hr = int(m[K_H]), int(m[K_REC])
+                G = _GATES[kind] * H
+                wt = int(m[K_DIR + O_WT])
+                lbr_gru = kind == GRU and bool(m[K_FLAGS] & F_LBR)
+                if kind == GRU:  # x @ Wt only; h @ Rt apart (it is gated by r)
+                    Wx = W[wt : wt + I * G].reshape(I, G)
+                    Rh = W[int(m[K_DIR + O_RT]) : int(m[K_DIR + O_RT]) + H * G].reshape(H, G)
+                else:  # [x | h] @ [Wt ; Rt] in one GEMM (Rt follows Wt in the buffer)
+                    Wx = W[wt : wt + (I + Hr) * G].reshape(I + Hr, G)
+                    Rh = None
+                self.layers.append(("rec", m, I, Hr, G, Wx, Rh if lbr_gru else None))
+            elif kind == DENSE:
+                wt = int(m[K_DIR + O_WT])
+                O = int(m[K_OUT])
+                self.layers.append(("dense", m, I, O, 0, W[wt : wt + I * O].reshape(I, O), None))
+            else:
+                self.layers.append(("frame", m, I, int(m[K_OUT]), 0, None, None))
+
+    def _grow(self, n: int) -> None:
+        cap = max(16, 1 << (n - 1).bit_length())
+        dt = self.pk.W.dtype
+        kmax = max([l[2] + l[3] for l in self.layers] + [1])
+        gmax = max([l[4] for l in self.layers] + [1])
+        fmax = self.pk.feat_size
+        # flat buffers: a (n, k) view of the first n*k floats is C-contiguous for any k
+        self.A = np.zeros(cap * kmax, dt)
+        self.G = np.zeros(cap * gmax, dt)
+        self.HR = np.zeros(cap * gmax, dt)
+        self.Y = [np.zeros(cap * fmax, dt), np.zeros(cap * fmax, dt)]
+        self.cap = cap
+
+    def __call__(self, ids, X, out, arena, parallel: bool) -> None:
+        n = ids.shape[0]
+        if n > self.cap:
+            self._grow(n)
+        W = self.pk.W
+        gates = _gates_rows_par if parallel else _gates_rows
+        cur = X
+        ping = 0
+        for idx, (what, m, I, F, G, Wx, Rh) in enumerate(self.layers):
+            last = idx == len(self.layers) - 1
+            Y = out if last else self.Y[ping][: n * F].reshape(n, F)
+            if what == "rec":
+                Gb = self.G[: n * G].reshape(n, G)
+                HR = self.HR[: n * G].reshape(n, G)
+                if Rh is None and Wx.shape[0] > I:  # LSTM / RNN: A = [x | h]
+                    A = self.A[: n * (I + F)].reshape(n, I + F)
+                    A[:, :I] = cur
+                    _gather_h(ids, arena, A, I, int(m[K_DIR + O_H]), F)
+                    np.matmul(A, Wx, out=Gb)
+                else:  # GRU
+                    np.matmul(cur, Wx, out=Gb)
+                    if Rh is not None:
+                        A = self.A[: n * F].reshape(n, F)
+                        _gather_h(ids, arena, A, 0, int(m[K_DIR + O_H]), F)
+                        np.matmul(A, Rh, out=HR)
+                gates(ids, Gb, HR, Y, arena, W, m)
+            elif what == "dense":
+                np.matmul(cur, Wx, out=Y)
+                _bias_act_rows(Y, W, m)
+            else:
+                _frames_rows(cur, Y, W, m)
+            if not last:
+                cur = Y
+                ping ^= 1

@@ -16,6 +16,17 @@ def _gru_cell(W, m, d, g, h, hr):
     h  (H,)   in/out: hidden state
     hr (3H,)  scratch: recurrent products
     """
+    H, lbr = m[K_H], m[K_FLAGS] & F_LBR
+    for j in range(3 * H):
+        hr[j] = 0.0
+    # lbr: hr = h @ Rt for z, r and h; else only the z and r parts
+    _matvec_acc(W, m[K_DIR + 9 * d + O_RT], H, 3 * H, 0, 3 * H if lbr else 2 * H, h, hr, 0)
+    _gru_gates(W, m, d, g, h, hr)
+
+
+@njit(**NJIT)
+def _gru_gates(W, m, d, g, h, hr):
+    """The rest of the step given g = x @ Wt + b and hr = h @ Rt (z, r parts; all 3 with lbr)."""
     H, flags, fast = m[K_H], m[K_FLAGS], m[K_FAST]
     base = K_DIR + 9 * d
     rt = m[base + O_RT]
@@ -24,10 +35,6 @@ def _gru_cell(W, m, d, g, h, hr):
     kf, kg = m[K_ACT + 3 * d], m[K_ACT + 3 * d + 1]
     af, bf, ag, bg = W[par + 1], W[par + 2], W[par + 3], W[par + 4]
     lbr = flags & F_LBR
-    for j in range(3 * H):
-        hr[j] = 0.0
-    # lbr: hr = h @ Rt for z, r and h; else only the z and r parts
-    _matvec_acc(W, rt, H, 3 * H, 0, 3 * H if lbr else 2 * H, h, hr, 0)
     zr = g[0 : 2 * H]
     for j in range(2 * H):
         zr[j] += hr[j]

@@ -19,9 +19,16 @@ def _lstm_cell(W, m, d, g, h, c):
     h (Hr,)  in/out: hidden state (the layer's output)
     c (H,)   in/out: cell state
     """
+    H, Hr = m[K_H], m[K_REC]
+    _matvec_acc(W, m[K_DIR + 9 * d + O_RT], Hr, 4 * H, 0, 4 * H, h, g, 0)  # g += h @ Rt
+    _lstm_gates(W, m, d, g, h, c)
+
+
+@njit(**NJIT)
+def _lstm_gates(W, m, d, g, h, c):
+    """The elementwise part of the step: g (4H,) = x @ Wt + h @ Rt + b -> new c, h."""
     H, Hr, flags, fast = m[K_H], m[K_REC], m[K_FLAGS], m[K_FAST]
     base = K_DIR + 9 * d
-    _matvec_acc(W, m[base + O_RT], Hr, 4 * H, 0, 4 * H, h, g, 0)  # g += h @ Rt
     par = m[base + O_PAR]
     clip = W[par] if flags & F_CLIP else W[par] * 0
     kf, kg, kh = m[K_ACT + 3 * d], m[K_ACT + 3 * d + 1], m[K_ACT + 3 * d + 2]

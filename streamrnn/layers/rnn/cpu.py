@@ -14,9 +14,16 @@ def _rnn_cell(W, m, d, g, h):
 
     g (H,)  in: x @ Wt + b; clobbered.  h (H,) in/out: hidden state.
     """
+    H = m[K_H]
+    _matvec_acc(W, m[K_DIR + 9 * d + O_RT], H, H, 0, H, h, g, 0)
+    _rnn_gates(W, m, d, g, h)
+
+
+@njit(**NJIT)
+def _rnn_gates(W, m, d, g, h):
+    """h = f(clip(g)) where g = x @ Wt + h @ Rt + b."""
     H, flags = m[K_H], m[K_FLAGS]
     base = K_DIR + 9 * d
-    _matvec_acc(W, m[base + O_RT], H, H, 0, H, h, g, 0)
     par = m[base + O_PAR]
     clip = W[par] if flags & F_CLIP else W[par] * 0
     _vclip(g, clip)

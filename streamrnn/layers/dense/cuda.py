@@ -1,0 +1,341 @@
+"""Dense, activation and softmax kernels (CUDA, numba.cuda), and the device helpers the
+recurrent CUDA kernels share: activations, clipping, the tiled multiply-accumulate.
+
+Imported only by :mod:`streamrnn.engine.cuda` (so only when ``device="cuda"``).
+
+Kernels are built by factories, per layer: every size, offset into the packed weight buffer
+``W`` (see :mod:`streamrnn.engine.pack`), activation id and flag is a compile-time constant
+(a closure variable), so loops have constant bounds and the activation branch folds away.
+Factories are memoised on their arguments: models of the same structure share kernels.
+
+The "row-tile" kernels (``make_linear`` here, and the recurrent step kernels of the layer
+modules) all take the same arguments ``(W, ids, src, dst, out, arena, n)``:
+
+* ``W``     (nW,) the packed weights;
+* ``ids``   (>= n,) int64 state-arena row of each input row (pool streams);
+* ``src``   (>= n, *) rows of the layer input, starting at column ``IN0`` (a constant);
+* ``dst``   (>= n, *) the per-row feature buffer the layer writes at column ``OUT0``;
+* ``out``   (>= n, O) the model output (written by the last layer only, ``LAST``);
+* ``arena`` (cap, S) the per-stream states;
+* ``n``     the number of rows.
+
+The grid is ``(ceil(n / NR), ceil(N / U))`` (rows on x: y is limited to 65535): a block computes U output units (all gates of them)
+for NR rows, with ``U * KS * RS`` threads. A thread owns one unit, one slice of the reduction
+(KS slices, reduced through shared memory) and RPT rows (NR = RS * RPT), so every weight it loads
+is used RPT times, and the inputs of the NR rows are staged in shared memory in chunks of KT.
+Small ``n`` uses few rows per block and many K slices (a split-K GEMV: all SMs stream the
+weights once); large ``n`` uses many rows per block (a GEMM: weights re-used from registers).
+"""
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+from functools import lru_cache
+
+import numpy as np
+from numba import cuda, float32, float64
+
+from numba.cuda import config as _cuda_config
+
+SIM = bool(_cuda_config.ENABLE_CUDASIM)
+
+#: U units per block, KS reduction slices, RS row groups, RPT rows per thread, KT chunk length
+Tile = namedtuple("Tile", "U KS RS RPT KT")
+
+
+def nbtype(dtype):
+    return float32 if np.dtype(dtype) == np.float32 else float64
+
+
+def jit(device=False, **kw):
+    """``cuda.jit`` with options the simulator does not know dropped there."""
+    if SIM:
+        return cuda.jit(device=device)
+    if device:
+        kw.setdefault("forceinline", True)
+    return cuda.jit(device=device, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalar device helpers (same formulae, same literal types as layers/cpu_common.py)
+# ---------------------------------------------------------------------------------------------
+@jit(device=True)
+def _act(x, k, a, b):
+    """Activation ``k`` (ids of ``streamrnn.spec.ACTIVATION_IDS``) with ONNX semantics."""
+    if k == 0:  # Sigmoid, written to never overflow
+        if x >= 0:
+            return 1.0 / (1.0 + math.exp(-x))
+        e = math.exp(x)
+        return e / (1.0 + e)
+    if k == 1:
+        return math.tanh(x)
+    if k == 2:
+        return x if x > 0 else 0.0 * x
+    if k == 3:
+        return a * x + b
+    if k == 4:
+        return x if x >= 0 else a * x
+    if k == 5:
+        return x if x >= a else 0.0 * x
+    if k == 6:
+        return a * math.tanh(b * x)
+    if k == 7:
+        return min(max(a * x + b, 0.0), 1.0)
+    if k == 8:
+        return x if x >= 0 else a * (math.exp(x) - 1.0)
+    if k == 9:
+        return x / (1.0 + abs(x))
+    if k == 10:
+        if x > 0:
+            return x + math.log1p(math.exp(-x))
+        return math.log1p(math.exp(x))
+    return x  # -1: identity
+
+
+@jit(device=True)
+def _clip(x, c):
+    """Clip to [-c, c]; c == 0 means no clipping."""
+    if c > 0:
+        if x > c:
+            return c
+        if x < -c:
+            return -c
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiled multiply-accumulate shared by every row-tile kernel
+# ---------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def make_accum(tile: Tile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, A0: int, AW: int):
+    """A device function ``accum(acc, xs, W, woff, A, ids, rbase, n, jj, tid, ks, ty)``:
+
+    for the block's NR rows r and this thread's unit jj, RPT rows and K slice,
+    ``acc[A0 + q*AW + g] += sum_k A[row(r), COL0 + k] * W[woff + k*LDW + g*GS + jj]``
+    for g < G, k < K; row(r) = ids[r] if USE_IDS (state arena) else r. xs: shared (NR, KT).
+    """
+    U, KS, RS, RPT, KT = tile
+    NT, NR = U * KS * RS, RS * RPT
+
+    @jit(device=True)
+    def accum(acc, xs, W, woff, A, ids, rbase, n, jj, tid, ks, ty):
+        for k0 in range(0, K, KT):
+            cuda.syncthreads()
+            for e in range(tid, NR * KT, NT):
+                rr = e // KT
+                kk = e - rr * KT
+                r = rbase + rr
+                kx = k0 + kk
+                if r < n and kx < K:
+                    if USE_IDS:
+                        xs[rr, kk] = A[ids[r], COL0 + kx]
+                    else:
+                        xs[rr, kk] = A[r, COL0 + kx]
+                else:
+                    xs[rr, kk] = 0
+            cuda.syncthreads()
+            kend = min(KT, K - k0)
+            for kk in range(ks, kend, KS):
+                wb = woff + (k0 + kk) * LDW + jj
+                for g in range(G):
+                    w = W[wb + g * GS]
+                    for q in range(RPT):
+                        acc[A0 + q * AW + g] += xs[ty + RS * q, kk] * w
+
+    return accum
+
+
+@lru_cache(maxsize=None)
+def make_reduce(tile: Tile, AW: int):
+    """``reduce(acc, red, tx, ks, ty)``: sum the KS slices' accumulators into slice 0's.
+    red: shared (max(1, KS*NR*AW*U),). A no-op when KS == 1."""
+    U, KS, RS, RPT, KT = tile
+    NR = RS * RPT
+
+    @jit(device=True)
+    def reduce(acc, red, tx, ks, ty):
+        if KS > 1:
+            for q in range(RPT):
+                for g in range(AW):
+                    red[((ks * NR + ty + RS * q) * AW + g) * U + tx] = acc[q * AW + g]
+            cuda.syncthreads()
+            if ks == 0:
+                for p in range(1, KS):
+                    for q in range(RPT):
+                        for g in range(AW):
+                            acc[q * AW + g] += red[((p * NR + ty + RS * q) * AW + g) * U + tx]
+
+    return reduce
+
+
+def red_size(tile: Tile, AW: int) -> int:
+    U, KS, RS, RPT, KT = tile
+    return max(1, KS * RS * RPT * AW * U) if KS > 1 else 1
+
+
+@lru_cache(maxsize=None)
+def make_commit(NT: int, COMMIT: tuple):
+    """``commit(ids, dst, arena, r, tid)``: copy row r's new hidden states (feature-buffer
+    columns) into its state-arena row. COMMIT: flat (col0, h_offset, size) triples."""
+    NC = len(COMMIT) // 3
+    CF = COMMIT if NC else (0, 0, 0)
+
+    @jit(device=True)
+    def commit(ids, dst, arena, r, tid):
+        sid = ids[r]
+        for c in range(NC):
+            c0 = CF[3 * c]
+            ho = CF[3 * c + 1]
+            hr = CF[3 * c + 2]
+            for e in range(tid, hr, NT):
+                arena[sid, ho + e] = dst[r, c0 + e]
+
+    return commit
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT: int, BOFF: int,
+                ACT: int, AA: float, AB: float, LAST: bool, COMMIT: tuple = ()):
+    """Dense layer on rows: ``dst[r, OUT0 + j] = act(b[j] + src[r, IN0:IN0+K] @ Wt[:, j])``.
+
+    Also serves as the GEMM of the sequence path (input projections ``X @ Wt + b`` of every
+    step, ACT = -1) and as the LSTM projection (BOFF = -1). Grid (ceil(n/NR), ceil(N/U)).
+    With COMMIT, blocks of column 0 also commit the recurrent states of their rows.
+    """
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    U, KS, RS, RPT, KT = tile
+    NT, NR = U * KS * RS, RS * RPT
+    accum = make_accum(tile, K, N, 0, 1, IN0, False, 0, 1)
+    reduce = make_reduce(tile, 1)
+    RED = red_size(tile, 1)
+    commit = make_commit(NT, COMMIT)
+    NC = len(COMMIT) // 3
+    AAc, ABc = dt(AA), dt(AB)
+
+    @jit(fastmath=False)
+    def linear(W, ids, src, dst, out, arena, n):
+        tid = cuda.threadIdx.x
+        tx = tid % U
+        ks = (tid // U) % KS
+        ty = tid // (U * KS)
+        j = cuda.blockIdx.y * U + tx
+        jj = j if j < N else N - 1
+        rbase = cuda.blockIdx.x * NR
+        xs = cuda.shared.array((NR, KT), nbt)
+        red = cuda.shared.array(RED, nbt)
+        acc = cuda.local.array(RPT, nbt)
+        for q in range(RPT):
+            acc[q] = 0
+        accum(acc, xs, W, WT, src, ids, rbase, n, jj, tid, ks, ty)
+        reduce(acc, red, tx, ks, ty)
+        if ks == 0 and j < N:
+            for q in range(RPT):
+                r = rbase + ty + RS * q
+                if r < n:
+                    y = acc[q]
+                    if BOFF >= 0:
+                        y = W[BOFF + j] + y
+                    if ACT >= 0:
+                        y = _act(y, ACT, AAc, ABc)
+                    dst[r, OUT0 + j] = y
+                    if LAST:
+                        out[r, j] = y
+        if NC > 0 and cuda.blockIdx.y == 0:
+            for rr in range(NR):
+                r = rbase + rr
+                if r < n:
+                    commit(ids, dst, arena, r, tid)
+
+    return linear
+
+
+@lru_cache(maxsize=None)
+def make_rowwise(dtype: str, NT: int, SOFTMAX: bool, LOG: bool, SIZE: int, IN0: int, OUT0: int,
+                 ACT: int, AA: float, AB: float, LAST: bool, COMMIT: tuple = ()):
+    """Activation or (log)softmax layer on rows; one block of NT threads per row (grid n)."""
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    commit = make_commit(NT, COMMIT)
+    NC = len(COMMIT) // 3
+    AAc, ABc = dt(AA), dt(AB)
+
+    @jit()
+    def rowwise(W, ids, src, dst, out, arena, n):
+        r = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        if r < n:
+            if SOFTMAX:
+                rmax = cuda.shared.array(NT, nbt)
+                rsum = cuda.shared.array(NT, float64)
+                mx = src[r, IN0]
+                for j in range(tid, SIZE, NT):
+                    mx = max(mx, src[r, IN0 + j])
+                rmax[tid] = mx
+                cuda.syncthreads()
+                mx = rmax[0]
+                for p in range(1, NT):
+                    mx = max(mx, rmax[p])
+                s = 0.0
+                for j in range(tid, SIZE, NT):
+                    s += math.exp(src[r, IN0 + j] - mx)
+                rsum[tid] = s
+                cuda.syncthreads()
+                s = 0.0
+                for p in range(NT):
+                    s += rsum[p]
+                if LOG:
+                    ls = math.log(s)
+                    for j in range(tid, SIZE, NT):
+                        y = src[r, IN0 + j] - mx - ls
+                        dst[r, OUT0 + j] = y
+                        if LAST:
+                            out[r, j] = y
+                else:
+                    for j in range(tid, SIZE, NT):
+                        y = math.exp(src[r, IN0 + j] - mx) / s
+                        dst[r, OUT0 + j] = y
+                        if LAST:
+                            out[r, j] = y
+            else:
+                for j in range(tid, SIZE, NT):
+                    y = _act(src[r, IN0 + j], ACT, AAc, ABc)
+                    dst[r, OUT0 + j] = y
+                    if LAST:
+                        out[r, j] = y
+            if NC > 0:
+                commit(ids, dst, arena, r, tid)
+
+    return rowwise
+
+
+@lru_cache(maxsize=None)
+def make_commit_kernel(NT: int, COMMIT: tuple):
+    """Standalone commit (when the last layer is recurrent): one block per row."""
+    commit = make_commit(NT, COMMIT)
+
+    @jit()
+    def commit_kernel(W, ids, src, dst, out, arena, n):
+        r = cuda.blockIdx.x
+        if r < n:
+            commit(ids, dst, arena, r, cuda.threadIdx.x)
+
+    return commit_kernel
+
+
+@lru_cache(maxsize=None)
+def make_zero_rows(NT: int):
+    """``zero_rows(ids, arena, n)``: zero the state rows ``ids[:n]`` (grid n)."""
+
+    @jit()
+    def zero_rows(ids, arena, n):
+        r = cuda.blockIdx.x
+        if r < n:
+            sid = ids[r]
+            for e in range(cuda.threadIdx.x, arena.shape[1], NT):
+                arena[sid, e] = 0
+
+    return zero_rows

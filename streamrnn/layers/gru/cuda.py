@@ -1,0 +1,239 @@
+"""GRU kernels (CUDA, numba.cuda): one-step row-tile kernels of the pool / stream path and the
+persistent sequence kernel of ``run`` / ``push``. Same formulae as ``cpu.py``'s ``_gru_cell``.
+
+With ``linear_before_reset`` (PyTorch's GRU) one step is one kernel. Without it (ONNX's default)
+the candidate gate needs ``(r * h_old) @ Rh`` over every unit, so the step is two kernels:
+``make_gru_step`` writes z, the input part of the candidate and r * h_old to the feature buffer
+(columns SCR0 : SCR0 + 3H), then ``make_gru_step2`` finishes.
+See :mod:`streamrnn.layers.dense.cuda` for the row-tile conventions.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from numba import cuda
+
+from ..dense.cuda import Tile, _act, _clip, jit, make_accum, make_reduce, nbtype, red_size
+
+
+@lru_cache(maxsize=None)
+def make_gru_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, SCR0: int,
+                  WT: int, RT: int, BO: int, RBH: int, LBR: bool, CLIP: float, ACTS: tuple,
+                  HO: int, LAST: bool):
+    """One GRU step for n rows, grid (ceil(n/NR), ceil(H/U)). ACTS = (kf, af, bf, kg, ag, bg).
+
+    LBR: the whole step; h goes to dst[r, OUT0 + j] (and out if LAST).
+    not LBR: phase 1; z, a = x @ Wh + bh and r * h_old go to dst[r, SCR0 + {0, H, 2H} + j].
+    """
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    U, KS, RS, RPT, KT = tile
+    NR = RS * RPT
+    G3 = 3 * H
+    AW = 6  # x parts z, r, h; recurrent parts z, r, h
+    acc_x = make_accum(tile, I, G3, H, 3, IN0, False, 0, AW)
+    acc_h = make_accum(tile, H, G3, H, 3 if LBR else 2, HO, True, 3, AW)
+    reduce = make_reduce(tile, AW)
+    RED = red_size(tile, AW)
+    kf, af, bf, kg, ag, bg = ACTS
+    af, bf, ag, bg = dt(af), dt(bf), dt(ag), dt(bg)
+    clip = dt(CLIP)
+
+    @jit()
+    def gru_step(W, ids, src, dst, out, arena, n):
+        tid = cuda.threadIdx.x
+        tx = tid % U
+        ks = (tid // U) % KS
+        ty = tid // (U * KS)
+        j = cuda.blockIdx.y * U + tx
+        jj = j if j < H else H - 1
+        rbase = cuda.blockIdx.x * NR
+        xs = cuda.shared.array((NR, KT), nbt)
+        red = cuda.shared.array(RED, nbt)
+        acc = cuda.local.array(RPT * AW, nbt)
+        for a in range(RPT * AW):
+            acc[a] = 0
+        acc_x(acc, xs, W, WT, src, ids, rbase, n, jj, tid, ks, ty)
+        acc_h(acc, xs, W, RT, arena, ids, rbase, n, jj, tid, ks, ty)
+        reduce(acc, red, tx, ks, ty)
+        if ks == 0 and j < H:
+            for q in range(RPT):
+                r = rbase + ty + RS * q
+                if r < n:
+                    sid = ids[r]
+                    hp = arena[sid, HO + j]
+                    gz = W[BO + j] + acc[q * AW]
+                    gr = W[BO + H + j] + acc[q * AW + 1]
+                    gh = W[BO + 2 * H + j] + acc[q * AW + 2]
+                    z = _act(_clip(gz + acc[q * AW + 3], clip), kf, af, bf)
+                    rg = _act(_clip(gr + acc[q * AW + 4], clip), kf, af, bf)
+                    if LBR:
+                        gh += rg * (acc[q * AW + 5] + W[RBH + j])
+                        hc = _act(_clip(gh, clip), kg, ag, bg)
+                        hv = (1.0 - z) * hc + z * hp
+                        dst[r, OUT0 + j] = hv
+                        if LAST:
+                            out[r, j] = hv
+                    else:
+                        dst[r, SCR0 + j] = z
+                        dst[r, SCR0 + H + j] = gh
+                        dst[r, SCR0 + 2 * H + j] = rg * hp
+
+    return gru_step
+
+
+@lru_cache(maxsize=None)
+def make_gru_step2(dtype: str, tile: Tile, H: int, OUT0: int, SCR0: int, RT: int, CLIP: float,
+                   ACTS: tuple, HO: int, LAST: bool):
+    """Phase 2 of a GRU step without linear_before_reset: h = (1-z) * g(a + (r*h_old) @ Rh) + z * h_old."""
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    U, KS, RS, RPT, KT = tile
+    NR = RS * RPT
+    AW = 1
+    acc_rh = make_accum(tile, H, 3 * H, 0, 1, SCR0 + 2 * H, False, 0, AW)
+    reduce = make_reduce(tile, AW)
+    RED = red_size(tile, AW)
+    kf, af, bf, kg, ag, bg = ACTS
+    ag, bg = dt(ag), dt(bg)
+    clip = dt(CLIP)
+
+    @jit()
+    def gru_step2(W, ids, src, dst, out, arena, n):
+        tid = cuda.threadIdx.x
+        tx = tid % U
+        ks = (tid // U) % KS
+        ty = tid // (U * KS)
+        j = cuda.blockIdx.y * U + tx
+        jj = j if j < H else H - 1
+        rbase = cuda.blockIdx.x * NR
+        xs = cuda.shared.array((NR, KT), nbt)
+        red = cuda.shared.array(RED, nbt)
+        acc = cuda.local.array(RPT * AW, nbt)
+        for a in range(RPT * AW):
+            acc[a] = 0
+        acc_rh(acc, xs, W, RT + 2 * H, dst, ids, rbase, n, jj, tid, ks, ty)
+        reduce(acc, red, tx, ks, ty)
+        if ks == 0 and j < H:
+            for q in range(RPT):
+                r = rbase + ty + RS * q
+                if r < n:
+                    sid = ids[r]
+                    hp = arena[sid, HO + j]
+                    z = dst[r, SCR0 + j]
+                    hc = _act(_clip(dst[r, SCR0 + H + j] + acc[q], clip), kg, ag, bg)
+                    hv = (1.0 - z) * hc + z * hp
+                    dst[r, OUT0 + j] = hv
+                    if LAST:
+                        out[r, j] = hv
+
+    return gru_step2
+
+
+@lru_cache(maxsize=None)
+def make_gru_seq(dtype: str, NT: int, NB: int, H: int, RT: int, RBH: int, LBR: bool, CLIP: float,
+                 ACTS: tuple, HO: int, COL0: int, REV: bool):
+    """The recurrence of one GRU direction over a chunk, persistent over time (see
+    ``make_lstm_seq``): ``gru_seq(W, XW, Y, state, sidx, lens, B, T)``, XW (B*T, 3H)."""
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    G3 = 3 * H
+    kf, af, bf, kg, ag, bg = ACTS
+    af, bf, ag, bg = dt(af), dt(bf), dt(ag), dt(bg)
+    clip = dt(CLIP)
+    HS = 1 if LBR else H
+
+    @jit()
+    def gru_seq(W, XW, Y, state, sidx, lens, B, T):
+        tid = cuda.threadIdx.x
+        b0 = cuda.blockIdx.x * NB
+        h = cuda.shared.array((NB, H), nbt)
+        hn = cuda.shared.array((NB, H), nbt)
+        zs = cuda.shared.array((NB, HS), nbt)
+        rh = cuda.shared.array((NB, HS), nbt)
+        acc = cuda.local.array(NB * 3, nbt)
+        for i in range(NB):
+            b = b0 + i
+            if b < B:
+                sid = sidx[b]
+                for k in range(tid, H, NT):
+                    h[i, k] = state[sid, HO + k]
+            else:
+                for k in range(tid, H, NT):
+                    h[i, k] = 0
+        cuda.syncthreads()
+        for s in range(T):
+            for j in range(tid, H, NT):
+                for a in range(NB * 3):
+                    acc[a] = 0
+                for k in range(H):
+                    wb = RT + k * G3 + j
+                    w0 = W[wb]
+                    w1 = W[wb + H]
+                    w2 = W[wb + 2 * H] if LBR else w1
+                    for i in range(NB):
+                        hv = h[i, k]
+                        acc[3 * i] += hv * w0
+                        acc[3 * i + 1] += hv * w1
+                        if LBR:
+                            acc[3 * i + 2] += hv * w2
+                for i in range(NB):
+                    b = b0 + i
+                    if b < B:
+                        L = lens[b]
+                        if s < L:
+                            t = L - 1 - s if REV else s
+                            row = b * T + t
+                            z = _act(_clip(XW[row, j] + acc[3 * i], clip), kf, af, bf)
+                            rg = _act(_clip(XW[row, H + j] + acc[3 * i + 1], clip), kf, af, bf)
+                            if LBR:
+                                gh = XW[row, 2 * H + j] + rg * (acc[3 * i + 2] + W[RBH + j])
+                                hc = _act(_clip(gh, clip), kg, ag, bg)
+                                hn[i, j] = (1.0 - z) * hc + z * h[i, j]
+                            else:
+                                zs[i, j] = z
+                                rh[i, j] = rg * h[i, j]
+            cuda.syncthreads()
+            if not LBR:
+                for j in range(tid, H, NT):
+                    for a in range(NB):
+                        acc[a] = 0
+                    for k in range(H):
+                        w2 = W[RT + k * G3 + 2 * H + j]
+                        for i in range(NB):
+                            acc[i] += rh[i, k] * w2
+                    for i in range(NB):
+                        b = b0 + i
+                        if b < B:
+                            L = lens[b]
+                            if s < L:
+                                t = L - 1 - s if REV else s
+                                row = b * T + t
+                                hc = _act(_clip(XW[row, 2 * H + j] + acc[i], clip), kg, ag, bg)
+                                z = zs[i, j]
+                                hn[i, j] = (1.0 - z) * hc + z * h[i, j]
+                cuda.syncthreads()
+            for i in range(NB):
+                b = b0 + i
+                if b < B:
+                    L = lens[b]
+                    if s < L:
+                        t = L - 1 - s if REV else s
+                        row = b * T + t
+                        for k in range(tid, H, NT):
+                            v = hn[i, k]
+                            h[i, k] = v
+                            Y[row, COL0 + k] = v
+                    else:
+                        for k in range(tid, H, NT):
+                            Y[b * T + s, COL0 + k] = 0
+            cuda.syncthreads()
+        for i in range(NB):
+            b = b0 + i
+            if b < B:
+                sid = sidx[b]
+                for k in range(tid, H, NT):
+                    state[sid, HO + k] = h[i, k]
+
+    return gru_seq

@@ -1,0 +1,219 @@
+"""LSTM kernels (CUDA, numba.cuda): the one-step row-tile kernel of the pool / stream path and
+the persistent sequence kernel of ``run`` / ``push``. Same formulae as ``cpu.py``'s ``_lstm_cell``.
+
+See :mod:`streamrnn.layers.dense.cuda` for the row-tile conventions and helpers.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from numba import cuda
+
+from ..dense.cuda import Tile, _act, _clip, jit, make_accum, make_reduce, nbtype, red_size
+
+
+@lru_cache(maxsize=None)
+def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OUT0: int,
+                   WT: int, RT: int, BO: int, PEEP: int, CLIP: float, IFG: bool, ACTS: tuple,
+                   HO: int, CO: int, LAST: bool):
+    """One step of one LSTM layer for n rows (streams ``ids``), grid (ceil(n/NR), ceil(H/U)).
+
+    Gates of unit j: x @ Wt + h_old @ Rt + b, with x = src[r, IN0:IN0+I] and h_old (HR,) read
+    from the state arena (not written here: the new h goes to ``dst[r, OUT0 + j]`` and is
+    committed to the arena after every layer ran); the cell state c is updated in place (only
+    this thread reads it). With a projection the caller runs ``make_linear`` on dst next.
+    ACTS = (kf, af, bf, kg, ag, bg, kh, ah, bh).
+    """
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    U, KS, RS, RPT, KT = tile
+    NR = RS * RPT
+    G4 = 4 * H
+    AW = 4
+    acc_x = make_accum(tile, I, G4, H, 4, IN0, False, 0, AW)
+    acc_h = make_accum(tile, HR, G4, H, 4, HO, True, 0, AW)
+    reduce = make_reduce(tile, AW)
+    RED = red_size(tile, AW)
+    kf, af, bf, kg, ag, bg, kh, ah, bh = ACTS
+    af, bf, ag, bg, ah, bh = dt(af), dt(bf), dt(ag), dt(bg), dt(ah), dt(bh)
+    clip = dt(CLIP)
+    HAS_PEEP = PEEP >= 0
+    PP = max(PEEP, 0)
+
+    @jit()
+    def lstm_step(W, ids, src, dst, out, arena, n):
+        tid = cuda.threadIdx.x
+        tx = tid % U
+        ks = (tid // U) % KS
+        ty = tid // (U * KS)
+        j = cuda.blockIdx.y * U + tx
+        jj = j if j < H else H - 1
+        rbase = cuda.blockIdx.x * NR
+        xs = cuda.shared.array((NR, KT), nbt)
+        red = cuda.shared.array(RED, nbt)
+        acc = cuda.local.array(RPT * AW, nbt)
+        for a in range(RPT * AW):
+            acc[a] = 0
+        acc_x(acc, xs, W, WT, src, ids, rbase, n, jj, tid, ks, ty)
+        acc_h(acc, xs, W, RT, arena, ids, rbase, n, jj, tid, ks, ty)
+        reduce(acc, red, tx, ks, ty)
+        if ks == 0 and j < H:
+            for q in range(RPT):
+                r = rbase + ty + RS * q
+                if r < n:
+                    sid = ids[r]
+                    gi = W[BO + j] + acc[q * AW]
+                    go = W[BO + H + j] + acc[q * AW + 1]
+                    gf = W[BO + 2 * H + j] + acc[q * AW + 2]
+                    gc = W[BO + 3 * H + j] + acc[q * AW + 3]
+                    cp = arena[sid, CO + j]
+                    if HAS_PEEP:
+                        gi += W[PP + j] * cp
+                        gf += W[PP + 2 * H + j] * cp
+                    it = _act(_clip(gi, clip), kf, af, bf)
+                    if IFG:
+                        ft = 1.0 - it
+                    else:
+                        ft = _act(_clip(gf, clip), kf, af, bf)
+                    ct = _act(_clip(gc, clip), kg, ag, bg)
+                    cn = ft * cp + it * ct
+                    if HAS_PEEP:
+                        go += W[PP + H + j] * cn
+                    ot = _act(_clip(go, clip), kf, af, bf)
+                    arena[sid, CO + j] = cn
+                    hn = ot * _act(cn, kh, ah, bh)
+                    dst[r, OUT0 + j] = hn
+                    if LAST:
+                        out[r, j] = hn
+
+    return lstm_step
+
+
+@lru_cache(maxsize=None)
+def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: int, PROJ: int,
+                  CLIP: float, IFG: bool, ACTS: tuple, HO: int, CO: int, COL0: int, REV: bool):
+    """The recurrence of one LSTM direction over a whole chunk, persistent over time.
+
+    ``lstm_seq(W, XW, Y, state, sidx, lens, B, T)``: grid ceil(B / NB), NT threads; a block owns
+    NB batch entries, keeps their h and c in shared memory for all T steps and reads only the
+    precomputed input projections XW (B*T, 4H) (row b*T + t, bias included). Outputs go to
+    Y[b*T + t, COL0 : COL0 + HR]; positions past a length are written 0. The final h, c go to
+    state[sidx[b]]. REV runs each sequence backwards from its last valid step.
+    """
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    G4 = 4 * H
+    HAS_PEEP = PEEP >= 0
+    PP = max(PEEP, 0)
+    HAS_PROJ = PROJ >= 0
+    PJ = max(PROJ, 0)
+    TH = H if HAS_PROJ else 1
+    kf, af, bf, kg, ag, bg, kh, ah, bh = ACTS
+    af, bf, ag, bg, ah, bh = dt(af), dt(bf), dt(ag), dt(bg), dt(ah), dt(bh)
+    clip = dt(CLIP)
+
+    @jit()
+    def lstm_seq(W, XW, Y, state, sidx, lens, B, T):
+        tid = cuda.threadIdx.x
+        b0 = cuda.blockIdx.x * NB
+        h = cuda.shared.array((NB, HR), nbt)
+        hn = cuda.shared.array((NB, HR), nbt)
+        c = cuda.shared.array((NB, H), nbt)
+        tmp = cuda.shared.array((NB, TH), nbt)
+        acc = cuda.local.array(NB * 4, nbt)
+        for i in range(NB):
+            b = b0 + i
+            if b < B:
+                sid = sidx[b]
+                for k in range(tid, HR, NT):
+                    h[i, k] = state[sid, HO + k]
+                for k in range(tid, H, NT):
+                    c[i, k] = state[sid, CO + k]
+            else:
+                for k in range(tid, HR, NT):
+                    h[i, k] = 0
+                for k in range(tid, H, NT):
+                    c[i, k] = 0
+        cuda.syncthreads()
+        for s in range(T):
+            for j in range(tid, H, NT):
+                for a in range(NB * 4):
+                    acc[a] = 0
+                for k in range(HR):
+                    wb = RT + k * G4 + j
+                    w0 = W[wb]
+                    w1 = W[wb + H]
+                    w2 = W[wb + 2 * H]
+                    w3 = W[wb + 3 * H]
+                    for i in range(NB):
+                        hv = h[i, k]
+                        acc[4 * i] += hv * w0
+                        acc[4 * i + 1] += hv * w1
+                        acc[4 * i + 2] += hv * w2
+                        acc[4 * i + 3] += hv * w3
+                for i in range(NB):
+                    b = b0 + i
+                    if b < B:
+                        L = lens[b]
+                        if s < L:
+                            t = L - 1 - s if REV else s
+                            row = b * T + t
+                            gi = XW[row, j] + acc[4 * i]
+                            go = XW[row, H + j] + acc[4 * i + 1]
+                            gf = XW[row, 2 * H + j] + acc[4 * i + 2]
+                            gc = XW[row, 3 * H + j] + acc[4 * i + 3]
+                            cp = c[i, j]
+                            if HAS_PEEP:
+                                gi += W[PP + j] * cp
+                                gf += W[PP + 2 * H + j] * cp
+                            it = _act(_clip(gi, clip), kf, af, bf)
+                            if IFG:
+                                ft = 1.0 - it
+                            else:
+                                ft = _act(_clip(gf, clip), kf, af, bf)
+                            ct = _act(_clip(gc, clip), kg, ag, bg)
+                            cn = ft * cp + it * ct
+                            if HAS_PEEP:
+                                go += W[PP + H + j] * cn
+                            ot = _act(_clip(go, clip), kf, af, bf)
+                            c[i, j] = cn
+                            hv = ot * _act(cn, kh, ah, bh)
+                            if HAS_PROJ:
+                                tmp[i, j] = hv
+                            else:
+                                hn[i, j] = hv
+            cuda.syncthreads()
+            if HAS_PROJ:
+                for p in range(tid, HR, NT):
+                    for i in range(NB):
+                        v = W[PJ] * 0
+                        for k in range(H):
+                            v += tmp[i, k] * W[PJ + k * HR + p]
+                        hn[i, p] = v
+                cuda.syncthreads()
+            for i in range(NB):
+                b = b0 + i
+                if b < B:
+                    L = lens[b]
+                    if s < L:
+                        t = L - 1 - s if REV else s
+                        row = b * T + t
+                        for k in range(tid, HR, NT):
+                            v = hn[i, k]
+                            h[i, k] = v
+                            Y[row, COL0 + k] = v
+                    else:
+                        for k in range(tid, HR, NT):
+                            Y[b * T + s, COL0 + k] = 0
+            cuda.syncthreads()
+        for i in range(NB):
+            b = b0 + i
+            if b < B:
+                sid = sidx[b]
+                for k in range(tid, HR, NT):
+                    state[sid, HO + k] = h[i, k]
+                for k in range(tid, H, NT):
+                    state[sid, CO + k] = c[i, k]
+
+    return lstm_seq

@@ -1,0 +1,127 @@
+"""Simple RNN kernels (CUDA, numba.cuda): h = f(clip(x @ Wt + h @ Rt + b)).
+Same formula as ``cpu.py``'s ``_rnn_cell``; see :mod:`streamrnn.layers.dense.cuda` for the
+row-tile conventions and :mod:`streamrnn.layers.lstm.cuda` for the persistent sequence kernel.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from numba import cuda
+
+from ..dense.cuda import Tile, _act, _clip, jit, make_accum, make_reduce, nbtype, red_size
+
+
+@lru_cache(maxsize=None)
+def make_rnn_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, WT: int, RT: int,
+                  BO: int, CLIP: float, ACTS: tuple, HO: int, LAST: bool):
+    """One RNN step for n rows, grid (ceil(n/NR), ceil(H/U)). ACTS = (k, a, b)."""
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    U, KS, RS, RPT, KT = tile
+    NR = RS * RPT
+    AW = 1
+    acc_x = make_accum(tile, I, H, 0, 1, IN0, False, 0, AW)
+    acc_h = make_accum(tile, H, H, 0, 1, HO, True, 0, AW)
+    reduce = make_reduce(tile, AW)
+    RED = red_size(tile, AW)
+    kf, af, bf = ACTS
+    af, bf = dt(af), dt(bf)
+    clip = dt(CLIP)
+
+    @jit()
+    def rnn_step(W, ids, src, dst, out, arena, n):
+        tid = cuda.threadIdx.x
+        tx = tid % U
+        ks = (tid // U) % KS
+        ty = tid // (U * KS)
+        j = cuda.blockIdx.y * U + tx
+        jj = j if j < H else H - 1
+        rbase = cuda.blockIdx.x * NR
+        xs = cuda.shared.array((NR, KT), nbt)
+        red = cuda.shared.array(RED, nbt)
+        acc = cuda.local.array(RPT * AW, nbt)
+        for a in range(RPT * AW):
+            acc[a] = 0
+        acc_x(acc, xs, W, WT, src, ids, rbase, n, jj, tid, ks, ty)
+        acc_h(acc, xs, W, RT, arena, ids, rbase, n, jj, tid, ks, ty)
+        reduce(acc, red, tx, ks, ty)
+        if ks == 0 and j < H:
+            for q in range(RPT):
+                r = rbase + ty + RS * q
+                if r < n:
+                    hv = _act(_clip(W[BO + j] + acc[q], clip), kf, af, bf)
+                    dst[r, OUT0 + j] = hv
+                    if LAST:
+                        out[r, j] = hv
+
+    return rnn_step
+
+
+@lru_cache(maxsize=None)
+def make_rnn_seq(dtype: str, NT: int, NB: int, H: int, RT: int, CLIP: float, ACTS: tuple,
+                 HO: int, COL0: int, REV: bool):
+    """The recurrence of one RNN direction over a chunk, persistent over time:
+    ``rnn_seq(W, XW, Y, state, sidx, lens, B, T)``, XW (B*T, H) with the bias included."""
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    kf, af, bf = ACTS
+    af, bf = dt(af), dt(bf)
+    clip = dt(CLIP)
+
+    @jit()
+    def rnn_seq(W, XW, Y, state, sidx, lens, B, T):
+        tid = cuda.threadIdx.x
+        b0 = cuda.blockIdx.x * NB
+        h = cuda.shared.array((NB, H), nbt)
+        hn = cuda.shared.array((NB, H), nbt)
+        acc = cuda.local.array(NB, nbt)
+        for i in range(NB):
+            b = b0 + i
+            if b < B:
+                sid = sidx[b]
+                for k in range(tid, H, NT):
+                    h[i, k] = state[sid, HO + k]
+            else:
+                for k in range(tid, H, NT):
+                    h[i, k] = 0
+        cuda.syncthreads()
+        for s in range(T):
+            for j in range(tid, H, NT):
+                for i in range(NB):
+                    acc[i] = 0
+                for k in range(H):
+                    w = W[RT + k * H + j]
+                    for i in range(NB):
+                        acc[i] += h[i, k] * w
+                for i in range(NB):
+                    b = b0 + i
+                    if b < B:
+                        L = lens[b]
+                        if s < L:
+                            t = L - 1 - s if REV else s
+                            hn[i, j] = _act(_clip(XW[b * T + t, j] + acc[i], clip), kf, af, bf)
+            cuda.syncthreads()
+            for i in range(NB):
+                b = b0 + i
+                if b < B:
+                    L = lens[b]
+                    if s < L:
+                        t = L - 1 - s if REV else s
+                        row = b * T + t
+                        for k in range(tid, H, NT):
+                            v = hn[i, k]
+                            h[i, k] = v
+                            Y[row, COL0 + k] = v
+                    else:
+                        for k in range(tid, H, NT):
+                            Y[b * T + s, COL0 + k] = 0
+            cuda.syncthreads()
+        for i in range(NB):
+            b = b0 + i
+            if b < B:
+                sid = sidx[b]
+                for k in range(tid, H, NT):
+                    state[sid, HO + k] = h[i, k]
+
+    return rnn_seq

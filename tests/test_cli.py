@@ -1,0 +1,134 @@
+"""The ``streamrnn`` command line (``streamrnn.cli.main``) and ``python -m streamrnn``."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import streamrnn as srnn
+from streamrnn.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo_path(tmp_path_factory):
+    p = str(tmp_path_factory.mktemp("cli") / "demo.srnn")
+    assert main(["demo", "-o", p]) == 0
+    return p
+
+
+def test_demo_writes_loadable_model(demo_path, capsys):
+    m = srnn.load(demo_path)
+    assert (m.input_size, m.output_size) == (8, 4)
+    assert m.streamable
+
+
+def test_inspect_json(demo_path, capsys):
+    assert main(["inspect", demo_path, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["input_size"] == 8 and info["output_size"] == 4
+    assert info["state_floats_per_stream"] == 64  # h and c of an LSTM with hidden 32
+    assert info["parameters"] == 4 * 32 * (8 + 32) + 8 * 32 + 4 * 32 + 4
+    assert info["streamable"] is True and info["offline_only_layers"] == []
+    assert [l["type"] for l in info["layers"]] == ["LSTMLayer", "DenseLayer"]
+
+
+def test_inspect_text(demo_path, capsys):
+    assert main(["inspect", demo_path]) == 0
+    out = capsys.readouterr().out
+    assert "LSTM(input=8, hidden=32" in out and "parameters=" in out
+
+
+def test_convert_roundtrip(demo_path, tmp_path, capsys):
+    out = str(tmp_path / "copy.srnn")
+    assert main(["convert", demo_path, "-o", out]) == 0
+    a, b = srnn.load(demo_path), srnn.load(out)
+    X = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    np.testing.assert_array_equal(a.run(X), b.run(X))
+
+
+def test_stream_csv_equals_stream_step(demo_path, tmp_path, capsys):
+    X = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    f = tmp_path / "frames.csv"
+    f.write_text("# three frames\n" + "\n".join(",".join(repr(float(v)) for v in row) for row in X) + "\n")
+    assert main(["stream", demo_path, "--input", str(f)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    got = np.array([[float(v) for v in line.split(",")] for line in lines])
+    s = srnn.load(demo_path).stream()
+    want = np.stack([s.step(x) for x in X])
+    assert got.shape == (3, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_stream_npy(demo_path, tmp_path, capsys):
+    X = np.random.default_rng(2).standard_normal((4, 8))
+    np.save(tmp_path / "frames.npy", X)
+    assert main(["stream", demo_path, "-i", str(tmp_path / "frames.npy")]) == 0
+    got = np.loadtxt(capsys.readouterr().out.splitlines(), delimiter=",")
+    np.testing.assert_allclose(got, srnn.load(demo_path).stream().push(X), rtol=1e-6, atol=1e-7)
+
+
+def test_stream_bad_line_exit_2(demo_path, tmp_path, capsys):
+    f = tmp_path / "bad.csv"
+    f.write_text("1,2,3,4,5,6,7,8\n1,2,3\n")
+    assert main(["stream", demo_path, "--input", str(f)]) == 2
+    cap = capsys.readouterr()
+    assert len(cap.out.strip().splitlines()) == 1  # the good first frame was printed
+    assert ":2:" in cap.err and "expected 8 values" in cap.err
+    f.write_text("1,2,3,4,5,6,7,oops\n")
+    assert main(["stream", demo_path, "--input", str(f)]) == 2
+    assert "oops" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage that is no model", b"\xff" * 64])
+def test_bad_model_file_exit_2(tmp_path, capsys, content):
+    p = tmp_path / "bad.srnn"
+    p.write_bytes(content)
+    assert main(["inspect", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error" in err
+
+
+def test_missing_file_exit_2(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nope.onnx")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main([]) == 2
+    assert main(["no-such-command"]) == 2
+    assert main(["bench"]) == 2  # neither MODEL nor --demo
+
+
+@pytest.mark.parametrize("cmd", [[], ["inspect"], ["convert"], ["bench"], ["stream"], ["demo"]])
+def test_help_exit_0(cmd, capsys):
+    assert main(cmd + ["--help"]) == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_bench_demo_json(capsys):
+    assert main(["bench", "--demo", "--steps", "200", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    lat = res["latency_us"]
+    assert res["steps"] == 200 and res["streams"] == 1
+    assert 0 < lat["p50_us"] <= lat["p99_us"] <= lat["p99_9_us"] <= lat["max_us"]
+    assert res["throughput_stream_steps_per_s"] > 0
+
+
+def test_bench_pool(demo_path, capsys):
+    assert main(["bench", demo_path, "--streams", "16", "--steps", "50", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["streams"] == 16 and "pool.step" in res["method"]
+
+
+def test_python_dash_m(demo_path):
+    r = subprocess.run([sys.executable, "-m", "streamrnn", "stream", demo_path], input="0,0,0,0,0,0,0,0\n",
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip().split(",")) == 4
+    r = subprocess.run([sys.executable, "-m", "streamrnn", "inspect", os.path.join(os.path.dirname(demo_path), "x.srnn")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
