@@ -484,7 +484,7 @@ class Pool:
             if n >= self.GEMM_MIN_STREAMS:
                 rc = cpu._pool_validate(ids, X, out, self._alive, self._stamp, self._epoch, self._I, self._O)
                 if not rc:
-                    self._batched(ids, X, out, self._arena, par)
+                    self._batched(ids, X, out, self._arena, False)
             else:
                 fn = cpu._pool_step_par if par else cpu._pool_step
                 rc = fn(ids, X, out, self._arena, self._scr, self._W, self._meta, self._alive, self._stamp, self._epoch)

@@ -424,6 +424,9 @@ class BatchedStep:
         if n > self.cap:
             self._grow(n)
         W = self.pk.W
+        # The gates kernel runs serially on purpose: numba's OpenMP workers spin after a parallel
+        # region and starve OpenBLAS's threads in the next GEMM (measured 35 ms instead of
+        # 0.2 ms at H=128, B=64; bench/NOTES.md). The GEMMs carry the parallelism.
         gates = _gates_rows_par if parallel else _gates_rows
         cur = X
         ping = 0
