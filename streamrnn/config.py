@@ -13,8 +13,13 @@ import os
 # and reorder sums freely; FMA contraction only makes each multiply-add more exact.
 NJIT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False, fastmath={"contract"})
 PARALLEL = dict(NJIT, parallel=True)
+#: for kernels that run in a microsecond or two: holding the GIL serialises them for free
+NJIT_GIL = dict(NJIT, nogil=False)
+#: streams of models with at most this many weights step with the GIL held (no lock)
+GIL_STEP_MAX_WEIGHTS = 1 << 16
 
 #: Set STREAMRNN_NO_CACHE=1 to disable numba's on-disk cache (e.g. read-only installs).
 if os.environ.get("STREAMRNN_NO_CACHE"):
     NJIT["cache"] = False
     PARALLEL["cache"] = False
+    NJIT_GIL["cache"] = False

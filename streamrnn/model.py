@@ -13,6 +13,7 @@ import numpy as np
 
 from .engine import cpu
 from .engine.pack import pack
+from .config import GIL_STEP_MAX_WEIGHTS
 from .errors import CapacityError, NonFiniteError, ShapeError, StreamIdError, StreamRNNError
 from .spec import ModelSpec
 from .state import State, layout_key, state_from_bytes
@@ -257,6 +258,9 @@ class Stream:
         self._W, self._meta = pk.W, pk.meta
         self._sbuf = np.zeros(pk.state_size + pk.scratch_size, dtype=model.dtype)  # [state | scratch]
         self._lock = threading.Lock()
+        # small models: the kernel holds the GIL (it serialises calls, no lock needed); large
+        # ones release it (other threads run) and take the lock
+        self._gil_step = pk.W.size <= GIL_STEP_MAX_WEIGHTS
         self._cuda = model._cuda.stream() if model._cuda is not None else None
 
     def step(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
@@ -268,12 +272,19 @@ class Stream:
             return self._cuda.step(x, out)
         if out is None:
             out = np.empty(self._O, self._dtype)
-        with self._lock:
+        if self._gil_step:
             try:
-                rc = cpu._stream_step(x, out, self._sbuf, self._W, self._meta)
+                rc = cpu._stream_step_gil(x, out, self._sbuf, self._W, self._meta)
             except TypeError:  # not a contiguous array of the model dtype: convert, then retry
                 x, out = self._coerce(x, out)
-                rc = cpu._stream_step(x, out, self._sbuf, self._W, self._meta)
+                rc = cpu._stream_step_gil(x, out, self._sbuf, self._W, self._meta)
+        else:
+            with self._lock:
+                try:
+                    rc = cpu._stream_step(x, out, self._sbuf, self._W, self._meta)
+                except TypeError:
+                    x, out = self._coerce(x, out)
+                    rc = cpu._stream_step(x, out, self._sbuf, self._W, self._meta)
         if rc:
             _raise_status(rc, self.model, "x", x, out)
         return out

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 from numba import njit, prange, types
 
-from ..config import NJIT, PARALLEL
+from ..config import NJIT, NJIT_GIL, PARALLEL
 from ..layers.cpu_common import _matvec_acc, _vact
 from ..layers.dense.cpu import _frame_layer
 from ..layers.gru.cpu import _gru_cell, _gru_gates
@@ -84,15 +84,32 @@ def _matvec_acc_in(W, off, rows, cols, v, g):
 
 @njit(**NJIT)
 def _check_frame(x, n):
-    for k in range(n):
-        if not math.isfinite(x[k]):
-            return E_NONFINITE | (k << 8)
+    """OK, or E_NONFINITE | (index << 8) for the first NaN / Inf of x[:n]."""
+    bad = 0
+    for k in range(n):  # an integer OR-reduction: vectorises (x - x is NaN for NaN and Inf)
+        bad |= (x[k] - x[k]) != 0
+    if bad:
+        for k in range(n):
+            if not math.isfinite(x[k]):
+                return E_NONFINITE | (k << 8)
     return OK
 
 
 @njit(**NJIT)
 def _stream_step(x, out, sbuf, W, meta):
     """One stream, one frame. sbuf = [state (S) | scratch]. Returns a status (0 = ok)."""
+    return _stream_step_impl(x, out, sbuf, W, meta)
+
+
+@njit(**NJIT_GIL)
+def _stream_step_gil(x, out, sbuf, W, meta):
+    """As ``_stream_step`` but holding the GIL: for small models the GIL itself serialises
+    calls on one stream, which saves the lock (~0.15-0.25 us of a ~2 us step)."""
+    return _stream_step_impl(x, out, sbuf, W, meta)
+
+
+@njit(**NJIT)
+def _stream_step_impl(x, out, sbuf, W, meta):
     I, O, S = meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT], meta[0, K_S]
     if x.shape[0] != I:
         return E_XLEN
@@ -221,6 +238,7 @@ def _sigs(dt):
     im = types.int64[::1]
     return {
         _stream_step: (v, v, v, v, i2),
+        _stream_step_gil: (v, v, v, v, i2),
         _stream_push: (m2, m2, v, v, i2),
         _pool_step: (i1, m2, m2, m2, m2, v, i2, u1, i1, i64),
         _pool_step_par: (i1, m2, m2, m2, m2, v, i2, u1, i1, i64),
