@@ -12,7 +12,10 @@ The architecture is read from a state_dict's key names, shapes and order:
   only when ``arch`` says ``"embedding"`` (it becomes a Dense layer on one-hot frames).
 
 Modules run in the order their prefix first appears in the state_dict (registration order, which
-is forward order for the usual ``rnn -> head`` models). What a state_dict cannot tell is given by
+is forward order for the usual ``rnn -> head`` models). Where the sizes do not chain in that order
+(a head registered before the rnn; safetensors files, whose writers sort the keys), an ``arch``
+dict naming every module gives the order, else the one order that chains, or the one closest to
+the key order (fewest swapped pairs); a tie is refused. What a state_dict cannot tell is given by
 ``arch``: a string naming the kind of every recurrent module (``"lstm"``, ``"gru"``,
 ``"rnn_tanh"``, ``"rnn_relu"``), or a dict from module prefix to kind, where ``"linear"`` (and
 ``"embedding"``) are kinds too and suffixes ``"+relu"``, ``"+tanh"``, ``"+sigmoid"`` (and
@@ -87,7 +90,7 @@ class _Kind:
 
     base: str | None  # None: infer from the weights
     post: tuple[tuple[str, Any], ...] = ()
-    origin: str = "arch"  # "arch" (the user) or "module" (a live nn.Module)
+    origin: str = "arch"  # "arch" (a dict entry), "arch-all" (the one-string form), "module" (live)
 
 
 def _parse_kind(value: Any, where: str) -> _Kind:
@@ -125,7 +128,7 @@ def _is_tensor(v: Any) -> bool:
     return isinstance(v, np.ndarray) or (hasattr(v, "detach") and hasattr(v, "cpu") and hasattr(v, "shape"))
 
 
-def _to_numpy(v: Any, key: str) -> np.ndarray:
+def _to_numpy(v: Any) -> np.ndarray:
     """A torch tensor (duck-typed: torch is not imported) or array -> float numpy array."""
     if not isinstance(v, np.ndarray):
         t = v.detach().cpu()
@@ -213,7 +216,7 @@ def _normalize(sd: Mapping, source: str) -> tuple[dict[str, np.ndarray], str]:
     strip = _strip_wrappers(list(flat))
     if strip:
         log.info("%s: stripping the common prefix %r from every key", source, strip)
-    return {k[len(strip):]: _to_numpy(v, k) for k, v in flat.items()}, strip
+    return {k[len(strip):]: _to_numpy(v) for k, v in flat.items()}, strip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +290,11 @@ def _recurrent_layers(m: _Module, cell: bool, kind: _Kind | None) -> tuple[list,
             mt = _STACKED_RE.match(name)
             what, k, d = mt.group(1), int(mt.group(2)), int(bool(mt.group(3)))
         entries.setdefault((k, d), {})[what] = _float(arr, m.key(name))
-    sfx = (lambda k, d: "") if cell else (lambda k, d: f"_l{k}{'_reverse' if d else ''}")
+    def key(k: int, d: int, w: str) -> str:
+        """The state_dict key of weight ``w`` of layer ``k``, direction ``d``."""
+        sfx = "" if cell else f"_l{k}{'_reverse' if d else ''}"
+        return f"{m.prefix + '.' if m.prefix else ''}{w}{sfx}"
+
     L = 1 + max(k for k, _ in entries)
     D = 2 if any(d for _, d in entries) else 1
     first = entries.get((0, 0), {})
@@ -296,8 +303,8 @@ def _recurrent_layers(m: _Module, cell: bool, kind: _Kind | None) -> tuple[list,
     for k in range(L):
         for d in range(D):
             got = entries.get((k, d), {})
-            missing = [f"{m.prefix + '.' if m.prefix else ''}{w}{sfx(k, d)}" for w in need if w not in got]
-            extra = [f"{m.prefix + '.' if m.prefix else ''}{w}{sfx(k, d)}" for w in got if w not in need]
+            missing = [key(k, d, w) for w in need if w not in got]
+            extra = [key(k, d, w) for w in got if w not in need]
             if missing or extra:
                 raise StreamRNNError(
                     f"module {m.label}: expected the weights of a {L}-layer "
@@ -306,9 +313,6 @@ def _recurrent_layers(m: _Module, cell: bool, kind: _Kind | None) -> tuple[list,
                     + (f"missing {missing}" if missing else "") + (" and " if missing and extra else "")
                     + (f"unexpected {extra}" if extra else "")
                 )
-
-    def key(k: int, d: int, w: str) -> str:
-        return f"{m.prefix + '.' if m.prefix else ''}{w}{sfx(k, d)}"
 
     # sizes, checked across layers and directions
     G = None
@@ -348,7 +352,8 @@ def _recurrent_layers(m: _Module, cell: bool, kind: _Kind | None) -> tuple[list,
                     f"got shape {e['weight_hr'].shape} in a {_GATE_NAME[G]}"
                 )
             per_dir.append((e, H, Hr))
-        (e0, H, Hr), I = per_dir[0], per_dir[0][0]["weight_ih"].shape[1]
+        _, H, Hr = per_dir[0]
+        I = per_dir[0][0]["weight_ih"].shape[1]
         for d, (e, h, hr) in enumerate(per_dir):
             if (h, hr, e["weight_ih"].shape[1]) != (H, Hr, I):
                 raise StreamRNNError(
@@ -526,6 +531,79 @@ def _check_sequential_gaps(order: list[str], explicit: set[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _natural_key(key: str) -> list:
+    """'head.10.weight' sorts after 'head.2.weight'."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+def _chains(order: list[str], sizes: dict[str, tuple[int, int]], limit: int = 20000) -> list[list[str]]:
+    """Every order of the modules in which each input size is the previous output size."""
+    found: list[list[str]] = []
+    visits = 0
+
+    def walk(chain: list[str], rest: list[str]) -> None:
+        nonlocal visits
+        visits += 1
+        if visits > limit:
+            raise StreamRNNError(
+                f"modules: expected an order of {order} in which each module's input size is the "
+                "previous module's output size; too many candidates to search"
+            )
+        if not rest:
+            found.append(chain)
+            return
+        for i, p in enumerate(rest):
+            if not chain or sizes[p][0] == sizes[chain[-1]][1]:
+                walk(chain + [p], rest[:i] + rest[i + 1:])
+
+    walk([], list(order))
+    return found
+
+
+def _inversions(chain: list[str], order: list[str]) -> int:
+    pos = [order.index(p) for p in chain]
+    return sum(a > b for i, a in enumerate(pos) for b in pos[i + 1:])
+
+
+def _module_order(order: list[str], built: dict[str, tuple], source: str, ordered: bool,
+                  arch_order: list[str]) -> list[str]:
+    """The run order: the key order when its sizes chain, else the order of an arch dict that
+    names every module, else the chaining order closest to the key order."""
+    sizes = {p: (b[0][0].input_size, b[0][-1].output_size) for p, b in built.items()}
+
+    def label(p: str) -> str:
+        return repr(p) if p else "<root>"
+
+    def first_break(o: list[str]) -> int | None:
+        return next((i for i in range(1, len(o)) if sizes[o[i]][0] != sizes[o[i - 1]][1]), None)
+
+    bad = first_break(order)
+    if bad is None:
+        return order
+    if sorted(arch_order) == sorted(order) and first_break(arch_order) is None:
+        log.info("%s: running the modules in the order of arch: %s", source, arch_order)
+        return arch_order
+    chains = _chains(order, sizes) if len(order) <= 12 else []
+    if chains:
+        score = sorted((_inversions(c, order), c) for c in chains)
+        if len(score) == 1 or score[0][0] < score[1][0]:
+            best = score[0][1]
+            (log.warning if ordered else log.info)(
+                "%s: the key order %s does not chain by sizes; running the modules as %s", source, order, best
+            )
+            return best
+        raise StreamRNNError(
+            f"{source}: expected one order of the modules in which sizes chain, got several "
+            f"({[c for _, c in score[:3]]}); pass an arch dict that names every module in forward order"
+        )
+    a, b = order[bad - 1], order[bad]
+    what = "modules run in the order their keys first appear" if ordered else "no order of the modules chains"
+    raise StreamRNNError(
+        f"{source}: module {label(b)} ({built[b][2]}) expects input size {sizes[b][0]}, got "
+        f"{sizes[a][1]}, the output size of the module before it, {label(a)} ({built[a][2]}); {what}"
+    )
+
+
 def spec_from_state_dict(
     state_dict: Mapping,
     arch: Any = None,
@@ -533,6 +611,7 @@ def spec_from_state_dict(
     name: str = "model",
     source: str = "state_dict",
     module_kinds: Mapping[str, _Kind] | None = None,
+    ordered: bool = True,
 ) -> ModelSpec:
     """Build a ModelSpec from a state_dict (tensors or numpy arrays) and an optional ``arch``.
 
@@ -548,6 +627,16 @@ def spec_from_state_dict(
         How errors name the input (a path, "state_dict" ...).
     module_kinds : mapping, optional
         Kinds read from a live module (used by :func:`spec_from_torch`).
+    ordered : bool
+        Whether the key order is the module order (False for safetensors, whose writers sort
+        the keys: then the keys are sorted naturally and the order is found by sizes).
+
+    Returns
+    -------
+    ModelSpec
+        Modules run in key order; when the sizes do not chain in that order (safetensors, or
+        modules registered out of forward order), in the one order that chains, or the one
+        closest to the key order.
 
     Raises
     ------
@@ -556,6 +645,8 @@ def spec_from_state_dict(
     """
     sd, _ = _select_state_dict(state_dict, source)
     sd, strip = _normalize(sd, source)
+    if not ordered:
+        sd = {k: sd[k] for k in sorted(sd, key=_natural_key)}
     mods = _group(sd)
     types: dict[str, str] = {}
     unused: list[str] = []
@@ -573,12 +664,8 @@ def spec_from_state_dict(
     for p, k in (module_kinds or {}).items():
         q = p[len(strip):] if strip and p.startswith(strip) else p
         live[q] = k
-    if module_kinds is None:
-        _check_sequential_gaps(list(mods), set(per))
 
-    layers: list = []
-    prev: tuple[str, str, int] | None = None  # (label, description, output size)
-    summary: dict[str, str] = {}
+    built: dict[str, tuple] = {}  # prefix -> (layers, kind, description)
     for p, m in mods.items():
         user = per.get(p)
         if user is None and every is not None and types[p] in ("recurrent", "cell"):
@@ -589,19 +676,18 @@ def spec_from_state_dict(
         else:
             d, base = _dense_layer(m, kind)
             mod_layers = [d]
-        desc = _describe(mod_layers, base)
-        if prev is not None and mod_layers[0].input_size != prev[2]:
-            raise StreamRNNError(
-                f"{source}: module {m.label} ({desc}) expects input size {mod_layers[0].input_size}, "
-                f"got {prev[2]}, the output size of the module before it, {prev[0]} ({prev[1]}); "
-                "modules run in the order their keys first appear"
-            )
-        post = kind.post if kind is not None else ()
-        _apply_post(mod_layers, post)
-        layers += mod_layers
-        full = _Kind(base, post)
-        summary[p or "<root>"] = _kind_str(full)
-        prev = (m.label, _kind_str(full), mod_layers[-1].output_size)
+        full = _Kind(base, kind.post if kind is not None else ())
+        desc = _describe(mod_layers, base) + _kind_str(full)[len(base):]
+        built[p] = (_apply_post(mod_layers, full.post), full, desc)
+    order = _module_order(list(mods), built, source, ordered, list(per) if isinstance(arch, Mapping) else [])
+    if module_kinds is None:
+        _check_sequential_gaps(order, set(per))
+
+    layers: list = []
+    summary: dict[str, str] = {}
+    for p in order:
+        layers += built[p][0]
+        summary[p or "<root>"] = _kind_str(built[p][1])
     log.info("%s: modules %s", source, summary)
     return ModelSpec(tuple(layers), name=name, metadata={"source": "pytorch", "modules": summary})
 
@@ -632,17 +718,24 @@ def spec_from_checkpoint(path: str | os.PathLike, arch: Any = None) -> ModelSpec
     if ext == ".safetensors":
         from streamrnn.fileformat import read_safetensors
 
-        tensors, _meta = read_safetensors(p, mmap=False)
+        try:
+            tensors, _meta = read_safetensors(p, mmap=False)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise FormatError(f"path: {p!r} is unreadable ({e})") from None
         obj: Any = tensors
+        ordered = False  # safetensors writers sort the keys: the order is found by sizes
     elif ext in TORCH_EXTENSIONS:
         from .torch_pickle import load_torch_file
 
         obj = load_torch_file(p)
+        ordered = True
     else:
         raise StreamRNNError(
             f"path: expected a file ending in .safetensors or {', '.join(TORCH_EXTENSIONS)}, got {p!r}"
         )
-    return spec_from_state_dict(obj, arch, name=name, source=f"path {p!r}")
+    return spec_from_state_dict(obj, arch, name=name, source=f"path {p!r}", ordered=ordered)
 
 
 def spec_from_torch(module_or_state_dict: Any, arch: Any = None) -> ModelSpec:
@@ -751,7 +844,7 @@ def _live_module_kinds(module: Any, arch: Any) -> dict[str, _Kind]:
                     continue
                 why = (f"{type(child).__name__} is not supported" if op is None
                        else f"there is no module with weights before it in its nn.Sequential {sp or '<root>'!r}")
-                raise StreamRNNError(
+                raise (UnsupportedError if op is None else StreamRNNError)(
                     f"arch: module {cp!r} ({why}); pass arch={{prefix: kind}} to describe the model, "
                     "e.g. {'fc1': 'linear+relu', 'fc2': 'linear'}"
                 )

@@ -304,8 +304,13 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         Legacy non-zip format, truncated or corrupt archive, or a refused global / opcode.
     """
     p = os.fspath(path)
-    with open(p, "rb") as f:  # FileNotFoundError for a missing file
-        head = f.read(512)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(512)
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # a directory, no permission ...
+        raise FormatError(f"path: {p!r} is unreadable ({e})") from None
     _check_magic(p, head)
     try:
         zf = zipfile.ZipFile(p)
@@ -337,7 +342,11 @@ def _load_from_zip(p: str, zf: zipfile.ZipFile) -> Any:
         if info is None:
             raise FormatError(f"path: {p!r} lacks the record {name!r} (truncated or corrupt archive)")
         if limit is not None and info.file_size > limit:
-            raise FormatError(f"path: {p!r} record {name!r} is {info.file_size} bytes, over the {limit} limit")
+            raise FormatError(f"path: {p!r} record {name!r} is {info.file_size} bytes, expected at most {limit}")
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > 1000 * info.compress_size + (1 << 20):
+            raise FormatError(  # torch.save never compresses: refuse a decompression bomb
+                f"path: {p!r} record {name!r} inflates {info.compress_size} bytes to {info.file_size}"
+            )
         try:
             return zf.read(info)
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as e:
@@ -354,9 +363,9 @@ def _load_from_zip(p: str, zf: zipfile.ZipFile) -> Any:
     def load_storage(stype: StorageType, key: str, numel: int) -> np.ndarray:
         if key in cache:
             return cache[key]
-        raw = read(f"{prefix}data/{key}")
         dt = stype.dtype.newbyteorder("<" if order == "little" else ">") if stype.dtype.itemsize > 1 else stype.dtype
         need = numel * dt.itemsize
+        raw = read(f"{prefix}data/{key}", max(need, 0))
         if numel < 0 or len(raw) < need:
             raise FormatError(
                 f"path: {p!r} storage {key!r}: expected {need} bytes ({numel} x {stype.name}), "

@@ -19,6 +19,7 @@ from streamrnn.converters.torch_pickle import load_torch_file  # noqa: E402
 from streamrnn.errors import FormatError, StreamRNNError  # noqa: E402
 
 T, B, I = 13, 3, 5
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,6 +589,9 @@ def test_order_closest_to_the_keys_and_ambiguous_orders():
           "c.weight": torch.randn(3, 2), "d.weight": torch.randn(2, 3)}
     with pytest.raises(StreamRNNError, match="several"):
         srnn.from_torch(sd)
+    # an arch dict that names every module gives the order
+    arch = {"b": "linear", "a": "linear", "c": "linear", "d": "linear"}
+    assert list(srnn.from_torch(sd, arch=arch).spec.metadata["modules"]) == ["b", "a", "c", "d"]
 
 
 def test_embedding_front_end():
