@@ -82,7 +82,8 @@ class Model:
             self._cuda = cuda_engine.CudaEngine(self)
         else:
             self._cuda = None
-            cpu.compile_for(self.dtype)
+            if self.streamable:
+                cpu.compile_for(self.dtype, "stream")
 
     # -- description -----------------------------------------------------------------------
     @property
@@ -190,6 +191,7 @@ class Model:
         if self._cuda is not None:
             Y = self._cuda.run(X3, L, st)
         else:
+            cpu.compile_for(self.dtype, "run")
             Y = cpu.run_sequence(self._packed, X3, L, st)
         Y = Y[0] if single else Y
         if return_state:
@@ -376,6 +378,8 @@ class Pool:
         self._epoch = 0
         self._nthreads = numba.get_num_threads()
         self._scr = np.zeros((self._nthreads, pk.scratch_size), dtype=model.dtype)
+        if model._cuda is None:
+            cpu.compile_for(model.dtype, "pool")
         self._batched = cpu.BatchedStep(pk)
         self._free = list(range(self._capacity - 1, -1, -1))  # stack: lowest id opened first
         self._n_open = 0
@@ -495,7 +499,7 @@ class Pool:
             if n >= self.GEMM_MIN_STREAMS:
                 rc = cpu._pool_validate(ids, X, out, self._alive, self._stamp, self._epoch, self._I, self._O)
                 if not rc:
-                    self._batched(ids, X, out, self._arena, False)
+                    self._batched(ids, X, out, self._arena)
             else:
                 fn = cpu._pool_step_par if par else cpu._pool_step
                 rc = fn(ids, X, out, self._arena, self._scr, self._W, self._meta, self._alive, self._stamp, self._epoch)

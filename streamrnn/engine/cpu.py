@@ -230,45 +230,54 @@ _compiled: set = set()
 _compile_lock = threading.Lock()
 
 
-def _sigs(dt):
+def _sigs(dt, group: str):
     f = types.float32 if dt == np.float32 else types.float64
     v, m2, m3 = f[::1], f[:, ::1], f[:, :, ::1]
     i1, i2 = types.int64[::1], types.int64[:, ::1]
     u1, i64 = types.uint8[::1], types.int64
     im = types.int64[::1]
-    return {
-        _stream_step: (v, v, v, v, i2),
-        _stream_step_gil: (v, v, v, v, i2),
-        _stream_push: (m2, m2, v, v, i2),
-        _pool_step: (i1, m2, m2, m2, m2, v, i2, u1, i1, i64),
-        _pool_step_par: (i1, m2, m2, m2, m2, v, i2, u1, i1, i64),
-        _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
-        _recur_seq_par: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
-        _frames: (m2, m2, v, im),
-        _pool_validate: (i1, m2, m2, u1, i1, i64, i64, i64),
-        _gather_h: (i1, m2, m2, i64, i64, i64),
-        _gates_rows: (i1, m2, m2, m2, m2, v, im),
-        _gates_rows_par: (i1, m2, m2, m2, m2, v, im),
-        _frames_rows: (m2, m2, v, im),
-        _bias_act_rows: (m2, v, im),
+    groups = {
+        "stream": {
+            _stream_step: (v, v, v, v, i2),
+            _stream_step_gil: (v, v, v, v, i2),
+            _stream_push: (m2, m2, v, v, i2),
+        },
+        "pool": {
+            _pool_step: (i1, m2, m2, m2, m2, v, i2, u1, i1, i64),
+            _pool_step_par: (i1, m2, m2, m2, m2, v, i2, u1, i1, i64),
+            _pool_validate: (i1, m2, m2, u1, i1, i64, i64, i64),
+            _gather_h: (i1, m2, m2, i64, i64, i64),
+            _gates_rows: (i1, m2, m2, m2, m2, v, im),
+            _frames_rows: (m2, m2, v, im),
+            _bias_act_rows: (m2, v, im),
+            _stream_push: (m2, m2, v, v, i2),
+        },
+        "run": {
+            _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
+            _recur_seq_par: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
+            _frames: (m2, m2, v, im),
+        },
     }
+    return groups[group]
 
 
-def compile_for(dtype) -> None:
-    """Compile (or load from numba's cache) every CPU kernel for ``dtype``. Idempotent."""
+def compile_for(dtype, group: str = "stream") -> None:
+    """Compile (or load from numba's cache) the CPU kernels of ``group`` ("stream", "pool",
+    "run") for ``dtype``. Idempotent; called when a model, pool or first run is set up, so no
+    real-time frame ever waits for the compiler."""
     dt = np.dtype(dtype).type
-    if dt in _compiled:
+    if (dt, group) in _compiled:
         return
     with _compile_lock:
-        if dt in _compiled:
+        if (dt, group) in _compiled:
             return
-        for fn, sig in _sigs(dt).items():
+        for fn, sig in _sigs(dt, group).items():
             fn._can_compile = True
             fn.compile(sig)
             # No compilation on the hot path: a call with other types raises TypeError, which
             # the callers catch to convert their arguments (or refuse them) and retry.
             fn.disable_compile()
-        _compiled.add(dt)
+        _compiled.add((dt, group))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,12 +376,6 @@ def _gates_rows(ids, G, HR, Y, arena, W, m):
         _gates_one(r, ids, G, HR, Y, arena, W, m)
 
 
-@njit(**PARALLEL)
-def _gates_rows_par(ids, G, HR, Y, arena, W, m):
-    for r in prange(ids.shape[0]):
-        _gates_one(r, ids, G, HR, Y, arena, W, m)
-
-
 @njit(**NJIT)
 def _frames_rows(X, Y, W, m):
     """A stateless layer on each row: X (n, I) -> Y (n, O) (activation / softmax / dense act)."""
@@ -437,7 +440,7 @@ class BatchedStep:
         self.Y = [np.zeros(cap * fmax, dt), np.zeros(cap * fmax, dt)]
         self.cap = cap
 
-    def __call__(self, ids, X, out, arena, parallel: bool) -> None:
+    def __call__(self, ids, X, out, arena) -> None:
         n = ids.shape[0]
         if n > self.cap:
             self._grow(n)
@@ -445,7 +448,7 @@ class BatchedStep:
         # The gates kernel runs serially on purpose: numba's OpenMP workers spin after a parallel
         # region and starve OpenBLAS's threads in the next GEMM (measured 35 ms instead of
         # 0.2 ms at H=128, B=64; bench/NOTES.md). The GEMMs carry the parallelism.
-        gates = _gates_rows_par if parallel else _gates_rows
+        gates = _gates_rows
         cur = X
         ping = 0
         for idx, (what, m, I, F, G, Wx, Rh) in enumerate(self.layers):
