@@ -132,3 +132,32 @@ def test_python_dash_m(demo_path):
     r = subprocess.run([sys.executable, "-m", "streamrnn", "inspect", os.path.join(os.path.dirname(demo_path), "x.srnn")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+
+
+def test_convert_from_onnx_matches_onnxruntime(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    I, H, O = 5, 7, 3
+    W, R, B = (rng.uniform(-0.4, 0.4, s).astype(np.float32) for s in ((1, 4 * H, I), (1, 4 * H, H), (1, 8 * H)))
+    WT, b = rng.uniform(-0.4, 0.4, (H, O)).astype(np.float32), rng.uniform(-0.4, 0.4, O).astype(np.float32)
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y_all", "Y_h"], hidden_size=H),
+         helper.make_node("Squeeze", ["Y_all", "axes"], ["Y_seq"]),
+         helper.make_node("MatMul", ["Y_seq", "WT"], ["Y_mm"]),
+         helper.make_node("Add", ["Y_mm", "b"], ["Y"])],
+        "g", [vi("X", TensorProto.FLOAT, ["T", 1, I])], [vi("Y", TensorProto.FLOAT, ["T", 1, O])],
+        initializer=[numpy_helper.from_array(a, n) for a, n in
+                     ((W, "W"), (R, "R"), (B, "B"), (WT, "WT"), (b, "b"), (np.array([1], np.int64), "axes"))])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src, dst = str(tmp_path / "m.onnx"), str(tmp_path / "m.srnn")
+    onnx.save(m, src)
+    assert main(["convert", src, "-o", dst]) == 0
+    X = rng.standard_normal((6, I)).astype(np.float32)
+    want = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, {"X": X[:, None]})[0][:, 0]
+    s = srnn.load(dst).stream()
+    np.testing.assert_allclose(np.stack([s.step(x) for x in X]), want, rtol=1e-5, atol=1e-6)
