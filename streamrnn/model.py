@@ -309,9 +309,8 @@ class Stream:
             raise ShapeError(f"X: expected rank 2 (T, {self._I}), got shape {X.shape}")
         if self._cuda is not None:
             return self._cuda.push(X)
-        Y = np.empty((X.shape[0], self._O), self._dtype)
         with self._lock:
-            rc = cpu._stream_push(X, Y, self._sbuf, self._W, self._meta)
+            rc, Y = cpu.push_chunk(self.model._packed, X, self._sbuf)
         if rc:
             _raise_status(rc, self.model, "X", X, Y)
         return Y
@@ -518,8 +517,7 @@ class Pool:
                 return self._cuda.push(int(a[0]), X)
             sbuf = np.empty(self._S + self._scr.shape[1], self._dtype)
             sbuf[: self._S] = self._arena[a[0], : self._S]
-            Y = np.empty((X.shape[0], self._O), self._dtype)
-            rc = cpu._stream_push(X, Y, sbuf, self._W, self._meta)
+            rc, Y = cpu.push_chunk(self.model._packed, X, sbuf)
             if rc:
                 _raise_status(rc, self.model, "X", X, Y)
             self._arena[a[0], : self._S] = sbuf[: self._S]

@@ -181,3 +181,26 @@ def test_pool_paths_each_cell_kind(kind, seed, dtype, pool_path):
     ids = rng.permutation(pool.open(20))
     Y = np.stack([pool.step(ids, X[:, t]) for t in range(4)], 1)
     assert_close(Y, model.run(X), dtype)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_long_push_takes_gemm_path_and_equals_steps(seed, dtype):
+    from streamrnn.engine import cpu
+
+    model, rng = _model(seed + 50, dtype, n_rec=1 + seed % 3)
+    T = 3 * cpu.PUSH_GEMM_MIN_FRAMES + 1
+    X = rng.standard_normal((T, model.input_size))
+    s, s2 = model.stream(), model.stream()
+    stepped = np.stack([s.step(x) for x in X])
+    pushed = np.concatenate([s2.push(X[:2]), s2.push(X[2:])])  # short chunk, then a long one
+    assert_close(pushed, stepped, dtype)
+    assert_close(s2.state.data, s.state.data, dtype)
+    before = s2.state
+    bad = rng.standard_normal((T, model.input_size))
+    bad[T - 3, 0] = np.inf
+    with pytest.raises(srnn.NonFiniteError, match=f"frame {T - 3}"):
+        s2.push(bad)
+    assert s2.state == before
+    pool = model.pool(2)
+    sid = pool.open()
+    assert_close(pool.push(sid, X), stepped, dtype)

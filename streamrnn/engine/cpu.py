@@ -241,6 +241,8 @@ def _sigs(dt, group: str):
             _stream_step: (v, v, v, v, i2),
             _stream_step_gil: (v, v, v, v, i2),
             _stream_push: (m2, m2, v, v, i2),
+            _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
+            _frames: (m2, m2, v, im),
         },
         "pool": {
             _pool_step: (i1, m2, m2, m2, m2, v, i2, u1, i1, i64),
@@ -251,6 +253,8 @@ def _sigs(dt, group: str):
             _frames_rows: (m2, m2, v, im),
             _bias_act_rows: (m2, v, im),
             _stream_push: (m2, m2, v, v, i2),
+            _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
+            _frames: (m2, m2, v, im),
         },
         "run": {
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
@@ -283,7 +287,27 @@ def compile_for(dtype, group: str = "stream") -> None:
 # ---------------------------------------------------------------------------------------------
 # Sequence orchestration (Python over layers, compiled over time and batch)
 # ---------------------------------------------------------------------------------------------
-def run_sequence(pk: Packed, X: np.ndarray, lengths: np.ndarray, state: np.ndarray) -> np.ndarray:
+def push_chunk(pk: Packed, X: np.ndarray, sbuf: np.ndarray) -> tuple[int, np.ndarray]:
+    """One stream advances a chunk X (T, I): (status, Y (T, O)); the state sbuf[:S] is updated
+    only on success. Short chunks step frame by frame; long ones take the ``run`` path (input
+    projection of the whole chunk as one GEMM)."""
+    T, S = X.shape[0], pk.state_size
+    if T < PUSH_GEMM_MIN_FRAMES or X.shape[1] != pk.meta[0, K_IN]:
+        Y = np.empty((T, int(pk.meta[-1, K_OUT])), pk.W.dtype)
+        return _stream_push(X, Y, sbuf, pk.W, pk.meta), Y
+    finite = np.isfinite(X).all(axis=1)  # (T,)
+    if not finite.all():
+        return E_NONFINITE | (int(np.argmin(finite)) << 40), X
+    st = sbuf[:S].reshape(1, S)  # a view: run_sequence updates the state in place
+    Y = run_sequence(pk, X[None], np.array([T], np.int64), st, parallel=False)
+    return OK, Y[0]
+
+
+#: chunks of at least this many frames go through the GEMM (run) path in push
+PUSH_GEMM_MIN_FRAMES = 8
+
+
+def run_sequence(pk: Packed, X: np.ndarray, lengths: np.ndarray, state: np.ndarray, parallel: bool = True) -> np.ndarray:
     """X (B, T, I) C-contiguous, lengths (B,) int64, state (B, S) updated in place -> Y (B, T, O).
 
     Inputs must be validated by the caller (shapes, finiteness, lengths in [0, T]).
@@ -292,7 +316,7 @@ def run_sequence(pk: Packed, X: np.ndarray, lengths: np.ndarray, state: np.ndarr
     W, meta = pk.W, pk.meta
     B, T, _ = X.shape
     cur = X
-    par = B > 1
+    par = parallel and B > 1
     for li in range(meta.shape[0]):
         m = meta[li]
         kind = int(m[0])
