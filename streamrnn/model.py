@@ -125,7 +125,7 @@ class Model:
             data = np.asarray(state)
             if data.dtype.kind not in "fiu":
                 raise ShapeError(f"{name}: expected a State or float array, got {type(state).__name__}")
-        data = np.array(data, dtype=self.dtype, copy=True)
+        data = np.array(data, dtype=self.dtype, copy=True, order="C")
         if batch is None:
             if data.shape != (S,):
                 raise ShapeError(f"{name}: expected one stream's state of shape ({S},), got {data.shape}")

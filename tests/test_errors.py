@@ -146,3 +146,17 @@ def test_spec_validation_messages():
         srnn.Activation("Swish")
     with pytest.raises(srnn.StreamRNNError, match=r"layers\[1\].*expected input size 2"):
         srnn.ModelSpec((srnn.RNNLayer(3, 2, np.ones((1, 2, 3)), np.ones((1, 2, 2))), srnn.DenseLayer(np.ones((1, 5)))))
+
+
+def test_state_of_any_memory_order_is_accepted():
+    model = srnn.Model(rand_spec(np.random.default_rng(3), n_rec=2, exotic=False))
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((3, 4, model.input_size))
+    _, st = model.run(X, return_state=True)
+    ref = model.run(X, state=st)
+    for s in (np.asfortranarray(st.data), st.data[::1], np.broadcast_to(st.data[:1], st.data.shape)):
+        got = model.run(X, state=s)
+        if s.base is not None and s.strides[0] == 0:
+            np.testing.assert_allclose(got, model.run(X, state=np.repeat(st.data[:1], 3, 0)))
+        else:
+            np.testing.assert_allclose(got, ref)

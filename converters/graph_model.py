@@ -1,0 +1,361 @@
+"""Graph models: an ONNX graph that is not a plain chain of layers, run node by node.
+
+Stateless nodes run vectorised in numpy over a whole chunk; recurrent nodes run on the engine's
+kernels (a one-layer model per node). The recurrent state of a stream is the state of every
+recurrent node, carried from chunk to chunk, so ``stream()`` / ``pool()`` work when the graph
+is causal frame by frame (checked at load time on a probe input: running a sequence whole must
+equal running it in two chunks).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..errors import CapacityError, ShapeError, StreamIdError, StreamRNNError, UnsupportedError
+from ..model import _as_float, _check_finite
+from ..state import State, state_from_bytes
+from .graph import Graph
+from .graph_plan import IOPlan
+
+log = logging.getLogger("streamrnn")
+
+
+class GraphModel:
+    """A model backed by a compiled ONNX graph (same ``run`` / ``stream`` / ``pool`` API as
+    :class:`streamrnn.Model`; ``spec`` is None and ``save`` is not available)."""
+
+    spec = None
+
+    def __init__(self, graph: Graph, plan: IOPlan, *, device: str = "cpu"):
+        self.graph, self.plan = graph, plan
+        self.dtype = np.dtype(plan.dtype)
+        self.device = device
+        self._slots = [
+            (i, d, k, r.offset + off, n)
+            for i, r in enumerate(plan.rec)
+            for _, d, k, off, n in r.model.spec.state_slots()
+        ]
+        desc = json.dumps(["onnx-graph", [r.node.name for r in plan.rec], self._slots])
+        self._key = hashlib.sha1(desc.encode()).hexdigest()[:16]
+        self._stream_why = self._check_streamable()
+
+    # -- description -----------------------------------------------------------------------
+    input_size = property(lambda self: self.plan.input_size)
+    output_size = property(lambda self: self.plan.output_size)
+    state_size = property(lambda self: self.plan.state_size)
+
+    @property
+    def streamable(self) -> bool:
+        return self._stream_why is None
+
+    def __repr__(self) -> str:
+        return (f"<streamrnn GraphModel {self.graph.name!r} {self.input_size}->{self.output_size} "
+                f"{self.dtype} {self.device}>")
+
+    def __str__(self) -> str:
+        lines = [f"{self.graph.name}: ONNX graph model, input {self.input_size} -> output {self.output_size}"]
+        for n in self.graph.nodes:
+            lines.append(f"  {n.op_type:<16} {n.name}")
+        lines.append(f"  state floats/stream={self.state_size}  streamable="
+                     + ("yes" if self.streamable else f"no ({self._stream_why})"))
+        return "\n".join(lines)
+
+    # -- core ---------------------------------------------------------------------------------
+    def _fresh(self, B: int) -> np.ndarray | None:
+        if any(r.fresh is None for r in self.plan.rec):
+            return None
+        v = np.concatenate([r.fresh for r in self.plan.rec]) if self.plan.rec else np.zeros(0)
+        return np.tile(v.astype(self.dtype), (B, 1))
+
+    def _forward(self, X3: np.ndarray, st: np.ndarray | None, lengths: np.ndarray | None):
+        """X3 (B, T, I), st (B, S) or None (fresh) -> (Y (B, T, O), final state (B, S))."""
+        p, g = self.plan, self.graph
+        B, T = X3.shape[:2]
+        if p.fixed_T is not None and T != p.fixed_T:
+            raise ShapeError(f"X: expected {p.fixed_T} frames (the graph fixes its time dimension), got {T}")
+        if p.per_item and B != 1:
+            parts = [self._forward(X3[b : b + 1], None if st is None else st[b : b + 1],
+                                   None if lengths is None else lengths[b : b + 1]) for b in range(B)]
+            return np.concatenate([y for y, _ in parts]), np.concatenate([f for _, f in parts])
+        init: dict[str, np.ndarray] = {}
+        for r in p.rec:
+            if st is not None:
+                init[r.node.name] = np.ascontiguousarray(st[:, r.offset : r.offset + r.size])
+            elif r.fresh is not None:
+                init[r.node.name] = r.fresh[None].astype(self.dtype)
+        computed = st is None and any(r.fresh is None for r in p.rec)
+        feeds = p.feeds(g, X3, lengths is not None, computed)
+        vals, finals = g.evaluate(feeds, [p.y.name], rec_init=init or None, rec_lengths=lengths, device=self.device)
+        Y = np.ascontiguousarray(p.y_frames(vals[p.y.name], B, T), dtype=self.dtype)
+        if Y.shape[2] != self.output_size:
+            raise ShapeError(f"Y: expected {self.output_size} features per frame, got shape {Y.shape}")
+        if lengths is not None:
+            Y[np.arange(T)[None, :] >= lengths[:, None]] = 0
+        final = np.zeros((B, self.state_size), dtype=self.dtype)
+        for r in p.rec:
+            f = finals.get(r.node.name, init.get(r.node.name))
+            if f is not None:
+                final[:, r.offset : r.offset + r.size] = f
+        return Y, final
+
+    def _check_streamable(self) -> str | None:
+        p = self.plan
+        bad = [r.node.name for r in p.rec if r.node.op.direction != "forward"]
+        if bad:
+            return f"reverse or bidirectional recurrent nodes {bad} need the future of the sequence"
+        if any(r.fresh is None for r in p.rec):
+            return "the graph computes the recurrent nodes' initial state"
+        if p.fixed_T is not None:
+            return f"the graph's time dimension is fixed to {p.fixed_T}"
+        rng = np.random.default_rng(1)
+        B = 1 if p.per_item else 2
+        X = rng.uniform(-1, 1, size=(B, 6, self.input_size)).astype(self.dtype)
+        try:
+            Y, _ = self._forward(X, None, None)
+            Ya, s = self._forward(X[:, :2], None, None)
+            Yb, _ = self._forward(X[:, 2:], s, None)
+        except StreamRNNError as e:
+            return f"running the graph in chunks fails ({e})"
+        if not np.allclose(np.concatenate([Ya, Yb], axis=1), Y, rtol=1e-4, atol=1e-5):
+            return "its output at a frame depends on frames after it (not causal frame by frame)"
+        return None
+
+    # -- state helpers ------------------------------------------------------------------------
+    def _new_state(self, data: np.ndarray) -> State:
+        return State(data, self._slots, self._key)
+
+    def _state_array(self, state: Any, name: str, batch: int | None) -> np.ndarray:
+        S = self.state_size
+        if isinstance(state, State):
+            if state._key != self._key:
+                raise StreamRNNError(f"{name}: expected a state of this model's layout, got one of another model")
+            data = state.data
+        else:
+            data = np.asarray(state)
+            if data.dtype.kind not in "fiu":
+                raise ShapeError(f"{name}: expected a State or float array, got {type(state).__name__}")
+        data = np.array(data, dtype=self.dtype, copy=True)
+        if batch is None:
+            if data.shape != (S,):
+                raise ShapeError(f"{name}: expected one stream's state of shape ({S},), got {data.shape}")
+        else:
+            if data.shape == (S,):
+                data = np.broadcast_to(data, (batch, S)).copy()
+            if data.shape != (batch, S):
+                raise ShapeError(f"{name}: expected a state of shape ({batch}, {S}) or ({S},), got {data.shape}")
+        _check_finite(data, name)
+        return data
+
+    def state_from_bytes(self, blob: bytes) -> State:
+        return state_from_bytes(blob, self._key, self._slots, self.dtype)
+
+    # -- public -------------------------------------------------------------------------------
+    def run(self, X: Any, state: Any = None, return_state: bool = False, lengths: Any = None):
+        """Run whole sequences: X (T, I) or (B, T, I) -> Y (T, O) or (B, T, O) (see Model.run)."""
+        X = _as_float(X, "X", self.dtype)
+        I = self.input_size
+        if X.ndim not in (2, 3) or X.shape[-1] != I:
+            raise ShapeError(f"X: expected shape (T, {I}) or (B, T, {I}), got {X.shape}")
+        single = X.ndim == 2
+        X3 = X[None] if single else X
+        B, T, _ = X3.shape
+        _check_finite(X3, "X")
+        L = None
+        if lengths is not None:
+            la = np.asarray(lengths)
+            if la.dtype.kind not in "iu" or la.shape != (B,):
+                raise ShapeError(f"lengths: expected an int array of shape ({B},), got {la.dtype} {la.shape}")
+            L = la.astype(np.int64)
+            if (L < 0).any() or (L > T).any():
+                raise ShapeError(f"lengths: expected values in [0, {T}], got min {L.min()} max {L.max()}")
+        st = None if state is None else self._state_array(state, "state", B)
+        Y, fin = self._forward(X3, st, L)
+        Y = Y[0] if single else Y
+        if return_state:
+            return Y, self._new_state(fin[0] if single else fin)
+        return Y
+
+    def _require_streamable(self, what: str) -> None:
+        if self._stream_why is not None:
+            raise StreamRNNError(f"{what}: expected a graph model that streams, got one that cannot: "
+                                 f"{self._stream_why}; use model.run() instead")
+
+    def stream(self) -> "GraphStream":
+        """A new live stream (fresh state)."""
+        self._require_streamable("stream()")
+        return GraphStream(self)
+
+    def pool(self, capacity: int = 4096) -> "GraphPool":
+        """Preallocated state for up to ``capacity`` streams."""
+        self._require_streamable("pool()")
+        return GraphPool(self, capacity)
+
+    def save(self, path: str) -> None:
+        raise UnsupportedError(
+            f"save: a graph model ({self.graph.name!r}) has no .srnn form; only chains of layers do. "
+            "Keep the .onnx file"
+        )
+
+
+def _frames(model: GraphModel, X: Any, name: str) -> np.ndarray:
+    X = _as_float(X, name, model.dtype)
+    if X.ndim != 2 or X.shape[1] != model.input_size:
+        raise ShapeError(f"{name}: expected shape (T, {model.input_size}), got {X.shape}")
+    _check_finite(X, name)
+    return X
+
+
+class GraphStream:
+    """One live stream of a :class:`GraphModel` (API of :class:`streamrnn.Stream`)."""
+
+    def __init__(self, model: GraphModel):
+        self.model = model
+        self._st = model._fresh(1)
+        self._lock = threading.Lock()
+
+    def step(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """Advance one frame: x (input_size,) -> y (output_size,)."""
+        xa = _as_float(x, "x", self.model.dtype)
+        if xa.shape != (self.model.input_size,):
+            raise ShapeError(f"x: expected shape ({self.model.input_size},), got {xa.shape}")
+        if out is not None and not (isinstance(out, np.ndarray) and out.shape == (self.model.output_size,)
+                                    and out.dtype == self.model.dtype):
+            raise ShapeError(f"out: expected a {self.model.dtype} array of shape ({self.model.output_size},), "
+                             f"got {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+        y = self.push(xa[None])[0]
+        if out is None:
+            return y
+        out[...] = y
+        return out
+
+    def push(self, X: Any) -> np.ndarray:
+        """Advance a chunk: X (T, input_size) -> Y (T, output_size)."""
+        X = _frames(self.model, X, "X")
+        with self._lock:
+            Y, st = self.model._forward(X[None], self._st, None)
+            self._st = st
+        return Y[0]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._st = self.model._fresh(1)
+
+    @property
+    def state(self) -> State:
+        with self._lock:
+            return self.model._new_state(self._st[0].copy())
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        data = self.model._state_array(value, "state", None)
+        with self._lock:
+            self._st = data[None].copy()
+
+    def state_bytes(self) -> bytes:
+        return self.state.to_bytes()
+
+    def load_state_bytes(self, blob: bytes) -> None:
+        self.state = self.model.state_from_bytes(blob)
+
+
+class GraphPool:
+    """Many streams of a :class:`GraphModel` (API of :class:`streamrnn.Pool`)."""
+
+    def __init__(self, model: GraphModel, capacity: int):
+        if not isinstance(capacity, (int, np.integer)) or capacity <= 0:
+            raise StreamRNNError(f"capacity: expected a positive int, got {capacity!r}")
+        self.model = model
+        self._capacity = int(capacity)
+        self._fresh = model._fresh(1)[0]
+        self._arena = np.zeros((self._capacity, model.state_size), dtype=model.dtype)
+        self._alive = np.zeros(self._capacity, dtype=bool)
+        self._free = list(range(self._capacity - 1, -1, -1))
+        self._lock = threading.Lock()
+
+    capacity = property(lambda self: self._capacity)
+
+    def __len__(self) -> int:
+        return int(self._alive.sum())
+
+    def open(self, n: int | None = None):
+        k = 1 if n is None else n
+        if not isinstance(k, (int, np.integer)) or k < 0:
+            raise StreamRNNError(f"n: expected a non-negative int, got {n!r}")
+        with self._lock:
+            if k > len(self._free):
+                raise CapacityError(f"n: expected at most {len(self._free)} more streams (capacity "
+                                    f"{self._capacity}), got {k}; nothing was opened")
+            ids = np.array([self._free.pop() for _ in range(k)], dtype=np.int64)
+            self._arena[ids] = self._fresh
+            self._alive[ids] = True
+        return int(ids[0]) if n is None else ids
+
+    def _ids(self, ids: Any, name: str = "ids") -> np.ndarray:
+        a = np.asarray(ids)
+        a = a.reshape(1) if a.ndim == 0 else a
+        if a.dtype.kind not in "iu" or a.ndim != 1:
+            raise StreamIdError(f"{name}: expected an int or 1-D int array of stream ids, got {a.dtype} {a.shape}")
+        a = a.astype(np.int64)
+        for r, sid in enumerate(a.tolist()):
+            if sid < 0 or sid >= self._capacity:
+                raise StreamIdError(f"{name}[{r}]: expected an id of an open stream, got {sid} (unknown)")
+            if not self._alive[sid]:
+                raise StreamIdError(f"{name}[{r}]: expected an open stream id, got {sid} (closed or never opened)")
+        if len(np.unique(a)) != len(a):
+            raise StreamIdError(f"{name}: expected distinct ids, got repeats in {a.tolist()}")
+        return a
+
+    def close(self, ids: Any) -> None:
+        with self._lock:
+            a = self._ids(ids)
+            self._alive[a] = False
+            self._free.extend(int(i) for i in a[::-1])
+
+    def reset(self, ids: Any) -> None:
+        with self._lock:
+            self._arena[self._ids(ids)] = self._fresh
+
+    def get_state(self, sid: int) -> State:
+        with self._lock:
+            return self.model._new_state(self._arena[self._ids(sid, "sid")[0]].copy())
+
+    def set_state(self, sid: int, state: Any) -> None:
+        data = self.model._state_array(state, "state", None)
+        with self._lock:
+            self._arena[self._ids(sid, "sid")[0]] = data
+
+    def step(self, ids: Any, X: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """Each listed stream advances one frame: ids (n,), X (n, input_size) -> (n, output_size)."""
+        if isinstance(ids, (int, np.integer)):
+            return self.step(np.array([ids]), np.asarray(X).reshape(1, -1))[0]
+        X = _frames(self.model, X, "X")
+        want = (X.shape[0], self.model.output_size)
+        if out is not None and not (isinstance(out, np.ndarray) and out.shape == want
+                                    and out.dtype == self.model.dtype):
+            raise ShapeError(
+                f"out: expected a {self.model.dtype} array of shape {want}, got {getattr(out, 'shape', out)}"
+            )
+        with self._lock:
+            a = self._ids(ids)
+            if X.shape[0] != len(a):
+                raise ShapeError(f"X: expected {len(a)} rows (one per id), got {X.shape[0]}")
+            Y, fin = self.model._forward(X[:, None, :], self._arena[a], None)
+            self._arena[a] = fin
+        if out is None:
+            return Y[:, 0]
+        out[...] = Y[:, 0]
+        return out
+
+    def push(self, sid: int, X: Any) -> np.ndarray:
+        """One stream advances a chunk: X (T, input_size) -> (T, output_size)."""
+        X = _frames(self.model, X, "X")
+        with self._lock:
+            a = self._ids(sid, "sid")
+            Y, fin = self.model._forward(X[None], self._arena[a], None)
+            self._arena[a] = fin
+        return Y[0]

@@ -1,0 +1,288 @@
+"""How a graph model feeds an ONNX graph: axes of X and Y, the recurrent nodes' states.
+
+:func:`build_plan` finds, by running the graph on two small probe inputs of different sizes,
+which axis of the graph's X is time and which is batch (from what the first recurrent node
+receives), which axes of Y are time / batch / features, and each recurrent node's initial state
+when a stream starts (zero, a constant, or computed by the graph).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import StreamRNNError, UnsupportedError
+from .graph import GNode, Graph, ValueInfo
+from .onnx_roles import Roles, glue_leaves
+
+log = logging.getLogger("streamrnn")
+
+_PROBES = ((5, 3), (4, 2))  # (axis-0 size, axis-1 size) of X for the two probes, where not fixed
+
+
+@dataclass
+class RecInfo:
+    """A recurrent node of a graph model: its one-layer engine model and fresh state."""
+
+    node: GNode
+    model: Any  # streamrnn.Model of the node's one-layer spec (state layout, sizes)
+    fresh: np.ndarray | None  # (S,) initial state of a new stream; None = computed by the graph
+    offset: int = 0  # of its state in the graph model's flat state
+
+    @property
+    def size(self) -> int:
+        return self.model.state_size
+
+
+@dataclass
+class IOPlan:
+    """Everything a graph model needs to feed the graph and read Y."""
+
+    roles: Roles
+    dtype: np.dtype
+    x_rank: int
+    input_size: int
+    rec: list[RecInfo]
+    time_major: bool = True
+    per_item: bool = False  # feed one sequence at a time (the graph's batch is fixed to 1 or absent)
+    fixed_T: int | None = None
+    y_time_axis: int = 0
+    y_batch_axis: int | None = None
+    output_size: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def x(self) -> ValueInfo:
+        return self.roles.x
+
+    @property
+    def y(self) -> ValueInfo:
+        return self.roles.y
+
+    @property
+    def state_size(self) -> int:
+        return sum(r.size for r in self.rec)
+
+    # -- feeding ----------------------------------------------------------------------------
+    def graph_x(self, X3: np.ndarray) -> np.ndarray:
+        """(B, T, I) frames -> the graph's X layout."""
+        if self.x_rank == 2:
+            return X3[0]
+        return X3.transpose(1, 0, 2) if self.time_major else X3
+
+    def feeds(self, graph: Graph, X3: np.ndarray, with_lengths: bool, zero_states: bool) -> dict[str, np.ndarray]:
+        """Feeds for X, full sequence lengths (unless ``with_lengths``: the caller overrides them)
+        and, with ``zero_states``, zeros for the state inputs (batch dims: symbolic ones)."""
+        B, T = X3.shape[:2]
+        feeds = {self.x.name: np.ascontiguousarray(self.graph_x(X3), dtype=self.dtype)}
+        if not with_lengths:
+            for li in self.roles.lengths_inputs:
+                feeds[li.name] = np.full(B, T, dtype=li.dtype or np.int32)
+        if zero_states:
+            for name in self.roles.state_inputs:
+                vi = next(v for v in graph.inputs if v.name == name)
+                shape = tuple(d if isinstance(d, int) else B for d in vi.shape or ())
+                feeds[name] = np.zeros(shape, dtype=self.dtype)
+        return feeds
+
+    def y_frames(self, y: np.ndarray, B: int, T: int) -> np.ndarray:
+        """The graph's Y -> (B, T, O)."""
+        y = np.asarray(y)
+        others = [a for a in range(y.ndim) if a not in (self.y_time_axis, self.y_batch_axis)]
+        if self.y_batch_axis is None:
+            return y.transpose([self.y_time_axis] + others).reshape(B, T, -1)
+        return y.transpose([self.y_batch_axis, self.y_time_axis] + others).reshape(B, T, -1)
+
+
+def _input_size(graph: Graph, x: ValueInfo) -> int:
+    if x.shape and isinstance(x.shape[-1], int):
+        return int(x.shape[-1])
+    todo, seen = [x.name], set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        for n, k in graph.consumers(t):
+            if n.recurrent and k == 0 and n.op.static is not None:
+                return n.op.static.input_size
+            if n.op_type == "MatMul" and k == 0 and n.inputs[1] in graph.consts:
+                return int(graph.consts[n.inputs[1]].shape[-2])
+            if n.op_type == "Gemm" and k == 0 and n.inputs[1] in graph.consts:
+                w = graph.consts[n.inputs[1]]
+                return int(w.shape[1] if n.attrs.get("transB", 0) else w.shape[0])
+            if n.op_type in ("Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast", "Dropout") and k == 0:
+                todo.extend(o for o in n.outputs if o)
+    raise UnsupportedError(
+        f"input {x.name!r}: cannot tell the number of features per frame (declared shape {x.shape})"
+    )
+
+
+def _fresh_state(graph: Graph, roles: Roles, n: GNode, model) -> np.ndarray | str:
+    """A new stream's state of node ``n`` when the graph shows it (absent, zero-valued state
+    inputs, a constant): an (S,) array; else "probe" (the probe runs look at what it gets)."""
+    fresh = np.zeros(model.state_size, dtype=model.dtype)
+    for k, kind in ((5, "h"), (6, "c")):
+        if k >= len(n.inputs) or not n.inputs[k]:
+            continue
+        t = n.inputs[k]
+        if t in graph.consts:
+            v = np.asarray(graph.consts[t])
+            v = v.transpose(1, 0, 2) if n.op.layout == 1 and v.ndim == 3 else v
+            if v.ndim != 3 or v.shape[1] != 1:
+                return "probe"
+            for _, d, kk, off, size in model.spec.state_slots():
+                if kk == kind:
+                    fresh[off : off + size] = v[d, 0]
+            continue
+        leaves = glue_leaves(graph, t)
+        if not all(s in roles.state_inputs or (s in graph.consts and not np.any(graph.consts[s])) for s in leaves):
+            return "probe"
+    return fresh
+
+
+def build_plan(graph: Graph, roles: Roles, dtype: np.dtype, device: str) -> IOPlan:
+    """Probe the graph and return its :class:`IOPlan` (UnsupportedError if it cannot be a model)."""
+    x = roles.x
+    rec = []
+    for n in graph.recurrent_nodes:
+        if n.op.static is None:
+            raise UnsupportedError(
+                f"node {n.name!r} ({n.op_type}): weights W/R/B/P must be initializers for a model; "
+                "with weights given as graph inputs use srnn.InferenceSession"
+            )
+        rec.append(RecInfo(n, n.op.model_for(n.op.static, dtype, device), None))
+    if x.shape is None:  # rank not declared: (T, B, I) or (B, T, I), found by the probes
+        x = roles.x = ValueInfo(x.name, x.dtype, x.type, [None, None, None])
+    if len(x.shape) not in (2, 3):
+        raise UnsupportedError(f"input {x.name!r}: expected rank 2 (T, I) or 3, got declared shape {x.shape}")
+    off = 0
+    for r in rec:
+        r.offset, off = off, off + r.size
+    plan = IOPlan(roles=roles, dtype=dtype, x_rank=len(x.shape), input_size=_input_size(graph, x), rec=rec)
+    needed = {i for n in graph.plan([roles.y.name], frozenset(r.node.name for r in rec), True) for i in n.inputs}
+    extra = [vi.name for vi in graph.inputs if vi.name in needed and vi.name != x.name
+             and vi.name not in roles.state_inputs and vi.name not in {l.name for l in roles.lengths_inputs}]
+    if extra:
+        raise UnsupportedError(
+            f"inputs {extra}: a model feeds only the frame input {x.name!r}, state inputs and sequence "
+            "lengths; for other graph inputs use srnn.InferenceSession"
+        )
+    probe_fresh = []
+    for r in rec:
+        f = _fresh_state(graph, roles, r.node, r.model)
+        if isinstance(f, str):
+            probe_fresh.append(r)
+        else:
+            r.fresh = f
+    _probe_axes(graph, plan, probe_fresh, device)
+    return plan
+
+
+def _probe_shape(plan: IOPlan, k: int) -> tuple[int, int]:
+    shp = plan.x.shape
+    sizes = _PROBES[k]
+    if plan.x_rank == 2:
+        return 1, (shp[0] if isinstance(shp[0], int) else sizes[0])
+    a0 = shp[0] if isinstance(shp[0], int) else sizes[0]
+    a1 = shp[1] if isinstance(shp[1], int) else sizes[1]
+    return a0, a1
+
+
+def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: str) -> None:
+    rng = np.random.default_rng(0)
+    first = plan.rec[0].node.name if plan.rec else None
+    init = {r.node.name: r.fresh[None] for r in plan.rec if r.fresh is not None}
+    extra = [t for r in probe_fresh for t in r.node.inputs[5:7] if t]
+    runs = []
+    for k in range(2):
+        a0, a1 = _probe_shape(plan, k)
+        shape = (a0, plan.input_size) if plan.x_rank == 2 else (a0, a1, plan.input_size)
+        Xg = rng.uniform(-1, 1, size=shape).astype(plan.dtype)
+        err = None
+        for Bg, Tg in ((1, a0),) if plan.x_rank == 2 else ((a1, a0), (a0, a1)):
+            feeds = {plan.x.name: Xg}
+            for name in plan.roles.state_inputs:
+                vi = next(v for v in graph.inputs if v.name == name)
+                feeds[name] = np.zeros(tuple(d if isinstance(d, int) else Bg for d in vi.shape or ()), plan.dtype)
+            for li in plan.roles.lengths_inputs:
+                feeds[li.name] = np.full(Bg, Tg, dtype=li.dtype or np.int32)
+            seen: list = []
+
+            def hook(n, ins, seen=seen):
+                if n.name == first and not seen:
+                    seen.append(np.asarray(ins[0]))
+
+            try:
+                vals, _ = graph.evaluate(feeds, [plan.y.name] + extra, rec_init=init, device=device, hook=hook)
+            except StreamRNNError as e:
+                err = e
+                continue
+            runs.append((a0, a1, Xg, seen[0] if seen else None, vals))
+            break
+        else:
+            raise UnsupportedError(f"graph {graph.name!r}: a probe run on X of shape {Xg.shape} failed: {err}")
+    _axes_from_runs(plan, runs)
+    for r in probe_fresh:
+        rows = [_initial_rows(r, run[4], plan.dtype) for run in runs]
+        if all(x is not None for x in rows) and all(np.array_equal(x, rows[0][:1].repeat(len(x), 0)) for x in rows):
+            r.fresh = rows[0][0]  # the same for every sequence and size: a constant initial state
+        else:
+            plan.notes.append(f"node {r.node.name!r}: its initial state is computed by the graph")
+            log.info("ONNX graph %r: %s", graph.name, plan.notes[-1])
+
+
+def _initial_rows(r: RecInfo, vals: dict, dtype) -> np.ndarray | None:
+    """The (B, S) initial state node ``r`` got in a probe run, or None if it cannot tell."""
+    op, names = r.node.op, r.node.inputs[5:7]
+    h0, c0 = (vals.get(n) if n else None for n in list(names) + [""] * (2 - len(names)))
+    ref = h0 if h0 is not None else c0
+    if ref is None or np.ndim(ref) != 3:
+        return None
+    B = ref.shape[0] if op.layout == 1 else ref.shape[1]
+    try:
+        return op.initial_state(r.model, B, h0, c0, dtype)
+    except StreamRNNError:
+        return None
+
+
+def _axes_from_runs(plan: IOPlan, runs) -> None:
+    (a0, a1, X1, seen1, v1), (b0, b1, _, seen2, v2) = runs
+    if plan.x_rank == 3:
+        if seen1 is not None and seen1.ndim == 3:
+            tb = seen1.transpose(1, 0, 2) if plan.rec[0].node.op.layout == 1 else seen1  # (T, B, F)
+            if a0 != a1:
+                plan.time_major = tb.shape[0] == a0
+            else:
+                plan.time_major = not (tb.shape == X1.shape and np.array_equal(tb, X1.transpose(1, 0, 2))
+                                       and not np.array_equal(tb, X1))
+        T1, B1, T2, B2 = (a0, a1, b0, b1) if plan.time_major else (a1, a0, b1, b0)
+        plan.per_item = B1 == 1 and B2 == 1
+        tdecl = plan.x.shape[0 if plan.time_major else 1]
+    else:
+        T1, B1, T2, B2 = a0, 1, b0, 1
+        plan.per_item = True
+        tdecl = plan.x.shape[0]
+    plan.fixed_T = tdecl if isinstance(tdecl, int) else None
+    y1, y2 = np.asarray(v1[plan.y.name]), np.asarray(v2[plan.y.name])
+    if y1.ndim != y2.ndim:
+        raise UnsupportedError(f"output {plan.y.name!r}: rank changes with the input's size")
+    t_ax = [a for a in range(y1.ndim) if y1.shape[a] == T1 and y2.shape[a] == T2]
+    b_ax = [a for a in range(y1.ndim) if y1.shape[a] == B1 and y2.shape[a] == B2 and a not in t_ax[:1]]
+    if not t_ax:
+        raise UnsupportedError(
+            f"output {plan.y.name!r}: expected a time axis (an output per frame), got shape {y1.shape} "
+            f"for {T1} frames; for such graphs use srnn.InferenceSession"
+        )
+    plan.y_time_axis = t_ax[0]
+    plan.y_batch_axis = None if plan.per_item else (b_ax[0] if b_ax else None)
+    if plan.y_batch_axis is None and not plan.per_item:
+        raise UnsupportedError(f"output {plan.y.name!r}: expected a batch axis, got shape {y1.shape}")
+    feat = [a for a in range(y1.ndim) if a not in (plan.y_time_axis, plan.y_batch_axis)]
+    o1 = int(np.prod([y1.shape[a] for a in feat], dtype=np.int64))
+    o2 = int(np.prod([y2.shape[a] for a in feat], dtype=np.int64))
+    if o1 != o2 or o1 == 0:
+        raise UnsupportedError(f"output {plan.y.name!r}: features per frame vary with the input size ({o1} vs {o2})")
+    plan.output_size = o1

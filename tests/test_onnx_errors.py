@@ -1,0 +1,181 @@
+"""Bad ONNX input: malformed / truncated files, unsupported ops and attributes, bad feeds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import streamrnn as srnn  # noqa: E402
+from streamrnn.errors import FormatError, ShapeError, StreamRNNError, UnsupportedError  # noqa: E402
+
+
+def _lstm_model(extra_nodes=(), opset=14, out="y", **attrs):
+    rng = np.random.default_rng(0)
+    H, I = 3, 2
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(1, 4 * H, I)).astype(np.float32), "W"),
+        numpy_helper.from_array(rng.normal(size=(1, 4 * H, H)).astype(np.float32), "R"),
+    ]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["Y"], name="my_lstm", hidden_size=H, **attrs),
+             helper.make_node("Squeeze", ["Y", "ax"], ["ys"], name="sq"), *extra_nodes]
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "ax"))
+    last = extra_nodes[-1].output[0] if extra_nodes else "ys"
+    nodes.append(helper.make_node("Identity", [last], [out], name="ident"))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I])],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m
+
+
+def test_good_model_loads(tmp_path):
+    p = tmp_path / "m.onnx"
+    p.write_bytes(_lstm_model().SerializeToString())
+    assert isinstance(srnn.load(p), srnn.Model)
+
+
+@pytest.mark.parametrize("data", [b"", b"garbage\x00\xff\xfe not a protobuf", b"\x08" * 3, b"\xff" * 100])
+def test_garbage_files(tmp_path, data):
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(data)
+    with pytest.raises(StreamRNNError):
+        srnn.load(p)
+    with pytest.raises(StreamRNNError):
+        srnn.InferenceSession(str(p))
+
+
+def test_every_truncation_is_refused(tmp_path):
+    blob = _lstm_model().SerializeToString()
+    cuts = sorted(set(np.linspace(1, len(blob) - 1, 60).astype(int).tolist()) | {len(blob) - 1, len(blob) - 2})
+    p = tmp_path / "t.onnx"
+    for n in cuts:
+        p.write_bytes(blob[:n])
+        with pytest.raises(StreamRNNError):
+            srnn.load(p)
+        with pytest.raises(StreamRNNError):
+            srnn.InferenceSession(blob[:n])
+
+
+def test_truncated_torch_export(tmp_path):
+    torch = pytest.importorskip("torch")
+    import io
+    import warnings
+
+    net = torch.nn.LSTM(3, 4, num_layers=2)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(5, 1, 3),), f, dynamo=False, opset_version=17)
+    blob = f.getvalue()
+    for n in np.linspace(10, len(blob) - 1, 40).astype(int):
+        with pytest.raises(StreamRNNError):
+            srnn.from_onnx(blob[:n])
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError):
+        srnn.load("/nonexistent/dir/model.onnx")
+    with pytest.raises(FileNotFoundError):
+        srnn.InferenceSession("/nonexistent/dir/model.onnx")
+
+
+def test_unsupported_op_names_node():
+    conv = helper.make_node("TopK", ["ys", "k"], ["v", "i"], name="the_topk")
+    m = _lstm_model([conv])
+    m.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "k"))
+    for load in (srnn.from_onnx, srnn.InferenceSession):
+        with pytest.raises(UnsupportedError) as ei:
+            load(m)
+        msg = str(ei.value)
+        assert "the_topk" in msg and "TopK" in msg and "LSTM" in msg  # the node, the op, what is supported
+
+
+def test_unsupported_attribute_and_values():
+    with pytest.raises(UnsupportedError, match="my_lstm.*activations"):
+        srnn.from_onnx(_lstm_model(activations=["Sigmoid", "Swish", "Tanh"]))
+    with pytest.raises(UnsupportedError, match="my_lstm.*direction"):
+        srnn.from_onnx(_lstm_model(direction="sideways"))
+    with pytest.raises(UnsupportedError, match="my_lstm.*layout"):  # layout appears in opset 14
+        srnn.from_onnx(_lstm_model(opset=13, layout=0))
+    soft = helper.make_node("Softmax", ["ys"], ["s"], name="sm", axis=-1, bogus=1)
+    with pytest.raises(UnsupportedError, match="sm.*bogus"):
+        srnn.from_onnx(_lstm_model([soft]))
+
+
+def test_old_opset_refused():
+    with pytest.raises(UnsupportedError, match="opset"):
+        srnn.from_onnx(_lstm_model(opset=6))
+
+
+def test_weights_as_inputs_need_session():
+    node = helper.make_node("RNN", ["X", "W", "R"], ["Y"], hidden_size=2)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "XWR"],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    with pytest.raises(UnsupportedError, match="InferenceSession"):
+        srnn.from_onnx(m)
+
+
+def test_bad_state_map():
+    m = _lstm_model()
+    with pytest.raises(StreamRNNError, match="state_map.*nope"):
+        srnn.from_onnx(m, state_map={"nope": "y"})
+    with pytest.raises(StreamRNNError, match="state_map.*nope"):
+        srnn.from_onnx(m, state_map={"x": "nope"})
+
+
+def test_bad_dtype_device():
+    with pytest.raises(StreamRNNError, match="dtype"):
+        srnn.from_onnx(_lstm_model(), dtype="int8")
+    with pytest.raises(StreamRNNError, match="device"):
+        srnn.from_onnx(_lstm_model(), device="tpu")
+
+
+def test_session_feed_errors():
+    sess = srnn.InferenceSession(_lstm_model())
+    x = np.zeros((4, 2, 2), np.float32)
+    with pytest.raises(StreamRNNError, match="nope"):
+        sess.run(None, {"x": x, "nope": x})
+    with pytest.raises(StreamRNNError, match="'x'"):
+        sess.run(None, {})
+    with pytest.raises(ShapeError, match="rank 3"):
+        sess.run(None, {"x": x[0]})
+    with pytest.raises(ShapeError, match="dim 2 = 2"):
+        sess.run(None, {"x": np.zeros((4, 2, 3), np.float32)})
+    with pytest.raises(StreamRNNError, match="output_names"):
+        sess.run(["nope"], {"x": x})
+    with pytest.raises(ShapeError):
+        sess.run(None, {"x": x.astype(np.complex64)})
+    y64 = sess.run(None, {"x": x.astype(np.float64)})[0]  # other float dtypes are cast
+    assert y64.dtype == np.float32
+
+
+def test_session_runtime_shape_error_names_node():
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], name="lstm_a", hidden_size=2)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "XWR"],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    sess = srnn.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)]))
+    with pytest.raises(StreamRNNError, match="lstm_a.*W.*expected shape"):
+        sess.run(None, {"X": np.zeros((2, 1, 3), np.float32), "W": np.zeros((1, 7, 3), np.float32),
+                        "R": np.zeros((1, 8, 2), np.float32)})
+
+
+def test_external_data_refused():
+    m = _lstm_model()
+    t = m.graph.initializer[0]
+    t.data_location = onnx.TensorProto.EXTERNAL
+    t.ClearField("raw_data")
+    t.ClearField("float_data")
+    t.external_data.add(key="location", value="weights.bin")
+    with pytest.raises(StreamRNNError):
+        srnn.from_onnx(m)
+
+
+def test_import_streamrnn_does_not_import_onnx():
+    import subprocess
+    import sys
+
+    code = "import sys, streamrnn; assert 'onnx' not in sys.modules and 'onnxruntime' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,328 @@
+"""Model-level ONNX semantics (API.md): roles of inputs / outputs, layouts, state pairing, and
+graphs that are not chains, which run as graph models (run / stream / pool)."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import streamrnn as srnn  # noqa: E402
+from streamrnn.converters.graph_model import GraphModel  # noqa: E402
+
+FLOAT = TensorProto.FLOAT
+
+
+def _ort(model, feeds):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _export(net, x, dyn):
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), (x,), f, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": dyn, "y": dyn}, dynamo=False, opset_version=17)
+    return f.getvalue()
+
+
+class Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = torch.nn.LSTM(4, 4, batch_first=True), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0] + x)
+
+
+class Parallel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.GRU(4, 5, batch_first=True), torch.nn.LSTM(4, 3, num_layers=2, batch_first=True)
+
+    def forward(self, x):
+        return torch.cat([self.a(x)[0], torch.tanh(self.b(x)[0])], -1)
+
+
+class BiGated(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.GRU(4, 5, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        y = self.a(x)[0]
+        return y[..., :5] * y[..., 5:]
+
+
+class SoftmaxOverTime(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.RNN(4, 5, batch_first=True)
+
+    def forward(self, x):
+        return torch.softmax(self.a(x)[0], 1)
+
+
+class Unbatched(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc = torch.nn.LSTM(4, 5), torch.nn.Linear(5, 2)
+
+    def forward(self, x):  # x (T, I): no batch axis
+        return self.fc(self.a(x)[0])
+
+
+def _torch(net, X, unbatched=False):
+    with torch.no_grad():
+        if unbatched:
+            return np.stack([net(torch.from_numpy(x)).numpy() for x in X])
+        return net(torch.from_numpy(X)).numpy()
+
+
+@pytest.mark.parametrize("cls", [Residual, Parallel])
+def test_graph_model_runs_and_streams(cls):
+    torch.manual_seed(0)
+    net = cls()
+    model = srnn.from_onnx(_export(net, torch.randn(2, 7, 4), {0: "b", 1: "t"}))
+    assert isinstance(model, GraphModel) and model.streamable
+    assert (model.input_size, model.output_size) == (4, net(torch.randn(1, 1, 4)).shape[-1])
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3, 9, 4)).astype(np.float32)
+    y = _torch(net, X)
+    np.testing.assert_allclose(model.run(X), y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.run(X[1]), y[1], rtol=1e-5, atol=1e-5)
+    s = model.stream()
+    np.testing.assert_allclose(np.stack([s.step(x) for x in X[0]]), y[0], rtol=1e-5, atol=1e-5)
+    snap = s.state
+    blob = s.state_bytes()
+    s.reset()
+    np.testing.assert_allclose(np.concatenate([s.push(X[0][:4]), s.push(X[0][4:])]), y[0], rtol=1e-5, atol=1e-5)
+    s.state = snap
+    s2 = model.stream()
+    s2.load_state_bytes(blob)
+    x = rng.normal(size=4).astype(np.float32)
+    np.testing.assert_allclose(s.step(x), s2.step(x), rtol=1e-6)
+    pool = model.pool(5)
+    ids = pool.open(3)
+    out = np.stack([pool.step(ids, X[:, t]) for t in range(X.shape[1])], axis=1)
+    np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-5)
+    # run with a state == continuing a stream
+    Y1, st = model.run(X[:, :5], return_state=True)
+    np.testing.assert_allclose(np.concatenate([Y1, model.run(X[:, 5:], state=st)], 1), y, rtol=1e-5, atol=1e-5)
+    with pytest.raises(srnn.UnsupportedError, match="save"):
+        model.save("/tmp/never.srnn")
+
+
+def test_pool_errors_leave_state():
+    torch.manual_seed(1)
+    model = srnn.from_onnx(_export(Residual(), torch.randn(2, 7, 4), {0: "b", 1: "t"}))
+    pool = model.pool(2)
+    a, b = pool.open(), pool.open()
+    with pytest.raises(srnn.CapacityError):
+        pool.open()
+    before = pool.get_state(a).data.copy()
+    with pytest.raises(srnn.StreamIdError):
+        pool.step([a, 7], np.zeros((2, 4), np.float32))
+    with pytest.raises(srnn.NonFiniteError):
+        pool.step([a, b], np.array([[0, 0, 0, np.nan]] * 2, np.float32))
+    with pytest.raises(srnn.ShapeError):
+        pool.step([a, b], np.zeros((2, 4), np.float32), out=np.zeros((3, 3), np.float32))
+    np.testing.assert_array_equal(pool.get_state(a).data, before)
+    pool.close(b)
+    with pytest.raises(srnn.StreamIdError):
+        pool.close(b)
+    assert len(pool) == 1
+
+
+@pytest.mark.parametrize("cls,why", [(BiGated, "bidirectional"), (SoftmaxOverTime, "causal")])
+def test_graph_model_that_cannot_stream(cls, why):
+    torch.manual_seed(2)
+    net = cls()
+    model = srnn.from_onnx(_export(net, torch.randn(2, 7, 4), {0: "b", 1: "t"}))
+    assert isinstance(model, GraphModel) and not model.streamable
+    X = np.random.default_rng(3).normal(size=(2, 6, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.run(X), _torch(net, X), rtol=1e-5, atol=1e-5)
+    with pytest.raises(srnn.StreamRNNError, match=why):
+        model.stream()
+    with pytest.raises(srnn.StreamRNNError, match=why):
+        model.pool(3)
+
+
+def test_unbatched_export():
+    torch.manual_seed(3)
+    net = Unbatched()
+    model = srnn.from_onnx(_export(net, torch.randn(7, 4), {0: "t"}))
+    X = np.random.default_rng(4).normal(size=(3, 6, 4)).astype(np.float32)
+    y = _torch(net, X, unbatched=True)
+    np.testing.assert_allclose(model.run(X), y, rtol=1e-5, atol=1e-5)
+    s = model.stream()
+    np.testing.assert_allclose(np.stack([s.step(x) for x in X[2]]), y[2], rtol=1e-5, atol=1e-5)
+
+
+# -- handmade graphs -----------------------------------------------------------------------------
+
+def _lstm_graph(rng, *, layout=0, states=True, learned_h0=False, lens_input=False, hidden_out=False, I=3, H=4):
+    """X -> LSTM -> (Squeeze) -> Gemm head; h0/c0 inputs paired with hn/cn outputs."""
+    inits = [numpy_helper.from_array(rng.normal(size=(1, 4 * H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(1, 4 * H, H)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.normal(size=(1, 8 * H)).astype(np.float32), "B"),
+             numpy_helper.from_array(rng.normal(size=(2, H)).astype(np.float32), "fcW"),
+             numpy_helper.from_array(np.array([1 if layout == 0 else 2], np.int64), "ax")]
+    xs = ["T", "N", I] if layout == 0 else ["N", "T", I]
+    ins = [helper.make_tensor_value_info("x", FLOAT, xs)]
+    sshape = [1, "N", H] if layout == 0 else ["N", 1, H]
+    h0, c0 = "", ""
+    if states:
+        ins += [helper.make_tensor_value_info("h0", FLOAT, sshape), helper.make_tensor_value_info("c0", FLOAT, sshape)]
+        h0, c0 = "h0", "c0"
+    pre = []
+    if learned_h0:  # h_learned (1, 1, H) expanded to (1, N, H) as exporters do
+        inits.append(numpy_helper.from_array(rng.normal(size=(1, 1, H)).astype(np.float32), "h_learned"))
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "i1"))
+        inits.append(numpy_helper.from_array(np.array([1, 1, H], np.int64), "ones"))
+        pre = [helper.make_node("Shape", ["x"], ["xs"]),
+               helper.make_node("Gather", ["xs", "i1"], ["nb"]),
+               helper.make_node("Concat", ["i1", "nb", "i1"], ["eshape"], axis=0),
+               helper.make_node("Expand", ["h_learned", "eshape"], ["h_exp"])]
+        h0 = "h_exp"
+    lens = ""
+    if lens_input:
+        ins.append(helper.make_tensor_value_info("lens", TensorProto.INT32, ["N"]))
+        lens = "lens"
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", lens, h0, c0], ["Y", "Y_h", "Y_c"], hidden_size=H,
+                              **({"layout": 1} if layout else {})),
+             helper.make_node("Squeeze", ["Y", "ax"], ["ys"]),
+             helper.make_node("MatMul", ["ys", "fcWt"], ["y"]),
+             helper.make_node("Transpose", ["fcW"], ["fcWt"])]
+    nodes = pre + [nodes[0], nodes[1], nodes[3], nodes[2]]
+    outs = [helper.make_tensor_value_info("y", FLOAT, None)]
+    if states:
+        if hidden_out:  # the pairing hidden behind arithmetic: hn = Y_h * 1
+            inits.append(numpy_helper.from_array(np.ones(1, np.float32), "one"))
+            nodes.append(helper.make_node("Mul", ["Y_h", "one"], ["hn"]))
+            outs = [helper.make_tensor_value_info("hn", FLOAT, None)] + outs
+        else:
+            nodes.append(helper.make_node("Identity", ["Y_h"], ["hn"]))
+            outs.append(helper.make_tensor_value_info("hn", FLOAT, None))
+        nodes.append(helper.make_node("Identity", ["Y_c"], ["cn"]))
+        outs.append(helper.make_tensor_value_info("cn", FLOAT, None))
+    g = helper.make_graph(nodes, "handmade", ins, outs, initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    m.ir_version = 8
+    return m
+
+
+def _ort_y(m, X, layout, lens=None, states=True, H=4):
+    """onnxruntime's y for frames X (B, T, I) with zero states (layout 1 run as layout 0)."""
+    B, T = X.shape[:2]
+    if layout == 1:  # onnxruntime refuses layout=1: run the equivalent layout-0 graph
+        m2 = onnx.ModelProto()
+        m2.CopyFrom(m)
+        n = m2.graph.node[0]
+        for a in list(n.attribute):
+            if a.name == "layout":
+                n.attribute.remove(a)
+        m2.graph.initializer[4].CopyFrom(numpy_helper.from_array(np.array([1], np.int64), "ax"))
+        for vi in m2.graph.input:
+            vi.type.tensor_type.ClearField("shape")
+        return _ort_y(m2, X, 0, lens, states, H)
+    feeds = {"x": X.transpose(1, 0, 2).copy()}
+    if states:
+        feeds["h0"] = feeds["c0"] = np.zeros((1, B, H), np.float32)
+    if lens is not None:
+        feeds["lens"] = lens.astype(np.int32)
+    names = [o.name for o in m.graph.output]
+    y = _ort(m, feeds)[names.index("y")]  # (T, B, O)
+    return y.transpose(1, 0, 2)
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_single_node_model_level(layout):
+    """States paired automatically (h0->hn, c0->cn), Y the first other output; run takes (B, T, I)
+    whatever the layout, and (T, I)."""
+    rng = np.random.default_rng(10)
+    m = _lstm_graph(rng, layout=layout)
+    model = srnn.from_onnx(m)
+    assert isinstance(model, srnn.Model)
+    X = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    want = _ort_y(m, X, layout)
+    np.testing.assert_allclose(model.run(X), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.run(X[1]), want[1], rtol=1e-5, atol=1e-5)
+    s = model.stream()
+    np.testing.assert_allclose(np.stack([s.step(x) for x in X[0]]), want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_hidden_pairing_needs_state_map():
+    rng = np.random.default_rng(11)
+    m = _lstm_graph(rng, hidden_out=True)  # outputs: hn (hidden), y, cn
+    with pytest.raises(srnn.UnsupportedError, match="'hn'.*time axis"):
+        srnn.from_onnx(m)
+    model = srnn.from_onnx(m, state_map={"h0": "hn", "c0": "cn"})
+    X = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(model.run(X), _ort_y(m, X, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_sequence_lens_input_is_lengths():
+    rng = np.random.default_rng(12)
+    m = _lstm_graph(rng, lens_input=True)
+    model = srnn.from_onnx(m)
+    X = rng.normal(size=(3, 6, 3)).astype(np.float32)
+    lens = np.array([6, 2, 0])
+    want = _ort_y(m, X, 0, lens)
+    got = model.run(X, lengths=lens)
+    for b, n in enumerate(lens):
+        np.testing.assert_allclose(got[b, :n], want[b, :n], rtol=1e-5, atol=1e-5)
+        assert not got[b, n:].any()  # exactly 0 past the length, after the head
+    np.testing.assert_allclose(model.run(X), _ort_y(m, X, 0, np.array([6, 6, 6])), rtol=1e-5, atol=1e-5)
+
+
+def test_learned_initial_state_runs_as_graph():
+    """A constant (learned) initial_h is not a zero state: not a chain; fresh streams start from it."""
+    rng = np.random.default_rng(13)
+    m = _lstm_graph(rng, states=False, learned_h0=True)
+    model = srnn.from_onnx(m)
+    assert isinstance(model, GraphModel) and model.streamable
+    X = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    want = _ort_y(m, X, 0, states=False)
+    np.testing.assert_allclose(model.run(X), want, rtol=1e-5, atol=1e-5)
+    s = model.stream()
+    np.testing.assert_allclose(np.stack([s.step(x) for x in X[1]]), want[1], rtol=1e-5, atol=1e-5)
+    s.reset()
+    np.testing.assert_allclose(s.push(X[0]), want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_output_without_time_axis_refused():
+    rng = np.random.default_rng(14)
+    H, I = 3, 2
+    inits = [numpy_helper.from_array(rng.normal(size=(1, 3 * H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(1, 3 * H, H)).astype(np.float32), "R")]
+    g = helper.make_graph([helper.make_node("GRU", ["X", "W", "R"], ["", "Y_h"], hidden_size=H)], "g",
+                          [helper.make_tensor_value_info("X", FLOAT, ["T", "B", I])],
+                          [helper.make_tensor_value_info("Y_h", FLOAT, None)], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    with pytest.raises(srnn.UnsupportedError, match="time axis"):
+        srnn.from_onnx(m)
+    sess = srnn.InferenceSession(m)  # still fine as a session
+    X = rng.normal(size=(4, 2, I)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"X": X})[0], _ort(m, {"X": X})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_load_path_and_repr(tmp_path):
+    torch.manual_seed(4)
+    p = tmp_path / "res.onnx"
+    p.write_bytes(_export(Residual(), torch.randn(2, 7, 4), {0: "b", 1: "t"}))
+    model = srnn.load(p)
+    assert isinstance(model, GraphModel)
+    assert "LSTM" in str(model) and "GraphModel" in repr(model)
+    with pytest.raises(srnn.ShapeError, match="X"):
+        model.run(np.zeros((2, 3, 5), np.float32))
+    with pytest.raises(srnn.NonFiniteError):
+        model.run(np.full((2, 3, 4), np.nan, np.float32))
