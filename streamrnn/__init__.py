@@ -55,6 +55,7 @@ def load(
     device: str = "cpu",
     arch: Any = None,
     state_map: dict[str, str] | None = None,
+    weights: str = "float",
 ) -> Model:
     """Load a model from ``.onnx``, ``.pt``/``.pth``/``.bin``/``.ckpt``, ``.safetensors`` or ``.srnn``.
 
@@ -65,6 +66,8 @@ def load(
     device : "cpu" (default) or "cuda".
     arch : for PyTorch checkpoints, what a state_dict cannot tell (see ``from_torch``).
     state_map : for ONNX graphs, pairs of state input -> state output names.
+    weights : "float" (default) or "bfloat16": opt-in reduced-precision recurrent weights for
+        the per-frame CPU paths (see ``Model``). Not for ONNX graph models.
 
     Raises
     ------
@@ -78,14 +81,19 @@ def load(
     if ext == ".srnn":
         from .fileformat import load_srnn
 
-        return Model(load_srnn(p), dtype=dtype, device=device)
+        return Model(load_srnn(p), dtype=dtype, device=device, weights=weights)
     if ext == ".onnx":
-        return from_onnx(p, dtype=dtype, device=device, state_map=state_map)
+        model = from_onnx(p, dtype=dtype, device=device, state_map=state_map)
+        if weights != "float":
+            if not isinstance(model, Model):
+                raise StreamRNNError("weights: 'bfloat16' needs a model that lowers to a layer chain, got a graph model")
+            model = Model(model.spec, dtype=dtype, device=device, weights=weights)
+        return model
     if ext in _TORCH_EXT or ext == ".safetensors":
         from .converters import torch_import
 
         spec = torch_import.spec_from_checkpoint(p, arch=arch)
-        return Model(spec, dtype=dtype, device=device)
+        return Model(spec, dtype=dtype, device=device, weights=weights)
     raise StreamRNNError(
         f"path: expected a file ending in .onnx, .srnn, .safetensors, {', '.join(_TORCH_EXT)}; got {p!r}"
     )

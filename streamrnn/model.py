@@ -63,9 +63,16 @@ class Model:
         Precision of weights, states and outputs.
     device : {"cpu", "cuda"}
         Where the kernels run.
+    weights : {"float", "bfloat16"}
+        Opt-in reduced precision for the per-frame paths (CPU, float32 models): the recurrent
+        weight matrices are rounded to bfloat16 (half the bytes to stream per step; float32
+        accumulation). Every path of the model (step, push, pool, run) then uses the same
+        rounded weights, so they still agree to float32 rounding with each other; against the
+        float weights the outputs move by the weight rounding (relative ~2^-9 per weight; see
+        ``tests/test_bfloat16.py`` for the measured error).
     """
 
-    def __init__(self, spec: ModelSpec, *, dtype: Any = "float32", device: str = "cpu"):
+    def __init__(self, spec: ModelSpec, *, dtype: Any = "float32", device: str = "cpu", weights: str = "float"):
         if not isinstance(spec, ModelSpec):
             raise StreamRNNError(f"spec: expected a ModelSpec, got {type(spec).__name__}")
         self.spec = spec
@@ -73,7 +80,14 @@ class Model:
         if device not in ("cpu", "cuda"):
             raise StreamRNNError(f"device: expected 'cpu' or 'cuda', got {device!r}")
         self.device = device
-        self._packed = pack(spec, self.dtype)
+        if weights not in ("float", "bfloat16"):
+            raise StreamRNNError(f"weights: expected 'float' or 'bfloat16', got {weights!r}")
+        if weights == "bfloat16" and (self.dtype != np.float32 or device != "cpu"):
+            raise StreamRNNError(
+                f"weights: 'bfloat16' needs dtype='float32' and device='cpu', got dtype={self.dtype}, device={device!r}"
+            )
+        self.weights = weights
+        self._packed = pack(spec, self.dtype, weights)
         self._key = layout_key(spec)
         self._slots = spec.state_slots()
         if device == "cuda":
@@ -257,7 +271,7 @@ class Stream:
         self._S = pk.state_size
         self._I, self._O = model.input_size, model.output_size
         self._dtype = model.dtype
-        self._W, self._meta = pk.W, pk.meta
+        self._W, self._meta, self._Wh = pk.W, pk.meta, pk.Wh
         self._sbuf = np.zeros(pk.state_size + pk.scratch_size, dtype=model.dtype)  # [state | scratch]
         self._lock = threading.Lock()
         # small models: the kernel holds the GIL (it serialises calls, no lock needed); large
@@ -274,6 +288,8 @@ class Stream:
             return self._cuda.step(x, out)
         if out is None:
             out = np.empty(self._O, self._dtype)
+        if self._Wh.shape[0] > 1:
+            return self._step_bf16(x, out)
         if self._gil_step:
             try:
                 rc = cpu._stream_step_gil(x, out, self._sbuf, self._W, self._meta)
@@ -287,6 +303,18 @@ class Stream:
                 except TypeError:
                     x, out = self._coerce(x, out)
                     rc = cpu._stream_step(x, out, self._sbuf, self._W, self._meta)
+        if rc:
+            _raise_status(rc, self.model, "x", x, out)
+        return out
+
+    def _step_bf16(self, x, out):
+        k = cpu._stream_step_gil_h if self._gil_step else cpu._stream_step_h
+        with self._lock:
+            try:
+                rc = k(x, out, self._sbuf, self._W, self._Wh, self._meta)
+            except TypeError:
+                x, out = self._coerce(x, out)
+                rc = k(x, out, self._sbuf, self._W, self._Wh, self._meta)
         if rc:
             _raise_status(rc, self.model, "x", x, out)
         return out
@@ -501,7 +529,7 @@ class Pool:
                     self._batched(ids, X, out, self._arena)
             else:
                 fn = cpu._pool_step_par if par else cpu._pool_step
-                rc = fn(ids, X, out, self._arena, self._scr, self._W, self._meta, self._alive, self._stamp, self._epoch)
+                rc = fn(ids, X, out, self._arena, self._scr, self._W, self.model._packed.Wh, self._meta, self._alive, self._stamp, self._epoch)
         if rc:
             _raise_status(rc, self.model, "X", X, out, ids)
         return out

@@ -18,13 +18,13 @@ import numpy as np
 from numba import njit, prange, types
 
 from ..config import NJIT, NJIT_GIL, PARALLEL
-from ..layers.cpu_common import _matvec_acc, _vact
+from ..layers.cpu_common import _matvec_h, _vact
 from ..layers.dense.cpu import _frame_layer
 from ..layers.gru.cpu import _gru_cell, _gru_gates
 from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
 from ..layers.rnn.cpu import _rnn_cell, _rnn_gates
 from .pack import (
-    DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_H, K_IN, K_OUT, K_REC, K_S, LSTM,
+    DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_TMP, K_H, K_IN, K_OUT, K_REC, K_S, LSTM,
     O_B, O_C, O_H, O_PAR, O_RT, O_WT, RNN, Packed,
 )
 
@@ -34,24 +34,28 @@ OK, E_XLEN, E_OUTLEN, E_NONFINITE, E_ID_RANGE, E_ID_CLOSED, E_ID_DUP = 0, 1, 2, 
 _GATES = (4, 3, 1)  # LSTM, GRU, RNN
 
 
+_NO_H = np.zeros(1, np.uint16)  # "no bfloat16 weights": the mat-vecs read W
+
+
 @njit(**NJIT)
-def _cell(W, m, d, g, st, scr, G):
+def _cell(W, Wh, m, d, g, st, scr, G):
     """Run the cell of recurrent layer row ``m``, direction ``d``; g holds x @ Wt + b."""
     kind, H, base = m[0], m[K_H], K_DIR + 9 * d
     ho = m[base + O_H]
     h = st[ho : ho + m[K_REC]]
+    tmp = scr[scr.shape[0] - m[K_TMP] :]  # bfloat16 widening scratch (empty for float weights)
     if kind == LSTM:
         co = m[base + O_C]
-        _lstm_cell(W, m, d, g, h, st[co : co + H])
+        _lstm_cell(W, Wh, tmp, m, d, g, h, st[co : co + H])
     elif kind == GRU:
-        _gru_cell(W, m, d, g, h, scr[G : G + 3 * H])
+        _gru_cell(W, Wh, tmp, m, d, g, h, scr[G : G + 3 * H])
     else:
-        _rnn_cell(W, m, d, g, h)
+        _rnn_cell(W, Wh, tmp, m, d, g, h)
     return h
 
 
 @njit(**NJIT)
-def _stack_core(x, out, st, scr, W, meta):
+def _stack_core(x, out, st, scr, W, Wh, meta):
     """Every layer on one frame of one stream. st (S,) state, scr scratch (see pack.py)."""
     cell, feat = meta[0, K_CELL], meta[0, K_FEAT]
     cur = x
@@ -65,8 +69,9 @@ def _stack_core(x, out, st, scr, W, meta):
             b = m[K_DIR + O_B]
             for j in range(G):
                 g[j] = W[b + j]
-            _matvec_acc_in(W, m[K_DIR + O_WT], m[K_IN], G, cur, g)
-            cur = _cell(W, m, 0, g, st, scr, G)
+            tmp = scr[scr.shape[0] - m[K_TMP] :]
+            _matvec_h(W, Wh, tmp, m[K_DIR + O_WT], m[K_IN], G, 0, G, cur, g, 0)  # g += x @ Wt
+            cur = _cell(W, Wh, m, 0, g, st, scr, G)
         else:
             o = cell + ping * feat
             y = scr[o : o + m[K_OUT]]
@@ -75,11 +80,6 @@ def _stack_core(x, out, st, scr, W, meta):
             ping ^= 1
     for j in range(out.shape[0]):
         out[j] = cur[j]
-
-
-@njit(**NJIT)
-def _matvec_acc_in(W, off, rows, cols, v, g):
-    _matvec_acc(W, off, rows, cols, 0, cols, v, g, 0)
 
 
 @njit(**NJIT)
@@ -98,18 +98,30 @@ def _check_frame(x, n):
 @njit(**NJIT)
 def _stream_step(x, out, sbuf, W, meta):
     """One stream, one frame. sbuf = [state (S) | scratch]. Returns a status (0 = ok)."""
-    return _stream_step_impl(x, out, sbuf, W, meta)
+    return _stream_step_impl(x, out, sbuf, W, _NO_H, meta)
 
 
 @njit(**NJIT_GIL)
 def _stream_step_gil(x, out, sbuf, W, meta):
     """As ``_stream_step`` but holding the GIL: for small models the GIL itself serialises
     calls on one stream, which saves the lock (~0.15-0.25 us of a ~2 us step)."""
-    return _stream_step_impl(x, out, sbuf, W, meta)
+    return _stream_step_impl(x, out, sbuf, W, _NO_H, meta)
 
 
 @njit(**NJIT)
-def _stream_step_impl(x, out, sbuf, W, meta):
+def _stream_step_h(x, out, sbuf, W, Wh, meta):
+    """As ``_stream_step`` for bfloat16 weights (``Wh``)."""
+    return _stream_step_impl(x, out, sbuf, W, Wh, meta)
+
+
+@njit(**NJIT_GIL)
+def _stream_step_gil_h(x, out, sbuf, W, Wh, meta):
+    """As ``_stream_step_gil`` for bfloat16 weights (``Wh``)."""
+    return _stream_step_impl(x, out, sbuf, W, Wh, meta)
+
+
+@njit(**NJIT)
+def _stream_step_impl(x, out, sbuf, W, Wh, meta):
     I, O, S = meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT], meta[0, K_S]
     if x.shape[0] != I:
         return E_XLEN
@@ -118,12 +130,12 @@ def _stream_step_impl(x, out, sbuf, W, meta):
     rc = _check_frame(x, I)
     if rc != OK:
         return rc
-    _stack_core(x, out, sbuf[:S], sbuf[S:], W, meta)
+    _stack_core(x, out, sbuf[:S], sbuf[S:], W, Wh, meta)
     return OK
 
 
 @njit(**NJIT)
-def _stream_push(X, Y, sbuf, W, meta):
+def _stream_push(X, Y, sbuf, W, Wh, meta):
     """One stream, T frames stepped in order (the chunk path for small chunks)."""
     I, O, S = meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT], meta[0, K_S]
     if X.shape[1] != I:
@@ -135,7 +147,7 @@ def _stream_push(X, Y, sbuf, W, meta):
         if rc != OK:
             return rc | (t << 40)
     for t in range(X.shape[0]):
-        _stack_core(X[t], Y[t], sbuf[:S], sbuf[S:], W, meta)
+        _stack_core(X[t], Y[t], sbuf[:S], sbuf[S:], W, Wh, meta)
     return OK
 
 
@@ -162,18 +174,18 @@ def _pool_check(ids, X, out, alive, stamp, epoch, I, O):
 
 
 @njit(**NJIT)
-def _pool_step(ids, X, out, arena, scr, W, meta, alive, stamp, epoch):
+def _pool_step(ids, X, out, arena, scr, W, Wh, meta, alive, stamp, epoch):
     """Streams ``ids`` of the state arena (cap, S) advance one frame each, serially."""
     rc = _pool_check(ids, X, out, alive, stamp, epoch, meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT])
     if rc != OK:
         return rc
     for r in range(ids.shape[0]):
-        _stack_core(X[r], out[r], arena[ids[r]], scr[0], W, meta)
+        _stack_core(X[r], out[r], arena[ids[r]], scr[0], W, Wh, meta)
     return OK
 
 
 @njit(**PARALLEL)
-def _pool_step_par(ids, X, out, arena, scr, W, meta, alive, stamp, epoch):
+def _pool_step_par(ids, X, out, arena, scr, W, Wh, meta, alive, stamp, epoch):
     """As ``_pool_step``, parallel over streams: one contiguous block of rows per thread."""
     rc = _pool_check(ids, X, out, alive, stamp, epoch, meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT])
     if rc != OK:
@@ -182,7 +194,7 @@ def _pool_step_par(ids, X, out, arena, scr, W, meta, alive, stamp, epoch):
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
         for r in range(t * chunk, min(n, (t + 1) * chunk)):
-            _stack_core(X[r], out[r], arena[ids[r]], scr[t], W, meta)
+            _stack_core(X[r], out[r], arena[ids[r]], scr[t], W, Wh, meta)
     return OK
 
 
@@ -196,7 +208,7 @@ def _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr):
         t = n - 1 - s if rev else s
         for j in range(G):
             g[j] = XW[b, t, j]
-        h = _cell(W, m, d, g, st, scr[b], G)
+        h = _cell(W, _NO_H, m, d, g, st, scr[b], G)
         for j in range(h.shape[0]):
             Y[b, t, col0 + j] = h[j]
 
@@ -234,25 +246,27 @@ def _sigs(dt, group: str):
     f = types.float32 if dt == np.float32 else types.float64
     v, m2, m3 = f[::1], f[:, ::1], f[:, :, ::1]
     i1, i2 = types.int64[::1], types.int64[:, ::1]
-    u1, i64 = types.uint8[::1], types.int64
+    u1, i64, h1 = types.uint8[::1], types.int64, types.uint16[::1]
     im = types.int64[::1]
     groups = {
         "stream": {
             _stream_step: (v, v, v, v, i2),
             _stream_step_gil: (v, v, v, v, i2),
-            _stream_push: (m2, m2, v, v, i2),
+            _stream_step_h: (v, v, v, v, h1, i2),
+            _stream_step_gil_h: (v, v, v, v, h1, i2),
+            _stream_push: (m2, m2, v, v, h1, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             _frames: (m2, m2, v, im),
         },
         "pool": {
-            _pool_step: (i1, m2, m2, m2, m2, v, i2, u1, i1, i64),
-            _pool_step_par: (i1, m2, m2, m2, m2, v, i2, u1, i1, i64),
+            _pool_step: (i1, m2, m2, m2, m2, v, h1, i2, u1, i1, i64),
+            _pool_step_par: (i1, m2, m2, m2, m2, v, h1, i2, u1, i1, i64),
             _pool_validate: (i1, m2, m2, u1, i1, i64, i64, i64),
             _gather_h: (i1, m2, m2, i64, i64, i64),
             _gates_rows: (i1, m2, m2, m2, m2, v, im),
             _frames_rows: (m2, m2, v, im),
             _bias_act_rows: (m2, v, im),
-            _stream_push: (m2, m2, v, v, i2),
+            _stream_push: (m2, m2, v, v, h1, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             _frames: (m2, m2, v, im),
         },
@@ -294,7 +308,7 @@ def push_chunk(pk: Packed, X: np.ndarray, sbuf: np.ndarray) -> tuple[int, np.nda
     T, S = X.shape[0], pk.state_size
     if T < PUSH_GEMM_MIN_FRAMES or X.shape[1] != pk.meta[0, K_IN]:
         Y = np.empty((T, int(pk.meta[-1, K_OUT])), pk.W.dtype)
-        return _stream_push(X, Y, sbuf, pk.W, pk.meta), Y
+        return _stream_push(X, Y, sbuf, pk.W, pk.Wh, pk.meta), Y
     finite = np.isfinite(X).all(axis=1)  # (T,)
     if not finite.all():
         return E_NONFINITE | (int(np.argmin(finite)) << 40), X
@@ -386,7 +400,7 @@ def _gates_one(r, ids, G, HR, Y, arena, W, m):
         if m[K_FLAGS] & F_LBR:
             _gru_gates(W, m, 0, g, h, HR[r])
         else:  # r multiplies h before Rh: the per-row cell does the recurrence
-            _gru_cell(W, m, 0, g, h, HR[r])
+            _gru_cell(W, _NO_H, g[:0], m, 0, g, h, HR[r])
     else:
         _rnn_gates(W, m, 0, g, h)
     y = Y[r]

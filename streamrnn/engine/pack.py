@@ -45,7 +45,8 @@ K_DIR = 14  # 14..22 direction 0, 23..31 direction 1 (offsets below, relative to
 O_H, O_C, O_WT, O_RT, O_B, O_RBH, O_PEEP, O_PROJ, O_PAR = range(9)
 K_S, K_CELL, K_FEAT = 32, 33, 34  # state size, cell scratch, feature buffer (same in every row)
 K_FAST = 35  # 1 for float32 models: SIMD rational tanh / sigmoid (see layers/cpu_common.py)
-NMETA = 36
+K_TMP = 36  # floats of bfloat16 widening scratch at the end of the scratch vector
+NMETA = 40
 # flag bits
 F_INPUT_FORGET, F_PEEP, F_LBR, F_CLIP, F_PROJ, F_BIAS, F_LOG = 1, 2, 4, 8, 16, 32, 64
 
@@ -54,6 +55,7 @@ F_INPUT_FORGET, F_PEEP, F_LBR, F_CLIP, F_PROJ, F_BIAS, F_LOG = 1, 2, 4, 8, 16, 3
 class Packed:
     W: np.ndarray  # (nW,) model dtype
     meta: np.ndarray  # (L, NMETA) int64
+    Wh: np.ndarray  # (nW,) uint16 bfloat16 bits of W, or a (1,) dummy when weights are float
     state_size: int
     scratch_size: int
     cell_scratch: int  # floats of the cell scratch (the two feature buffers follow it)
@@ -70,15 +72,30 @@ def _cell_scratch(layer) -> int:
     return 0
 
 
-def pack(spec: ModelSpec, dtype) -> Packed:
-    """Lay the spec's weights out for the kernels (see the module docstring)."""
+def to_bfloat16(a: np.ndarray) -> np.ndarray:
+    """float values rounded to the nearest bfloat16 (ties to even), returned as float32."""
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
+    """Lay the spec's weights out for the kernels (see the module docstring).
+
+    ``weights="bfloat16"`` (float32 models only): the recurrent matrices (Wt, Rt) are rounded to
+    bfloat16; ``W`` holds the rounded values (used by the GEMM paths) and ``Wh`` their bits (read
+    by the per-frame mat-vecs, half the bytes). Every path then sees the same weights.
+    """
     dtype = np.dtype(dtype)
+    bf16 = weights == "bfloat16"
     chunks: list[np.ndarray] = []
     size = 0
 
-    def put(a) -> int:
+    def put(a, round_bf16: bool = False) -> int:
         nonlocal size
         a = np.ascontiguousarray(a, dtype=np.float64).ravel()
+        if round_bf16 and bf16:
+            a = to_bfloat16(a).astype(np.float64)
         off = size
         chunks.append(a)
         size += a.size
@@ -120,8 +137,8 @@ def pack(spec: ModelSpec, dtype) -> Packed:
                     rbh = rb[2 * H :]
                 m[base + O_H] = slots[(li, d, "h")]
                 m[base + O_C] = slots.get((li, d, "c"), -1)
-                m[base + O_WT] = put(np.asarray(layer.W[d], np.float64).T)  # (I, G*H)
-                m[base + O_RT] = put(np.asarray(layer.R[d], np.float64).T)  # (Hr, G*H)
+                m[base + O_WT] = put(np.asarray(layer.W[d], np.float64).T, True)  # (I, G*H)
+                m[base + O_RT] = put(np.asarray(layer.R[d], np.float64).T, True)  # (Hr, G*H)
                 m[base + O_B] = put(b)  # (G*H,)
                 m[base + O_RBH] = put(rbh)  # (H,)
                 if isinstance(layer, LSTMLayer) and layer.P is not None:
@@ -154,15 +171,19 @@ def pack(spec: ModelSpec, dtype) -> Packed:
             raise TypeError(type(layer))
     meta[:, K_S] = spec.state_size()
     meta[:, K_FAST] = int(dtype == np.float32)
+    gmax = max([4 * l.hidden_size for _, l in spec.recurrent()] + [0])
+    meta[:, K_TMP] = 4 * gmax if bf16 else 0
     meta[:, K_CELL] = max(_cell_scratch(layer) for layer in spec.layers)
     meta[:, K_FEAT] = max(max(layer.output_size, layer.input_size) for layer in spec.layers)
     W = np.concatenate(chunks).astype(dtype) if chunks else np.zeros(1, dtype)
     cell, feat = int(meta[0, K_CELL]), int(meta[0, K_FEAT])
+    Wh = (W.view(np.uint32) >> 16).astype(np.uint16) if bf16 else np.zeros(1, np.uint16)
     return Packed(
         W=W,
         meta=meta,
+        Wh=Wh,
         state_size=spec.state_size(),
-        scratch_size=cell + 2 * feat,
+        scratch_size=cell + 2 * feat + int(meta[0, K_TMP]),
         cell_scratch=cell,
         feat_size=feat,
     )

@@ -148,3 +148,40 @@ def _matvec_acc(W, off, rows, cols, col0, ncol, v, g, g0):
         for j in range(ncol):
             gv[j] += v0 * w0[j]
         k += 1
+
+
+@njit(**NJIT)
+def _matvec_h(W, Wh, tmp, off, rows, cols, col0, ncol, v, g, g0):
+    """As ``_matvec_acc``, reading the matrix from ``Wh`` (bfloat16 bits, uint16) when the model
+    was packed with bfloat16 weights (``Wh`` longer than 1), else from ``W``.
+
+    bfloat16 -> float32 is a 16-bit shift: four rows at a time are widened into ``tmp``
+    (>= 4*ncol floats, L1-resident), then the same 4-row axpy runs on them. Half the weight bytes
+    cross the memory hierarchy; accumulation stays float32.
+    """
+    if Wh.shape[0] <= 1:
+        _matvec_acc(W, off, rows, cols, col0, ncol, v, g, g0)
+        return
+    ti = tmp.view(np.int32)
+    t0, t1, t2, t3 = tmp[0:ncol], tmp[ncol : 2 * ncol], tmp[2 * ncol : 3 * ncol], tmp[3 * ncol : 4 * ncol]
+    gv = g[g0 : g0 + ncol]
+    k = 0
+    while k + 4 <= rows:
+        for r in range(4):
+            src = Wh[off + (k + r) * cols + col0 :][:ncol]
+            dst = ti[r * ncol : (r + 1) * ncol]
+            for j in range(ncol):
+                dst[j] = np.int32(src[j]) << 16
+        v0, v1, v2, v3 = v[k], v[k + 1], v[k + 2], v[k + 3]
+        for j in range(ncol):
+            gv[j] += v0 * t0[j] + v1 * t1[j] + v2 * t2[j] + v3 * t3[j]
+        k += 4
+    while k < rows:
+        src = Wh[off + k * cols + col0 :][:ncol]
+        dst = ti[0:ncol]
+        for j in range(ncol):
+            dst[j] = np.int32(src[j]) << 16
+        v0 = v[k]
+        for j in range(ncol):
+            gv[j] += v0 * t0[j]
+        k += 1

@@ -19,10 +19,11 @@ modules) all take the same arguments ``(W, ids, src, dst, out, arena, n)``:
 * ``arena`` (cap, S) the per-stream states;
 * ``n``     the number of rows.
 
-The grid is ``(ceil(n / NR), ceil(N / U))`` (rows on x: y is limited to 65535): a block computes U output units (all gates of them)
-for NR rows, with ``U * KS * RS`` threads. A thread owns one unit, one slice of the reduction
-(KS slices, reduced through shared memory) and RPT rows (NR = RS * RPT), so every weight it loads
-is used RPT times, and the inputs of the NR rows are staged in shared memory in chunks of KT.
+The grid is ``(ceil(n / NR), ceil(N / U))`` (rows on x, as y is limited to 65535): a block
+computes U output units (all gates of them) for NR rows, with ``U * KS * RS`` threads. A thread
+owns one unit, one slice of the reduction (KS slices, reduced through shared memory) and RPT rows
+(NR = RS * RPT), so every weight it loads is used RPT times; the inputs of the NR rows are
+staged in shared memory in chunks of KT.
 Small ``n`` uses few rows per block and many K slices (a split-K GEMV: all SMs stream the
 weights once); large ``n`` uses many rows per block (a GEMM: weights re-used from registers).
 """
@@ -39,8 +40,9 @@ from numba.cuda import config as _cuda_config
 
 SIM = bool(_cuda_config.ENABLE_CUDASIM)
 
-#: U units per block, KS reduction slices, RS row groups, RPT rows per thread, KT chunk length
-Tile = namedtuple("Tile", "U KS RS RPT KT")
+#: U threads across units (each owning UPT units, U apart: a block covers U*UPT units),
+#: KS reduction slices, RS row groups, RPT rows per thread, KT chunk length
+Tile = namedtuple("Tile", "U KS RS RPT KT UPT", defaults=(1,))
 
 
 def nbtype(dtype):
@@ -107,18 +109,21 @@ def _clip(x, c):
 # The tiled multiply-accumulate shared by every row-tile kernel
 # ---------------------------------------------------------------------------------------------
 @lru_cache(maxsize=None)
-def make_accum(tile: Tile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, A0: int, AW: int):
-    """A device function ``accum(acc, xs, W, woff, A, ids, rbase, n, jj, tid, ks, ty)``:
+def make_accum(tile: Tile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, A0: int,
+               AW: int, NU: int):
+    """A device function ``accum(acc, xs, W, woff, A, ids, rbase, n, j0, tid, ks, ty)``:
 
-    for the block's NR rows r and this thread's unit jj, RPT rows and K slice,
-    ``acc[A0 + q*AW + g] += sum_k A[row(r), COL0 + k] * W[woff + k*LDW + g*GS + jj]``
+    for the block's NR rows r, this thread's units j = j0 + u*U (u < UPT; clamped to NU - 1:
+    the caller ignores units past NU), RPT rows q and K slice,
+    ``acc[(q*UPT + u)*AW + A0 + g] += sum_k A[row(r), COL0 + k] * W[woff + k*LDW + g*GS + j]``
     for g < G, k < K; row(r) = ids[r] if USE_IDS (state arena) else r. xs: shared (NR, KT).
     """
-    U, KS, RS, RPT, KT = tile
+    U, KS, RS, RPT, KT, UPT = tile
     NT, NR = U * KS * RS, RS * RPT
+    AWT = UPT * AW
 
     @jit(device=True)
-    def accum(acc, xs, W, woff, A, ids, rbase, n, jj, tid, ks, ty):
+    def accum(acc, xs, W, woff, A, ids, rbase, n, j0, tid, ks, ty):
         for k0 in range(0, K, KT):
             cuda.syncthreads()
             for e in range(tid, NR * KT, NT):
@@ -136,11 +141,13 @@ def make_accum(tile: Tile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS
             cuda.syncthreads()
             kend = min(KT, K - k0)
             for kk in range(ks, kend, KS):
-                wb = woff + (k0 + kk) * LDW + jj
-                for g in range(G):
-                    w = W[wb + g * GS]
-                    for q in range(RPT):
-                        acc[A0 + q * AW + g] += xs[ty + RS * q, kk] * w
+                wb = woff + (k0 + kk) * LDW
+                for u in range(UPT):
+                    ju = min(j0 + u * U, NU - 1)
+                    for g in range(G):
+                        w = W[wb + g * GS + ju]
+                        for q in range(RPT):
+                            acc[q * AWT + u * AW + A0 + g] += xs[ty + RS * q, kk] * w
 
     return accum
 
@@ -148,8 +155,9 @@ def make_accum(tile: Tile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS
 @lru_cache(maxsize=None)
 def make_reduce(tile: Tile, AW: int):
     """``reduce(acc, red, tx, ks, ty)``: sum the KS slices' accumulators into slice 0's.
-    red: shared (max(1, KS*NR*AW*U),). A no-op when KS == 1."""
-    U, KS, RS, RPT, KT = tile
+    AW: accumulators per row (all units of the thread). red: shared (red_size(tile, AW),).
+    A no-op when KS == 1."""
+    U, KS, RS, RPT, KT, UPT = tile
     NR = RS * RPT
 
     @jit(device=True)
@@ -169,7 +177,7 @@ def make_reduce(tile: Tile, AW: int):
 
 
 def red_size(tile: Tile, AW: int) -> int:
-    U, KS, RS, RPT, KT = tile
+    U, KS, RS, RPT, KT, UPT = tile
     return max(1, KS * RS * RPT * AW * U) if KS > 1 else 1
 
 
@@ -202,16 +210,17 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
     """Dense layer on rows: ``dst[r, OUT0 + j] = act(b[j] + src[r, IN0:IN0+K] @ Wt[:, j])``.
 
     Also serves as the GEMM of the sequence path (input projections ``X @ Wt + b`` of every
-    step, ACT = -1) and as the LSTM projection (BOFF = -1). Grid (ceil(n/NR), ceil(N/U)).
-    With COMMIT, blocks of column 0 also commit the recurrent states of their rows.
+    step, ACT = -1) and as the LSTM projection (BOFF = -1). Grid (ceil(n/NR), ceil(N/(U*UPT))).
+    With COMMIT, blocks of unit tile 0 also commit the recurrent states of their rows.
     """
     dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
-    U, KS, RS, RPT, KT = tile
-    NT, NR = U * KS * RS, RS * RPT
-    accum = make_accum(tile, K, N, 0, 1, IN0, False, 0, 1)
-    reduce = make_reduce(tile, 1)
-    RED = red_size(tile, 1)
+    U, KS, RS, RPT, KT, UPT = tile
+    NT, NR, UU = U * KS * RS, RS * RPT, U * UPT
+    accum = make_accum(tile, K, N, 0, 1, IN0, False, 0, 1, N)
+    reduce = make_reduce(tile, UPT)
+    RED = red_size(tile, UPT)
+    NACC = RPT * UPT
     commit = make_commit(NT, COMMIT)
     NC = len(COMMIT) // 3
     AAc, ABc = dt(AA), dt(AB)
@@ -222,28 +231,30 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
         tx = tid % U
         ks = (tid // U) % KS
         ty = tid // (U * KS)
-        j = cuda.blockIdx.y * U + tx
-        jj = j if j < N else N - 1
+        j0 = cuda.blockIdx.y * UU + tx
         rbase = cuda.blockIdx.x * NR
         xs = cuda.shared.array((NR, KT), nbt)
         red = cuda.shared.array(RED, nbt)
-        acc = cuda.local.array(RPT, nbt)
-        for q in range(RPT):
-            acc[q] = 0
-        accum(acc, xs, W, WT, src, ids, rbase, n, jj, tid, ks, ty)
+        acc = cuda.local.array(NACC, nbt)
+        for a in range(NACC):
+            acc[a] = 0
+        accum(acc, xs, W, WT, src, ids, rbase, n, j0, tid, ks, ty)
         reduce(acc, red, tx, ks, ty)
-        if ks == 0 and j < N:
+        if ks == 0:
             for q in range(RPT):
                 r = rbase + ty + RS * q
                 if r < n:
-                    y = acc[q]
-                    if BOFF >= 0:
-                        y = W[BOFF + j] + y
-                    if ACT >= 0:
-                        y = _act(y, ACT, AAc, ABc)
-                    dst[r, OUT0 + j] = y
-                    if LAST:
-                        out[r, j] = y
+                    for u in range(UPT):
+                        j = j0 + u * U
+                        if j < N:
+                            y = acc[q * UPT + u]
+                            if BOFF >= 0:
+                                y = W[BOFF + j] + y
+                            if ACT >= 0:
+                                y = _act(y, ACT, AAc, ABc)
+                            dst[r, OUT0 + j] = y
+                            if LAST:
+                                out[r, j] = y
         if NC > 0 and cuda.blockIdx.y == 0:
             for rr in range(NR):
                 r = rbase + rr

@@ -21,21 +21,23 @@ from ..dense.cuda import Tile, _act, _clip, jit, make_accum, make_reduce, nbtype
 def make_gru_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, SCR0: int,
                   WT: int, RT: int, BO: int, RBH: int, LBR: bool, CLIP: float, ACTS: tuple,
                   HO: int, LAST: bool):
-    """One GRU step for n rows, grid (ceil(n/NR), ceil(H/U)). ACTS = (kf, af, bf, kg, ag, bg).
+    """One GRU step for n rows, grid (ceil(n/NR), ceil(H/(U*UPT))). ACTS = (kf, af, bf, kg, ag, bg).
 
     LBR: the whole step; h goes to dst[r, OUT0 + j] (and out if LAST).
     not LBR: phase 1; z, a = x @ Wh + bh and r * h_old go to dst[r, SCR0 + {0, H, 2H} + j].
     """
     dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
-    U, KS, RS, RPT, KT = tile
-    NR = RS * RPT
+    U, KS, RS, RPT, KT, UPT = tile
+    NR, UU = RS * RPT, U * UPT
     G3 = 3 * H
     AW = 6  # x parts z, r, h; recurrent parts z, r, h
-    acc_x = make_accum(tile, I, G3, H, 3, IN0, False, 0, AW)
-    acc_h = make_accum(tile, H, G3, H, 3 if LBR else 2, HO, True, 3, AW)
-    reduce = make_reduce(tile, AW)
-    RED = red_size(tile, AW)
+    AWT = UPT * AW
+    acc_x = make_accum(tile, I, G3, H, 3, IN0, False, 0, AW, H)
+    acc_h = make_accum(tile, H, G3, H, 3 if LBR else 2, HO, True, 3, AW, H)
+    reduce = make_reduce(tile, AWT)
+    RED = red_size(tile, AWT)
+    NACC = RPT * AWT
     kf, af, bf, kg, ag, bg = ACTS
     af, bf, ag, bg = dt(af), dt(bf), dt(ag), dt(bg)
     clip = dt(CLIP)
@@ -46,39 +48,42 @@ def make_gru_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, S
         tx = tid % U
         ks = (tid // U) % KS
         ty = tid // (U * KS)
-        j = cuda.blockIdx.y * U + tx
-        jj = j if j < H else H - 1
+        j0 = cuda.blockIdx.y * UU + tx
         rbase = cuda.blockIdx.x * NR
         xs = cuda.shared.array((NR, KT), nbt)
         red = cuda.shared.array(RED, nbt)
-        acc = cuda.local.array(RPT * AW, nbt)
-        for a in range(RPT * AW):
+        acc = cuda.local.array(NACC, nbt)
+        for a in range(NACC):
             acc[a] = 0
-        acc_x(acc, xs, W, WT, src, ids, rbase, n, jj, tid, ks, ty)
-        acc_h(acc, xs, W, RT, arena, ids, rbase, n, jj, tid, ks, ty)
+        acc_x(acc, xs, W, WT, src, ids, rbase, n, j0, tid, ks, ty)
+        acc_h(acc, xs, W, RT, arena, ids, rbase, n, j0, tid, ks, ty)
         reduce(acc, red, tx, ks, ty)
-        if ks == 0 and j < H:
+        if ks == 0:
             for q in range(RPT):
                 r = rbase + ty + RS * q
                 if r < n:
                     sid = ids[r]
-                    hp = arena[sid, HO + j]
-                    gz = W[BO + j] + acc[q * AW]
-                    gr = W[BO + H + j] + acc[q * AW + 1]
-                    gh = W[BO + 2 * H + j] + acc[q * AW + 2]
-                    z = _act(_clip(gz + acc[q * AW + 3], clip), kf, af, bf)
-                    rg = _act(_clip(gr + acc[q * AW + 4], clip), kf, af, bf)
-                    if LBR:
-                        gh += rg * (acc[q * AW + 5] + W[RBH + j])
-                        hc = _act(_clip(gh, clip), kg, ag, bg)
-                        hv = (1.0 - z) * hc + z * hp
-                        dst[r, OUT0 + j] = hv
-                        if LAST:
-                            out[r, j] = hv
-                    else:
-                        dst[r, SCR0 + j] = z
-                        dst[r, SCR0 + H + j] = gh
-                        dst[r, SCR0 + 2 * H + j] = rg * hp
+                    for u in range(UPT):
+                        j = j0 + u * U
+                        if j < H:
+                            a0 = q * AWT + u * AW
+                            hp = arena[sid, HO + j]
+                            gz = W[BO + j] + acc[a0]
+                            gr = W[BO + H + j] + acc[a0 + 1]
+                            gh = W[BO + 2 * H + j] + acc[a0 + 2]
+                            z = _act(_clip(gz + acc[a0 + 3], clip), kf, af, bf)
+                            rg = _act(_clip(gr + acc[a0 + 4], clip), kf, af, bf)
+                            if LBR:
+                                gh += rg * (acc[a0 + 5] + W[RBH + j])
+                                hc = _act(_clip(gh, clip), kg, ag, bg)
+                                hv = (1.0 - z) * hc + z * hp
+                                dst[r, OUT0 + j] = hv
+                                if LAST:
+                                    out[r, j] = hv
+                            else:
+                                dst[r, SCR0 + j] = z
+                                dst[r, SCR0 + H + j] = gh
+                                dst[r, SCR0 + 2 * H + j] = rg * hp
 
     return gru_step
 
@@ -89,12 +94,12 @@ def make_gru_step2(dtype: str, tile: Tile, H: int, OUT0: int, SCR0: int, RT: int
     """Phase 2 of a GRU step without linear_before_reset: h = (1-z) * g(a + (r*h_old) @ Rh) + z * h_old."""
     dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
-    U, KS, RS, RPT, KT = tile
-    NR = RS * RPT
-    AW = 1
-    acc_rh = make_accum(tile, H, 3 * H, 0, 1, SCR0 + 2 * H, False, 0, AW)
-    reduce = make_reduce(tile, AW)
-    RED = red_size(tile, AW)
+    U, KS, RS, RPT, KT, UPT = tile
+    NR, UU = RS * RPT, U * UPT
+    acc_rh = make_accum(tile, H, 3 * H, 0, 1, SCR0 + 2 * H, False, 0, 1, H)
+    reduce = make_reduce(tile, UPT)
+    RED = red_size(tile, UPT)
+    NACC = RPT * UPT
     kf, af, bf, kg, ag, bg = ACTS
     ag, bg = dt(ag), dt(bg)
     clip = dt(CLIP)
@@ -105,28 +110,30 @@ def make_gru_step2(dtype: str, tile: Tile, H: int, OUT0: int, SCR0: int, RT: int
         tx = tid % U
         ks = (tid // U) % KS
         ty = tid // (U * KS)
-        j = cuda.blockIdx.y * U + tx
-        jj = j if j < H else H - 1
+        j0 = cuda.blockIdx.y * UU + tx
         rbase = cuda.blockIdx.x * NR
         xs = cuda.shared.array((NR, KT), nbt)
         red = cuda.shared.array(RED, nbt)
-        acc = cuda.local.array(RPT * AW, nbt)
-        for a in range(RPT * AW):
+        acc = cuda.local.array(NACC, nbt)
+        for a in range(NACC):
             acc[a] = 0
-        acc_rh(acc, xs, W, RT + 2 * H, dst, ids, rbase, n, jj, tid, ks, ty)
+        acc_rh(acc, xs, W, RT + 2 * H, dst, ids, rbase, n, j0, tid, ks, ty)
         reduce(acc, red, tx, ks, ty)
-        if ks == 0 and j < H:
+        if ks == 0:
             for q in range(RPT):
                 r = rbase + ty + RS * q
                 if r < n:
                     sid = ids[r]
-                    hp = arena[sid, HO + j]
-                    z = dst[r, SCR0 + j]
-                    hc = _act(_clip(dst[r, SCR0 + H + j] + acc[q], clip), kg, ag, bg)
-                    hv = (1.0 - z) * hc + z * hp
-                    dst[r, OUT0 + j] = hv
-                    if LAST:
-                        out[r, j] = hv
+                    for u in range(UPT):
+                        j = j0 + u * U
+                        if j < H:
+                            hp = arena[sid, HO + j]
+                            z = dst[r, SCR0 + j]
+                            hc = _act(_clip(dst[r, SCR0 + H + j] + acc[q * UPT + u], clip), kg, ag, bg)
+                            hv = (1.0 - z) * hc + z * hp
+                            dst[r, OUT0 + j] = hv
+                            if LAST:
+                                out[r, j] = hv
 
     return gru_step2
 
@@ -143,6 +150,7 @@ def make_gru_seq(dtype: str, NT: int, NB: int, H: int, RT: int, RBH: int, LBR: b
     af, bf, ag, bg = dt(af), dt(bf), dt(ag), dt(bg)
     clip = dt(CLIP)
     HS = 1 if LBR else H
+    NACC = NB * 3
 
     @jit()
     def gru_seq(W, XW, Y, state, sidx, lens, B, T):
@@ -152,7 +160,7 @@ def make_gru_seq(dtype: str, NT: int, NB: int, H: int, RT: int, RBH: int, LBR: b
         hn = cuda.shared.array((NB, H), nbt)
         zs = cuda.shared.array((NB, HS), nbt)
         rh = cuda.shared.array((NB, HS), nbt)
-        acc = cuda.local.array(NB * 3, nbt)
+        acc = cuda.local.array(NACC, nbt)
         for i in range(NB):
             b = b0 + i
             if b < B:

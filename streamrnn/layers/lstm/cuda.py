@@ -17,7 +17,7 @@ from ..dense.cuda import Tile, _act, _clip, jit, make_accum, make_reduce, nbtype
 def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OUT0: int,
                    WT: int, RT: int, BO: int, PEEP: int, CLIP: float, IFG: bool, ACTS: tuple,
                    HO: int, CO: int, LAST: bool):
-    """One step of one LSTM layer for n rows (streams ``ids``), grid (ceil(n/NR), ceil(H/U)).
+    """One step of one LSTM layer for n rows (streams ``ids``), grid (ceil(n/NR), ceil(H/(U*UPT))).
 
     Gates of unit j: x @ Wt + h_old @ Rt + b, with x = src[r, IN0:IN0+I] and h_old (HR,) read
     from the state arena (not written here: the new h goes to ``dst[r, OUT0 + j]`` and is
@@ -27,14 +27,16 @@ def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OU
     """
     dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
-    U, KS, RS, RPT, KT = tile
-    NR = RS * RPT
+    U, KS, RS, RPT, KT, UPT = tile
+    NR, UU = RS * RPT, U * UPT
     G4 = 4 * H
     AW = 4
-    acc_x = make_accum(tile, I, G4, H, 4, IN0, False, 0, AW)
-    acc_h = make_accum(tile, HR, G4, H, 4, HO, True, 0, AW)
-    reduce = make_reduce(tile, AW)
-    RED = red_size(tile, AW)
+    AWT = UPT * AW
+    acc_x = make_accum(tile, I, G4, H, 4, IN0, False, 0, AW, H)
+    acc_h = make_accum(tile, HR, G4, H, 4, HO, True, 0, AW, H)
+    reduce = make_reduce(tile, AWT)
+    RED = red_size(tile, AWT)
+    NACC = RPT * AWT
     kf, af, bf, kg, ag, bg, kh, ah, bh = ACTS
     af, bf, ag, bg, ah, bh = dt(af), dt(bf), dt(ag), dt(bg), dt(ah), dt(bh)
     clip = dt(CLIP)
@@ -47,45 +49,48 @@ def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OU
         tx = tid % U
         ks = (tid // U) % KS
         ty = tid // (U * KS)
-        j = cuda.blockIdx.y * U + tx
-        jj = j if j < H else H - 1
+        j0 = cuda.blockIdx.y * UU + tx
         rbase = cuda.blockIdx.x * NR
         xs = cuda.shared.array((NR, KT), nbt)
         red = cuda.shared.array(RED, nbt)
-        acc = cuda.local.array(RPT * AW, nbt)
-        for a in range(RPT * AW):
+        acc = cuda.local.array(NACC, nbt)
+        for a in range(NACC):
             acc[a] = 0
-        acc_x(acc, xs, W, WT, src, ids, rbase, n, jj, tid, ks, ty)
-        acc_h(acc, xs, W, RT, arena, ids, rbase, n, jj, tid, ks, ty)
+        acc_x(acc, xs, W, WT, src, ids, rbase, n, j0, tid, ks, ty)
+        acc_h(acc, xs, W, RT, arena, ids, rbase, n, j0, tid, ks, ty)
         reduce(acc, red, tx, ks, ty)
-        if ks == 0 and j < H:
+        if ks == 0:
             for q in range(RPT):
                 r = rbase + ty + RS * q
                 if r < n:
                     sid = ids[r]
-                    gi = W[BO + j] + acc[q * AW]
-                    go = W[BO + H + j] + acc[q * AW + 1]
-                    gf = W[BO + 2 * H + j] + acc[q * AW + 2]
-                    gc = W[BO + 3 * H + j] + acc[q * AW + 3]
-                    cp = arena[sid, CO + j]
-                    if HAS_PEEP:
-                        gi += W[PP + j] * cp
-                        gf += W[PP + 2 * H + j] * cp
-                    it = _act(_clip(gi, clip), kf, af, bf)
-                    if IFG:
-                        ft = 1.0 - it
-                    else:
-                        ft = _act(_clip(gf, clip), kf, af, bf)
-                    ct = _act(_clip(gc, clip), kg, ag, bg)
-                    cn = ft * cp + it * ct
-                    if HAS_PEEP:
-                        go += W[PP + H + j] * cn
-                    ot = _act(_clip(go, clip), kf, af, bf)
-                    arena[sid, CO + j] = cn
-                    hn = ot * _act(cn, kh, ah, bh)
-                    dst[r, OUT0 + j] = hn
-                    if LAST:
-                        out[r, j] = hn
+                    for u in range(UPT):
+                        j = j0 + u * U
+                        if j < H:
+                            a0 = q * AWT + u * AW
+                            gi = W[BO + j] + acc[a0]
+                            go = W[BO + H + j] + acc[a0 + 1]
+                            gf = W[BO + 2 * H + j] + acc[a0 + 2]
+                            gc = W[BO + 3 * H + j] + acc[a0 + 3]
+                            cp = arena[sid, CO + j]
+                            if HAS_PEEP:
+                                gi += W[PP + j] * cp
+                                gf += W[PP + 2 * H + j] * cp
+                            it = _act(_clip(gi, clip), kf, af, bf)
+                            if IFG:
+                                ft = 1.0 - it
+                            else:
+                                ft = _act(_clip(gf, clip), kf, af, bf)
+                            ct = _act(_clip(gc, clip), kg, ag, bg)
+                            cn = ft * cp + it * ct
+                            if HAS_PEEP:
+                                go += W[PP + H + j] * cn
+                            ot = _act(_clip(go, clip), kf, af, bf)
+                            arena[sid, CO + j] = cn
+                            hn = ot * _act(cn, kh, ah, bh)
+                            dst[r, OUT0 + j] = hn
+                            if LAST:
+                                out[r, j] = hn
 
     return lstm_step
 
@@ -109,6 +114,7 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
     HAS_PROJ = PROJ >= 0
     PJ = max(PROJ, 0)
     TH = H if HAS_PROJ else 1
+    NACC = NB * 4
     kf, af, bf, kg, ag, bg, kh, ah, bh = ACTS
     af, bf, ag, bg, ah, bh = dt(af), dt(bf), dt(ag), dt(bg), dt(ah), dt(bh)
     clip = dt(CLIP)
@@ -121,7 +127,7 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
         hn = cuda.shared.array((NB, HR), nbt)
         c = cuda.shared.array((NB, H), nbt)
         tmp = cuda.shared.array((NB, TH), nbt)
-        acc = cuda.local.array(NB * 4, nbt)
+        acc = cuda.local.array(NACC, nbt)
         for i in range(NB):
             b = b0 + i
             if b < B:

@@ -15,16 +15,17 @@ from ..dense.cuda import Tile, _act, _clip, jit, make_accum, make_reduce, nbtype
 @lru_cache(maxsize=None)
 def make_rnn_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, WT: int, RT: int,
                   BO: int, CLIP: float, ACTS: tuple, HO: int, LAST: bool):
-    """One RNN step for n rows, grid (ceil(n/NR), ceil(H/U)). ACTS = (k, a, b)."""
+    """One RNN step for n rows, grid (ceil(n/NR), ceil(H/(U*UPT))). ACTS = (k, a, b)."""
     dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
-    U, KS, RS, RPT, KT = tile
-    NR = RS * RPT
+    U, KS, RS, RPT, KT, UPT = tile
+    NR, UU = RS * RPT, U * UPT
     AW = 1
-    acc_x = make_accum(tile, I, H, 0, 1, IN0, False, 0, AW)
-    acc_h = make_accum(tile, H, H, 0, 1, HO, True, 0, AW)
-    reduce = make_reduce(tile, AW)
-    RED = red_size(tile, AW)
+    acc_x = make_accum(tile, I, H, 0, 1, IN0, False, 0, AW, H)
+    acc_h = make_accum(tile, H, H, 0, 1, HO, True, 0, AW, H)
+    reduce = make_reduce(tile, UPT)
+    RED = red_size(tile, UPT)
+    NACC = RPT * UPT
     kf, af, bf = ACTS
     af, bf = dt(af), dt(bf)
     clip = dt(CLIP)
@@ -35,25 +36,27 @@ def make_rnn_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, W
         tx = tid % U
         ks = (tid // U) % KS
         ty = tid // (U * KS)
-        j = cuda.blockIdx.y * U + tx
-        jj = j if j < H else H - 1
+        j0 = cuda.blockIdx.y * UU + tx
         rbase = cuda.blockIdx.x * NR
         xs = cuda.shared.array((NR, KT), nbt)
         red = cuda.shared.array(RED, nbt)
-        acc = cuda.local.array(RPT * AW, nbt)
-        for a in range(RPT * AW):
+        acc = cuda.local.array(NACC, nbt)
+        for a in range(NACC):
             acc[a] = 0
-        acc_x(acc, xs, W, WT, src, ids, rbase, n, jj, tid, ks, ty)
-        acc_h(acc, xs, W, RT, arena, ids, rbase, n, jj, tid, ks, ty)
+        acc_x(acc, xs, W, WT, src, ids, rbase, n, j0, tid, ks, ty)
+        acc_h(acc, xs, W, RT, arena, ids, rbase, n, j0, tid, ks, ty)
         reduce(acc, red, tx, ks, ty)
-        if ks == 0 and j < H:
+        if ks == 0:
             for q in range(RPT):
                 r = rbase + ty + RS * q
                 if r < n:
-                    hv = _act(_clip(W[BO + j] + acc[q], clip), kf, af, bf)
-                    dst[r, OUT0 + j] = hv
-                    if LAST:
-                        out[r, j] = hv
+                    for u in range(UPT):
+                        j = j0 + u * U
+                        if j < H:
+                            hv = _act(_clip(W[BO + j] + acc[q * UPT + u], clip), kf, af, bf)
+                            dst[r, OUT0 + j] = hv
+                            if LAST:
+                                out[r, j] = hv
 
     return rnn_step
 

@@ -1,0 +1,598 @@
+#!/usr/bin/env python
+"""GPU check of streamrnn's CUDA engine: parity with the CPU engine, then timings vs PyTorch cuDNN.
+
+    python bench/gpu_check.py --out $OUT/gpu.json [--quick] [--budget 200]
+
+Self-contained (run from the repository root; the package need not be installed). In order:
+
+1. ``parity``  fresh random weights, device="cuda" vs device="cpu" on a 2-layer stack (LSTM with
+   peepholes + projection + clip + input_forget, plain LSTM, tanh head; float32): run with ragged
+   lengths and an initial state (B=300, several sequences per block), stream.step / push,
+   pool.step with ids in random order, get/set_state, push, for every launch path (graph /
+   driver / numba).
+2. ``step``    host-to-host latency per call (p50 / p99, microseconds) of ``pool.step`` for
+   B in {1, 64, 1024, 16384} at I=H in {128, 512} (LSTM + Linear head, float32), side by side
+   with torch cuDNN ``nn.LSTM`` + ``nn.Linear`` (seq_len 1, state kept on the device, pinned
+   buffers; numpy in and out, like pool.step) eager and replayed as a CUDA graph, TF32 off (the
+   fair float32 comparison) and on (reference). Before timing each size, the pool's outputs are
+   checked against the CPU engine and against torch (TF32 off): every tile bucket is verified on
+   the benchmarked model itself. Also stream.step and the three launch paths at B=1.
+3. ``seq``     throughput of ``model.run`` (B in {1, 64}, T=250) vs torch ``nn.LSTM`` on the
+   whole sequence (and their outputs compared).
+4. ``parity`` again with what is left of the budget: GRU (both linear_before_reset) stack with a
+   softmax head, RNN relu (float64), LSTM + head (float64, 2000 streams), bidirectional run.
+
+Prints markdown tables (progress lines flushed as it goes) and writes every number to ``--out``
+(JSON). Each measurement is wrapped: a failure is recorded and the rest goes on. A time budget
+(default 200 s) skips what is left when it runs out, so the script ends in under 4 minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+T_START = time.perf_counter()
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="gpu_check.json", help="JSON output path")
+    p.add_argument("--quick", action="store_true", help="fewer iterations and fewer parity cases")
+    p.add_argument("--budget", type=float, default=200.0, help="seconds; what is left then is skipped")
+    p.add_argument("--sizes", default="128,512", help="hidden sizes of the timing section")
+    p.add_argument("--batches", default="1,64,1024,16384", help="stream counts of the timing section")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny parity models (to try the script itself on NUMBA_ENABLE_CUDASIM=1)")
+    return p.parse_args(argv)
+
+
+ARGS = _args() if __name__ == "__main__" else _args([])
+
+import numpy as np  # noqa: E402
+
+RESULT: dict = {"env": {}, "parity": [], "step": [], "seq": [], "errors": [], "skipped": []}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - T_START:6.1f}s] {msg}", flush=True)
+
+
+def left() -> float:
+    return ARGS.budget - (time.perf_counter() - T_START)
+
+
+def guarded(name: str, fn, *a, need: float = 5.0, **kw):
+    """Run fn; record an exception instead of raising; skip when the budget is spent."""
+    if left() < need:
+        RESULT["skipped"].append(name)
+        log(f"SKIP {name} (time budget)")
+        return None
+    try:
+        return fn(*a, **kw)
+    except Exception as e:  # noqa: BLE001 - a benchmark records and goes on
+        tb = traceback.format_exc()
+        RESULT["errors"].append({"what": name, "error": f"{type(e).__name__}: {e}", "traceback": tb[-4000:]})
+        log(f"ERROR {name}: {type(e).__name__}: {e}")
+        return None
+
+
+def save() -> None:
+    RESULT["elapsed_s"] = round(time.perf_counter() - T_START, 1)
+    d = os.path.dirname(os.path.abspath(ARGS.out))
+    os.makedirs(d, exist_ok=True)
+    with open(ARGS.out, "w") as f:
+        json.dump(RESULT, f, indent=1, default=str)
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------------------------
+def env() -> None:
+    e = RESULT["env"]
+    e["python"] = sys.version.split()[0]
+    e["platform"] = platform.platform()
+    e["numpy"] = np.__version__
+    e["args"] = vars(ARGS)
+    try:
+        import numba
+
+        e["numba"] = numba.__version__
+        try:
+            from importlib.metadata import version
+
+            e["numba_cuda"] = version("numba-cuda")
+            e["cuda_bindings"] = version("cuda-bindings")
+        except Exception:
+            pass
+        from numba import cuda
+
+        dev = cuda.get_current_device()
+        name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+        e["gpu"] = name
+        e["cc"] = list(dev.compute_capability)
+        e["sms"] = int(dev.MULTIPROCESSOR_COUNT)
+    except Exception as ex:
+        e["numba_error"] = f"{type(ex).__name__}: {ex}"
+    try:
+        import torch
+
+        e["torch"] = torch.__version__
+        e["cudnn"] = torch.backends.cudnn.version()
+        e["torch_gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception as ex:
+        e["torch_error"] = f"{type(ex).__name__}: {ex}"
+    log(f"env: {json.dumps({k: v for k, v in e.items() if k != 'args'})}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+import streamrnn as srnn  # noqa: E402
+from streamrnn.spec import (  # noqa: E402
+    Activation, ActivationLayer, DenseLayer, GRULayer, LSTMLayer, ModelSpec, RNNLayer, SoftmaxLayer,
+)
+
+RNG = np.random.default_rng(2026)
+
+
+def U(scale, *shape):
+    return RNG.uniform(-scale, scale, shape)
+
+
+def lstm_head(I, H, O):
+    k = 1 / np.sqrt(H)
+    return ModelSpec((LSTMLayer(I, H, U(k, 1, 4 * H, I), U(k, 1, 4 * H, H), U(k, 1, 8 * H)),
+                      DenseLayer(U(k, O, H), U(k, O))))
+
+
+def build(spec, dtype, device, mode=None):
+    old = os.environ.get("STREAMRNN_CUDA_LAUNCH")
+    if mode is not None:
+        os.environ["STREAMRNN_CUDA_LAUNCH"] = mode
+    try:
+        return srnn.Model(spec, dtype=dtype, device=device)
+    finally:
+        if mode is not None:
+            if old is None:
+                os.environ.pop("STREAMRNN_CUDA_LAUNCH", None)
+            else:
+                os.environ["STREAMRNN_CUDA_LAUNCH"] = old
+
+
+def pool_mode(pool) -> str:
+    try:
+        return pool._cuda.mode
+    except Exception:
+        return "?"
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. parity
+# ---------------------------------------------------------------------------------------------
+def _cmp(case, what, got, want, dtype):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    rtol, atol = (1e-5, 1e-5) if dtype == "float32" else (1e-10, 1e-12)
+    diff = np.abs(got - want)
+    ok = bool(got.shape == want.shape and np.all(diff <= atol + rtol * np.abs(want)))
+    rel = float(np.max(diff / np.maximum(np.abs(want), 1e-3))) if diff.size else 0.0
+    row = {"case": case, "what": what, "dtype": dtype, "max_abs": float(diff.max()) if diff.size else 0.0,
+           "max_rel": rel, "ok": ok}
+    RESULT["parity"].append(row)
+    if not ok:
+        log(f"  PARITY FAIL {case} / {what}: max_abs {row['max_abs']:.3g} max_rel {rel:.3g}")
+    return ok
+
+
+def parity_case(case, spec, dtype, ns=(1, 5), run_B=300, modes=(None,), streams=True):
+    t0 = time.perf_counter()
+    mc = build(spec, dtype, "cpu")
+    I = mc.input_size
+    # run: ragged, initial state, several sequences per block
+    mg = build(spec, dtype, "cuda")
+    T = 6
+    X = RNG.standard_normal((run_B, T, I)).astype(dtype)
+    L = RNG.integers(0, T + 1, run_B)
+    L[0] = T
+    st = RNG.standard_normal((run_B, mc.state_size)) * 0.5
+    Yc, sc = mc.run(X, state=st, lengths=L, return_state=True)
+    Yg, sg = mg.run(X, state=st, lengths=L, return_state=True)
+    _cmp(case, f"run B={run_B} T={T} ragged", Yg, Yc, dtype)
+    _cmp(case, "run final state", sg.data, sc.data, dtype)
+    if not streams:
+        log(f"parity {case} {dtype}: done in {time.perf_counter() - t0:.1f}s")
+        return
+    # stream
+    s_c, s_g = mc.stream(), mg.stream()
+    Xs = RNG.standard_normal((8, I)).astype(dtype)
+    ys_c = [s_c.step(x) for x in Xs[:3]]
+    ys_g = [s_g.step(x) for x in Xs[:3]]
+    _cmp(case, "stream.step x3", ys_g, ys_c, dtype)
+    _cmp(case, "stream.push T=5", s_g.push(Xs[3:]), s_c.push(Xs[3:]), dtype)
+    _cmp(case, "stream state", s_g.state.data, s_c.state.data, dtype)
+    # pools, per launch path
+    for mode in modes:
+        mgm = mg if mode is None else build(spec, dtype, "cuda", mode)
+        cap = max(ns) + 3
+        pc, pg = mc.pool(cap), mgm.pool(cap)
+        tag = f"pool[{pool_mode(pg)}]"
+        ic, ig = pc.open(cap), pg.open(cap)
+        for n in ns:
+            sel = RNG.permutation(cap)[:n]
+            Xp = RNG.standard_normal((n, I)).astype(dtype)
+            _cmp(case, f"{tag}.step n={n} random ids", pg.step(ig[sel], Xp), pc.step(ic[sel], Xp), dtype)
+            _cmp(case, f"{tag}.step n={n} again", pg.step(ig[sel], Xp), pc.step(ic[sel], Xp), dtype)
+        for sid in (0, cap - 1, int(sel[0])):
+            _cmp(case, f"{tag}.get_state({sid})", pg.get_state(sid).data, pc.get_state(sid).data, dtype)
+        snap = s_c.state
+        pg.set_state(1, snap), pc.set_state(1, snap)
+        Xq = RNG.standard_normal((2, I)).astype(dtype)
+        _cmp(case, f"{tag}.set_state + step", pg.step([1, 2], Xq), pc.step([1, 2], Xq), dtype)
+        _cmp(case, f"{tag}.push", pg.push(2, Xs), pc.push(2, Xs), dtype)
+    log(f"parity {case} {dtype}: done in {time.perf_counter() - t0:.1f}s")
+
+
+def parity() -> None:
+    log("== parity (device='cuda' vs device='cpu') ==")
+    k = 0.3
+    if ARGS.smoke:
+        spec = ModelSpec((LSTMLayer(3, 6, U(k, 1, 24, 3), U(k, 1, 24, 4), U(k, 1, 48), clip=2.5, P=U(k, 1, 18),
+                                    proj=U(k, 1, 4, 6), input_forget=True), DenseLayer(U(k, 2, 4), U(k, 2))))
+        guarded("parity smoke", parity_case, "smoke", spec, "float32", ns=(1, 3), run_B=3,
+                modes=(None, "driver", "numba"))
+        save()
+        return
+    # LSTM with every option, stacked on a plain LSTM, tanh head
+    spec1 = ModelSpec((
+        LSTMLayer(24, 48, U(k, 1, 192, 24), U(k, 1, 192, 20), U(k, 1, 384), clip=2.5, P=U(k, 1, 144),
+                  proj=U(k, 1, 20, 48), input_forget=True),
+        LSTMLayer(20, 32, U(k, 1, 128, 20), U(k, 1, 128, 32), U(k, 1, 256)),
+        DenseLayer(U(k, 7, 32), U(k, 7), Activation("Tanh")),
+    ))
+    guarded("parity lstm_full_stack", parity_case, "lstm_full_stack", spec1, "float32",
+            ns=(1, 5), modes=(None, "driver", "numba"), need=20)
+    save()
+
+
+def parity_more() -> None:
+    """The other layer types (after the timings, with what is left of the budget)."""
+    log("== parity, more layer types ==")
+    k = 0.3
+    spec2 = ModelSpec((
+        GRULayer(16, 40, U(k, 1, 120, 16), U(k, 1, 120, 40), U(k, 1, 240), linear_before_reset=True),
+        GRULayer(40, 24, U(k, 1, 72, 40), U(k, 1, 72, 24), U(k, 1, 144), clip=3.0),
+        DenseLayer(U(k, 5, 24), U(k, 5)), SoftmaxLayer(5),
+    ))
+    guarded("parity gru_stack", parity_case, "gru_stack", spec2, "float32", ns=(1, 300), need=25)
+    spec3 = ModelSpec((
+        RNNLayer(10, 64, U(k, 1, 64, 10), U(0.1, 1, 64, 64), U(k, 1, 128), activations=(Activation("Relu"),)),
+        ActivationLayer(64, Activation("LeakyRelu", 0.1)), DenseLayer(U(k, 3, 64), U(k, 3)),
+    ))
+    guarded("parity rnn_relu f64", parity_case, "rnn_relu", spec3, "float64", ns=(1, 5), need=25)
+    guarded("parity lstm_head f64", parity_case, "lstm_head", lstm_head(32, 96, 8), "float64",
+            ns=(1, 2000), need=25)
+    spec5 = ModelSpec((
+        LSTMLayer(12, 16, U(k, 2, 64, 12), U(k, 2, 64, 16), U(k, 2, 128), direction="bidirectional"),
+        GRULayer(32, 8, U(k, 1, 24, 32), U(k, 1, 24, 8), U(k, 1, 48), direction="reverse"),
+        DenseLayer(U(k, 4, 8), U(k, 4)),
+    ))
+    guarded("parity bidir run", parity_case, "bidir_run", spec5, "float32", streams=False, need=10)
+    n_ok = sum(r["ok"] for r in RESULT["parity"])
+    log(f"parity: {n_ok}/{len(RESULT['parity'])} checks ok so far")
+    save()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. step latency
+# ---------------------------------------------------------------------------------------------
+def timeit(fn, iters, budget_s, warmup=3):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    end = time.perf_counter() + budget_s
+    for _ in range(iters):
+        t0 = time.perf_counter_ns()
+        fn()
+        ts.append(time.perf_counter_ns() - t0)
+        if len(ts) >= 5 and time.perf_counter() > end:
+            break
+    a = np.array(ts) / 1e3
+    return {"p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
+            "mean_us": float(a.mean()), "iters": len(ts)}
+
+
+def record(H, B, method, stats, **extra):
+    row = {"H": H, "B": B, "method": method, **stats, **extra}
+    RESULT["step"].append(row)
+    log(f"  H={H:4d} B={B:6d} {method:34s} p50 {stats['p50_us']:9.1f} us  p99 {stats['p99_us']:9.1f} us  (n={stats['iters']})")
+    save()
+
+
+def torch_modules(spec, H, I, O):
+    import torch
+
+    L, D = spec.layers
+    Wi, Ri, Bi = L.W[0], L.R[0], L.B[0]
+    order = np.r_[0:H, 2 * H:3 * H, 3 * H:4 * H, H:2 * H]  # ONNX i,o,f,c -> torch i,f,g,o
+    lstm = torch.nn.LSTM(I, H).cuda().eval()
+    lin = torch.nn.Linear(H, O).cuda().eval()
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch.from_numpy(Wi[order].astype(np.float32)))
+        lstm.weight_hh_l0.copy_(torch.from_numpy(Ri[order].astype(np.float32)))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(Bi[:4 * H][order].astype(np.float32)))
+        lstm.bias_hh_l0.copy_(torch.from_numpy(Bi[4 * H:][order].astype(np.float32)))
+        lin.weight.copy_(torch.from_numpy(D.weight.astype(np.float32)))
+        lin.bias.copy_(torch.from_numpy(D.bias.astype(np.float32)))
+    return lstm, lin
+
+
+def torch_step_fns(lstm, lin, B, I, H, O, X, tf32):
+    """(eager, graph) host-to-host step functions: numpy X in, numpy out, state on the device."""
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    x_pin = torch.empty((1, B, I), dtype=torch.float32).pin_memory()
+    o_pin = torch.empty((B, O), dtype=torch.float32).pin_memory()
+    x_np, o_np = x_pin.numpy(), o_pin.numpy()
+    out = np.empty((B, O), np.float32)
+    x_dev = torch.zeros((1, B, I), device="cuda")
+    h = torch.zeros((1, B, H), device="cuda")
+    c = torch.zeros((1, B, H), device="cuda")
+    stream = torch.cuda.current_stream()
+
+    def body():
+        y, (h2, c2) = lstm(x_dev, (h, c))
+        h.copy_(h2)
+        c.copy_(c2)
+        return lin(y[0])
+
+    def eager():
+        with torch.inference_mode():
+            x_np[0] = X
+            x_dev.copy_(x_pin, non_blocking=True)
+            o = body()
+            o_pin.copy_(o, non_blocking=True)
+            stream.synchronize()
+            out[...] = o_np
+        return out
+
+    graph_fn = None
+    try:
+        with torch.inference_mode():
+            side = torch.cuda.Stream()
+            side.wait_stream(stream)
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    body()
+            stream.wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                o_static = body()
+            h.zero_(), c.zero_()
+
+        def graph_fn():
+            x_np[0] = X
+            x_dev.copy_(x_pin, non_blocking=True)
+            g.replay()
+            o_pin.copy_(o_static, non_blocking=True)
+            stream.synchronize()
+            out[...] = o_np
+            return out
+    except Exception as e:  # noqa: BLE001
+        RESULT["errors"].append({"what": f"torch graph capture B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
+        log(f"  torch CUDA graph capture failed: {e}")
+    return eager, graph_fn, (h, c)
+
+
+def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
+    I, O = H, mg.output_size
+    X = RNG.standard_normal((B, I)).astype(np.float32)
+    out = np.empty((B, O), np.float32)
+    pg = mg.pool(B)
+    ids = pg.open(B)
+    perm = RNG.permutation(B)
+    ids_r = ids[perm]
+    # correctness at this size: first step from zero state vs the CPU engine and vs torch
+    y = pg.step(ids_r, X).copy()
+    okc = okt = None
+    try:
+        pc = mc.pool(B)
+        ic = pc.open(B)
+        yc = pc.step(ic[perm], X)
+        okc = _cmp(f"lstm_head H={H}", f"pool.step B={B} vs cpu", y, yc, "float32")
+    except Exception as e:  # noqa: BLE001
+        RESULT["errors"].append({"what": f"cpu check B={B} H={H}", "error": str(e)})
+    if tmods is not None:
+        try:
+            import torch
+
+            eager, _, (h, c) = torch_step_fns(*tmods, B, I, H, O, X, tf32=False)
+            yt = eager().copy()
+            # from zero states, row r of both is the model applied to X[r]
+            d = np.abs(y - yt)
+            okt = bool(np.all(d <= 1e-4 + 1e-4 * np.abs(yt)))
+            RESULT["parity"].append({"case": f"lstm_head H={H}", "what": f"pool.step B={B} vs torch (TF32 off)",
+                                     "dtype": "float32", "max_abs": float(d.max()), "ok": okt})
+            del eager, h, c
+        except Exception as e:  # noqa: BLE001
+            RESULT["errors"].append({"what": f"torch check B={B} H={H}", "error": str(e)})
+    mode = pool_mode(pg)
+    st = timeit(lambda: pg.step(ids_r, X, out=out), iters, budget_s)
+    record(H, B, "streamrnn pool.step", st, mode=mode, cpu_ok=okc, torch_ok=okt)
+    if B == 1:
+        s = mg.stream()
+        o1 = np.empty(O, np.float32)
+        record(H, B, "streamrnn stream.step", timeit(lambda: s.step(X[0], out=o1), iters, budget_s), mode=pool_mode(s))
+        for m in ("driver", "numba"):
+            mm = build(spec, "float32", "cuda", m)
+            pm = mm.pool(1)
+            i1 = pm.open(1)
+            record(H, B, f"streamrnn pool.step [{m} launches]",
+                   timeit(lambda: pm.step(i1, X, out=out), max(20, iters // 4), budget_s / 2), mode=pool_mode(pm))
+    del pg
+    if tmods is None:
+        return
+    import torch
+
+    for tf32 in (False, True):
+        if tf32 and ARGS.quick:
+            continue
+        eager, graph, _ = torch_step_fns(*tmods, B, I, H, O, X, tf32=tf32)
+        tag = "TF32 on" if tf32 else "TF32 off"
+        record(H, B, f"torch nn.LSTM eager ({tag})", timeit(eager, iters, budget_s))
+        if graph is not None:
+            record(H, B, f"torch nn.LSTM CUDA graph ({tag})", timeit(graph, iters, budget_s))
+        del eager, graph
+        torch.cuda.synchronize()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def step_section() -> None:
+    log("== step: pool.step host-to-host latency vs torch cuDNN ==")
+    sizes = [int(s) for s in ARGS.sizes.split(",") if s]
+    batches = [int(b) for b in ARGS.batches.split(",") if b]
+    try:
+        import torch
+
+        have_torch = torch.cuda.is_available()
+    except Exception:
+        have_torch = False
+    for H in sizes:
+        I, O = H, 32
+        spec = lstm_head(I, H, O)
+        mg = guarded(f"build cuda H={H}", build, spec, "float32", "cuda")
+        mc = guarded(f"build cpu H={H}", build, spec, "float32", "cpu")
+        if mg is None:
+            continue
+        tmods = guarded(f"torch modules H={H}", torch_modules, spec, H, I, O) if have_torch else None
+        for B in batches:
+            big = B * H >= 16384 * 128
+            iters = (10 if ARGS.quick else 30) if big else (100 if ARGS.quick else 400)
+            budget_s = 0.4 if ARGS.quick else 1.0
+            guarded(f"step H={H} B={B}", step_size, H, B, mg, mc, spec, tmods, iters, budget_s, need=15 if big else 8)
+    save()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. sequences
+# ---------------------------------------------------------------------------------------------
+def seq_case(H, B, T, mg, tmods):
+    I = H
+    X = RNG.standard_normal((B, T, I)).astype(np.float32)
+    Y = mg.run(X)
+    iters = 3 if ARGS.quick else 8
+    st = timeit(lambda: mg.run(X), iters, 2.0, warmup=1)
+    row = {"H": H, "B": B, "T": T, "method": "streamrnn model.run", **st,
+           "us_per_step": st["p50_us"] / T, "frames_per_s": B * T / (st["p50_us"] / 1e6)}
+    RESULT["seq"].append(row)
+    log(f"  H={H:4d} B={B:4d} T={T:4d} streamrnn model.run      {row['us_per_step']:8.2f} us/step  {row['frames_per_s']:12.0f} frames/s")
+    if tmods is None:
+        return
+    import torch
+
+    lstm, lin = tmods
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x_pin = torch.from_numpy(X.transpose(1, 0, 2).copy()).pin_memory()
+
+    def trun():
+        with torch.inference_mode():
+            y, _ = lstm(x_pin.to("cuda", non_blocking=True))
+            return lin(y).cpu().numpy()
+
+    yt = trun()
+    d = float(np.abs(yt.transpose(1, 0, 2) - Y).max())
+    RESULT["parity"].append({"case": f"lstm_head H={H}", "what": f"run B={B} T={T} vs torch (TF32 off)",
+                             "dtype": "float32", "max_abs": d, "ok": d < 1e-3})
+    st = timeit(trun, iters, 2.0, warmup=1)
+    row = {"H": H, "B": B, "T": T, "method": "torch nn.LSTM (TF32 off)", **st,
+           "us_per_step": st["p50_us"] / T, "frames_per_s": B * T / (st["p50_us"] / 1e6)}
+    RESULT["seq"].append(row)
+    log(f"  H={H:4d} B={B:4d} T={T:4d} torch nn.LSTM (TF32 off) {row['us_per_step']:8.2f} us/step  {row['frames_per_s']:12.0f} frames/s")
+    save()
+
+
+def seq_section() -> None:
+    log("== seq: model.run throughput ==")
+    try:
+        import torch
+
+        have_torch = torch.cuda.is_available()
+    except Exception:
+        have_torch = False
+    T = 4 if ARGS.smoke else 100 if ARGS.quick else 250
+    for H in [int(s) for s in ARGS.sizes.split(",") if s]:
+        spec = lstm_head(H, H, 32)
+        mg = guarded(f"build cuda H={H} (seq)", build, spec, "float32", "cuda")
+        if mg is None:
+            continue
+        tmods = guarded(f"torch modules H={H}", torch_modules, spec, H, H, 32) if have_torch else None
+        for B in (1, 64):
+            guarded(f"seq H={H} B={B}", seq_case, H, B, T, mg, tmods, need=8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+def report() -> None:
+    print("\n## Parity (device='cuda' vs CPU engine / torch)\n", flush=True)
+    bad = [r for r in RESULT["parity"] if not r["ok"]]
+    print(f"{len(RESULT['parity']) - len(bad)}/{len(RESULT['parity'])} checks ok")
+    if bad:
+        print("\n| case | check | dtype | max abs | max rel |\n|---|---|---|---|---|")
+        for r in bad:
+            print(f"| {r['case']} | {r['what']} | {r['dtype']} | {r.get('max_abs', 0):.3g} | {r.get('max_rel', 0):.3g} |")
+    if RESULT["step"]:
+        print("\n## pool.step, host to host, us per call (p50 / p99)\n")
+        hs = sorted({r["H"] for r in RESULT["step"]})
+        bs = sorted({r["B"] for r in RESULT["step"]})
+        methods = list(dict.fromkeys(r["method"] for r in RESULT["step"]))
+        cols = [(h, b) for h in hs for b in bs]
+        print("| method | " + " | ".join(f"H={h} B={b}" for h, b in cols) + " |")
+        print("|---|" + "---|" * len(cols))
+        for m in methods:
+            cells = []
+            for h, b in cols:
+                r = next((r for r in RESULT["step"] if r["method"] == m and r["H"] == h and r["B"] == b), None)
+                cells.append(f"{r['p50_us']:.0f} / {r['p99_us']:.0f}" if r else "")
+            print(f"| {m} | " + " | ".join(cells) + " |")
+        modes = {(r["H"], r["B"]): r.get("mode") for r in RESULT["step"] if r["method"] == "streamrnn pool.step"}
+        print(f"\nlaunch path of pool.step: {modes}")
+    if RESULT["seq"]:
+        print("\n## model.run, host to host\n")
+        print("| method | H | B | T | us / step | frames / s |\n|---|---|---|---|---|---|")
+        for r in RESULT["seq"]:
+            print(f"| {r['method']} | {r['H']} | {r['B']} | {r['T']} | {r['us_per_step']:.2f} | {r['frames_per_s']:.0f} |")
+    if RESULT["errors"]:
+        print("\n## Errors\n")
+        for e in RESULT["errors"]:
+            print(f"- {e['what']}: {e['error']}")
+    if RESULT["skipped"]:
+        print(f"\nskipped (time budget): {RESULT['skipped']}")
+    print(f"\nelapsed {time.perf_counter() - T_START:.0f} s; JSON: {os.path.abspath(ARGS.out)}", flush=True)
+
+
+def main() -> int:
+    guarded("env", env, need=0)
+    save()
+    parity()
+    step_section()
+    seq_section()
+    if not ARGS.smoke:
+        parity_more()
+    save()
+    report()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,953 @@
+"""CUDA engine (numba.cuda): many streams (``pool.step``), one stream, and whole sequences.
+
+Imported only when a model is built with ``device="cuda"``; numba.cuda is imported nowhere else.
+
+Design
+------
+* The packed weights (``W``, see :mod:`streamrnn.engine.pack`) are copied to the device once; every
+  size, offset, activation and flag of a layer is baked into its kernels as a compile-time
+  constant (kernel factories in ``streamrnn/layers/*/cuda.py``, memoised on the layer structure).
+* A pool keeps its state arena (capacity, S) on the device. ``pool.step(ids, X)`` copies in only
+  the ids and the frames (pinned host buffers, reused; device buffers allocated once and grown),
+  runs one row-tile kernel per layer (two for an LSTM with projection or an ONNX-style GRU; plus a
+  small commit kernel when the last layer is recurrent), and copies out only the outputs.
+  Each layer kernel advances every listed stream at once: blocks tile (rows x units), all gates of
+  a unit in one thread, a split-K reduction for few streams and register re-use of the weights for
+  many (see :mod:`streamrnn.layers.dense.cuda`). New hidden states go to a per-row feature buffer
+  and are committed to the arena by the last kernel, so no kernel reads a state another block of
+  the same kernel writes.
+* Launch overhead is the enemy (numba's launch path costs 16-43 us per kernel). The step of a pool
+  therefore runs in one of three modes (``STREAMRNN_CUDA_LAUNCH``, default ``auto``):
+
+  - ``graph``  the whole step (2 copies in, the kernels, 1 copy out) captured once per row count n
+    as a CUDA graph and replayed with one ``cuGraphLaunch`` (captured on the second consecutive
+    call with the same n; an LRU of 8 graphs);
+  - ``driver`` the same operations issued one by one through cuda-bindings (``cuLaunchKernel``
+    with kernel parameters packed once per buffer generation; only n changes per call);
+  - ``numba``  numba's own launch and copy API (the simulator, and the fallback).
+
+  ``auto`` = graph on a real GPU, numba under the simulator. A pool checks at creation that the
+  driver and graph paths give bit-identical results to the numba path on one frame, and falls
+  back (with a warning in the ``streamrnn`` logger) if they do not or if they fail.
+* ``run`` (and ``push``) keep everything on the device across layers: per recurrent layer and
+  direction one GEMM-like kernel computes the input projection of every step (bias included),
+  then one persistent kernel loops over time (a block owns a few sequences and keeps their h and c
+  in shared memory; ragged lengths and reverse directions handled in the loop). Dense / activation
+  / softmax layers are row kernels over all B*T frames.
+
+Validation (shapes, ids, non-finite inputs) happens on the host before any device work, with the
+same errors and messages as the CPU engine; a refused call changes no state.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import threading
+from collections import OrderedDict
+
+import numpy as np
+from numba import njit
+
+from ..config import NJIT
+from ..errors import ShapeError, StreamRNNError
+from . import cpu as _cpu
+from .pack import (
+    ACT, DENSE, F_CLIP, F_INPUT_FORGET, F_LBR, F_LOG, F_PEEP, F_PROJ, GRU, K_ACT, K_DIR,
+    K_FLAGS, K_H, K_IN, K_KIND, K_NDIR, K_OUT, K_REC, K_REV, LSTM, O_B, O_C, O_H, O_PAR,
+    O_PEEP, O_PROJ, O_RBH, O_RT, O_WT, RNN, SOFTMAX,
+)
+
+log = logging.getLogger("streamrnn")
+
+try:  # numba-cuda (or numba's bundled CUDA target); absent on CPU-only installs
+    from numba import cuda
+    from numba.cuda import config as _cuda_config
+
+    _IMPORT_ERROR = None
+except Exception as e:  # pragma: no cover - depends on the install
+    cuda = None
+    _cuda_config = None
+    _IMPORT_ERROR = e
+
+_tls = threading.local()  # per thread: the CUDA context was made current
+_NO_GPU = "device: expected a CUDA GPU for device='cuda', got none ({})"
+
+
+def simulator() -> bool:
+    """True when numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) stands in for a GPU."""
+    return bool(_cuda_config is not None and _cuda_config.ENABLE_CUDASIM)
+
+
+def _check_device() -> None:
+    if cuda is None:
+        raise StreamRNNError(_NO_GPU.format(f"numba.cuda cannot be imported: {_IMPORT_ERROR}"))
+    if simulator():
+        return
+    try:
+        ok = bool(cuda.is_available())
+        why = "numba.cuda.is_available() is False: no NVIDIA GPU or no CUDA driver"
+    except Exception as e:  # pragma: no cover - depends on the machine
+        ok, why = False, f"{type(e).__name__}: {e}"
+    if not ok:
+        raise StreamRNNError(
+            _NO_GPU.format(why + "; set NUMBA_ENABLE_CUDASIM=1 to run on numba's CUDA simulator")
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side validation + packing into the pinned staging buffers (one compiled pass)
+# ---------------------------------------------------------------------------------------------
+@njit(**NJIT)
+def _pack_rows(ids, X, alive, stamp, epoch, I, hid, hX):
+    """Check ids (range, open, distinct) and frames (shape, finite); copy them into hid / hX.
+    Returns a status of engine.cpu (0 = ok); the row index is in the bits above the low 8."""
+    n = ids.shape[0]
+    if X.shape[0] != n or X.shape[1] != I:
+        return _cpu.E_XLEN
+    cap = alive.shape[0]
+    for r in range(n):
+        sid = ids[r]
+        if sid < 0 or sid >= cap:
+            return _cpu.E_ID_RANGE | (r << 8)
+        if alive[sid] == 0:
+            return _cpu.E_ID_CLOSED | (r << 8)
+        if stamp[sid] == epoch:
+            return _cpu.E_ID_DUP | (r << 8)
+        stamp[sid] = epoch
+    for r in range(n):
+        for k in range(I):
+            v = X[r, k]
+            if not math.isfinite(v):
+                return _cpu.E_NONFINITE | (r << 8)
+            hX[r, k] = v
+        hid[r] = ids[r]
+    return _cpu.OK
+
+
+def _raise(rc, model, xname, x, out, ids=None):
+    from ..model import _raise_status
+
+    _raise_status(rc, model, xname, x, out, ids)
+
+
+def _check_frames(X, model, name="X"):
+    """X (T, I) validated: shape and finite (NonFiniteError names the frame)."""
+    I = model.input_size
+    if X.ndim != 2 or X.shape[1] != I:
+        raise ShapeError(f"{name}: expected {I} features per frame, got shape {X.shape}")
+    if not np.isfinite(X).all():
+        bad = np.argwhere(~np.isfinite(X))[0]
+        _raise(_cpu.E_NONFINITE | (int(bad[0]) << 40), model, name, X, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Static description of the layers (from the packed meta table)
+# ---------------------------------------------------------------------------------------------
+class _Layer:
+    def __init__(self, W: np.ndarray, m: np.ndarray):
+        self.kind = int(m[K_KIND])
+        self.I, self.O, self.H = int(m[K_IN]), int(m[K_OUT]), int(m[K_H])
+        self.HR, self.D, self.rev = int(m[K_REC]), int(m[K_NDIR]), bool(m[K_REV])
+        self.flags = f = int(m[K_FLAGS])
+        self.dirs = []
+        if self.kind <= RNN:
+            self.G = (4, 3, 1)[self.kind] * self.H
+            for d in range(self.D):
+                base = K_DIR + 9 * d
+                par = int(m[base + O_PAR])
+                acts = []
+                for s in range(3):
+                    acts += [int(m[K_ACT + 3 * d + s]), float(W[par + 1 + 2 * s]), float(W[par + 2 + 2 * s])]
+                self.dirs.append(dict(
+                    WT=int(m[base + O_WT]), RT=int(m[base + O_RT]), B=int(m[base + O_B]),
+                    RBH=int(m[base + O_RBH]),
+                    PEEP=int(m[base + O_PEEP]) if f & F_PEEP else -1,
+                    PROJ=int(m[base + O_PROJ]) if f & F_PROJ else -1,
+                    HO=int(m[base + O_H]), CO=int(m[base + O_C]),
+                    CLIP=float(W[par]) if f & F_CLIP else 0.0, ACTS=tuple(acts),
+                ))
+        elif self.kind in (DENSE, ACT):
+            par = int(m[K_DIR + O_PAR])
+            self.act = int(m[K_ACT])
+            self.alpha, self.beta = float(W[par + 1]), float(W[par + 2])
+            self.WT, self.B = int(m[K_DIR + O_WT]), int(m[K_DIR + O_B])
+        else:  # SOFTMAX
+            self.log = bool(f & F_LOG)
+
+    @property
+    def recurrent(self) -> bool:
+        return self.kind <= RNN
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiles (see streamrnn/layers/dense/cuda.py): chosen by the number of rows n
+# ---------------------------------------------------------------------------------------------
+def _tiles():
+    from ..layers.dense.cuda import Tile
+
+    if simulator():  # tiny blocks: several blocks even for H = 8, and fast to simulate
+        return [(1, Tile(4, 2, 1, 1, 8, 1)), (None, Tile(2, 2, 2, 2, 8, 2))]
+    return [
+        (1, Tile(8, 16, 1, 1, 64, 1)),  # one stream: split-K GEMV over many blocks
+        (64, Tile(16, 4, 2, 4, 32, 1)),
+        (1024, Tile(32, 2, 4, 4, 32, 1)),
+        (None, Tile(32, 1, 8, 4, 32, 2)),  # many streams: GEMM-like, 4 rows x 2 units per thread
+    ]
+
+
+#: (max rows, Tile) buckets; tests and benchmarks may replace it before building a model.
+STEP_TILES = None
+#: accumulators per thread that stay in registers (ptxas, sm_90), by item size
+MAX_ACC = {4: 48, 8: 16}
+#: static shared memory budget of a row-tile block (bytes)
+MAX_SMEM = 40 * 1024
+
+
+def _bucket(n: int) -> int:
+    tiles = STEP_TILES or _tiles()
+    for i, (mx, _) in enumerate(tiles):
+        if mx is None or n <= mx:
+            return i
+    return len(tiles) - 1
+
+
+def _tile(bucket: int, N: int, AW: int = 1, isz: int = 4):
+    """The bucket's tile for a layer of N output units with AW accumulators per unit and row:
+    fewer units / rows per thread where registers or shared memory would run out, fewer units
+    per block for a small head."""
+    from ..layers.dense.cuda import Tile, red_size
+
+    tiles = STEP_TILES or _tiles()
+    U, KS, RS, RPT, KT, UPT = tiles[bucket][1]
+    if not simulator():
+        lim = MAX_ACC.get(isz, 16)
+        while UPT > 1 and (RPT * UPT * AW > lim or U * UPT // 2 >= N):
+            UPT //= 2
+        while RPT > 1 and RPT * UPT * AW > lim:
+            RPT //= 2
+    U0 = U
+    while U > 4 and U // 2 >= N:
+        U //= 2
+    f = U0 // U
+    if f > 1:
+        if KS > 1:
+            KS *= f
+            KT = max(KT, KS)
+        else:
+            RS *= f
+    t = Tile(U, KS, RS, RPT, KT, UPT)
+    while t.RPT > 1 and (t.RS * t.RPT * t.KT + red_size(t, t.UPT * AW)) * isz > MAX_SMEM:
+        t = t._replace(RPT=t.RPT // 2)
+    return t
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Thin launch path: cuda-bindings driver calls with kernel parameters packed once
+# ---------------------------------------------------------------------------------------------
+class _Driver:
+    """cuda-bindings' driver module and a few helpers; None where unavailable."""
+
+    def __init__(self):
+        from cuda.bindings import driver as cu
+
+        self.cu = cu
+        self.OK = cu.CUresult.CUDA_SUCCESS
+
+    def check(self, res, what):
+        err = res[0] if isinstance(res, tuple) else res
+        if err != self.OK:
+            raise RuntimeError(f"{what} failed: {err}")
+        return res[1] if isinstance(res, tuple) and len(res) > 1 else None
+
+    def function(self, kernel):
+        """The launchable handle of a compiled numba ``_Kernel``."""
+        cu = self.cu
+        handle = kernel._codelibrary.get_cufunc().handle
+        try:
+            res = cu.cuKernelGetFunction(handle)
+            if res[0] == self.OK:
+                return res[1]
+        except Exception:
+            pass
+        return cu.CUfunction(int(handle))
+
+
+class _Params:
+    """Kernel parameters of one launch as a C ``void*`` array (numba's argument ABI, built
+    with the kernel's own ``_prepare_args``); the trailing int64 scalar (n) stays writable."""
+
+    def __init__(self, kernel, args):
+        flat, retr = [], []
+        for t, v in zip(kernel.argument_types, args):
+            kernel._prepare_args(t, v, 0, retr, flat)
+        vals = []
+        for v in flat:
+            if isinstance(v, ctypes._SimpleCData):
+                vals.append(v)
+            elif isinstance(v, (bool, np.bool_)):
+                vals.append(ctypes.c_uint8(int(v)))
+            elif isinstance(v, (int, np.integer)):
+                vals.append(ctypes.c_uint64(int(v) & 0xFFFFFFFFFFFFFFFF))
+            else:
+                raise TypeError(f"kernel argument of type {type(v).__name__}")
+        self._vals = vals
+        self._ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+        self.ptr = ctypes.addressof(self._ptrs)
+        self.n = vals[-1]
+        self._keep = (args, retr)
+
+
+def _dptr(a) -> int:
+    return int(a.__cuda_array_interface__["data"][0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+class CudaEngine:
+    """The CUDA kernels of one model: weights on the device, the sequence path, and factories
+    for streams and pools (see the module docstring)."""
+
+    def __init__(self, model):
+        _check_device()
+        from ..layers.dense import cuda as dense_k  # noqa: F401  (imports numba.cuda kernels)
+
+        self.model = model
+        pk = model._packed
+        self.pk = pk
+        self.dtype = np.dtype(model.dtype)
+        self.dts = self.dtype.name
+        self.isz = self.dtype.itemsize
+        self.S, self.I, self.O = pk.state_size, model.input_size, model.output_size
+        self.layers = [_Layer(pk.W, pk.meta[i]) for i in range(pk.meta.shape[0])]
+        self.sim = simulator()
+        try:
+            self.W = cuda.to_device(np.ascontiguousarray(pk.W))
+        except Exception as e:  # pragma: no cover - depends on the machine
+            raise StreamRNNError(_NO_GPU.format(f"{type(e).__name__}: {e}")) from None
+        self.n_sm = 1
+        if not self.sim:
+            try:
+                self.n_sm = int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+            except Exception:  # pragma: no cover
+                self.n_sm = 80
+        mode = os.environ.get("STREAMRNN_CUDA_LAUNCH", "auto").lower()
+        if mode not in ("auto", "graph", "driver", "numba"):
+            raise StreamRNNError(f"STREAMRNN_CUDA_LAUNCH: expected auto, graph, driver or numba, got {mode!r}")
+        if self.sim:
+            mode = "numba"
+        elif mode == "auto":
+            mode = "graph"
+        self.drv = None
+        if mode != "numba":
+            try:
+                self.drv = _Driver()
+            except Exception as e:  # pragma: no cover - depends on the install
+                log.warning("streamrnn cuda: cuda-bindings unavailable (%s); using numba launches", e)
+                mode = "numba"
+        self.mode = mode
+        self._lock = threading.Lock()
+        self._stream = cuda.stream()
+        self._bufs: dict = {}
+        self._dummy_i = cuda.to_device(np.zeros(1, np.int64))
+        self._dummy_2 = cuda.to_device(np.zeros((1, 1), self.dtype))
+        self._step_layout()
+
+    # -- objects ---------------------------------------------------------------------------
+    def stream(self):
+        return CudaStream(self)
+
+    def pool(self, capacity: int):
+        return CudaPool(self, capacity)
+
+    # -- the step program ------------------------------------------------------------------
+    def _step_layout(self):
+        """Columns of the per-row feature buffer: each layer's output, and scratch columns
+        (LSTM projection input, ONNX-GRU gates). Also the commit list of recurrent layers."""
+        col = 0
+        self.cols = []
+        commit = []
+        for L in self.layers:
+            c = {}
+            if L.kind == LSTM and L.dirs[0]["PROJ"] >= 0:
+                c["scr"] = col
+                col += L.H
+            if L.kind == GRU and not (L.flags & F_LBR):
+                c["scr"] = col
+                col += 3 * L.H
+            c["out"] = col
+            col += L.O
+            self.cols.append(c)
+            if L.recurrent:
+                commit += [c["out"], L.dirs[0]["HO"], L.HR]
+        self.ftot = max(col, 1)
+        self.commit = tuple(commit)
+
+    def _fitted(self, make, t, *args):
+        """``make(dtype, tile, *args)`` with the tile shrunk (units, then rows per thread) until
+        ptxas keeps the accumulators in registers (no local memory). Real GPU only."""
+        while True:
+            k = make(self.dts, t, *args)
+            if self.sim or t.RPT * t.UPT == 1:
+                return k, t
+            try:
+                from numba import types as nbt
+
+                f = nbt.float32 if self.isz == 4 else nbt.float64
+                v, m = nbt.Array(f, 1, "C"), nbt.Array(f, 2, "C")
+                kern = k.compile((v, nbt.Array(nbt.int64, 1, "C"), m, m, m, m, nbt.int64))
+                if kern.local_mem_per_thread == 0:
+                    return k, t
+            except Exception as e:  # pragma: no cover - real GPU only
+                log.debug("streamrnn cuda: could not inspect a kernel (%s)", e)
+                return k, t
+            t = t._replace(UPT=t.UPT // 2) if t.UPT > 1 else t._replace(RPT=t.RPT // 2)
+
+    def step_ops(self, bucket: int):
+        """The kernels of one step for rows in ``bucket``: a list of
+        (dispatcher, src_is_X, block, grid(n) function)."""
+        from ..layers.dense.cuda import make_commit_kernel, make_linear, make_rowwise
+        from ..layers.gru.cuda import make_gru_step, make_gru_step2
+        from ..layers.lstm.cuda import make_lstm_step
+        from ..layers.rnn.cuda import make_rnn_step
+
+        dts = self.dts
+        ops = []
+
+        def tile_op(disp, t, N, first):
+            NR, UU = t.RS * t.RPT, t.U * t.UPT
+            ops.append((disp, first, t.U * t.KS * t.RS, lambda n: (_cdiv(n, NR), _cdiv(N, UU))))
+
+        def row_op(disp, NT, first):
+            ops.append((disp, first, NT, lambda n: (n, 1)))
+
+        nl = len(self.layers)
+        for li, L in enumerate(self.layers):
+            first, last = li == 0, li == nl - 1
+            IN0 = 0 if first else self.cols[li - 1]["out"]
+            c = self.cols[li]
+            commit = self.commit if (last and not L.recurrent) else ()
+            if L.kind == LSTM:
+                d = L.dirs[0]
+                t = _tile(bucket, L.H, 4, self.isz)
+                proj = d["PROJ"] >= 0
+                k, t = self._fitted(make_lstm_step, t, L.I, L.H, L.HR, IN0, c["scr"] if proj else c["out"],
+                                    d["WT"], d["RT"], d["B"], d["PEEP"], d["CLIP"],
+                                    bool(L.flags & F_INPUT_FORGET), d["ACTS"][:9], d["HO"], d["CO"],
+                                    last and not proj)
+                tile_op(k, t, L.H, first)
+                if proj:
+                    t2 = _tile(bucket, L.HR, 1, self.isz)
+                    k2 = make_linear(dts, t2, L.H, L.HR, c["scr"], c["out"], d["PROJ"], -1, -1, 0.0, 0.0, last)
+                    tile_op(k2, t2, L.HR, False)
+            elif L.kind == GRU:
+                d = L.dirs[0]
+                t = _tile(bucket, L.H, 6, self.isz)
+                lbr = bool(L.flags & F_LBR)
+                scr = c.get("scr", 0)
+                k, t = self._fitted(make_gru_step, t, L.I, L.H, IN0, c["out"], scr, d["WT"], d["RT"], d["B"],
+                                    d["RBH"], lbr, d["CLIP"], d["ACTS"][:6], d["HO"], last and lbr)
+                tile_op(k, t, L.H, first)
+                if not lbr:
+                    t2 = _tile(bucket, L.H, 1, self.isz)
+                    k2 = make_gru_step2(dts, t2, L.H, c["out"], scr, d["RT"], d["CLIP"], d["ACTS"][:6], d["HO"], last)
+                    tile_op(k2, t2, L.H, False)
+            elif L.kind == RNN:
+                d = L.dirs[0]
+                t = _tile(bucket, L.H, 1, self.isz)
+                k = make_rnn_step(dts, t, L.I, L.H, IN0, c["out"], d["WT"], d["RT"], d["B"],
+                                  d["CLIP"], d["ACTS"][:3], d["HO"], last)
+                tile_op(k, t, L.H, first)
+            elif L.kind == DENSE:
+                t = _tile(bucket, L.O, 1, self.isz)
+                k = make_linear(dts, t, L.I, L.O, IN0, c["out"], L.WT, L.B, L.act, L.alpha, L.beta, last, commit)
+                tile_op(k, t, L.O, first)
+            else:
+                NT = 32 if self.sim is False else 4
+                sm = L.kind == SOFTMAX
+                k = make_rowwise(dts, NT, sm, sm and L.log, L.I, IN0, c["out"],
+                                 -1 if sm else L.act, 0.0 if sm else L.alpha, 0.0 if sm else L.beta,
+                                 last, commit)
+                row_op(k, NT, first)
+        if self.layers[-1].recurrent and self.commit:
+            NT = 4 if self.sim else 64
+            row_op(make_commit_kernel(NT, self.commit), NT, False)
+        return ops
+
+    # -- the sequence path -----------------------------------------------------------------
+    def _seq_cfg(self, L, B):
+        """(threads, sequences per block) of the persistent kernel of layer L for batch B."""
+        if self.sim:
+            return 4, 2
+        width = max(L.H, L.HR)
+        NT = min(256, max(32, _cdiv(width, 32) * 32))
+        if L.kind == LSTM:
+            per = 2 * L.HR + L.H + (L.H if L.dirs[0]["PROJ"] >= 0 else 1)
+        elif L.kind == GRU:
+            per = 2 * L.H + (2 if L.flags & F_LBR else 2 * L.H)
+        else:
+            per = 2 * L.H
+        per *= self.isz
+        budget = 46 * 1024
+        if per > budget:
+            raise StreamRNNError(
+                f"device: expected a recurrent layer narrow enough for the CUDA sequence kernel "
+                f"(at most {budget} bytes of shared memory per sequence), got hidden size {L.H} "
+                f"({per} bytes); use device='cpu' for this model"
+            )
+        NB = max(1, min(8 if self.isz == 4 else 4, budget // per, _cdiv(B, self.n_sm)))  # NB*G registers
+        return NT, NB
+
+    def _buf(self, name, shape, dtype=None):
+        """A grow-only device buffer viewed as ``shape``."""
+        dtype = np.dtype(dtype or self.dtype)
+        size = max(1, int(np.prod(shape)))
+        b = self._bufs.get(name)
+        if b is None or b.size < size or b.dtype != dtype:
+            b = cuda.device_array(max(size, 2 * (b.size if b is not None and b.dtype == dtype else 0)), dtype)
+            self._bufs[name] = b
+        return b[:size].reshape(shape)
+
+    def _sequence(self, X_d, B, T, lens_d, st_d, sidx_d, s):
+        """Every layer over a (B*T, I) device chunk; states st_d[sidx_d[b]] updated. -> (B*T, O)."""
+        from ..layers.dense.cuda import make_linear, make_rowwise
+        from ..layers.gru.cuda import make_gru_seq
+        from ..layers.lstm.cuda import make_lstm_seq
+        from ..layers.rnn.cuda import make_rnn_seq
+
+        M = B * T
+        dts, Wd = self.dts, self.W
+        bk = _bucket(M)
+        cur = X_d
+        for li, L in enumerate(self.layers):
+            Y = self._buf("y%d" % (li & 1), (M, L.O))
+            if L.recurrent:
+                NT, NB = self._seq_cfg(L, B)
+                for d in range(L.D):
+                    dd = L.dirs[d]
+                    XW = self._buf("xw", (M, L.G))
+                    t = _tile(bk, L.G, 1, self.isz)
+                    lin = make_linear(dts, t, L.I, L.G, 0, 0, dd["WT"], dd["B"], -1, 0.0, 0.0, False)
+                    grid = (_cdiv(M, t.RS * t.RPT), _cdiv(L.G, t.U * t.UPT))
+                    self._launch(lin, grid, t.U * t.KS * t.RS, s, Wd, self._dummy_i, cur, XW, self._dummy_2, self._dummy_2, M)
+                    rev = L.rev or d == 1
+                    col0 = d * L.HR
+                    if L.kind == LSTM:
+                        k = make_lstm_seq(dts, NT, NB, L.H, L.HR, dd["RT"], dd["PEEP"], dd["PROJ"], dd["CLIP"],
+                                          bool(L.flags & F_INPUT_FORGET), dd["ACTS"][:9], dd["HO"], dd["CO"], col0, rev)
+                    elif L.kind == GRU:
+                        k = make_gru_seq(dts, NT, NB, L.H, dd["RT"], dd["RBH"], bool(L.flags & F_LBR), dd["CLIP"],
+                                         dd["ACTS"][:6], dd["HO"], col0, rev)
+                    else:
+                        k = make_rnn_seq(dts, NT, NB, L.H, dd["RT"], dd["CLIP"], dd["ACTS"][:3], dd["HO"], col0, rev)
+                    self._launch(k, _cdiv(B, NB), NT, s, Wd, XW, Y, st_d, sidx_d, lens_d, B, T)
+            elif L.kind == DENSE:
+                t = _tile(bk, L.O, 1, self.isz)
+                k = make_linear(dts, t, L.I, L.O, 0, 0, L.WT, L.B, L.act, L.alpha, L.beta, False)
+                grid = (_cdiv(M, t.RS * t.RPT), _cdiv(L.O, t.U * t.UPT))
+                self._launch(k, grid, t.U * t.KS * t.RS, s, Wd, self._dummy_i, cur, Y, self._dummy_2, self._dummy_2, M)
+            else:
+                NT = 4 if self.sim else 32
+                sm = L.kind == SOFTMAX
+                k = make_rowwise(dts, NT, sm, sm and L.log, L.I, 0, 0, -1 if sm else L.act,
+                                 0.0 if sm else L.alpha, 0.0 if sm else L.beta, False)
+                self._launch(k, M, NT, s, Wd, self._dummy_i, cur, Y, self._dummy_2, self._dummy_2, M)
+            cur = Y
+        return cur
+
+    @staticmethod
+    def _launch(disp, grid, block, s, *args):
+        disp[grid, block, s](*args)
+
+    def run(self, X3: np.ndarray, lengths: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """X3 (B, T, I) validated, lengths (B,) int64, state (B, S) updated in place -> Y (B, T, O)."""
+        B, T, I = X3.shape
+        O, S = self.O, self.S
+        if B == 0 or T == 0:
+            return np.zeros((B, T, O), self.dtype)
+        with self._lock:
+            s = self._stream
+            X_d = cuda.to_device(np.ascontiguousarray(X3.reshape(B * T, I)), stream=s)
+            lens_d = cuda.to_device(np.ascontiguousarray(lengths, dtype=np.int64), stream=s)
+            sidx_d = cuda.to_device(np.arange(B, dtype=np.int64), stream=s)
+            st_h = state if S else np.zeros((B, 1), self.dtype)
+            st_d = cuda.to_device(np.ascontiguousarray(st_h), stream=s)
+            Y_d = self._sequence(X_d, B, T, lens_d, st_d, sidx_d, s)
+            Y = Y_d.copy_to_host(stream=s)
+            st = st_d.copy_to_host(stream=s)
+            s.synchronize()
+        if S:
+            state[...] = st
+        Y = Y.reshape(B, T, O)
+        if np.any(lengths < T):
+            Y[np.arange(T)[None, :] >= lengths[:, None]] = 0
+        return Y
+
+    def push(self, arena_d, sid: int, X: np.ndarray) -> np.ndarray:
+        """One stream (arena row ``sid``) advances a validated chunk X (T, I) -> Y (T, O)."""
+        T = X.shape[0]
+        if T == 0:
+            return np.zeros((0, self.O), self.dtype)
+        with self._lock:
+            s = self._stream
+            X_d = cuda.to_device(np.ascontiguousarray(X), stream=s)
+            lens_d = cuda.to_device(np.array([T], np.int64), stream=s)
+            sidx_d = cuda.to_device(np.array([sid], np.int64), stream=s)
+            Y_d = self._sequence(X_d, 1, T, lens_d, arena_d, sidx_d, s)
+            Y = Y_d.copy_to_host(stream=s)
+            s.synchronize()
+        return Y
+
+
+# ---------------------------------------------------------------------------------------------
+# A device state arena and its step (shared by pools and single streams)
+# ---------------------------------------------------------------------------------------------
+class _Core:
+    GRAPHS = 8
+
+    def __init__(self, eng: CudaEngine, capacity: int):
+        self.eng = eng
+        self.cap = int(capacity)
+        self.S1 = max(eng.S, 1)
+        self.arena = cuda.to_device(np.zeros((self.cap, self.S1), eng.dtype))
+        self.stream = cuda.stream()
+        self.hstream = int(self.stream.handle) if not eng.sim else 0
+        self.stamp = np.zeros(self.cap, np.int64)
+        self.epoch = 0
+        self.nmax = 0
+        self.gen = 0
+        self.ops: dict = {}  # bucket -> ops
+        self.bound: dict = {}  # bucket -> (gen, [(fn, params, block, grid)])
+        self.graphs: OrderedDict = OrderedDict()  # n -> graph exec
+        self.last_n = -1
+        self.mode = eng.mode
+        self._grow(1)
+        if self.mode != "numba":
+            self._self_test()
+
+    # -- buffers ---------------------------------------------------------------------------
+    def _grow(self, n: int) -> None:
+        if n <= self.nmax:
+            return
+        eng = self.eng
+        nmax = min(self.cap, max(n, 2 * self.nmax, 1))
+        self._drop_graphs()
+        self.ids_d = cuda.device_array(nmax, np.int64)
+        self.X_d = cuda.device_array((nmax, eng.I), eng.dtype)
+        self.feat_d = cuda.device_array((nmax, eng.ftot), eng.dtype)
+        self.out_d = cuda.device_array((nmax, eng.O), eng.dtype)
+        self.hids = cuda.pinned_array(nmax, np.int64)
+        self.hX = cuda.pinned_array((nmax, eng.I), eng.dtype)
+        self.hout = cuda.pinned_array((nmax, eng.O), eng.dtype)
+        self.nmax = nmax
+        self.gen += 1
+
+    def _drop_graphs(self) -> None:
+        while self.graphs:
+            _, g = self.graphs.popitem()
+            try:
+                self.eng.drv.cu.cuGraphExecDestroy(g)
+            except Exception:  # pragma: no cover
+                pass
+
+    def _args(self, first: bool):
+        e = self.eng
+        return (e.W, self.ids_d, self.X_d if first else self.feat_d, self.feat_d, self.out_d, self.arena, 1)
+
+    def _ops(self, bucket):
+        ops = self.ops.get(bucket)
+        if ops is None:
+            ops = self.ops[bucket] = self.eng.step_ops(bucket)
+        return ops
+
+    def _bound(self, bucket):
+        """Driver-launch form of the bucket's ops for the current buffers."""
+        b = self.bound.get(bucket)
+        if b is not None and b[0] == self.gen:
+            return b[1]
+        drv = self.eng.drv
+        out = []
+        for disp, first, block, grid in self._ops(bucket):
+            args = self._args(first)
+            kernel = disp.compile(tuple(disp.typeof_pyval(a) for a in args))
+            out.append((drv.function(kernel), _Params(kernel, args), block, grid))
+        self.bound[bucket] = (self.gen, out)
+        return out
+
+    # -- the step --------------------------------------------------------------------------
+    def step(self, n: int) -> None:
+        """Advance rows hids[:n] with frames hX[:n]; outputs land in hout[:n]."""
+        bucket = _bucket(n)
+        if self.mode == "numba":
+            self._step_numba(n, bucket)
+            return
+        if not getattr(_tls, "ctx", False):  # raw driver calls need the context current here
+            cuda.current_context()
+            _tls.ctx = True
+        if self.mode == "graph":
+            g = self.graphs.get(n)
+            if g is None and n == self.last_n:
+                try:
+                    g = self._capture(n, bucket)
+                except Exception as e:  # pragma: no cover - real GPU only
+                    log.warning("streamrnn cuda: CUDA graph capture failed (%s); using driver launches", e)
+                    self.mode = "driver"
+            self.last_n = n
+            if g is not None:
+                self.graphs.move_to_end(n)
+                drv = self.eng.drv
+                drv.check(drv.cu.cuGraphLaunch(g, self.hstream), "cuGraphLaunch")
+                drv.check(drv.cu.cuStreamSynchronize(self.hstream), "cuStreamSynchronize")
+                return
+        self._enqueue(n, bucket)
+        drv = self.eng.drv
+        drv.check(drv.cu.cuStreamSynchronize(self.hstream), "cuStreamSynchronize")
+
+    def _step_numba(self, n, bucket):
+        s = self.stream
+        self.ids_d[:n].copy_to_device(self.hids[:n], stream=s)
+        self.X_d[:n].copy_to_device(self.hX[:n], stream=s)
+        e = self.eng
+        for disp, first, block, grid in self._ops(bucket):
+            src = self.X_d if first else self.feat_d
+            disp[grid(n), block, s](e.W, self.ids_d, src, self.feat_d, self.out_d, self.arena, n)
+        self.out_d[:n].copy_to_host(self.hout[:n], stream=s)
+        s.synchronize()
+
+    def _enqueue(self, n, bucket):
+        drv = self.eng.drv
+        cu, chk, hs = drv.cu, drv.check, self.hstream
+        bound = self._bound(bucket)
+        isz = self.eng.isz
+        chk(cu.cuMemcpyHtoDAsync(_dptr(self.ids_d), self.hids.ctypes.data, n * 8, hs), "cuMemcpyHtoDAsync")
+        if self.eng.I:
+            chk(cu.cuMemcpyHtoDAsync(_dptr(self.X_d), self.hX.ctypes.data, n * self.eng.I * isz, hs), "cuMemcpyHtoDAsync")
+        for fn, params, block, grid in bound:
+            params.n.value = n
+            gx, gy = grid(n)
+            chk(cu.cuLaunchKernel(fn, gx, gy, 1, block, 1, 1, 0, hs, params.ptr, 0), "cuLaunchKernel")
+        chk(cu.cuMemcpyDtoHAsync(self.hout.ctypes.data, _dptr(self.out_d), n * self.eng.O * isz, hs), "cuMemcpyDtoHAsync")
+
+    def _capture(self, n, bucket):
+        drv = self.eng.drv
+        cu, hs = drv.cu, self.hstream
+        self._bound(bucket)  # compile outside the capture
+        drv.check(cu.cuStreamBeginCapture(hs, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+                  "cuStreamBeginCapture")
+        try:
+            self._enqueue(n, bucket)
+        finally:
+            graph = drv.check(cu.cuStreamEndCapture(hs), "cuStreamEndCapture")
+        try:
+            g = drv.check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+        finally:
+            cu.cuGraphDestroy(graph)
+        self.graphs[n] = g
+        while len(self.graphs) > self.GRAPHS:
+            _, old = self.graphs.popitem(last=False)
+            cu.cuGraphExecDestroy(old)
+        return g
+
+    def _self_test(self):  # pragma: no cover - real GPU only
+        """One frame on arena row 0 through the numba path, then the driver / graph paths:
+        results must be bit-identical, else fall back. Leaves row 0 zero."""
+        eng = self.eng
+        rng = np.random.default_rng(0)
+        self.hids[0] = 0
+        self.hX[0] = rng.standard_normal(eng.I).astype(eng.dtype)
+        zero = np.zeros((1, self.S1), eng.dtype)
+
+        def once(fn):
+            self.arena[0:1].copy_to_device(zero)
+            fn()
+            return self.hout[0].copy(), self.arena[0:1].copy_to_host()
+
+        b1 = _bucket(1)
+        drv = eng.drv
+        want = once(lambda: self._step_numba(1, b1))
+
+        def same(got):
+            return all(np.array_equal(a, b, equal_nan=True) for a, b in zip(want, got))
+
+        def driver():
+            self._enqueue(1, b1)
+            drv.check(drv.cu.cuStreamSynchronize(self.hstream), "cuStreamSynchronize")
+
+        def graph():
+            g = self._capture(1, b1)
+            drv.check(drv.cu.cuGraphLaunch(g, self.hstream), "cuGraphLaunch")
+            drv.check(drv.cu.cuStreamSynchronize(self.hstream), "cuStreamSynchronize")
+
+        for name, fn, fallback in (("driver", driver, "numba"), ("graph", graph, "driver")):
+            if self.mode == "numba" or (name == "graph" and self.mode != "graph"):
+                break
+            try:
+                ok = same(once(fn))
+                why = "results differ from numba's launch path"
+            except Exception as e:
+                ok, why = False, f"{type(e).__name__}: {e}"
+            if not ok:
+                log.warning("streamrnn cuda: the %s launch path failed its self-test (%s); using %s launches",
+                            name, why, fallback)
+                self.mode = fallback
+        self._drop_graphs()
+        self.arena[0:1].copy_to_device(zero)
+        self.stream.synchronize()
+
+    # -- state -----------------------------------------------------------------------------
+    def reset(self, ids: np.ndarray) -> None:
+        from ..layers.dense.cuda import make_zero_rows
+
+        k = len(ids)
+        if k == 0:
+            return
+        self._grow(k)
+        s = self.stream
+        self.hids[:k] = ids
+        self.ids_d[:k].copy_to_device(self.hids[:k], stream=s)
+        NT = 4 if self.eng.sim else 64
+        make_zero_rows(NT)[k, NT, s](self.ids_d, self.arena, k)
+        s.synchronize()
+
+    def get_state(self, sid: int) -> np.ndarray:
+        s = self.stream
+        row = self.arena[sid : sid + 1].copy_to_host(stream=s)
+        s.synchronize()
+        return row[0, : self.eng.S].copy()
+
+    def set_state(self, sid: int, data: np.ndarray) -> None:
+        row = np.zeros((1, self.S1), self.eng.dtype)
+        row[0, : self.eng.S] = data
+        s = self.stream
+        self.arena[sid : sid + 1].copy_to_device(row, stream=s)
+        s.synchronize()
+
+    def __del__(self):
+        try:
+            self._drop_graphs()
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Public device objects (driven by streamrnn.model.Stream / Pool)
+# ---------------------------------------------------------------------------------------------
+class CudaPool:
+    """Device side of a :class:`streamrnn.Pool`: the state arena and the batched step."""
+
+    def __init__(self, eng: CudaEngine, capacity: int):
+        self.eng = eng
+        self.core = _Core(eng, capacity)
+
+    @property
+    def mode(self) -> str:
+        """The launch path in use: "graph", "driver" or "numba"."""
+        return self.core.mode
+
+    def step(self, ids: np.ndarray, X: np.ndarray, out: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        eng, core = self.eng, self.core
+        n = ids.shape[0]
+        if out.shape != (n, eng.O):
+            _raise(_cpu.E_OUTLEN, eng.model, "X", X, out, ids)
+        if n > core.nmax:
+            if n <= core.cap:
+                core._grow(n)
+        if n > core.cap:  # necessarily repeats or unknown ids: let the check name the row
+            hid, hX = np.empty(n, np.int64), np.empty((n, eng.I), eng.dtype)
+        else:
+            hid, hX = core.hids, core.hX
+        core.epoch += 1
+        try:
+            rc = _pack_rows(ids, X, alive, core.stamp, core.epoch, eng.I, hid, hX)
+        except TypeError:  # pragma: no cover - unusual dtypes: convert and retry
+            rc = _pack_rows(ids, np.ascontiguousarray(X, eng.dtype), np.ascontiguousarray(alive, np.uint8),
+                            core.stamp, core.epoch, eng.I, hid, hX)
+        if rc:
+            _raise(rc, eng.model, "X", X, out, ids)
+        if n == 0:
+            return out
+        core.step(n)
+        out[...] = core.hout[:n]
+        return out
+
+    def push(self, sid: int, X: np.ndarray) -> np.ndarray:
+        _check_frames(X, self.eng.model)
+        return self.eng.push(self.core.arena, int(sid), X)
+
+    def reset(self, ids) -> None:
+        self.core.reset(np.asarray(ids, np.int64).reshape(-1))
+
+    def get_state(self, sid: int) -> np.ndarray:
+        return self.core.get_state(int(sid))
+
+    def set_state(self, sid: int, data: np.ndarray) -> None:
+        self.core.set_state(int(sid), data)
+
+
+class CudaStream:
+    """Device side of a :class:`streamrnn.Stream`: a pool of one, always open."""
+
+    _IDS = np.zeros(1, np.int64)
+    _ALIVE = np.ones(1, np.uint8)
+
+    def __init__(self, eng: CudaEngine):
+        self.eng = eng
+        self.core = _Core(eng, 1)
+        self._lock = threading.Lock()
+
+    @property
+    def mode(self) -> str:
+        return self.core.mode
+
+    def step(self, x, out=None) -> np.ndarray:
+        eng = self.eng
+        dt, I, O = eng.dtype, eng.I, eng.O
+        if not (isinstance(x, np.ndarray) and x.dtype == dt and x.flags.c_contiguous):
+            from ..model import _as_float
+
+            x = _as_float(x, "x", dt)
+        if x.ndim != 1:
+            raise ShapeError(f"x: expected shape ({I},), got {x.shape}")
+        if x.shape[0] != I:
+            _raise(_cpu.E_XLEN, eng.model, "x", x, out)
+        if out is None:
+            out = np.empty(O, dt)
+        elif not (isinstance(out, np.ndarray) and out.dtype == dt and out.flags.c_contiguous
+                  and out.ndim == 1 and out.shape[0] == O):
+            raise ShapeError(
+                f"out: expected a C-contiguous {dt} array of shape ({O},), got "
+                f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
+            )
+        with self._lock:
+            core = self.core
+            core.epoch += 1
+            rc = _pack_rows(self._IDS, x.reshape(1, I), self._ALIVE, core.stamp, core.epoch, I, core.hids, core.hX)
+            if rc:
+                k = int(np.argmax(~np.isfinite(x)))
+                _raise(_cpu.E_NONFINITE | (k << 8), eng.model, "x", x, out)
+            core.step(1)
+            out[...] = core.hout[0]
+        return out
+
+    def push(self, X: np.ndarray) -> np.ndarray:
+        _check_frames(X, self.eng.model)
+        with self._lock:
+            return self.eng.push(self.core.arena, 0, X)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.core.reset(self._IDS)
+
+    def get_state(self) -> np.ndarray:
+        with self._lock:
+            return self.core.get_state(0)
+
+    def set_state(self, data: np.ndarray) -> None:
+        with self._lock:
+            self.core.set_state(0, data)

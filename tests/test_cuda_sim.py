@@ -1,0 +1,304 @@
+"""The CUDA engine (device="cuda") against the CPU engine, on numba's CUDA simulator.
+
+Every check runs in a subprocess with NUMBA_ENABLE_CUDASIM=1 set before numba is imported, so the
+rest of the test session keeps the real numba.cuda. The simulator is slow (one Python thread per
+CUDA thread): sizes are tiny (H <= 8, B <= 5, T <= 4), and the engine picks tiny tiles under the
+simulator, so every launch still spans several blocks (unit tiles of 4, row tiles of 4).
+On a real GPU, run ``python bench/gpu_check.py`` instead.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("numba.cuda")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_PRELUDE = textwrap.dedent(
+    """
+    import os, sys
+    assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    sys.path.insert(0, %r)
+    import numpy as np
+    import streamrnn as srnn
+    from streamrnn.spec import (Activation, ActivationLayer, DenseLayer, GRULayer, LSTMLayer,
+                                ModelSpec, RNNLayer, SoftmaxLayer)
+
+    rng = np.random.default_rng(1234)
+
+    def R(*shape):
+        return rng.standard_normal(shape) * 0.4
+
+    def tol(dtype):
+        return dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+
+    def close(a, b, dtype, what):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=what, **tol(dtype))
+
+    def both(spec, dtype):
+        mc = srnn.Model(spec, dtype=dtype, device="cpu")
+        mg = srnn.Model(spec, dtype=dtype, device="cuda")
+        assert mg.device == "cuda" and mg._cuda is not None
+        return mc, mg
+
+    def check_run(mc, mg, dtype, B=3, T=4):
+        I = mc.input_size
+        X = rng.standard_normal((B, T, I)).astype(dtype)
+        L = np.array([T, 2, 0, 3, 1][:B])
+        st0 = rng.standard_normal((B, mc.state_size)) * 0.5
+        Yc, sc = mc.run(X, state=st0, lengths=L, return_state=True)
+        Yg, sg = mg.run(X, state=st0, lengths=L, return_state=True)
+        close(Yg, Yc, dtype, "run Y")
+        close(sg.data, sc.data, dtype, "run state")
+        assert Yg.dtype == np.dtype(dtype) and Yg.shape == Yc.shape
+        assert (Yg[2] == 0).all()  # past-length outputs are exactly zero
+        # 2-D input, full lengths
+        close(mg.run(X[0]), mc.run(X[0]), dtype, "run 2-D")
+
+    def check_stream(mc, mg, dtype, T=4):
+        I = mc.input_size
+        X = rng.standard_normal((T, I)).astype(dtype)
+        sc, sg = mc.stream(), mg.stream()
+        out = np.empty(mg.output_size, dtype)
+        for t in range(2):
+            yc = sc.step(X[t])
+            yg = sg.step(X[t], out=out) if t else sg.step(X[t].tolist())
+            close(yg, yc, dtype, f"stream.step {t}")
+        close(sg.state.data, sc.state.data, dtype, "stream state")
+        close(sg.push(X[2:]), sc.push(X[2:]), dtype, "stream.push")
+        close(sg.state.data, sc.state.data, dtype, "stream state after push")
+        # step == run on the whole sequence
+        full = mc.run(X)
+        sg.reset()
+        ys = np.stack([sg.step(x) for x in X[:2]] + list(sg.push(X[2:])))
+        close(ys, full, dtype, "stream steps vs run")
+        snap = sg.state
+        sg.state = snap
+        close(sg.state.data, snap.data, dtype, "stream set_state")
+        sg.load_state_bytes(sc.state_bytes())
+        close(sg.state.data, sc.state.data, dtype, "stream load_state_bytes")
+        # refused inputs change nothing
+        before = sg.state.data.copy()
+        bad = X[0].copy(); bad[0] = np.nan
+        for x, err in ((bad, srnn.NonFiniteError), (np.zeros(I + 1), srnn.ShapeError),
+                       (np.zeros((1, I)), srnn.ShapeError)):
+            try:
+                sg.step(x)
+            except err:
+                pass
+            else:
+                raise AssertionError(f"stream.step({x!r}) did not raise {err.__name__}")
+        try:
+            sg.push(np.vstack([X[:1], bad[None]]))
+        except srnn.NonFiniteError as e:
+            assert "frame 1" in str(e), e
+        else:
+            raise AssertionError("push with NaN did not raise")
+        assert np.array_equal(sg.state.data, before)
+
+    def check_pool(mc, mg, dtype, n=5, steps=2):
+        I = mc.input_size
+        pc, pg = mc.pool(8), mg.pool(8)
+        ic, ig = pc.open(n), pg.open(n)
+        assert np.array_equal(ic, ig)
+        for s in range(steps):
+            order = rng.permutation(n)
+            X = rng.standard_normal((n, I)).astype(dtype)
+            close(pg.step(ig[order], X), pc.step(ic[order], X), dtype, f"pool.step {s}")
+        # a subset, in another order
+        sub = np.array([4, 1, 2])[: max(1, n - 2)]
+        X = rng.standard_normal((len(sub), I)).astype(dtype)
+        close(pg.step(ig[sub], X), pc.step(ic[sub], X), dtype, "pool.step subset")
+        for sid in range(n):
+            close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"pool.get_state {sid}")
+        # set_state across pools and from a CPU stream, then step
+        snap = pc.get_state(0)
+        pg.set_state(1, snap); pc.set_state(1, snap)
+        close(pg.get_state(1).data, snap.data, dtype, "pool.set_state")
+        Xc = rng.standard_normal((3, I)).astype(dtype)
+        close(pg.push(1, Xc), pc.push(1, Xc), dtype, "pool.push")
+        X = rng.standard_normal((2, I)).astype(dtype)
+        close(pg.step([1, 0], X), pc.step([1, 0], X), dtype, "pool.step after set/push")
+        # lone stream == pooled stream
+        pg.reset([2]); pc.reset([2])
+        assert not pg.get_state(2).data.any()
+        lone = mg.stream()
+        Xs = rng.standard_normal((2, I)).astype(dtype)
+        for t in range(2):
+            y = pg.step(np.array([2]), Xs[t:t + 1])
+            close(y[0], lone.step(Xs[t]), dtype, "pool vs lone stream")
+        # refusals leave every state untouched
+        before = np.stack([pg.get_state(i).data for i in range(n)])
+        bad = rng.standard_normal((2, I)).astype(dtype); bad[1, 0] = np.inf
+        pg.close(3)
+        ok = np.zeros((2, I))
+        cases = [
+            (([0, 1], bad), srnn.NonFiniteError),
+            (([0, 0], ok), srnn.StreamIdError),
+            (([0, 3], ok), srnn.StreamIdError),
+            (([0, 9], ok), srnn.StreamIdError),
+            (([0, -1], ok), srnn.StreamIdError),
+            (([0, 1], np.zeros((2, I + 1))), srnn.ShapeError),
+        ]
+        for (ids, X), err in cases:
+            try:
+                pg.step(np.array(ids), X)
+            except err:
+                pass
+            else:
+                raise AssertionError(f"pool.step({ids}) did not raise {err.__name__}")
+        try:
+            pg.step([0, 1], np.zeros((2, I)), out=np.empty((3, mg.output_size), dtype))
+        except srnn.ShapeError:
+            pass
+        else:
+            raise AssertionError("pool.step with a wrong out did not raise")
+        after = np.stack([pg.get_state(i).data for i in range(n) if i != 3])
+        assert np.array_equal(after, np.delete(before, 3, axis=0)), "a refused call changed a state"
+        y = pg.step(2, rng.standard_normal(I))
+        assert y.shape == (mg.output_size,)
+    """
+    % ROOT
+)
+
+_CASES = {
+    # LSTM with every option + Dense head; float32
+    "lstm_full": """
+        I, H, P, O = 3, 8, 5, 2
+        spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, P), R(1, 8 * H), clip=1.5,
+                                    P=R(1, 3 * H), proj=R(1, P, H), input_forget=True),
+                          DenseLayer(R(O, P), R(O))))
+        mc, mg = both(spec, "float32")
+        check_run(mc, mg, "float32")
+        check_stream(mc, mg, "float32")
+        check_pool(mc, mg, "float32")
+    """,
+    # two LSTM layers (plain, then peepholes only), tanh head; float64
+    "lstm_stack64": """
+        I, H, O = 2, 6, 3
+        spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H)),
+                          LSTMLayer(H, 4, R(1, 16, H), R(1, 16, 4), None, P=R(1, 12)),
+                          DenseLayer(R(O, 4), R(O), Activation("Tanh"))))
+        mc, mg = both(spec, "float64")
+        check_run(mc, mg, "float64", B=5)
+        check_stream(mc, mg, "float64")
+        check_pool(mc, mg, "float64")
+    """,
+    # GRU linear_before_reset (PyTorch) then ONNX-default GRU, softmax head; float32
+    "gru_stack": """
+        I, H, O = 3, 8, 4
+        spec = ModelSpec((GRULayer(I, H, R(1, 3 * H, I), R(1, 3 * H, H), R(1, 6 * H), linear_before_reset=True),
+                          GRULayer(H, 5, R(1, 15, H), R(1, 15, 5), R(1, 30), clip=2.0),
+                          DenseLayer(R(O, 5), R(O)), SoftmaxLayer(O)))
+        mc, mg = both(spec, "float32")
+        check_run(mc, mg, "float32")
+        check_stream(mc, mg, "float32")
+        check_pool(mc, mg, "float32")
+    """,
+    # ONNX GRU alone (the last layer recurrent: a separate commit kernel); float64
+    "gru_onnx64": """
+        I, H = 2, 7
+        spec = ModelSpec((GRULayer(I, H, R(1, 3 * H, I), R(1, 3 * H, H), R(1, 6 * H)),))
+        mc, mg = both(spec, "float64")
+        check_run(mc, mg, "float64")
+        check_stream(mc, mg, "float64")
+        check_pool(mc, mg, "float64")
+    """,
+    # RNN relu, activation layer, Dense with LeakyRelu, LogSoftmax; float64
+    "rnn_relu64": """
+        I, H, O = 4, 8, 3
+        spec = ModelSpec((RNNLayer(I, H, R(1, H, I), R(1, H, H), R(1, 2 * H), activations=(Activation("Relu"),)),
+                          ActivationLayer(H, Activation("LeakyRelu", 0.2)),
+                          DenseLayer(R(O, H), None), SoftmaxLayer(O, log=True)))
+        mc, mg = both(spec, "float64")
+        check_run(mc, mg, "float64")
+        check_stream(mc, mg, "float64")
+        check_pool(mc, mg, "float64")
+    """,
+    # bidirectional LSTM + reverse GRU: run only; float32
+    "bidir_run": """
+        I, H, O = 3, 4, 2
+        spec = ModelSpec((LSTMLayer(I, H, R(2, 4 * H, I), R(2, 4 * H, H), R(2, 8 * H), direction="bidirectional"),
+                          GRULayer(2 * H, 3, R(1, 9, 2 * H), R(1, 9, 3), R(1, 18), direction="reverse"),
+                          DenseLayer(R(O, 3), R(O))))
+        mc, mg = both(spec, "float32")
+        check_run(mc, mg, "float32")
+        try:
+            mg.stream()
+        except srnn.StreamRNNError:
+            pass
+        else:
+            raise AssertionError("stream() of a bidirectional model did not raise")
+    """,
+}
+
+
+def _start(code: str, sim: bool = True) -> subprocess.Popen:
+    env = dict(os.environ)
+    if sim:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    else:
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def _finish(p: subprocess.Popen, timeout: int = 600):
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    return p.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def sim_runs():
+    """Every simulator case started at once (the simulator is CPU-bound and single-threaded in
+    effect: separate processes use the cores); each test then waits for its own."""
+    procs = {case: _start(_PRELUDE + textwrap.dedent(code) + "\nprint('OK')\n") for case, code in _CASES.items()}
+    yield procs
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
+@pytest.mark.parametrize("case", sorted(_CASES))
+def test_cuda_matches_cpu_on_simulator(sim_runs, case):
+    rc, out, err = _finish(sim_runs[case])
+    assert rc == 0 and out.strip().endswith("OK"), out[-3000:] + err[-6000:]
+
+
+def test_cuda_without_gpu_raises():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, %r)
+        import numpy as np
+        from numba import cuda
+        import streamrnn as srnn
+        from streamrnn.spec import DenseLayer, ModelSpec
+        if cuda.is_available():
+            print("SKIP: a GPU is present")
+            raise SystemExit(0)
+        spec = ModelSpec((DenseLayer(np.ones((2, 3))),))
+        try:
+            srnn.Model(spec, device="cuda")
+        except srnn.StreamRNNError as e:
+            assert "device: expected a CUDA GPU for device='cuda', got none" in str(e), e
+            print("OK")
+        else:
+            raise AssertionError("no error without a GPU")
+        """
+        % ROOT
+    )
+    rc, out, err = _finish(_start(code, sim=False))
+    assert rc == 0, out[-3000:] + err[-6000:]
+    if "SKIP" in out:
+        pytest.skip("a GPU is present")
