@@ -7,6 +7,18 @@ from __future__ import annotations
 
 import os
 
+# numba's OpenMP workers spin-wait after a parallel region by default, which starves OpenBLAS's
+# threads in the GEMM that follows (measured 35 ms instead of 0.2 ms per pool.step; see
+# bench/NOTES.md). Ask libgomp for passive waiting unless the user chose a policy. This only
+# takes effect if set before libgomp starts, i.e. before the first numba parallel region.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def omp_passive() -> bool:
+    """True when OpenMP workers wait passively (parallel kernels may then sit next to BLAS)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+
+
 # error_model='numpy': no Python-style divide checks, so LLVM can vectorise the inner loops.
 # nogil: kernels release the GIL, so different streams/pools run in parallel from threads.
 # fastmath: only 'contract' (fused multiply-add). Full fastmath would let LLVM assume no NaN/Inf

@@ -17,6 +17,7 @@ import threading
 import numpy as np
 from numba import njit, prange, types
 
+from .. import config
 from ..config import NJIT, NJIT_GIL, PARALLEL
 from ..layers.cpu_common import _matvec_h, _vact
 from ..layers.dense.cpu import _frame_layer
@@ -263,6 +264,8 @@ def _sigs(dt, group: str):
             _pool_step_par: (i1, m2, m2, m2, m2, v, h1, i2, u1, i1, i64),
             _pool_validate: (i1, m2, m2, u1, i1, i64, i64, i64),
             _gather_h: (i1, m2, m2, i64, i64, i64),
+            _gather_xh: (i1, m2, m2, m2, i64, i64),
+            _gates_rows_par: (i1, m2, m2, m2, m2, v, im),
             _gates_rows: (i1, m2, m2, m2, m2, v, im),
             _frames_rows: (m2, m2, v, im),
             _bias_act_rows: (m2, v, im),
@@ -372,6 +375,20 @@ def _pool_validate(ids, X, out, alive, stamp, epoch, I, O):
 
 
 @njit(**NJIT)
+def _gather_xh(ids, X, arena, A, ho, Hr):
+    """A[r] = [X[r] | h of stream ids[r]]: the left operand of the batched GEMM, in one pass."""
+    I = X.shape[1]
+    for r in range(ids.shape[0]):
+        a = A[r]
+        x = X[r]
+        for j in range(I):
+            a[j] = x[j]
+        src = arena[ids[r]]
+        for j in range(Hr):
+            a[I + j] = src[ho + j]
+
+
+@njit(**NJIT)
 def _gather_h(ids, arena, A, col0, ho, Hr):
     """A[r, col0 : col0+Hr] = h of stream ids[r] (read from the arena)."""
     for r in range(ids.shape[0]):
@@ -414,6 +431,13 @@ def _gates_rows(ids, G, HR, Y, arena, W, m):
         _gates_one(r, ids, G, HR, Y, arena, W, m)
 
 
+@njit(**PARALLEL)
+def _gates_rows_par(ids, G, HR, Y, arena, W, m):
+    """As ``_gates_rows``, parallel over rows (OpenMP workers wait passively: see config.py)."""
+    for r in prange(ids.shape[0]):
+        _gates_one(r, ids, G, HR, Y, arena, W, m)
+
+
 @njit(**NJIT)
 def _frames_rows(X, Y, W, m):
     """A stateless layer on each row: X (n, I) -> Y (n, O) (activation / softmax / dense act)."""
@@ -437,6 +461,9 @@ class BatchedStep:
     """``pool.step`` for many streams: per layer one GEMM (numpy / BLAS) over the listed
     streams, then one fused elementwise kernel. Buffers grow to the largest batch seen and are
     reused, so a steady stream of calls allocates nothing."""
+
+    #: the gates kernel runs parallel over streams from this many streams on
+    PARALLEL_GATES_MIN = 256
 
     def __init__(self, pk: Packed):
         self.pk = pk
@@ -483,10 +510,10 @@ class BatchedStep:
         if n > self.cap:
             self._grow(n)
         W = self.pk.W
-        # The gates kernel runs serially on purpose: numba's OpenMP workers spin after a parallel
-        # region and starve OpenBLAS's threads in the next GEMM (measured 35 ms instead of
-        # 0.2 ms at H=128, B=64; bench/NOTES.md). The GEMMs carry the parallelism.
-        gates = _gates_rows
+        # Parallel gates only for large batches and only with passive OpenMP workers: spinning
+        # workers starve OpenBLAS's threads in the next GEMM (35 ms instead of 0.2 ms at H=128,
+        # B=64; bench/NOTES.md).
+        gates = _gates_rows_par if (n >= self.PARALLEL_GATES_MIN and config.omp_passive()) else _gates_rows
         cur = X
         ping = 0
         for idx, (what, m, I, F, G, Wx, Rh) in enumerate(self.layers):
@@ -497,8 +524,7 @@ class BatchedStep:
                 HR = self.HR[: n * G].reshape(n, G)
                 if Rh is None and Wx.shape[0] > I:  # LSTM / RNN: A = [x | h]
                     A = self.A[: n * (I + F)].reshape(n, I + F)
-                    A[:, :I] = cur
-                    _gather_h(ids, arena, A, I, int(m[K_DIR + O_H]), F)
+                    _gather_xh(ids, cur, arena, A, int(m[K_DIR + O_H]), F)
                     np.matmul(A, Wx, out=Gb)
                 else:  # GRU
                     np.matmul(cur, Wx, out=Gb)
