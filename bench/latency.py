@@ -99,6 +99,9 @@ OFFLINE_T = 1000
 
 REF = "streamrnn step(x, out=y)"
 M_SR_FRESH = "streamrnn step(x)"
+M_SR_BF16 = "streamrnn step(x, out=y), bfloat16 weights (opt-in)"
+#: the bfloat16 row is checked against the float32 row with this tolerance (weight rounding)
+RTOL_BF16 = 3e-2
 M_ORT = "onnxruntime session.run"
 M_ORT_IO = "onnxruntime io_binding"
 M_CELL = "torch LSTMCell + Linear"
@@ -409,12 +412,14 @@ def section_latency(quick: bool, seed: int) -> dict:
         for name, I, H in tqdm(LATENCY_CONFIGS, desc="latency", disable=None):
             spec = random_lstm_spec(I, H, HEAD, seed=seed)
             model = srnn.Model(spec)
+            model_bf16 = srnn.Model(spec, weights="bfloat16")
             sess = ort_session(build_onnx(spec), 1)
             cell, seq, lin = build_torch(spec)
             x = rng.standard_normal(I).astype(np.float32)
             pairs = {
                 REF: m_streamrnn(model, x, fresh=False),
                 M_SR_FRESH: m_streamrnn(model, x, fresh=True),
+                M_SR_BF16: m_streamrnn(model_bf16, x, fresh=False),
                 M_ORT: m_ort_run(sess, x, H),
                 M_ORT_IO: m_ort_iobinding(sess, x, H, HEAD),
                 M_CELL: m_torch_cell(cell, lin, x, H),
@@ -423,6 +428,7 @@ def section_latency(quick: bool, seed: int) -> dict:
             X = rng.standard_normal((CHECK_STEPS, I)).astype(np.float32)
             checks, Yref = run_checks({k: v[1] for k, v in pairs.items()}, REF, X)
             checks[REF] = self_check(spec, X, Yref)
+            checks[M_SR_BF16] = compare(pairs[M_SR_BF16][1](X), Yref, rtol=RTOL_BF16)
             fns = {k: v[0] for k, v in pairs.items()}
             fns[M_TIMER] = lambda: None
             stats = measure(fns, BUDGET["latency"][quick])

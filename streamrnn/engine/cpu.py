@@ -25,7 +25,7 @@ from ..layers.gru.cpu import _gru_cell, _gru_gates
 from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
 from ..layers.rnn.cpu import _rnn_cell, _rnn_gates
 from .pack import (
-    DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_TMP, K_H, K_IN, K_OUT, K_REC, K_S, LSTM,
+    DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_H, K_IN, K_OUT, K_REC, K_S, LSTM,
     O_B, O_C, O_H, O_PAR, O_RT, O_WT, RNN, Packed,
 )
 
@@ -44,14 +44,13 @@ def _cell(W, Wh, m, d, g, st, scr, G):
     kind, H, base = m[0], m[K_H], K_DIR + 9 * d
     ho = m[base + O_H]
     h = st[ho : ho + m[K_REC]]
-    tmp = scr[scr.shape[0] - m[K_TMP] :]  # bfloat16 widening scratch (empty for float weights)
     if kind == LSTM:
         co = m[base + O_C]
-        _lstm_cell(W, Wh, tmp, m, d, g, h, st[co : co + H])
+        _lstm_cell(W, Wh, m, d, g, h, st[co : co + H])
     elif kind == GRU:
-        _gru_cell(W, Wh, tmp, m, d, g, h, scr[G : G + 3 * H])
+        _gru_cell(W, Wh, m, d, g, h, scr[G : G + 3 * H])
     else:
-        _rnn_cell(W, Wh, tmp, m, d, g, h)
+        _rnn_cell(W, Wh, m, d, g, h)
     return h
 
 
@@ -70,8 +69,7 @@ def _stack_core(x, out, st, scr, W, Wh, meta):
             b = m[K_DIR + O_B]
             for j in range(G):
                 g[j] = W[b + j]
-            tmp = scr[scr.shape[0] - m[K_TMP] :]
-            _matvec_h(W, Wh, tmp, m[K_DIR + O_WT], m[K_IN], G, 0, G, cur, g, 0)  # g += x @ Wt
+            _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_IN], G, 0, G, cur, g, 0)  # g += x @ Wt
             cur = _cell(W, Wh, m, 0, g, st, scr, G)
         else:
             o = cell + ping * feat
@@ -417,7 +415,7 @@ def _gates_one(r, ids, G, HR, Y, arena, W, m):
         if m[K_FLAGS] & F_LBR:
             _gru_gates(W, m, 0, g, h, HR[r])
         else:  # r multiplies h before Rh: the per-row cell does the recurrence
-            _gru_cell(W, _NO_H, g[:0], m, 0, g, h, HR[r])
+            _gru_cell(W, _NO_H, m, 0, g, h, HR[r])
     else:
         _rnn_gates(W, m, 0, g, h)
     y = Y[r]

@@ -45,7 +45,6 @@ K_DIR = 14  # 14..22 direction 0, 23..31 direction 1 (offsets below, relative to
 O_H, O_C, O_WT, O_RT, O_B, O_RBH, O_PEEP, O_PROJ, O_PAR = range(9)
 K_S, K_CELL, K_FEAT = 32, 33, 34  # state size, cell scratch, feature buffer (same in every row)
 K_FAST = 35  # 1 for float32 models: SIMD rational tanh / sigmoid (see layers/cpu_common.py)
-K_TMP = 36  # floats of bfloat16 widening scratch at the end of the scratch vector
 NMETA = 40
 # flag bits
 F_INPUT_FORGET, F_PEEP, F_LBR, F_CLIP, F_PROJ, F_BIAS, F_LOG = 1, 2, 4, 8, 16, 32, 64
@@ -171,8 +170,6 @@ def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
             raise TypeError(type(layer))
     meta[:, K_S] = spec.state_size()
     meta[:, K_FAST] = int(dtype == np.float32)
-    gmax = max([4 * l.hidden_size for _, l in spec.recurrent()] + [0])
-    meta[:, K_TMP] = 4 * gmax if bf16 else 0
     meta[:, K_CELL] = max(_cell_scratch(layer) for layer in spec.layers)
     meta[:, K_FEAT] = max(max(layer.output_size, layer.input_size) for layer in spec.layers)
     W = np.concatenate(chunks).astype(dtype) if chunks else np.zeros(1, dtype)
@@ -183,7 +180,7 @@ def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
         meta=meta,
         Wh=Wh,
         state_size=spec.state_size(),
-        scratch_size=cell + 2 * feat + int(meta[0, K_TMP]),
+        scratch_size=cell + 2 * feat,
         cell_scratch=cell,
         feat_size=feat,
     )

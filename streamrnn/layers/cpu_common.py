@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from ..config import NJIT
 
@@ -150,38 +152,52 @@ def _matvec_acc(W, off, rows, cols, col0, ncol, v, g, g0):
         k += 1
 
 
+@intrinsic
+def _bf16_to_f32(typingctx, u):
+    """bfloat16 bits (uint16) -> float32, in registers: zero-extend, shift left 16, bitcast.
+    (numba widens integer arithmetic to 64 bits, so a plain-Python shift would not vectorise
+    as well, and numba has no scalar bitcast.)"""
+    if not isinstance(u, types.Integer) or u.bitwidth != 16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        w = builder.zext(args[0], ir.IntType(32))
+        w = builder.shl(w, ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(w, ir.FloatType())
+
+    return types.float32(u), codegen
+
+
 @njit(**NJIT)
-def _matvec_h(W, Wh, tmp, off, rows, cols, col0, ncol, v, g, g0):
+def _matvec_h(W, Wh, off, rows, cols, col0, ncol, v, g, g0):
     """As ``_matvec_acc``, reading the matrix from ``Wh`` (bfloat16 bits, uint16) when the model
     was packed with bfloat16 weights (``Wh`` longer than 1), else from ``W``.
 
-    bfloat16 -> float32 is a 16-bit shift: four rows at a time are widened into ``tmp``
-    (>= 4*ncol floats, L1-resident), then the same 4-row axpy runs on them. Half the weight bytes
-    cross the memory hierarchy; accumulation stays float32.
+    The bfloat16 -> float32 widening happens in registers inside the vectorised axpy, so half
+    the weight bytes cross the memory hierarchy; accumulation stays float32. Measured on a
+    1024 x 2048 mat-vec (8 MiB of float32 weights, from L3): 298 -> 157 us; on a 256 x 512 one
+    (L2-resident) it is slower, 6.0 -> 7.4 us: the mode pays off for large models only.
     """
     if Wh.shape[0] <= 1:
         _matvec_acc(W, off, rows, cols, col0, ncol, v, g, g0)
         return
-    ti = tmp.view(np.int32)
-    t0, t1, t2, t3 = tmp[0:ncol], tmp[ncol : 2 * ncol], tmp[2 * ncol : 3 * ncol], tmp[3 * ncol : 4 * ncol]
     gv = g[g0 : g0 + ncol]
     k = 0
     while k + 4 <= rows:
-        for r in range(4):
-            src = Wh[off + (k + r) * cols + col0 :][:ncol]
-            dst = ti[r * ncol : (r + 1) * ncol]
-            for j in range(ncol):
-                dst[j] = np.int32(src[j]) << 16
+        b0 = off + k * cols + col0
+        w0 = Wh[b0 : b0 + ncol]
+        w1 = Wh[b0 + cols : b0 + cols + ncol]
+        w2 = Wh[b0 + 2 * cols : b0 + 2 * cols + ncol]
+        w3 = Wh[b0 + 3 * cols : b0 + 3 * cols + ncol]
         v0, v1, v2, v3 = v[k], v[k + 1], v[k + 2], v[k + 3]
         for j in range(ncol):
-            gv[j] += v0 * t0[j] + v1 * t1[j] + v2 * t2[j] + v3 * t3[j]
+            gv[j] += (v0 * _bf16_to_f32(w0[j]) + v1 * _bf16_to_f32(w1[j])
+                      + v2 * _bf16_to_f32(w2[j]) + v3 * _bf16_to_f32(w3[j]))
         k += 4
     while k < rows:
-        src = Wh[off + k * cols + col0 :][:ncol]
-        dst = ti[0:ncol]
-        for j in range(ncol):
-            dst[j] = np.int32(src[j]) << 16
+        b0 = off + k * cols + col0
+        w0 = Wh[b0 : b0 + ncol]
         v0 = v[k]
         for j in range(ncol):
-            gv[j] += v0 * t0[j]
+            gv[j] += v0 * _bf16_to_f32(w0[j])
         k += 1

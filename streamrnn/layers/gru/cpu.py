@@ -9,7 +9,7 @@ from ..cpu_common import _matvec_acc, _matvec_h, _vact, _vclip
 
 
 @njit(**NJIT)
-def _gru_cell(W, Wh, tmp, m, d, g, h, hr):
+def _gru_cell(W, Wh, m, d, g, h, hr):
     """Advance one GRU direction by one step for one stream.
 
     g  (3H,)  in: x @ Wt + b (gate order z, r, h); clobbered
@@ -20,7 +20,7 @@ def _gru_cell(W, Wh, tmp, m, d, g, h, hr):
     for j in range(3 * H):
         hr[j] = 0.0
     # lbr: hr = h @ Rt for z, r and h; else only the z and r parts
-    _matvec_h(W, Wh, tmp, m[K_DIR + 9 * d + O_RT], H, 3 * H, 0, 3 * H if lbr else 2 * H, h, hr, 0)
+    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], H, 3 * H, 0, 3 * H if lbr else 2 * H, h, hr, 0)
     _gru_gates(W, m, d, g, h, hr)
 
 

@@ -14,16 +14,16 @@ from ..cpu_common import _matvec_acc, _matvec_h, _tanh32, _vact, _vclip
 
 
 @njit(**NJIT)
-def _lstm_cell(W, Wh, tmp, m, d, g, h, c):
+def _lstm_cell(W, Wh, m, d, g, h, c):
     """Advance one LSTM direction by one step for one stream.
 
     g (4H,)  in: x @ Wt + b (gate order i, o, f, c); clobbered (used as scratch)
     h (Hr,)  in/out: hidden state (the layer's output)
     c (H,)   in/out: cell state
-    Wh, tmp  bfloat16 copy of the weights and its widening scratch (see ``_matvec_h``)
+    Wh       bfloat16 bits of the weights, or a 1-element dummy (see ``_matvec_h``)
     """
     H, Hr = m[K_H], m[K_REC]
-    _matvec_h(W, Wh, tmp, m[K_DIR + 9 * d + O_RT], Hr, 4 * H, 0, 4 * H, h, g, 0)  # g += h @ Rt
+    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], Hr, 4 * H, 0, 4 * H, h, g, 0)  # g += h @ Rt
     _lstm_gates(W, m, d, g, h, c)
 
 

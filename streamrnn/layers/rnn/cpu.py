@@ -9,13 +9,13 @@ from ..cpu_common import _matvec_h, _vact, _vclip
 
 
 @njit(**NJIT)
-def _rnn_cell(W, Wh, tmp, m, d, g, h):
+def _rnn_cell(W, Wh, m, d, g, h):
     """Advance one RNN direction by one step: h = f(clip(g + h @ Rt)).
 
     g (H,)  in: x @ Wt + b; clobbered.  h (H,) in/out: hidden state.
     """
     H = m[K_H]
-    _matvec_h(W, Wh, tmp, m[K_DIR + 9 * d + O_RT], H, H, 0, H, h, g, 0)
+    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], H, H, 0, H, h, g, 0)
     _rnn_gates(W, m, d, g, h)
 
 
