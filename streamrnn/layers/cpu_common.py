@@ -201,3 +201,14 @@ def _matvec_h(W, Wh, off, rows, cols, col0, ncol, v, g, g0):
         for j in range(ncol):
             gv[j] += v0 * _bf16_to_f32(w0[j])
         k += 1
+
+
+@njit(cache=NJIT["cache"], nogil=True, error_model="numpy", boundscheck=False, fastmath={"contract", "reassoc"})
+def _dot(W, off, x, n):
+    """sum(W[off:off+n] * x[:n]). Reassociation is allowed here (and only here) so LLVM keeps
+    vector partial sums: a dot product of a narrow Dense head, not a recurrent state."""
+    w = W[off : off + n]
+    s = w[0] * 0
+    for k in range(n):
+        s += w[k] * x[k]
+    return s

@@ -6,8 +6,8 @@ import math
 from numba import njit
 
 from ...config import NJIT
-from ...engine.pack import ACT, DENSE, F_LOG, K_ACT, K_DIR, K_FAST, K_FLAGS, K_IN, K_OUT, O_B, O_PAR, O_WT
-from ..cpu_common import _matvec_acc, _vact
+from ...engine.pack import ACT, DENSE, F_LOG, K_ACT, K_DIR, K_FAST, K_FLAGS, K_IN, K_OUT, O_B, O_PAR, O_PROJ, O_WT
+from ..cpu_common import _dot, _matvec_acc, _vact
 
 
 @njit(**NJIT)
@@ -17,9 +17,14 @@ def _frame_layer(W, m, x, y):
     par = m[K_DIR + O_PAR]
     if kind == DENSE:
         b = m[K_DIR + O_B]
-        for j in range(n_out):
-            y[j] = W[b + j]
-        _matvec_acc(W, m[K_DIR + O_WT], n_in, n_out, 0, n_out, x, y, 0)
+        if n_out < 16:  # narrow head: O dot products over the row-major copy
+            wr = m[K_DIR + O_PROJ]
+            for j in range(n_out):
+                y[j] = W[b + j] + _dot(W, wr + j * n_in, x, n_in)
+        else:
+            for j in range(n_out):
+                y[j] = W[b + j]
+            _matvec_acc(W, m[K_DIR + O_WT], n_in, n_out, 0, n_out, x, y, 0)
         _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
     elif kind == ACT:
         for j in range(n_out):
