@@ -23,7 +23,10 @@ def omp_passive() -> bool:
 # nogil: kernels release the GIL, so different streams/pools run in parallel from threads.
 # fastmath: only 'contract' (fused multiply-add). Full fastmath would let LLVM assume no NaN/Inf
 # and reorder sums freely; FMA contraction only makes each multiply-add more exact.
-NJIT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False, fastmath={"contract"})
+# _nrt=False: no reference counting of array views. The kernels never allocate; with NRT on,
+# every slice they take costs an out-of-line NRT_incref / NRT_decref call (79 + 139 call sites
+# in the whole-stack step kernel): switching it off halved the H=32 step (bench/NOTES.md).
+NJIT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False, fastmath={"contract"}, _nrt=False)
 PARALLEL = dict(NJIT, parallel=True)
 #: for kernels that run in a microsecond or two: holding the GIL serialises them for free
 NJIT_GIL = dict(NJIT, nogil=False)

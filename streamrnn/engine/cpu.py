@@ -51,7 +51,6 @@ def _cell(W, Wh, m, d, g, st, scr, G):
         _gru_cell(W, Wh, m, d, g, h, scr[G : G + 3 * H])
     else:
         _rnn_cell(W, Wh, m, d, g, h)
-    return h
 
 
 @njit(**NJIT)
@@ -70,7 +69,9 @@ def _stack_core(x, out, st, scr, W, Wh, meta):
             for j in range(G):
                 g[j] = W[b + j]
             _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_IN], G, 0, G, cur, g, 0)  # g += x @ Wt
-            cur = _cell(W, Wh, m, 0, g, st, scr, G)
+            _cell(W, Wh, m, 0, g, st, scr, G)
+            ho = m[K_DIR + O_H]
+            cur = st[ho : ho + m[K_REC]]  # the layer's output is its new h
         else:
             o = cell + ping * feat
             y = scr[o : o + m[K_OUT]]
@@ -207,7 +208,9 @@ def _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr):
         t = n - 1 - s if rev else s
         for j in range(G):
             g[j] = XW[b, t, j]
-        h = _cell(W, _NO_H, m, d, g, st, scr[b], G)
+        _cell(W, _NO_H, m, d, g, st, scr[b], G)
+        ho = m[K_DIR + 9 * d + O_H]
+        h = st[ho : ho + m[K_REC]]
         for j in range(h.shape[0]):
             Y[b, t, col0 + j] = h[j]
 
