@@ -203,7 +203,7 @@ def _matvec_h(W, Wh, off, rows, cols, col0, ncol, v, g, g0):
         k += 1
 
 
-@njit(cache=NJIT["cache"], nogil=True, error_model="numpy", boundscheck=False, fastmath={"contract", "reassoc"})
+@njit(**dict(NJIT, fastmath={"contract", "reassoc"}))
 def _dot(W, off, x, n):
     """sum(W[off:off+n] * x[:n]). Reassociation is allowed here (and only here) so LLVM keeps
     vector partial sums: a dot product of a narrow Dense head, not a recurrent state."""
