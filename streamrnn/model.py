@@ -278,31 +278,39 @@ class Stream:
         # ones release it (other threads run) and take the lock
         self._gil_step = pk.W.size <= GIL_STEP_MAX_WEIGHTS
         self._cuda = model._cuda.stream() if model._cuda is not None else None
+        self._fast = self._cuda is None and self._gil_step and pk.Wh.shape[0] <= 1
 
     def step(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
         """Advance one frame: x (input_size,) -> y (output_size,).
 
         ``out``: a caller's C-contiguous buffer of the model dtype to write into (no allocation).
         """
-        if self._cuda is not None:
-            return self._cuda.step(x, out)
         if out is None:
             out = np.empty(self._O, self._dtype)
-        if self._Wh.shape[0] > 1:
-            return self._step_bf16(x, out)
-        if self._gil_step:
+        if self._fast:  # small float model on the CPU: GIL-held kernel, no lock (see __init__)
             try:
                 rc = cpu._stream_step_gil(x, out, self._sbuf, self._W, self._meta)
             except TypeError:  # not a contiguous array of the model dtype: convert, then retry
                 x, out = self._coerce(x, out)
                 rc = cpu._stream_step_gil(x, out, self._sbuf, self._W, self._meta)
-        else:
-            with self._lock:
-                try:
-                    rc = cpu._stream_step(x, out, self._sbuf, self._W, self._meta)
-                except TypeError:
-                    x, out = self._coerce(x, out)
-                    rc = cpu._stream_step(x, out, self._sbuf, self._W, self._meta)
+            if rc:
+                _raise_status(rc, self.model, "x", x, out)
+            return out
+        return self._step_other(x, out)
+
+    def _step_other(self, x, out):
+        """step() for the CUDA engine, bfloat16 weights and large models (which release the GIL
+        and take the stream's lock)."""
+        if self._cuda is not None:
+            return self._cuda.step(x, out)
+        if self._Wh.shape[0] > 1:
+            return self._step_bf16(x, out)
+        with self._lock:
+            try:
+                rc = cpu._stream_step(x, out, self._sbuf, self._W, self._meta)
+            except TypeError:
+                x, out = self._coerce(x, out)
+                rc = cpu._stream_step(x, out, self._sbuf, self._W, self._meta)
         if rc:
             _raise_status(rc, self.model, "x", x, out)
         return out
