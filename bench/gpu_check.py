@@ -58,7 +58,7 @@ ARGS = _args() if __name__ == "__main__" else _args([])
 
 import numpy as np  # noqa: E402
 
-RESULT: dict = {"env": {}, "parity": [], "step": [], "seq": [], "errors": [], "skipped": []}
+RESULT: dict = {"env": {}, "parity": [], "step": [], "seq": [], "profile": [], "errors": [], "skipped": []}
 
 
 def log(msg: str) -> None:
@@ -153,18 +153,22 @@ def lstm_head(I, H, O):
                       DenseLayer(U(k, O, H), U(k, O))))
 
 
-def build(spec, dtype, device, mode=None):
-    old = os.environ.get("STREAMRNN_CUDA_LAUNCH")
+def build(spec, dtype, device, mode=None, **env):
+    """A model; mode sets STREAMRNN_CUDA_LAUNCH, env other STREAMRNN_CUDA_* variables
+    (GEMM="0": row-tile LSTM kernels, MAPPED_OUT="0": copy the outputs out, PROFILE="1")."""
+    env = {f"STREAMRNN_CUDA_{k}": v for k, v in env.items()}
     if mode is not None:
-        os.environ["STREAMRNN_CUDA_LAUNCH"] = mode
+        env["STREAMRNN_CUDA_LAUNCH"] = mode
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         return srnn.Model(spec, dtype=dtype, device=device)
     finally:
-        if mode is not None:
-            if old is None:
-                os.environ.pop("STREAMRNN_CUDA_LAUNCH", None)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
             else:
-                os.environ["STREAMRNN_CUDA_LAUNCH"] = old
+                os.environ[k] = v
 
 
 def pool_mode(pool) -> str:
@@ -270,14 +274,14 @@ def parity_more() -> None:
         GRULayer(40, 24, U(k, 1, 72, 40), U(k, 1, 72, 24), U(k, 1, 144), clip=3.0),
         DenseLayer(U(k, 5, 24), U(k, 5)), SoftmaxLayer(5),
     ))
+    guarded("parity lstm_head f64", parity_case, "lstm_head", lstm_head(32, 96, 8), "float64",
+            ns=(1, 40, 2000), need=25)
     guarded("parity gru_stack", parity_case, "gru_stack", spec2, "float32", ns=(1, 300), need=25)
     spec3 = ModelSpec((
         RNNLayer(10, 64, U(k, 1, 64, 10), U(0.1, 1, 64, 64), U(k, 1, 128), activations=(Activation("Relu"),)),
         ActivationLayer(64, Activation("LeakyRelu", 0.1)), DenseLayer(U(k, 3, 64), U(k, 3)),
     ))
     guarded("parity rnn_relu f64", parity_case, "rnn_relu", spec3, "float64", ns=(1, 5), need=25)
-    guarded("parity lstm_head f64", parity_case, "lstm_head", lstm_head(32, 96, 8), "float64",
-            ns=(1, 2000), need=25)
     spec5 = ModelSpec((
         LSTMLayer(12, 16, U(k, 2, 64, 12), U(k, 2, 64, 16), U(k, 2, 128), direction="bidirectional"),
         GRULayer(32, 8, U(k, 1, 24, 32), U(k, 1, 24, 8), U(k, 1, 48), direction="reverse"),
@@ -427,6 +431,42 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
     mode = pool_mode(pg)
     st = timeit(lambda: pg.step(ids_r, X, out=out), iters, budget_s)
     record(H, B, "streamrnn pool.step", st, mode=mode, cpu_ok=okc, torch_ok=okt)
+    # where the time goes: per-phase host times (STREAMRNN_CUDA_PROFILE=1, same kernels)
+    try:
+        mp = build(spec, "float32", "cuda", PROFILE="1")
+        pp = mp.pool(B)
+        ip = pp.open(B)[perm]
+        timeit(lambda: pp.step(ip, X, out=out), min(iters, 200), budget_s / 2)
+        prof = pp._cuda.profile()
+        ph = prof.get(B, {})
+        row = {"H": H, "B": B, "mode": prof.get("mode"), "mapped_out": prof.get("mapped_out"),
+               **{k: v["p50_us"] for k, v in ph.items() if isinstance(v, dict)},
+               "pool.step_p50_us": st["p50_us"]}
+        RESULT["profile"].append(row)
+        log(f"  H={H:4d} B={B:6d} profile p50 us: " + " ".join(
+            f"{k} {row[k]:.1f}" for k in ("pack", "launch", "sync", "copy_out", "total") if k in row)
+            + f" (mode {row['mode']}, mapped_out {row['mapped_out']})")
+        del mp, pp
+    except Exception as e:  # noqa: BLE001
+        RESULT["errors"].append({"what": f"profile B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
+    # A/B of this round's changes on the same machine
+    variants = []
+    if B >= 64:
+        variants.append(("row-tile LSTM kernels, STREAMRNN_CUDA_GEMM=0", dict(GEMM="0")))
+    if B == 1 or B >= 16384:
+        variants.append(("no mapped out, STREAMRNN_CUDA_MAPPED_OUT=0", dict(MAPPED_OUT="0")))
+    for name, env_ in variants:
+        try:
+            mv = build(spec, "float32", "cuda", **env_)
+            pv = mv.pool(B)
+            iv = pv.open(B)[perm]
+            yv = pv.step(iv, X).copy()
+            okv = bool(np.allclose(yv, y, rtol=1e-4, atol=1e-5))
+            record(H, B, f"streamrnn pool.step [{name}]",
+                   timeit(lambda: pv.step(iv, X, out=out), iters, budget_s / 2), mode=pool_mode(pv), same_as_default=okv)
+            del mv, pv
+        except Exception as e:  # noqa: BLE001
+            RESULT["errors"].append({"what": f"variant {name} B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
     if B == 1:
         s = mg.stream()
         o1 = np.empty(O, np.float32)
@@ -567,6 +607,18 @@ def report() -> None:
             print(f"| {m} | " + " | ".join(cells) + " |")
         modes = {(r["H"], r["B"]): r.get("mode") for r in RESULT["step"] if r["method"] == "streamrnn pool.step"}
         print(f"\nlaunch path of pool.step: {modes}")
+    if RESULT["profile"]:
+        print("\n## pool.step phases, host times p50 us (STREAMRNN_CUDA_PROFILE=1)\n")
+        print("pack = validation + staging (njit), launch = graph launch call (host), sync = wait for the "
+              "device, copy_out = pinned -> out; rest = Pool.step Python around them\n")
+        print("| H | B | mode | mapped out | pack | launch | sync | copy_out | total | pool.step p50 | rest |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in RESULT["profile"]:
+            if "total" not in r:
+                continue
+            print(f"| {r['H']} | {r['B']} | {r['mode']} | {r['mapped_out']} | {r['pack']:.1f} | {r['launch']:.1f} | "
+                  f"{r['sync']:.1f} | {r['copy_out']:.1f} | {r['total']:.1f} | {r['pool.step_p50_us']:.1f} | "
+                  f"{r['pool.step_p50_us'] - r['total']:.1f} |")
     if RESULT["seq"]:
         print("\n## model.run, host to host\n")
         print("| method | H | B | T | us / step | frames / s |\n|---|---|---|---|---|---|")

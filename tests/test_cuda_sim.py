@@ -220,6 +220,42 @@ _CASES = {
         check_stream(mc, mg, "float64")
         check_pool(mc, mg, "float64")
     """,
+    # LSTM step as a tiled GEMM (simulator tile: 4 rows x 4 units, 2x2 units per thread, 2
+    # k-slices, chunks of 4): 3 row blocks x 3 unit blocks (H=10: a partial one), I=5 and H=10
+    # not multiples of the chunk; vs the CPU engine, vs the row-tile kernels
+    # (STREAMRNN_CUDA_GEMM=0), float32 and float64 (projection: GEMM then linear); profile on.
+    "lstm_gemm": """
+        import os
+        from streamrnn.engine import cuda as ce
+        from streamrnn.layers.cuda_common import GemmTile
+        os.environ["STREAMRNN_CUDA_PROFILE"] = "1"
+        I, H, O = 5, 10, 3
+        spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H)),
+                          LSTMLayer(H, 6, R(1, 24, H), R(1, 24, 4), R(1, 48), proj=R(1, 4, 6), clip=1.0),
+                          DenseLayer(R(O, 4), R(O))))
+        for dtype in ("float32", "float64"):
+            mc, mg = both(spec, dtype)
+            names = [op[0].py_func.__name__ for op in mg._cuda.step_ops(1)]
+            assert names[0] == "lstm_gemm" and names[1] == "lstm_gemm", names
+            assert ce._gemm_tile(1, H, 4, mg._cuda.isz) == GemmTile(4, 4, 2, 2, 2, 4)
+            os.environ["STREAMRNN_CUDA_GEMM"] = "0"
+            mr = srnn.Model(spec, dtype=dtype, device="cuda")
+            os.environ.pop("STREAMRNN_CUDA_GEMM")
+            assert mr._cuda.step_ops(1)[0][0].py_func.__name__ == "lstm_step"
+            pc, pg, pr = mc.pool(12), mg.pool(12), mr.pool(12)
+            ic, ig, ir = pc.open(12), pg.open(12), pr.open(12)
+            for s, n in enumerate((9, 12, 1, 9)):
+                sel = rng.permutation(12)[:n]
+                X = rng.standard_normal((n, I)).astype(dtype)
+                yc = pc.step(ic[sel], X)
+                close(pg.step(ig[sel], X), yc, dtype, f"gemm pool.step {s} n={n}")
+                close(pr.step(ir[sel], X), yc, dtype, f"row-tile pool.step {s} n={n}")
+            for sid in range(12):
+                close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"gemm state {sid}")
+            prof = pg._cuda.profile()
+            assert prof[9]["calls"] == 2 and prof[12]["calls"] == 1, prof
+            assert all(prof[9][ph]["p50_us"] >= 0 for ph in ("pack", "launch", "sync", "copy_out", "total"))
+    """,
     # bidirectional LSTM + reverse GRU: run only; float32
     "bidir_run": """
         I, H, O = 3, 4, 2

@@ -8,12 +8,17 @@ Design
   size, offset, activation and flag of a layer is baked into its kernels as a compile-time
   constant (kernel factories in ``streamrnn/layers/*/cuda.py``, memoised on the layer structure).
 * A pool keeps its state arena (capacity, S) on the device. ``pool.step(ids, X)`` copies in only
-  the ids and the frames (pinned host buffers, reused; device buffers allocated once and grown),
+  the ids and the frames (one pinned staging row per stream ``[id | frame]``, so one copy in;
+  device buffers allocated once and grown; on the graph / driver paths the last kernel writes
+  the outputs straight into mapped pinned host memory, so there is no copy out),
   runs one row-tile kernel per layer (two for an LSTM with projection or an ONNX-style GRU; plus a
   small commit kernel when the last layer is recurrent), and copies out only the outputs.
   Each layer kernel advances every listed stream at once: blocks tile (rows x units), all gates of
   a unit in one thread, a split-K reduction for few streams and register re-use of the weights for
-  many (see :mod:`streamrnn.layers.dense.cuda`). New hidden states go to a per-row feature buffer
+  many (see :mod:`streamrnn.layers.dense.cuda`); an LSTM layer with more than one stream
+  runs as a shared-memory tiled GEMM over ``[x | h] @ [Wt ; Rt]`` with the cell update as its
+  epilogue (:mod:`streamrnn.layers.cuda_common`, ``STREAMRNN_CUDA_GEMM=0`` turns it off).
+  ``STREAMRNN_CUDA_PROFILE=1`` records per-phase host times (``CudaPool.profile()``). New hidden states go to a per-row feature buffer
   and are committed to the arena by the last kernel, so no kernel reads a state another block of
   the same kernel writes.
 * Launch overhead is the enemy (numba's launch path costs 16-43 us per kernel). The step of a pool
@@ -45,6 +50,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -71,6 +77,7 @@ except Exception as e:  # pragma: no cover - depends on the install
     _cuda_config = None
     _IMPORT_ERROR = e
 
+_now = time.perf_counter_ns
 _tls = threading.local()  # per thread: the CUDA context was made current
 _NO_GPU = "device: expected a CUDA GPU for device='cuda', got none ({})"
 
@@ -190,15 +197,32 @@ def _tiles():
     if simulator():  # tiny blocks: several blocks even for H = 8, and fast to simulate
         return [(1, Tile(4, 2, 1, 1, 8, 1)), (None, Tile(2, 2, 2, 2, 8, 2))]
     return [
-        (1, Tile(8, 16, 1, 1, 64, 1)),  # one stream: split-K GEMV over many blocks
+        (1, Tile(8, 32, 1, 1, 64, 1)),  # one stream: split-K GEMV over many blocks
         (64, Tile(16, 4, 2, 4, 32, 1)),
         (1024, Tile(32, 2, 4, 4, 32, 1)),
         (None, Tile(32, 1, 8, 4, 32, 2)),  # many streams: GEMM-like, 4 rows x 2 units per thread
     ]
 
 
+def _gemm_tiles():
+    """Per bucket of ``_tiles()``: the shared-memory tiled GEMM tile of the LSTM step (see
+    streamrnn/layers/cuda_common.py), or None for the row-tile kernel."""
+    from ..layers.cuda_common import GemmTile
+
+    if simulator():  # 8 threads, 4 rows x 4 units per block, 2 k-slices, 2x2 units per thread
+        return [None, GemmTile(4, 4, 2, 2, 2, 4)]
+    return [
+        None,
+        GemmTile(32, 8, 4, 1, 4, 64),  # few streams: 256 threads, 4 k-slices, 64-deep chunks
+        GemmTile(64, 16, 8, 1, 1, 32),  # 128 threads, 8 rows x 4 gates per thread
+        GemmTile(128, 16, 8, 1, 1, 32),  # 256 threads, output tile 128 rows x 64 gate columns
+    ]
+
+
 #: (max rows, Tile) buckets; tests and benchmarks may replace it before building a model.
 STEP_TILES = None
+#: per bucket, a GemmTile or None (parallel to STEP_TILES / _tiles()); replaceable likewise
+GEMM_TILES = None
 #: accumulators per thread that stay in registers (ptxas, sm_90), by item size
 MAX_ACC = {4: 48, 8: 16}
 #: static shared memory budget of a row-tile block (bytes)
@@ -241,6 +265,35 @@ def _tile(bucket: int, N: int, AW: int = 1, isz: int = 4):
     while t.RPT > 1 and (t.RS * t.RPT * t.KT + red_size(t, t.UPT * AW)) * isz > MAX_SMEM:
         t = t._replace(RPT=t.RPT // 2)
     return t
+
+
+def _gemm_tile(bucket: int, N: int, G: int, isz: int):
+    """The bucket's GEMM tile for N units of G gates (None: use the row-tile kernel), shrunk
+    for small N, for the accumulator budget of the item size and for shared memory."""
+    gts = GEMM_TILES if GEMM_TILES is not None else _gemm_tiles()
+    gt = gts[bucket] if bucket < len(gts) else None
+    if gt is None:
+        return None
+    from ..layers.cuda_common import gemm_smem
+
+    if not simulator():
+        lim = MAX_ACC.get(isz, 16)
+        while gt.TU > 1 and gt.TM * gt.TU * G > lim:
+            gt = gt._replace(TU=gt.TU // 2, BU=gt.BU // 2)
+        while gt.TM > 1 and gt.TM * gt.TU * G > lim:  # more threads, same rows per block
+            gt = gt._replace(TM=gt.TM // 2)
+        while gt.BU > 4 * gt.TU and gt.BU // 2 >= N:
+            gt = gt._replace(BU=gt.BU // 2)
+    while gemm_smem(gt, G) * isz > MAX_SMEM:
+        if gt.BK > 16:
+            gt = gt._replace(BK=gt.BK // 2)
+        elif gt.KS > 1:
+            gt = gt._replace(KS=gt.KS // 2)
+        elif gt.BK > 4:
+            gt = gt._replace(BK=gt.BK // 2)
+        else:
+            break
+    return gt
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -352,6 +405,13 @@ class CudaEngine:
                 log.warning("streamrnn cuda: cuda-bindings unavailable (%s); using numba launches", e)
                 mode = "numba"
         self.mode = mode
+        #: LSTM step as a shared-memory tiled GEMM where the bucket has a GemmTile
+        self.use_gemm = os.environ.get("STREAMRNN_CUDA_GEMM", "1") != "0"
+        #: the last kernel writes the outputs straight into mapped pinned host memory
+        #: (graph / driver paths; no device-to-host copy)
+        self.mapped_out = os.environ.get("STREAMRNN_CUDA_MAPPED_OUT", "1") != "0" and mode != "numba"
+        #: per-phase host timings of pool.step / stream.step (see CudaPool.profile)
+        self.profile = os.environ.get("STREAMRNN_CUDA_PROFILE", "0") not in ("", "0")
         self._lock = threading.Lock()
         self._stream = cuda.stream()
         self._bufs: dict = {}
@@ -389,7 +449,7 @@ class CudaEngine:
         self.ftot = max(col, 1)
         self.commit = tuple(commit)
 
-    def _fitted(self, make, t, *args):
+    def _fitted(self, make, t, *args, first=False):
         """``make(dtype, tile, *args)`` with the tile shrunk (units, then rows per thread) until
         ptxas keeps the accumulators in registers (no local memory). Real GPU only."""
         while True:
@@ -397,11 +457,7 @@ class CudaEngine:
             if self.sim or t.RPT * t.UPT == 1:
                 return k, t
             try:
-                from numba import types as nbt
-
-                f = nbt.float32 if self.isz == 4 else nbt.float64
-                v, m = nbt.Array(f, 1, "C"), nbt.Array(f, 2, "C")
-                kern = k.compile((v, nbt.Array(nbt.int64, 1, "C"), m, m, m, m, nbt.int64))
+                kern = k.compile(self._sig(first))
                 if kern.local_mem_per_thread == 0:
                     return k, t
             except Exception as e:  # pragma: no cover - real GPU only
@@ -409,12 +465,41 @@ class CudaEngine:
                 return k, t
             t = t._replace(UPT=t.UPT // 2) if t.UPT > 1 else t._replace(RPT=t.RPT // 2)
 
+    def _fitted_gemm(self, make, gt, first, *args):
+        """``make(dtype, gt, *args)`` with TM halved (threads doubled, same rows per block) until
+        ptxas keeps the accumulators in registers. Real GPU only."""
+        from ..layers.cuda_common import gemm_threads
+
+        while True:
+            k = make(self.dts, gt, *args)
+            if self.sim or gt.TM == 1 or gemm_threads(gt) >= 1024:
+                return k, gt
+            try:
+                kern = k.compile(self._sig(first))
+                if kern.local_mem_per_thread == 0:
+                    return k, gt
+                log.debug("streamrnn cuda: %s spills (%d bytes local); halving TM", gt, kern.local_mem_per_thread)
+            except Exception as e:  # pragma: no cover - real GPU only
+                log.debug("streamrnn cuda: could not inspect a kernel (%s)", e)
+                return k, gt
+            gt = gt._replace(TM=gt.TM // 2)
+
+    def _sig(self, first):
+        """Argument types of a step kernel as the pool launches it (ids and, for the first
+        layer, src are strided views of the one staging buffer)."""
+        from numba import types as nbt
+
+        f = nbt.float32 if self.isz == 4 else nbt.float64
+        v, m = nbt.Array(f, 1, "C"), nbt.Array(f, 2, "C")
+        return (v, nbt.Array(nbt.int64, 1, "A"), nbt.Array(f, 2, "A") if first else m, m, m, m, nbt.int64)
+
     def step_ops(self, bucket: int):
         """The kernels of one step for rows in ``bucket``: a list of
         (dispatcher, src_is_X, block, grid(n) function)."""
         from ..layers.dense.cuda import make_commit_kernel, make_linear, make_rowwise
         from ..layers.gru.cuda import make_gru_step, make_gru_step2
-        from ..layers.lstm.cuda import make_lstm_step
+        from ..layers.cuda_common import gemm_threads
+        from ..layers.lstm.cuda import make_lstm_gemm, make_lstm_step
         from ..layers.rnn.cuda import make_rnn_step
 
         dts = self.dts
@@ -423,6 +508,10 @@ class CudaEngine:
         def tile_op(disp, t, N, first):
             NR, UU = t.RS * t.RPT, t.U * t.UPT
             ops.append((disp, first, t.U * t.KS * t.RS, lambda n: (_cdiv(n, NR), _cdiv(N, UU))))
+
+        def gemm_op(disp, gt, N, first):
+            ny = _cdiv(N, gt.BU)
+            ops.append((disp, first, gemm_threads(gt), lambda n: (_cdiv(n, gt.BM), ny)))
 
         def row_op(disp, NT, first):
             ops.append((disp, first, NT, lambda n: (n, 1)))
@@ -435,13 +524,19 @@ class CudaEngine:
             commit = self.commit if (last and not L.recurrent) else ()
             if L.kind == LSTM:
                 d = L.dirs[0]
-                t = _tile(bucket, L.H, 4, self.isz)
                 proj = d["PROJ"] >= 0
-                k, t = self._fitted(make_lstm_step, t, L.I, L.H, L.HR, IN0, c["scr"] if proj else c["out"],
-                                    d["WT"], d["RT"], d["B"], d["PEEP"], d["CLIP"],
-                                    bool(L.flags & F_INPUT_FORGET), d["ACTS"][:9], d["HO"], d["CO"],
-                                    last and not proj)
-                tile_op(k, t, L.H, first)
+                largs = (L.I, L.H, L.HR, IN0, c["scr"] if proj else c["out"],
+                         d["WT"], d["RT"], d["B"], d["PEEP"], d["CLIP"],
+                         bool(L.flags & F_INPUT_FORGET), d["ACTS"][:9], d["HO"], d["CO"],
+                         last and not proj)
+                gt = _gemm_tile(bucket, L.H, 4, self.isz) if self.use_gemm else None
+                if gt is not None:
+                    k, gt = self._fitted_gemm(make_lstm_gemm, gt, first, *largs)
+                    gemm_op(k, gt, L.H, first)
+                else:
+                    t = _tile(bucket, L.H, 4, self.isz)
+                    k, t = self._fitted(make_lstm_step, t, *largs, first=first)
+                    tile_op(k, t, L.H, first)
                 if proj:
                     t2 = _tile(bucket, L.HR, 1, self.isz)
                     k2 = make_linear(dts, t2, L.H, L.HR, c["scr"], c["out"], d["PROJ"], -1, -1, 0.0, 0.0, last)
@@ -452,7 +547,7 @@ class CudaEngine:
                 lbr = bool(L.flags & F_LBR)
                 scr = c.get("scr", 0)
                 k, t = self._fitted(make_gru_step, t, L.I, L.H, IN0, c["out"], scr, d["WT"], d["RT"], d["B"],
-                                    d["RBH"], lbr, d["CLIP"], d["ACTS"][:6], d["HO"], last and lbr)
+                                    d["RBH"], lbr, d["CLIP"], d["ACTS"][:6], d["HO"], last and lbr, first=first)
                 tile_op(k, t, L.H, first)
                 if not lbr:
                     t2 = _tile(bucket, L.H, 1, self.isz)
@@ -618,6 +713,7 @@ class _Core:
         self.arena = cuda.to_device(np.zeros((self.cap, self.S1), eng.dtype))
         self.stream = cuda.stream()
         self.hstream = int(self.stream.handle) if not eng.sim else 0
+        self.cstream = eng.drv.cu.CUstream(self.hstream) if eng.drv is not None else None
         self.stamp = np.zeros(self.cap, np.int64)
         self.epoch = 0
         self.nmax = 0
@@ -627,24 +723,49 @@ class _Core:
         self.graphs: OrderedDict = OrderedDict()  # n -> graph exec
         self.last_n = -1
         self.mode = eng.mode
+        self.mapped = eng.mapped_out
+        #: STREAMRNN_CUDA_PROFILE: (n, pack, launch, sync, copy-out) ns per call; _tl: launch done
+        self.prof = [] if eng.profile else None
+        self._tl = 0
         self._grow(1)
         if self.mode != "numba":
             self._self_test()
 
     # -- buffers ---------------------------------------------------------------------------
     def _grow(self, n: int) -> None:
+        """Buffers for nmax >= n rows. The ids and frames of a call travel in one staging row
+        per stream, ``[id (int64) | frame (I items) | pad to 8 bytes]`` (pinned on the host,
+        one copy in); ``hids`` / ``hX`` (host) and ``ids_d`` / ``X_d`` (device) are strided
+        views of it. With ``mapped`` the outputs land in mapped pinned memory (``hout_m``, the
+        last kernel's ``out``) and need no copy out."""
         if n <= self.nmax:
             return
         eng = self.eng
         nmax = min(self.cap, max(n, 2 * self.nmax, 1))
         self._drop_graphs()
-        self.ids_d = cuda.device_array(nmax, np.int64)
-        self.X_d = cuda.device_array((nmax, eng.I), eng.dtype)
+        isz, I = eng.isz, eng.I
+        P = 8 + _cdiv(I * isz, 8) * 8
+        c0 = 8 // isz
+        self.pitch = P
+        self.in_d = cuda.device_array((nmax, P), np.uint8)
+        self.ids_d = self.in_d.view(np.int64)[:, 0]
+        self.X_d = self.in_d.view(eng.dtype)[:, c0 : c0 + I]
+        self.hin = cuda.pinned_array((nmax, P), np.uint8)
+        self.hids = self.hin.view(np.int64)[:, 0]
+        self.hX = self.hin.view(eng.dtype)[:, c0 : c0 + I]
         self.feat_d = cuda.device_array((nmax, eng.ftot), eng.dtype)
         self.out_d = cuda.device_array((nmax, eng.O), eng.dtype)
-        self.hids = cuda.pinned_array(nmax, np.int64)
-        self.hX = cuda.pinned_array((nmax, eng.I), eng.dtype)
-        self.hout = cuda.pinned_array((nmax, eng.O), eng.dtype)
+        self.hout_m = None
+        if self.mapped:
+            try:
+                self.hout_m = cuda.mapped_array((nmax, eng.O), eng.dtype)
+            except Exception as e:  # pragma: no cover - real GPU only
+                log.warning("streamrnn cuda: no mapped host memory (%s); copying outputs out", e)
+                self.mapped = False
+        if self.hout_m is not None:
+            self.hout = np.ndarray.view(self.hout_m, np.ndarray)  # plain view: cheap slicing
+        else:
+            self.hout = cuda.pinned_array((nmax, eng.O), eng.dtype)
         self.nmax = nmax
         self.gen += 1
 
@@ -657,8 +778,10 @@ class _Core:
                 pass
 
     def _args(self, first: bool):
+        """Kernel arguments of the driver / graph paths."""
         e = self.eng
-        return (e.W, self.ids_d, self.X_d if first else self.feat_d, self.feat_d, self.out_d, self.arena, 1)
+        out = self.hout_m if (self.mapped and self.hout_m is not None) else self.out_d
+        return (e.W, self.ids_d, self.X_d if first else self.feat_d, self.feat_d, out, self.arena, 1)
 
     def _ops(self, bucket):
         ops = self.ops.get(bucket)
@@ -690,6 +813,7 @@ class _Core:
         if not getattr(_tls, "ctx", False):  # raw driver calls need the context current here
             cuda.current_context()
             _tls.ctx = True
+        drv = self.eng.drv
         if self.mode == "graph":
             g = self.graphs.get(n)
             if g is None and n == self.last_n:
@@ -700,43 +824,50 @@ class _Core:
                     self.mode = "driver"
             self.last_n = n
             if g is not None:
-                self.graphs.move_to_end(n)
-                drv = self.eng.drv
-                drv.check(drv.cu.cuGraphLaunch(g, self.hstream), "cuGraphLaunch")
-                drv.check(drv.cu.cuStreamSynchronize(self.hstream), "cuStreamSynchronize")
+                if len(self.graphs) > 1:
+                    self.graphs.move_to_end(n)
+                cu, cs = drv.cu, self.cstream
+                err = cu.cuGraphLaunch(g, cs)[0]
+                if self.prof is not None:
+                    self._tl = _now()
+                err2 = cu.cuStreamSynchronize(cs)[0]
+                if err != drv.OK or err2 != drv.OK:
+                    drv.check(err, "cuGraphLaunch")
+                    drv.check(err2, "cuStreamSynchronize")
                 return
         self._enqueue(n, bucket)
-        drv = self.eng.drv
-        drv.check(drv.cu.cuStreamSynchronize(self.hstream), "cuStreamSynchronize")
+        if self.prof is not None:
+            self._tl = _now()
+        drv.check(drv.cu.cuStreamSynchronize(self.cstream), "cuStreamSynchronize")
 
     def _step_numba(self, n, bucket):
         s = self.stream
-        self.ids_d[:n].copy_to_device(self.hids[:n], stream=s)
-        self.X_d[:n].copy_to_device(self.hX[:n], stream=s)
+        self.in_d[:n].copy_to_device(self.hin[:n], stream=s)
         e = self.eng
         for disp, first, block, grid in self._ops(bucket):
             src = self.X_d if first else self.feat_d
             disp[grid(n), block, s](e.W, self.ids_d, src, self.feat_d, self.out_d, self.arena, n)
+        if self.prof is not None:
+            self._tl = _now()
         self.out_d[:n].copy_to_host(self.hout[:n], stream=s)
         s.synchronize()
 
     def _enqueue(self, n, bucket):
         drv = self.eng.drv
-        cu, chk, hs = drv.cu, drv.check, self.hstream
+        cu, chk, hs = drv.cu, drv.check, self.cstream
         bound = self._bound(bucket)
-        isz = self.eng.isz
-        chk(cu.cuMemcpyHtoDAsync(_dptr(self.ids_d), self.hids.ctypes.data, n * 8, hs), "cuMemcpyHtoDAsync")
-        if self.eng.I:
-            chk(cu.cuMemcpyHtoDAsync(_dptr(self.X_d), self.hX.ctypes.data, n * self.eng.I * isz, hs), "cuMemcpyHtoDAsync")
+        chk(cu.cuMemcpyHtoDAsync(_dptr(self.in_d), self.hin.ctypes.data, n * self.pitch, hs), "cuMemcpyHtoDAsync")
         for fn, params, block, grid in bound:
             params.n.value = n
             gx, gy = grid(n)
             chk(cu.cuLaunchKernel(fn, gx, gy, 1, block, 1, 1, 0, hs, params.ptr, 0), "cuLaunchKernel")
-        chk(cu.cuMemcpyDtoHAsync(self.hout.ctypes.data, _dptr(self.out_d), n * self.eng.O * isz, hs), "cuMemcpyDtoHAsync")
+        if not (self.mapped and self.hout_m is not None):
+            chk(cu.cuMemcpyDtoHAsync(self.hout.ctypes.data, _dptr(self.out_d), n * self.eng.O * self.eng.isz, hs),
+                "cuMemcpyDtoHAsync")
 
     def _capture(self, n, bucket):
         drv = self.eng.drv
-        cu, hs = drv.cu, self.hstream
+        cu, hs = drv.cu, self.cstream
         self._bound(bucket)  # compile outside the capture
         drv.check(cu.cuStreamBeginCapture(hs, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
                   "cuStreamBeginCapture")
@@ -765,6 +896,7 @@ class _Core:
 
         def once(fn):
             self.arena[0:1].copy_to_device(zero)
+            self.hout[0] = np.nan  # a path that does not write its outputs fails
             fn()
             return self.hout[0].copy(), self.arena[0:1].copy_to_host()
 
@@ -777,12 +909,12 @@ class _Core:
 
         def driver():
             self._enqueue(1, b1)
-            drv.check(drv.cu.cuStreamSynchronize(self.hstream), "cuStreamSynchronize")
+            drv.check(drv.cu.cuStreamSynchronize(self.cstream), "cuStreamSynchronize")
 
         def graph():
             g = self._capture(1, b1)
-            drv.check(drv.cu.cuGraphLaunch(g, self.hstream), "cuGraphLaunch")
-            drv.check(drv.cu.cuStreamSynchronize(self.hstream), "cuStreamSynchronize")
+            drv.check(drv.cu.cuGraphLaunch(g, self.cstream), "cuGraphLaunch")
+            drv.check(drv.cu.cuStreamSynchronize(self.cstream), "cuStreamSynchronize")
 
         for name, fn, fallback in (("driver", driver, "numba"), ("graph", graph, "driver")):
             if self.mode == "numba" or (name == "graph" and self.mode != "graph"):
@@ -800,6 +932,31 @@ class _Core:
         self.arena[0:1].copy_to_device(zero)
         self.stream.synchronize()
 
+    # -- profile (STREAMRNN_CUDA_PROFILE=1) --------------------------------------------------
+    PHASES = ("pack", "launch", "sync", "copy_out", "total")
+
+    def record(self, n, t0, t1, t3, t4) -> None:
+        """One call's phases: pack (validation + staging), launch (host side of the graph
+        launch / kernel launches, copy-in included), sync (waiting for the device), copy_out."""
+        p = self.prof
+        tl = self._tl if t1 <= self._tl <= t3 else t3
+        p.append((n, t1 - t0, tl - t1, t3 - tl, t4 - t3, t4 - t0))
+        if len(p) > 50000:
+            del p[:25000]
+
+    def profile(self, clear: bool = False) -> dict:
+        """{n: {phase: {p50_us, mean_us}}, "mode": ...} over the recorded calls."""
+        res: dict = {"mode": self.mode, "mapped_out": bool(self.mapped and self.hout_m is not None)}
+        if self.prof:
+            a = np.array(self.prof, np.float64)
+            for n in np.unique(a[:, 0]).astype(int):
+                b = a[a[:, 0] == n, 1:] / 1e3
+                res[int(n)] = {ph: {"p50_us": float(np.median(b[:, i])), "mean_us": float(b[:, i].mean())}
+                               for i, ph in enumerate(self.PHASES)} | {"calls": int(b.shape[0])}
+        if clear and self.prof is not None:
+            self.prof.clear()
+        return res
+
     # -- state -----------------------------------------------------------------------------
     def reset(self, ids: np.ndarray) -> None:
         from ..layers.dense.cuda import make_zero_rows
@@ -810,7 +967,7 @@ class _Core:
         self._grow(k)
         s = self.stream
         self.hids[:k] = ids
-        self.ids_d[:k].copy_to_device(self.hids[:k], stream=s)
+        self.in_d[:k].copy_to_device(self.hin[:k], stream=s)
         NT = 4 if self.eng.sim else 64
         make_zero_rows(NT)[k, NT, s](self.ids_d, self.arena, k)
         s.synchronize()
@@ -862,6 +1019,9 @@ class CudaPool:
             hid, hX = np.empty(n, np.int64), np.empty((n, eng.I), eng.dtype)
         else:
             hid, hX = core.hids, core.hX
+        prof = core.prof
+        if prof is not None:
+            t0 = _now()
         core.epoch += 1
         try:
             rc = _pack_rows(ids, X, alive, core.stamp, core.epoch, eng.I, hid, hX)
@@ -872,9 +1032,20 @@ class CudaPool:
             _raise(rc, eng.model, "X", X, out, ids)
         if n == 0:
             return out
+        if prof is None:
+            core.step(n)
+            out[...] = core.hout[:n]
+            return out
+        t1 = _now()
         core.step(n)
+        t3 = _now()
         out[...] = core.hout[:n]
+        core.record(n, t0, t1, t3, _now())
         return out
+
+    def profile(self, clear: bool = False) -> dict:
+        """With STREAMRNN_CUDA_PROFILE=1: per-phase host times of the steps so far."""
+        return self.core.profile(clear)
 
     def push(self, sid: int, X: np.ndarray) -> np.ndarray:
         _check_frames(X, self.eng.model)
@@ -926,14 +1097,27 @@ class CudaStream:
             )
         with self._lock:
             core = self.core
+            prof = core.prof
+            if prof is not None:
+                t0 = _now()
             core.epoch += 1
             rc = _pack_rows(self._IDS, x.reshape(1, I), self._ALIVE, core.stamp, core.epoch, I, core.hids, core.hX)
             if rc:
                 k = int(np.argmax(~np.isfinite(x)))
                 _raise(_cpu.E_NONFINITE | (k << 8), eng.model, "x", x, out)
-            core.step(1)
-            out[...] = core.hout[0]
+            if prof is None:
+                core.step(1)
+                out[...] = core.hout[0]
+            else:
+                t1 = _now()
+                core.step(1)
+                t3 = _now()
+                out[...] = core.hout[0]
+                core.record(1, t0, t1, t3, _now())
         return out
+
+    def profile(self, clear: bool = False) -> dict:
+        return self.core.profile(clear)
 
     def push(self, X: np.ndarray) -> np.ndarray:
         _check_frames(X, self.eng.model)

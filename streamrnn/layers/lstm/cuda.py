@@ -96,6 +96,85 @@ def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OU
 
 
 @lru_cache(maxsize=None)
+def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
+                   WT: int, RT: int, BO: int, PEEP: int, CLIP: float, IFG: bool, ACTS: tuple,
+                   HO: int, CO: int, LAST: bool):
+    """``make_lstm_step`` as a shared-memory tiled GEMM (see :mod:`streamrnn.layers.cuda_common`):
+    same arguments, same results; grid (ceil(n/BM), ceil(H/BU)), gemm_threads(gt) threads.
+    A block owns BM rows x BU units with all 4 gates, so the cell update is its epilogue."""
+    from ..cuda_common import gemm_red_size, make_gemm_accum, make_gemm_reduce
+
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    BM, BU, TM, TU, KS, BK = gt
+    TY, TX = BM // TM, BU // TU
+    G4 = 4 * H
+    acc_x = make_gemm_accum(gt, I, G4, H, 4, IN0, False, H)
+    acc_h = make_gemm_accum(gt, HR, G4, H, 4, HO, True, H)
+    reduce = make_gemm_reduce(gt, 4)
+    RED = gemm_red_size(gt, 4)
+    NACC = TM * TU * 4
+    kf, af, bf, kg, ag, bg, kh, ah, bh = ACTS
+    af, bf, ag, bg, ah, bh = dt(af), dt(bf), dt(ag), dt(bg), dt(ah), dt(bh)
+    clip = dt(CLIP)
+    HAS_PEEP = PEEP >= 0
+    PP = max(PEEP, 0)
+
+    @jit()
+    def lstm_gemm(W, ids, src, dst, out, arena, n):
+        tid = cuda.threadIdx.x
+        tx = tid % TX
+        ty = (tid // TX) % TY
+        ks = tid // (TX * TY)
+        jb = cuda.blockIdx.y * BU
+        rbase = cuda.blockIdx.x * BM
+        As = cuda.shared.array((BK, BM + 1), nbt)
+        Bs = cuda.shared.array((BK, 4 * BU), nbt)
+        red = cuda.shared.array(RED, nbt)
+        acc = cuda.local.array(NACC, nbt)
+        av = cuda.local.array(TM, nbt)
+        for a in range(NACC):
+            acc[a] = 0
+        acc_x(acc, As, Bs, av, W, WT, src, ids, rbase, n, jb, tid)
+        acc_h(acc, As, Bs, av, W, RT, arena, ids, rbase, n, jb, tid)
+        reduce(acc, red, tid)
+        if ks == 0:
+            for q in range(TM):
+                r = rbase + ty + TY * q
+                if r < n:
+                    sid = ids[r]
+                    for u in range(TU):
+                        j = jb + tx + TX * u
+                        if j < H:
+                            a0 = (q * TU + u) * 4
+                            gi = W[BO + j] + acc[a0]
+                            go = W[BO + H + j] + acc[a0 + 1]
+                            gf = W[BO + 2 * H + j] + acc[a0 + 2]
+                            gc = W[BO + 3 * H + j] + acc[a0 + 3]
+                            cp = arena[sid, CO + j]
+                            if HAS_PEEP:
+                                gi += W[PP + j] * cp
+                                gf += W[PP + 2 * H + j] * cp
+                            it = _act(_clip(gi, clip), kf, af, bf)
+                            if IFG:
+                                ft = 1.0 - it
+                            else:
+                                ft = _act(_clip(gf, clip), kf, af, bf)
+                            ct = _act(_clip(gc, clip), kg, ag, bg)
+                            cn = ft * cp + it * ct
+                            if HAS_PEEP:
+                                go += W[PP + H + j] * cn
+                            ot = _act(_clip(go, clip), kf, af, bf)
+                            arena[sid, CO + j] = cn
+                            hn = ot * _act(cn, kh, ah, bh)
+                            dst[r, OUT0 + j] = hn
+                            if LAST:
+                                out[r, j] = hn
+
+    return lstm_gemm
+
+
+@lru_cache(maxsize=None)
 def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: int, PROJ: int,
                   CLIP: float, IFG: bool, ACTS: tuple, HO: int, CO: int, COL0: int, REV: bool):
     """The recurrence of one LSTM direction over a whole chunk, persistent over time.

@@ -1,0 +1,135 @@
+"""Shared-memory tiled GEMM helpers of the CUDA step kernels (numba.cuda).
+
+The row-tile kernels of :mod:`streamrnn.layers.dense.cuda` give every thread one unit and read
+the weights straight from global memory; that is a GEMV and stays far from the FMA peak once
+many streams step together. The helpers here build the classic tiled GEMM instead:
+
+* a block computes ``BM`` rows (streams) x ``BU`` units, *all G gates of each unit* (so the
+  gate non-linearities run in the same kernel: the epilogue of a thread sees every gate of its
+  units), i.e. an output tile of BM x (G*BU) gate pre-activations;
+* the K loop (input part, then recurrent part: ``[x | h] @ [Wt ; Rt]``) stages a chunk of ``BK``
+  columns of both operands in shared memory: ``As`` (BK, BM+1) (padded: conflict-free stores)
+  and ``Bs`` (BK, G*BU);
+* each thread accumulates a TM x (TU units x G gates) register micro-tile: rows
+  ``ty + TY*q`` (q < TM) and units ``tx + TX*u`` (u < TU), with TY = BM/TM, TX = BU/TU, so the
+  shared loads of a warp are broadcasts (A) or consecutive (B);
+* ``KS`` > 1 splits each chunk's k range over KS thread slices (few rows: more threads per
+  weight), reduced through shared memory at the end (``make_gemm_reduce``).
+
+Threads per block: TX * TY * KS. Grid: (ceil(n / BM), ceil(N / BU)). Accumulator index of
+(row q, unit u, gate g): ``(q * TU + u) * G + g``.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+from functools import lru_cache
+
+from numba import cuda
+
+from .dense.cuda import jit
+
+#: BM rows x BU units per block, TM rows x TU units per thread, KS k-slices, BK chunk length
+GemmTile = namedtuple("GemmTile", "BM BU TM TU KS BK")
+
+
+def gemm_threads(gt: GemmTile) -> int:
+    return (gt.BM // gt.TM) * (gt.BU // gt.TU) * gt.KS
+
+
+def gemm_red_size(gt: GemmTile, G: int) -> int:
+    """Shared floats of the split-K reduction (1 when KS == 1)."""
+    if gt.KS == 1:
+        return 1
+    return (gt.KS - 1) * (gt.BM // gt.TM) * (gt.BU // gt.TU) * gt.TM * gt.TU * G
+
+
+def gemm_smem(gt: GemmTile, G: int) -> int:
+    """Static shared memory of a GEMM block, in items."""
+    return gt.BK * (gt.BM + 1) + gt.BK * G * gt.BU + gemm_red_size(gt, G)
+
+
+@lru_cache(maxsize=None)
+def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, NU: int):
+    """``accum(acc, As, Bs, av, W, woff, A, ids, rbase, n, jb, tid)``:
+
+    ``acc[(q*TU+u)*G + g] += sum_k A[row(rbase + ty + TY*q), COL0 + k] * W[woff + k*LDW + g*GS + j]``
+    for this thread's rows q < TM, units j = jb + tx + TX*u (u < TU), gates g < G, k < K (its
+    KS slice of every chunk). row(r) = ids[r] if USE_IDS else r; rows >= n and units >= NU
+    contribute zeros (the caller ignores them). As: shared (BK, BM+1), Bs: shared (BK, G*BU),
+    av: local (TM,).
+    """
+    BM, BU, TM, TU, KS, BK = gt
+    TY, TX = BM // TM, BU // TU
+    NT = TX * TY * KS
+    GB = G * BU
+
+    @jit(device=True)
+    def accum(acc, As, Bs, av, W, woff, A, ids, rbase, n, jb, tid):
+        tx = tid % TX
+        ty = (tid // TX) % TY
+        ks = tid // (TX * TY)
+        for k0 in range(0, K, BK):
+            cuda.syncthreads()
+            # stage A: BM rows x BK columns (consecutive threads: consecutive k of one row)
+            for e in range(tid, BM * BK, NT):
+                rr = e // BK
+                kk = e - rr * BK
+                r = rbase + rr
+                kx = k0 + kk
+                if r < n and kx < K:
+                    if USE_IDS:
+                        As[kk, rr] = A[ids[r], COL0 + kx]
+                    else:
+                        As[kk, rr] = A[r, COL0 + kx]
+                else:
+                    As[kk, rr] = 0
+            # stage B: BK rows x (G gates x BU units) (consecutive threads: consecutive units)
+            for e in range(tid, BK * GB, NT):
+                kk = e // GB
+                c = e - kk * GB
+                g = c // BU
+                u = c - g * BU
+                j = jb + u
+                kx = k0 + kk
+                if j < NU and kx < K:
+                    Bs[kk, c] = W[woff + kx * LDW + g * GS + j]
+                else:
+                    Bs[kk, c] = 0
+            cuda.syncthreads()
+            kend = min(BK, K - k0)
+            for kk in range(ks, kend, KS):
+                for q in range(TM):
+                    av[q] = As[kk, ty + TY * q]
+                for u in range(TU):
+                    for g in range(G):
+                        w = Bs[kk, g * BU + tx + TX * u]
+                        for q in range(TM):
+                            acc[(q * TU + u) * G + g] += av[q] * w
+
+    return accum
+
+
+@lru_cache(maxsize=None)
+def make_gemm_reduce(gt: GemmTile, G: int):
+    """``reduce(acc, red, tid)``: add the accumulators of k-slices 1..KS-1 into slice 0's
+    (a no-op when KS == 1). red: shared (gemm_red_size(gt, G),)."""
+    BM, BU, TM, TU, KS, BK = gt
+    TXY = (BM // TM) * (BU // TU)
+    NACC = TM * TU * G
+
+    @jit(device=True)
+    def reduce(acc, red, tid):
+        if KS > 1:
+            t = tid % TXY
+            ks = tid // TXY
+            cuda.syncthreads()
+            if ks > 0:
+                for a in range(NACC):
+                    red[((ks - 1) * NACC + a) * TXY + t] = acc[a]
+            cuda.syncthreads()
+            if ks == 0:
+                for p in range(KS - 1):
+                    for a in range(NACC):
+                        acc[a] += red[(p * NACC + a) * TXY + t]
+
+    return reduce
