@@ -119,6 +119,9 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
     clip = dt(CLIP)
     HAS_PEEP = PEEP >= 0
     PP = max(PEEP, 0)
+    # shared-array shapes must be compile-time constants: arithmetic inside the kernel (BM + 1)
+    # types as a plain int64 on real hardware (the simulator does not type-check this)
+    BM1, BU4 = int(BM) + 1, 4 * int(BU)
 
     @jit()
     def lstm_gemm(W, ids, src, dst, out, arena, n):
@@ -128,8 +131,8 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
         ks = tid // (TX * TY)
         jb = cuda.blockIdx.y * BU
         rbase = cuda.blockIdx.x * BM
-        As = cuda.shared.array((BK, BM + 1), nbt)
-        Bs = cuda.shared.array((BK, 4 * BU), nbt)
+        As = cuda.shared.array((BK, BM1), nbt)
+        Bs = cuda.shared.array((BK, BU4), nbt)
         red = cuda.shared.array(RED, nbt)
         acc = cuda.local.array(NACC, nbt)
         av = cuda.local.array(TM, nbt)
