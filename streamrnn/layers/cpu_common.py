@@ -10,7 +10,6 @@ float64 models use libm (``math.exp`` / ``math.tanh``), exact to the last bits.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from llvmlite import ir
@@ -18,6 +17,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ..config import NJIT
+from . import formulas
 
 # Rational minimax approximation of tanh on [-7.905, 7.905] (the form Eigen uses for float):
 # tanh(x) ~ x * P(x^2) / Q(x^2); beyond the clamp, float32 tanh is +-1 to within 2.6e-7.
@@ -52,37 +52,7 @@ def _tanh32(v):
     return (p * v) / q
 
 
-@njit(**NJIT)
-def _act(x, k, a, b):
-    """Activation ``k`` (ids of ``streamrnn.spec.ACTIVATION_IDS``) with ONNX semantics (libm)."""
-    if k == 0:  # Sigmoid, written to never overflow
-        if x >= 0:
-            return 1.0 / (1.0 + math.exp(-x))
-        e = math.exp(x)
-        return e / (1.0 + e)
-    if k == 1:
-        return math.tanh(x)
-    if k == 2:
-        return x if x > 0 else 0.0 * x
-    if k == 3:
-        return a * x + b
-    if k == 4:
-        return x if x >= 0 else a * x
-    if k == 5:
-        return x if x >= a else 0.0 * x
-    if k == 6:
-        return a * math.tanh(b * x)
-    if k == 7:
-        return min(max(a * x + b, 0.0), 1.0)
-    if k == 8:
-        return x if x >= 0 else a * (math.exp(x) - 1.0)
-    if k == 9:
-        return x / (1.0 + abs(x))
-    if k == 10:
-        if x > 0:
-            return x + math.log1p(math.exp(-x))
-        return math.log1p(math.exp(x))
-    return x  # -1: identity
+_act = njit(**NJIT)(formulas.act)  # scalar activation k with ONNX semantics (libm)
 
 
 @njit(**NJIT)
@@ -115,12 +85,7 @@ def _vclip(x, c):
             x[j] = min(max(x[j], -c), c)
 
 
-@njit(**NJIT)
-def _clip(x, c):
-    """Clip a scalar to [-c, c]; c == 0 means no clipping."""
-    if c > 0:
-        return min(max(x, -c), c)
-    return x
+_clip = njit(**NJIT)(formulas.clip)  # scalar clip to [-c, c] (c == 0: none)
 
 
 @njit(**NJIT)

@@ -35,8 +35,9 @@ from functools import lru_cache
 
 import numpy as np
 from numba import cuda, float32, float64
-
 from numba.cuda import config as _cuda_config
+
+from .. import formulas
 
 SIM = bool(_cuda_config.ENABLE_CUDASIM)
 
@@ -61,48 +62,8 @@ def jit(device=False, **kw):
 # ---------------------------------------------------------------------------------------------
 # Scalar device helpers (same formulae, same literal types as layers/cpu_common.py)
 # ---------------------------------------------------------------------------------------------
-@jit(device=True)
-def _act(x, k, a, b):
-    """Activation ``k`` (ids of ``streamrnn.spec.ACTIVATION_IDS``) with ONNX semantics."""
-    if k == 0:  # Sigmoid, written to never overflow
-        if x >= 0:
-            return 1.0 / (1.0 + math.exp(-x))
-        e = math.exp(x)
-        return e / (1.0 + e)
-    if k == 1:
-        return math.tanh(x)
-    if k == 2:
-        return x if x > 0 else 0.0 * x
-    if k == 3:
-        return a * x + b
-    if k == 4:
-        return x if x >= 0 else a * x
-    if k == 5:
-        return x if x >= a else 0.0 * x
-    if k == 6:
-        return a * math.tanh(b * x)
-    if k == 7:
-        return min(max(a * x + b, 0.0), 1.0)
-    if k == 8:
-        return x if x >= 0 else a * (math.exp(x) - 1.0)
-    if k == 9:
-        return x / (1.0 + abs(x))
-    if k == 10:
-        if x > 0:
-            return x + math.log1p(math.exp(-x))
-        return math.log1p(math.exp(x))
-    return x  # -1: identity
-
-
-@jit(device=True)
-def _clip(x, c):
-    """Clip to [-c, c]; c == 0 means no clipping."""
-    if c > 0:
-        if x > c:
-            return c
-        if x < -c:
-            return -c
-    return x
+_act = jit(device=True)(formulas.act)  # the CPU kernels' formulae (layers/formulas.py)
+_clip = jit(device=True)(formulas.clip)
 
 
 # ---------------------------------------------------------------------------------------------
