@@ -31,7 +31,7 @@ PARALLEL = dict(NJIT, parallel=True)
 #: for kernels that run in a microsecond or two: holding the GIL serialises them for free
 NJIT_GIL = dict(NJIT, nogil=False)
 #: streams of models with at most this many weights step with the GIL held (no lock)
-GIL_STEP_MAX_WEIGHTS = 1 << 16
+GIL_STEP_MAX_WEIGHTS = 1 << 19
 
 #: Set STREAMRNN_NO_CACHE=1 to disable numba's on-disk cache (e.g. read-only installs).
 if os.environ.get("STREAMRNN_NO_CACHE"):

@@ -25,7 +25,7 @@ from ..layers.gru.cpu import _gru_cell, _gru_gates
 from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
 from ..layers.rnn.cpu import _rnn_cell, _rnn_gates
 from .pack import (
-    DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_H, K_IN, K_OUT, K_REC, K_S, LSTM,
+    DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_H, K_IN, K_OUT, K_PAN, K_REC, K_S, LSTM,
     O_B, O_C, O_H, O_PAR, O_RT, O_WT, RNN, Packed,
 )
 
@@ -68,7 +68,7 @@ def _stack_core(x, out, st, scr, W, Wh, meta):
             b = m[K_DIR + O_B]
             for j in range(G):
                 g[j] = W[b + j]
-            _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_IN], G, 0, G, cur, g, 0)  # g += x @ Wt
+            _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_PAN], m[K_IN], G, 0, G, cur, g, 0)  # g += x @ Wt
             _cell(W, Wh, m, 0, g, st, scr, G)
             ho = m[K_DIR + O_H]
             cur = st[ho : ho + m[K_REC]]  # the layer's output is its new h

@@ -19,6 +19,12 @@ Dense: ``Wt`` (I, O), ``b`` (O,), ``par`` as above (activation in slot 0, id -1 
 the weight once more row-major (O, I) at the ``O_PROJ`` offset: a narrow head (O < 16) is
 faster as O vectorised dot products than as axpy rows of O floats.
 
+Column panels (float32, matrices up to ``PANEL_MAX_BYTES``): a second copy of ``Wt`` / ``Rt``
+(and of a Dense ``Wt``) as panels of ``PW`` (Dense: ``PWH``) whole columns, panel-major:
+``panel[p, k, j] = M[k, p*PW + j]``, offsets in the ``K_PAN`` columns of meta. The per-frame
+mat-vecs read them (accumulators in registers, one contiguous stream); the GEMM paths (BLAS)
+read the row-major copy. Columns past the last whole panel are read from the row-major copy.
+
 Per stream, the state is a flat vector (``ModelSpec.state_slots``) and the kernels use a scratch
 vector of ``scratch_size`` floats: the cell scratch, then two ping-pong feature buffers.
 """
@@ -47,7 +53,13 @@ K_DIR = 14  # 14..22 direction 0, 23..31 direction 1 (offsets below, relative to
 O_H, O_C, O_WT, O_RT, O_B, O_RBH, O_PEEP, O_PROJ, O_PAR = range(9)
 K_S, K_CELL, K_FEAT = 32, 33, 34  # state size, cell scratch, feature buffer (same in every row)
 K_FAST = 35  # 1 for float32 models: SIMD rational tanh / sigmoid (see layers/cpu_common.py)
+K_PAN = 36  # 36..39: panel copies (-1 = none): Wt, Rt of direction 0, then of direction 1;
+#             a Dense layer's 16-column panels of Wt in column 36
 NMETA = 40
+#: column panels are made for float32 matrices of at most this many bytes (those that stay in
+#: L2: from L3 or memory, the panels measured no faster than the axpy form, see bench/NOTES.md)
+PANEL_MAX_BYTES = 1 << 20
+PW, PWH = 128, 16  # panel widths (layers/cpu_common.py)
 # flag bits
 F_INPUT_FORGET, F_PEEP, F_LBR, F_CLIP, F_PROJ, F_BIAS, F_LOG = 1, 2, 4, 8, 16, 32, 64
 
@@ -80,6 +92,15 @@ def to_bfloat16(a: np.ndarray) -> np.ndarray:
     return bits.astype(np.uint32).view(np.float32)
 
 
+def _aligned(a: np.ndarray, boundary: int = 64) -> np.ndarray:
+    """A copy of the 1-D array ``a`` whose data starts on a ``boundary``-byte address."""
+    buf = np.empty(a.nbytes + boundary, np.uint8)
+    start = -buf.ctypes.data % boundary
+    out = buf[start : start + a.nbytes].view(a.dtype)
+    out[:] = a
+    return out
+
+
 def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
     """Lay the spec's weights out for the kernels (see the module docstring).
 
@@ -92,8 +113,11 @@ def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
     chunks: list[np.ndarray] = []
     size = 0
 
-    def put(a, round_bf16: bool = False) -> int:
+    def put(a, round_bf16: bool = False, align: int = 1) -> int:
         nonlocal size
+        if size % align:  # pad so that the chunk starts on an ``align``-element boundary
+            chunks.append(np.zeros(align - size % align))
+            size += align - size % align
         a = np.ascontiguousarray(a, dtype=np.float64).ravel()
         if round_bf16 and bf16:
             a = to_bfloat16(a).astype(np.float64)
@@ -104,6 +128,18 @@ def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
 
     meta = np.zeros((len(spec.layers), NMETA), dtype=np.int64)
     meta[:, K_ACT : K_ACT + 6] = -1
+    meta[:, K_PAN : K_PAN + 4] = -1
+    panels = dtype == np.float32 and not bf16
+
+    def put_panels(M, width: int) -> int:
+        """The whole-column panels of M (rows, cols) as a second copy, or -1 (none / not worth it)."""
+        M = np.asarray(M, np.float64)
+        rows, cols = M.shape
+        n = cols // width
+        if not panels or n == 0 or rows == 0 or M.size * 4 > PANEL_MAX_BYTES:
+            return -1
+        # (n, rows, width), on a 64-byte boundary (each row of a panel = whole cache lines)
+        return put(M[:, : n * width].reshape(rows, n, width).transpose(1, 0, 2), align=16)
     slots = {(i, d, k): o for i, d, k, o, _ in spec.state_slots()}
     for li, layer in enumerate(spec.layers):
         m = meta[li]
@@ -140,6 +176,8 @@ def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
                 m[base + O_C] = slots.get((li, d, "c"), -1)
                 m[base + O_WT] = put(np.asarray(layer.W[d], np.float64).T, True)  # (I, G*H)
                 m[base + O_RT] = put(np.asarray(layer.R[d], np.float64).T, True)  # (Hr, G*H)
+                m[K_PAN + 2 * d] = put_panels(np.asarray(layer.W[d]).T, PW)
+                m[K_PAN + 2 * d + 1] = put_panels(np.asarray(layer.R[d]).T, PW)
                 m[base + O_B] = put(b)  # (G*H,)
                 m[base + O_RBH] = put(rbh)  # (H,)
                 if isinstance(layer, LSTMLayer) and layer.P is not None:
@@ -156,6 +194,7 @@ def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
             m[K_H] = layer.output_size
             m[K_DIR + O_WT] = put(np.asarray(layer.weight, np.float64).T)  # (I, O)
             m[K_DIR + O_PROJ] = put(layer.weight)  # (O, I) as well: dot products for narrow heads
+            m[K_PAN] = put_panels(np.asarray(layer.weight).T, PWH)
             bias = np.zeros(layer.output_size) if layer.bias is None else layer.bias
             m[K_DIR + O_B] = put(bias)
             a = layer.activation
@@ -175,7 +214,7 @@ def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
     meta[:, K_FAST] = int(dtype == np.float32)
     meta[:, K_CELL] = max(_cell_scratch(layer) for layer in spec.layers)
     meta[:, K_FEAT] = max(max(layer.output_size, layer.input_size) for layer in spec.layers)
-    W = np.concatenate(chunks).astype(dtype) if chunks else np.zeros(1, dtype)
+    W = _aligned(np.concatenate(chunks).astype(dtype) if chunks else np.zeros(1, dtype))
     cell, feat = int(meta[0, K_CELL]), int(meta[0, K_FEAT])
     Wh = (W.view(np.uint32) >> 16).astype(np.uint16) if bf16 else np.zeros(1, np.uint16)
     return Packed(

@@ -6,8 +6,8 @@ import math
 from numba import njit
 
 from ...config import NJIT
-from ...engine.pack import ACT, DENSE, F_LOG, K_ACT, K_DIR, K_FAST, K_FLAGS, K_IN, K_OUT, O_B, O_PAR, O_PROJ, O_WT
-from ..cpu_common import _dot, _matvec_acc, _vact
+from ...engine.pack import ACT, DENSE, F_LOG, K_ACT, K_DIR, K_FAST, K_FLAGS, K_IN, K_OUT, K_PAN, O_B, O_PAR, O_PROJ, O_WT, PWH
+from ..cpu_common import _dot, _matvec_acc, _matvec_pan16, _vact
 
 
 @njit(**NJIT)
@@ -17,9 +17,16 @@ def _frame_layer(W, m, x, y):
     par = m[K_DIR + O_PAR]
     if kind == DENSE:
         b = m[K_DIR + O_B]
-        if n_out < 16:  # narrow head: O dot products over the row-major copy
+        pan = m[K_PAN]
+        if pan >= 0 or n_out < 16:
+            # 16-column panels (float32), then the rest as dot products over the row-major copy
+            npan = n_out // PWH if pan >= 0 else 0
+            for j in range(npan * PWH):
+                y[j] = W[b + j]
+            if npan > 0:
+                _matvec_pan16(W, pan, n_in, npan, x, y)
             wr = m[K_DIR + O_PROJ]
-            for j in range(n_out):
+            for j in range(npan * PWH, n_out):
                 y[j] = W[b + j] + _dot(W, wr + j * n_in, x, n_in)
         else:
             for j in range(n_out):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from numba import njit
 
 from ...config import NJIT
-from ...engine.pack import F_CLIP, F_LBR, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, O_PAR, O_RBH, O_RT
+from ...engine.pack import F_CLIP, F_LBR, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, K_PAN, O_PAR, O_RBH, O_RT
 from ..cpu_common import _matvec_acc, _matvec_h, _vact, _vclip
 
 
@@ -20,7 +20,7 @@ def _gru_cell(W, Wh, m, d, g, h, hr):
     for j in range(3 * H):
         hr[j] = 0.0
     # lbr: hr = h @ Rt for z, r and h; else only the z and r parts
-    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], H, 3 * H, 0, 3 * H if lbr else 2 * H, h, hr, 0)
+    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], m[K_PAN + 2 * d + 1], H, 3 * H, 0, 3 * H if lbr else 2 * H, h, hr, 0)
     _gru_gates(W, m, d, g, h, hr)
 
 

@@ -5,7 +5,7 @@ from numba import njit
 
 from ...config import NJIT
 from ...engine.pack import (
-    F_CLIP, F_INPUT_FORGET, F_PEEP, F_PROJ, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, K_REC,
+    F_CLIP, F_INPUT_FORGET, F_PEEP, F_PROJ, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, K_PAN, K_REC,
     O_PAR, O_PEEP, O_PROJ, O_RT,
 )
 import numpy as np
@@ -23,7 +23,7 @@ def _lstm_cell(W, Wh, m, d, g, h, c):
     Wh       bfloat16 bits of the weights, or a 1-element dummy (see ``_matvec_h``)
     """
     H, Hr = m[K_H], m[K_REC]
-    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], Hr, 4 * H, 0, 4 * H, h, g, 0)  # g += h @ Rt
+    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], m[K_PAN + 2 * d + 1], Hr, 4 * H, 0, 4 * H, h, g, 0)  # g += h @ Rt
     _lstm_gates(W, m, d, g, h, c)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from numba import njit
 
 from ...config import NJIT
-from ...engine.pack import F_CLIP, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, O_PAR, O_RT
+from ...engine.pack import F_CLIP, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, K_PAN, O_PAR, O_RT
 from ..cpu_common import _matvec_h, _vact, _vclip
 
 
@@ -15,7 +15,7 @@ def _rnn_cell(W, Wh, m, d, g, h):
     g (H,)  in: x @ Wt + b; clobbered.  h (H,) in/out: hidden state.
     """
     H = m[K_H]
-    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], H, H, 0, H, h, g, 0)
+    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], m[K_PAN + 2 * d + 1], H, H, 0, H, h, g, 0)
     _rnn_gates(W, m, d, g, h)
 
 

@@ -1,0 +1,97 @@
+"""The column-panel weight copies (float32, engine/pack.py) against the numpy reference.
+
+The random specs of the other tests are small (H < 9), below one panel (128 columns; 16 for a
+Dense layer): these sizes make every kernel read whole panels AND a remainder of columns from
+the row-major copy, in the step, push, pool and run (recurrence) paths.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import streamrnn as srnn
+from streamrnn.engine.pack import K_PAN, PANEL_MAX_BYTES, pack
+from streamrnn.reference import run_reference
+
+from conftest import assert_close as _assert_close
+from conftest import rand_act, rand_layer
+
+
+def assert_close(actual, ref):
+    """rtol 1e-5, and the absolute floor scaled to the outputs: with fan-ins of 100+ float32
+    terms, values near zero carry ~1e-6 absolute rounding error in any float32 engine (measured
+    the same with and without panels, and in the axpy form)."""
+    _assert_close(actual, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
+def _spec(rng, kinds, I, sizes, O, direction="forward"):
+    layers, size = [], I
+    for kind, H in zip(kinds, sizes):
+        layer = rand_layer(rng, kind, size, H, direction=direction, exotic=True, scale=0.15)
+        layers.append(layer)
+        size = layer.output_size
+    layers.append(srnn.DenseLayer(rng.standard_normal((O, size)) * 0.2, rng.standard_normal(O) * 0.1,
+                                  rand_act(rng, bounded=True) if rng.random() < 0.5 else None))
+    return srnn.ModelSpec(tuple(layers))
+
+
+CASES = [  # (kinds, input size, hidden sizes, head outputs): 4H / 3H / H columns = panels + rest
+    (("lstm",), 130, (40,), 40),          # 160 cols: 1 panel + 32; head 2 panels + 8
+    (("gru",), 20, (90,), 16),            # z,r 180 cols: 1 panel + 52; lbr: 270 = 2 + 14
+    (("rnn",), 7, (130,), 33),            # 130 cols: 1 panel + 2
+    (("lstm", "gru", "rnn"), 129, (64, 50, 128), 17),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("seed", range(3))
+def test_panel_paths_match_reference(case, seed):
+    kinds, I, sizes, O = CASES[case]
+    rng = np.random.default_rng(100 * case + seed)
+    spec = _spec(rng, kinds, I, sizes, O)
+    model = srnn.Model(spec, dtype=np.float32)
+    meta = model._packed.meta
+    for li, layer in enumerate(spec.layers):  # guard: the panels really exist here
+        if isinstance(layer, srnn.DenseLayer):
+            assert meta[li, K_PAN] >= 0
+        elif 3 * layer.hidden_size >= 128 or isinstance(layer, srnn.LSTMLayer):
+            assert meta[li, K_PAN + 1] >= 0, (li, layer)
+    T = 6
+    X = rng.standard_normal((2, T, I))
+    Yr, str_ = run_reference(spec.astype(np.float32), X.astype(np.float32))
+    Y, st = model.run(X, return_state=True)
+    assert_close(Y, Yr)
+    assert_close(st.data, str_)
+    s = model.stream()
+    out = np.empty(O, np.float32)
+    for t in range(T):
+        assert_close(s.step(X[0, t], out=out), Yr[0, t])
+    s.reset()
+    assert_close(np.concatenate([s.push(X[0, :2]), s.push(X[0, 2:])]), Yr[0])
+    pool = model.pool(capacity=3)
+    ids = pool.open(2)[::-1]
+    Yp = np.stack([pool.step(ids, X[::-1, t]) for t in range(T)], axis=1)
+    assert_close(Yp[::-1], Yr)
+
+
+def test_panels_bidirectional_run():
+    rng = np.random.default_rng(7)
+    spec = _spec(rng, ("lstm", "gru"), 33, (40, 45), 20, direction="bidirectional")
+    model = srnn.Model(spec, dtype=np.float32)
+    assert (model._packed.meta[0, K_PAN : K_PAN + 4] >= 0).all()
+    X = rng.standard_normal((3, 5, 33))
+    lengths = np.array([5, 2, 4])
+    Yr, _ = run_reference(spec.astype(np.float32), X.astype(np.float32), lengths=lengths)
+    assert_close(model.run(X, lengths=lengths), Yr)
+
+
+def test_no_panels_for_float64_bfloat16_or_large_matrices():
+    rng = np.random.default_rng(3)
+    spec = _spec(rng, ("lstm",), 16, (64,), 16)
+    assert (pack(spec, np.float64).meta[:, K_PAN : K_PAN + 4] == -1).all()
+    assert (pack(spec, np.float32, weights="bfloat16").meta[:, K_PAN : K_PAN + 4] == -1).all()
+    H = 300  # Rt: 300 x 1200 float32 = 1.4 MB > PANEL_MAX_BYTES
+    assert H * 4 * H * 4 > PANEL_MAX_BYTES
+    big = srnn.ModelSpec((srnn.LSTMLayer(4, H, rng.standard_normal((1, 4 * H, 4)), rng.standard_normal((1, 4 * H, H))),))
+    m = pack(big, np.float32).meta
+    assert m[0, K_PAN] >= 0 and m[0, K_PAN + 1] == -1  # Wt (4 x 1200) small, Rt not
