@@ -95,3 +95,28 @@ def test_no_panels_for_float64_bfloat16_or_large_matrices():
     big = srnn.ModelSpec((srnn.LSTMLayer(4, H, rng.standard_normal((1, 4 * H, 4)), rng.standard_normal((1, 4 * H, H))),))
     m = pack(big, np.float32).meta
     assert m[0, K_PAN] >= 0 and m[0, K_PAN + 1] == -1  # Wt (4 x 1200) small, Rt not
+
+
+@pytest.mark.parametrize("case", range(len(CASES) + 1))
+def test_pool_gemm_on_panels_matches_reference(case):
+    """pool.step with >= GEMM_MIN_STREAMS streams (the batched GEMM path) on models with
+    panels, in arbitrary id order; and a model too large for panels."""
+    rng = np.random.default_rng(50 + case)
+    if case < len(CASES):
+        kinds, I, sizes, O = CASES[case]
+        spec = _spec(rng, kinds, I, sizes, O)
+    else:  # Rt 300 x 1200 > PANEL_MAX_BYTES: no panels for Rt
+        I, O = 5, 16
+        spec = _spec(rng, ("lstm",), I, (300,), O)
+        assert srnn.Model(spec, dtype=np.float32)._packed.meta[0, K_PAN + 1] == -1
+    model = srnn.Model(spec, dtype=np.float32)
+    B, T = 41, 3
+    X = rng.standard_normal((B, T, I))
+    Yr, str_ = run_reference(spec.astype(np.float32), X.astype(np.float32))
+    pool = model.pool(capacity=B + 5)
+    ids = pool.open(B)
+    perm = rng.permutation(B)
+    for t in range(T):
+        Y = pool.step(ids[perm], X[perm, t])
+        assert_close(Y, Yr[perm, t])
+    assert_close(np.stack([pool.get_state(i).data for i in ids]), str_)
