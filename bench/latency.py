@@ -35,8 +35,9 @@ def _parse(argv):
     p.add_argument("--quick", action="store_true", help="short run (< 2 min): fewer calls per method")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                    help="output folder (default bench/results)")
-    p.add_argument("--sections", default="latency,streams,offline",
-                   help="comma-separated subset of latency,streams,offline")
+    p.add_argument("--sections", default="latency,streams,offline,footprint",
+                   help="comma-separated subset of latency,streams,offline,footprint (cold start and "
+                        "memory, bench/footprint.py)")
     p.add_argument("--stream-threads", type=int, default=2, help="threads in the streams section (default 2)")
     p.add_argument("--offline-threads", type=int, default=1, help="threads in the offline section (default 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -45,7 +46,7 @@ def _parse(argv):
                    help="measure nothing: rewrite the .md / .png of the sections from their .json in --out")
     a = p.parse_args(argv)
     a.sections = [s.strip() for s in a.sections.split(",") if s.strip()]
-    bad = set(a.sections) - {"latency", "streams", "offline"}
+    bad = set(a.sections) - {"latency", "streams", "offline", "footprint"}
     if bad:
         p.error(f"--sections: unknown {sorted(bad)}")
     return a
@@ -699,6 +700,8 @@ def render_only(args) -> int:
                          value=lambda r: r["p50_us"])),
     }
     for sec in args.sections:
+        if sec not in kinds:
+            continue
         path = os.path.join(args.out, f"{sec}.json")
         if not os.path.exists(path):
             print(f"# {path}: not found, skipped", file=sys.stderr)
@@ -745,6 +748,14 @@ def main(args) -> int:
               dict(title=f"offline, B=1, T={OFFLINE_T}", xkey="hidden_size", ylabel="p50 µs per time step",
                    value=lambda r: r["p50_us"]))
         print(md)
+    if "footprint" in args.sections:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import footprint
+
+        g = git_state()
+        res = footprint.run(args.quick, args.out, _machine_line(m),
+                            f"{g.get('commit')}{' + uncommitted changes' if g.get('modified_files') else ''}")
+        print(footprint.to_markdown(res))
     print(f"# total {time.perf_counter() - t0:.1f} s; results in {args.out}", file=sys.stderr)
     return 0
 

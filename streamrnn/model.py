@@ -98,6 +98,8 @@ class Model:
             self._cuda = None
             if self.streamable:
                 cpu.compile_for(self.dtype, "stream")
+                if self._packed.Wh.shape[0] > 1:
+                    cpu.compile_for(self.dtype, "bfloat16")
 
     # -- description -----------------------------------------------------------------------
     @property
@@ -416,7 +418,10 @@ class Pool:
         if model._cuda is None:
             cpu.compile_for(model.dtype, "pool")
         self._batched = cpu.BatchedStep(pk)
-        self._free = list(range(self._capacity - 1, -1, -1))  # stack: lowest id opened first
+        # stack of free ids, top at _nfree - 1 (lowest id opened first); an int64 array, not a
+        # list of Python ints (4 MB per 100,000 streams)
+        self._free = np.arange(self._capacity - 1, -1, -1, dtype=np.int64)
+        self._nfree = self._capacity
         self._n_open = 0
         self._lock = threading.Lock()
         self._cuda = model._cuda.pool(self._capacity) if model._cuda is not None else None
@@ -438,12 +443,13 @@ class Pool:
         if not isinstance(k, (int, np.integer)) or k < 0:
             raise StreamRNNError(f"n: expected a non-negative int, got {n!r}")
         with self._lock:
-            if k > len(self._free):
+            if k > self._nfree:
                 raise CapacityError(
-                    f"n: expected at most {len(self._free)} more streams (capacity {self._capacity}, "
+                    f"n: expected at most {self._nfree} more streams (capacity {self._capacity}, "
                     f"{self._n_open} open), got {k}; nothing was opened"
                 )
-            ids = np.array([self._free.pop() for _ in range(k)], dtype=np.int64)
+            ids = self._free[self._nfree - k : self._nfree][::-1].copy()
+            self._nfree -= k
             self._arena[ids] = 0
             if self._cuda is not None:
                 self._cuda.reset(ids)
@@ -472,7 +478,8 @@ class Pool:
         with self._lock:
             a = self._ids(ids)
             self._alive[a] = 0
-            self._free.extend(int(i) for i in a[::-1])
+            self._free[self._nfree : self._nfree + len(a)] = a[::-1]
+            self._nfree += len(a)
             self._n_open -= len(a)
 
     def reset(self, ids: Any) -> None:

@@ -16,10 +16,15 @@ def _model(seed, dtype=np.float32, n_rec=2):
     return srnn.Model(rand_spec(rng, n_rec=n_rec), dtype=dtype), rng
 
 
-@pytest.fixture(params=["matvec", "gemm"])
+@pytest.fixture(params=["matvec", "gemm", "gemm-blocks"])
 def pool_path(request, monkeypatch):
-    """Run a test on both pool.step paths: per-stream mat-vecs and batched GEMM."""
-    monkeypatch.setattr(srnn.Pool, "GEMM_MIN_STREAMS", 1 if request.param == "gemm" else 10**9)
+    """Run a test on every pool.step path: per-stream mat-vecs, batched GEMM, and batched GEMM
+    over blocks of rows (here 3 streams per block; 1024 in use)."""
+    from streamrnn.engine.cpu import BatchedStep
+
+    monkeypatch.setattr(srnn.Pool, "GEMM_MIN_STREAMS", 10**9 if request.param == "matvec" else 1)
+    if request.param == "gemm-blocks":
+        monkeypatch.setattr(BatchedStep, "BLOCK", 3)
     return request.param
 
 

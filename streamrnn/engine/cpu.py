@@ -135,8 +135,19 @@ def _stream_step_impl(x, out, sbuf, W, Wh, meta):
 
 
 @njit(**NJIT)
-def _stream_push(X, Y, sbuf, W, Wh, meta):
+def _stream_push(X, Y, sbuf, W, meta):
     """One stream, T frames stepped in order (the chunk path for small chunks)."""
+    return _stream_push_impl(X, Y, sbuf, W, _NO_H, meta)
+
+
+@njit(**NJIT)
+def _stream_push_h(X, Y, sbuf, W, Wh, meta):
+    """As ``_stream_push`` for bfloat16 weights (``Wh``)."""
+    return _stream_push_impl(X, Y, sbuf, W, Wh, meta)
+
+
+@njit(**NJIT)
+def _stream_push_impl(X, Y, sbuf, W, Wh, meta):
     I, O, S = meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT], meta[0, K_S]
     if X.shape[1] != I:
         return E_XLEN
@@ -254,9 +265,7 @@ def _sigs(dt, group: str):
         "stream": {
             _stream_step: (v, v, v, v, i2),
             _stream_step_gil: (v, v, v, v, i2),
-            _stream_step_h: (v, v, v, v, h1, i2),
-            _stream_step_gil_h: (v, v, v, v, h1, i2),
-            _stream_push: (m2, m2, v, v, h1, i2),
+            _stream_push: (m2, m2, v, v, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             _frames: (m2, m2, v, im),
         },
@@ -270,9 +279,14 @@ def _sigs(dt, group: str):
             _gates_rows: (i1, m2, m2, m2, m2, v, im),
             _frames_rows: (m2, m2, v, im),
             _bias_act_rows: (m2, v, im),
-            _stream_push: (m2, m2, v, v, h1, i2),
+            _stream_push: (m2, m2, v, v, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             _frames: (m2, m2, v, im),
+        },
+        "bfloat16": {  # models with bfloat16 weights only (~8 s of compiling with a cold cache)
+            _stream_step_h: (v, v, v, v, h1, i2),
+            _stream_step_gil_h: (v, v, v, v, h1, i2),
+            _stream_push_h: (m2, m2, v, v, h1, i2),
         },
         "run": {
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
@@ -284,8 +298,8 @@ def _sigs(dt, group: str):
 
 
 def compile_for(dtype, group: str = "stream") -> None:
-    """Compile (or load from numba's cache) the CPU kernels of ``group`` ("stream", "pool",
-    "run") for ``dtype``. Idempotent; called when a model, pool or first run is set up, so no
+    """Compile (or load from numba's cache) the CPU kernels of ``group`` ("stream", "bfloat16",
+    "pool", "run") for ``dtype``. Idempotent; called when a model, pool or first run is set up, so no
     real-time frame ever waits for the compiler."""
     dt = np.dtype(dtype).type
     if (dt, group) in _compiled:
@@ -312,7 +326,9 @@ def push_chunk(pk: Packed, X: np.ndarray, sbuf: np.ndarray) -> tuple[int, np.nda
     T, S = X.shape[0], pk.state_size
     if T < PUSH_GEMM_MIN_FRAMES or X.shape[1] != pk.meta[0, K_IN]:
         Y = np.empty((T, int(pk.meta[-1, K_OUT])), pk.W.dtype)
-        return _stream_push(X, Y, sbuf, pk.W, pk.Wh, pk.meta), Y
+        if pk.Wh.shape[0] > 1:
+            return _stream_push_h(X, Y, sbuf, pk.W, pk.Wh, pk.meta), Y
+        return _stream_push(X, Y, sbuf, pk.W, pk.meta), Y
     finite = np.isfinite(X).all(axis=1)  # (T,)
     if not finite.all():
         return E_NONFINITE | (int(np.argmin(finite)) << 40), X
@@ -460,8 +476,12 @@ def _bias_act_rows(Y, W, m):
 
 class BatchedStep:
     """``pool.step`` for many streams: per layer one GEMM (numpy / BLAS) over the listed
-    streams, then one fused elementwise kernel. Buffers grow to the largest batch seen and are
-    reused, so a steady stream of calls allocates nothing."""
+    streams, then one fused elementwise kernel. Buffers grow to the largest batch seen (at most
+    ``BLOCK`` streams: larger calls run in blocks) and are reused, so a steady stream of calls
+    allocates nothing."""
+
+    #: streams per GEMM block: bounds the scratch buffers (~4 MiB at H=128) whatever the batch
+    BLOCK = 1024
 
     #: the gates kernel runs parallel over streams from this many streams on
     PARALLEL_GATES_MIN = 256
@@ -494,7 +514,7 @@ class BatchedStep:
                 self.layers.append(("frame", m, I, int(m[K_OUT]), 0, None, None))
 
     def _grow(self, n: int) -> None:
-        cap = max(16, 1 << (n - 1).bit_length())
+        cap = min(self.BLOCK, max(16, 1 << (n - 1).bit_length()))
         dt = self.pk.W.dtype
         kmax = max([l[2] + l[3] for l in self.layers] + [1])
         gmax = max([l[4] for l in self.layers] + [1])
@@ -502,11 +522,21 @@ class BatchedStep:
         # flat buffers: a (n, k) view of the first n*k floats is C-contiguous for any k
         self.A = np.zeros(cap * kmax, dt)
         self.G = np.zeros(cap * gmax, dt)
-        self.HR = np.zeros(cap * gmax, dt)
+        # GRU only: h @ Rt apart (linear_before_reset) or the cell's scratch
+        self.HR = np.zeros(cap * gmax if any(l[1][0] == GRU for l in self.layers if l[0] == "rec") else cap, dt)
         self.Y = [np.zeros(cap * fmax, dt), np.zeros(cap * fmax, dt)]
         self.cap = cap
 
     def __call__(self, ids, X, out, arena) -> None:
+        n = ids.shape[0]
+        if n > self.BLOCK:  # streams are independent: blocks of rows, bounded scratch
+            for a in range(0, n, self.BLOCK):
+                b = min(n, a + self.BLOCK)
+                self._step(ids[a:b], X[a:b], out[a:b], arena)
+        else:
+            self._step(ids, X, out, arena)
+
+    def _step(self, ids, X, out, arena) -> None:
         n = ids.shape[0]
         if n > self.cap:
             self._grow(n)
@@ -522,7 +552,7 @@ class BatchedStep:
             Y = out if last else self.Y[ping][: n * F].reshape(n, F)
             if what == "rec":
                 Gb = self.G[: n * G].reshape(n, G)
-                HR = self.HR[: n * G].reshape(n, G)
+                HR = self.HR[: n * G].reshape(n, G) if m[0] == GRU else self.HR[:n].reshape(n, 1)  # (n, 1): unused
                 if Rh is None and Wx.shape[0] > I:  # LSTM / RNN: A = [x | h]
                     A = self.A[: n * (I + F)].reshape(n, I + F)
                     _gather_xh(ids, cur, arena, A, int(m[K_DIR + O_H]), F)
