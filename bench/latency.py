@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """streamrnn vs onnxruntime vs PyTorch: one-stream latency, many streams, offline sequences.
 
-    python bench/latency.py [--quick] [--out bench/results] [--sections latency,streams,offline]
+    python bench/latency.py [--quick] [--out bench/results] [--sections latency,streams,offline,footprint]
 
-Three sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
+Four sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
 
 * ``latency``  one stream, one step per call, 1 thread, LSTM + Linear head, float32, for
   I=H=32, I=8/H=64, I=H=128, I=H=512: streamrnn ``stream.step(x, out=y)`` and ``stream.step(x)``,
@@ -12,7 +12,10 @@ Three sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
 * ``streams``  B streams advance one step per call (``pool.step`` with ids in random order) vs a
   batched (1, B, I) onnxruntime session and a batched torch ``nn.LSTM`` (states pre-stacked, so
   they skip the gather / scatter streamrnn does), 2 threads.
-* ``offline``  whole sequence, B=1, T=1000: ``model.run`` vs onnxruntime and torch ``nn.LSTM``.
+* ``offline``  whole sequence, B=1, T=1000, LSTM and GRU (linear_before_reset, PyTorch's GRU):
+  ``model.run`` vs onnxruntime and torch ``nn.LSTM`` / ``nn.GRU``.
+* ``footprint``  cold start (fresh process: import, load a .srnn, one step; numba cache warm
+  and cold) and memory (RSS over 10^6 steps; a pool of 100,000 streams): ``bench/footprint.py``.
 
 Every method of a configuration is measured interleaved in one process (round-robin blocks, see
 ``streamrnn.benchutil.interleave``) after a warm-up, each call timed alone with perf_counter_ns.
@@ -95,7 +98,8 @@ CHECK_STEPS = 20
 LATENCY_CONFIGS = [("I=H=32", 32, 32), ("I=8, H=64", 8, 64), ("I=H=128", 128, 128), ("I=H=512", 512, 512)]
 STREAM_CONFIGS = [("H=128, B=64", 128, 64), ("H=128, B=1024", 128, 1024),
                   ("H=512, B=64", 512, 64), ("H=512, B=1024", 512, 1024)]
-OFFLINE_CONFIGS = [("H=128", 128), ("H=512", 512)]
+OFFLINE_CONFIGS = [("LSTM H=128", "lstm", 128), ("LSTM H=512", "lstm", 512),
+                   ("GRU H=128", "gru", 128), ("GRU H=512", "gru", 512)]
 OFFLINE_T = 1000
 
 REF = "streamrnn step(x, out=y)"
@@ -195,6 +199,70 @@ def build_torch(spec):
     for m in (cell, seq, lin):
         m.eval()
     return cell, seq, lin
+
+
+def random_gru_spec(I: int, H: int, O: int, seed: int):
+    """A one-layer GRU (linear_before_reset=1, PyTorch's GRU) + Linear head, PyTorch-style init."""
+    rng = np.random.default_rng(seed)
+    k = 1.0 / np.sqrt(H)
+    u = lambda *shape: rng.uniform(-k, k, size=shape).astype(np.float32)  # noqa: E731
+    gru = srnn.GRULayer(I, H, W=u(1, 3 * H, I), R=u(1, 3 * H, H), B=u(1, 6 * H), linear_before_reset=True)
+    return srnn.ModelSpec((gru, srnn.DenseLayer(weight=u(O, H), bias=u(O))), name=f"gru_i{I}_h{H}_o{O}")
+
+
+def build_onnx_gru(spec, opset: int = 17) -> bytes:
+    """GRU (linear_before_reset=1) + MatMul/Add head; inputs X (T, B, I), initial_h (1, B, H)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    gru, dense = spec.layers
+    I, H, O = gru.input_size, gru.hidden_size, dense.output_size
+    f32 = np.float32
+    inits = [
+        numpy_helper.from_array(np.asarray(gru.W, f32), "W"),
+        numpy_helper.from_array(np.asarray(gru.R, f32), "R"),
+        numpy_helper.from_array(np.asarray(gru.B, f32), "B"),
+        numpy_helper.from_array(np.ascontiguousarray(np.asarray(dense.weight, f32).T), "head_WT"),
+        numpy_helper.from_array(np.asarray(dense.bias, f32), "head_b"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes1"),
+    ]
+    nodes = [
+        helper.make_node("GRU", ["X", "W", "R", "B", "", "initial_h"], ["Y_all", "Y_h"], hidden_size=H,
+                         linear_before_reset=1),
+        helper.make_node("Squeeze", ["Y_all", "axes1"], ["Y_seq"]),
+        helper.make_node("MatMul", ["Y_seq", "head_WT"], ["Y_mm"]),
+        helper.make_node("Add", ["Y_mm", "head_b"], ["Y"]),
+    ]
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes, "gru_head",
+        [vi("X", TensorProto.FLOAT, ["T", "B", I]), vi("initial_h", TensorProto.FLOAT, [1, "B", H])],
+        [vi("Y", TensorProto.FLOAT, ["T", "B", O]), vi("Y_h", TensorProto.FLOAT, [1, "B", H])],
+        initializer=inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="streamrnn-bench")
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m.SerializeToString()
+
+
+def build_torch_gru(spec):
+    """(nn.GRU, nn.Linear) holding the spec's weights (gates z, r, h -> r, z, n)."""
+    import torch
+    from torch import nn
+
+    gru, dense = spec.layers
+    I, H, O = gru.input_size, gru.hidden_size, dense.output_size
+    perm = np.r_[H:2 * H, 0:H, 2 * H:3 * H]
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(np.asarray(a, np.float32)[perm]))  # noqa: E731
+    seq, lin = nn.GRU(I, H), nn.Linear(H, O)
+    with torch.no_grad():
+        seq.weight_ih_l0.copy_(t(gru.W[0])); seq.weight_hh_l0.copy_(t(gru.R[0]))
+        seq.bias_ih_l0.copy_(t(gru.B[0, :3 * H])); seq.bias_hh_l0.copy_(t(gru.B[0, 3 * H:]))
+        lin.weight.copy_(torch.from_numpy(np.asarray(dense.weight, np.float32)))
+        lin.bias.copy_(torch.from_numpy(np.asarray(dense.bias, np.float32)))
+    seq.eval(); lin.eval()
+    return seq, lin
 
 
 def set_threads(n: int) -> dict:
@@ -518,7 +586,7 @@ M_TORCH_B = "torch nn.LSTM batched + Linear"
 REF_RUN = "streamrnn model.run"
 M_PUSH = "streamrnn stream.push (one chunk)"
 M_ORT_SEQ = "onnxruntime session.run"
-M_TORCH_SEQ = "torch nn.LSTM + Linear"
+M_TORCH_SEQ = "torch nn.LSTM / nn.GRU + Linear"
 
 
 def section_offline(quick: bool, seed: int, nthreads: int) -> dict:
@@ -529,15 +597,22 @@ def section_offline(quick: bool, seed: int, nthreads: int) -> dict:
                                                "batch": 1})
     rng = np.random.default_rng(seed)
     with torch.inference_mode():
-        for name, H in tqdm(OFFLINE_CONFIGS, desc="offline", disable=None):
+        for name, kind, H in tqdm(OFFLINE_CONFIGS, desc="offline", disable=None):
             I, T = H, OFFLINE_T
-            spec = random_lstm_spec(I, H, HEAD, seed=seed)
-            model = srnn.Model(spec)
-            sess = ort_session(build_onnx(spec), nthreads)
-            _, seq, lin = build_torch(spec)
-            X = rng.standard_normal((T, I)).astype(np.float32)
             z = np.zeros((1, 1, H), np.float32)
-            feeds = {"X": X.reshape(T, 1, I), "initial_h": z, "initial_c": z}
+            if kind == "lstm":
+                spec = random_lstm_spec(I, H, HEAD, seed=seed)
+                sess = ort_session(build_onnx(spec), nthreads)
+                _, seq, lin = build_torch(spec)
+                state = {"initial_h": z, "initial_c": z}
+            else:
+                spec = random_gru_spec(I, H, HEAD, seed=seed)
+                sess = ort_session(build_onnx_gru(spec), nthreads)
+                seq, lin = build_torch_gru(spec)
+                state = {"initial_h": z}
+            model = srnn.Model(spec)
+            X = rng.standard_normal((T, I)).astype(np.float32)
+            feeds = {"X": X.reshape(T, 1, I), **state}
             xt = torch.from_numpy(X).reshape(T, 1, I)
             mrun, sess_run = model.run, sess.run
             fns = {
@@ -556,8 +631,8 @@ def section_offline(quick: bool, seed: int, nthreads: int) -> dict:
             stats = measure(fns, BUDGET["offline"][quick], per=T, warm_s=0.2, warm_calls=2)
             for k in stats:
                 stats[k]["check"] = checks.get(k)
-            res["configs"].append({"name": name, "input_size": I, "hidden_size": H, "T": T, "batch": 1,
-                                   "output_size": HEAD, "results": stats})
+            res["configs"].append({"name": name, "cell": kind, "input_size": I, "hidden_size": H, "T": T,
+                                   "batch": 1, "output_size": HEAD, "results": stats})
     return res
 
 
@@ -594,7 +669,9 @@ def to_markdown(res: dict, title: str, ref: str, *, unit_scale: float = 1.0, uni
         f"{res['created']}{' (--quick)' if res['quick'] else ''}, streamrnn at {res['git'].get('commit')}"
         f"{' + uncommitted changes' if res['git'].get('modified_files') else ''}. "
         f"Machine: {_machine_line(res['machine'])}.",
-        f"float32; threads: {s['threads']}; LSTM + Linear head ({HEAD} outputs); methods measured interleaved "
+        f"float32; threads: {s['threads']}; "
+        f"{'LSTM or GRU (as the column says)' if any(c.get('cell') == 'gru' for c in cfgs) else 'LSTM'} "
+        f"+ Linear head ({HEAD} outputs); methods measured interleaved "
         f"(round-robin blocks) after a warm-up, every call timed alone, gc paused. "
         f"Load average at the end: {res.get('loadavg_end')} (this run adds about 1, 2 with 2 threads; more means other processes shared the cores).",
     ]
@@ -696,7 +773,7 @@ def render_only(args) -> int:
                          ylabel="stream-steps / s (at p50)", value=lambda r: r["stream_steps_per_s_at_p50"])),
         "offline": (lambda r: to_markdown(r, f"Offline: whole sequence, B=1, T={OFFLINE_T} (µs per time step, "
                                              f"{r['settings']['threads']['numba']} thread(s))", REF_RUN),
-                    dict(title=f"offline, B=1, T={OFFLINE_T}", xkey="hidden_size", ylabel="p50 µs per time step",
+                    dict(title=f"offline, B=1, T={OFFLINE_T}", xkey=None, ylabel="p50 µs per time step",
                          value=lambda r: r["p50_us"])),
     }
     for sec in args.sections:
@@ -745,7 +822,7 @@ def main(args) -> int:
         md = to_markdown(res, f"Offline: whole sequence, B=1, T={OFFLINE_T} (µs per time step, "
                               f"{args.offline_threads} thread(s))", REF_RUN)
         write(res, args.out, "offline", md, args.no_plot,
-              dict(title=f"offline, B=1, T={OFFLINE_T}", xkey="hidden_size", ylabel="p50 µs per time step",
+              dict(title=f"offline, B=1, T={OFFLINE_T}", xkey=None, ylabel="p50 µs per time step",
                    value=lambda r: r["p50_us"]))
         print(md)
     if "footprint" in args.sections:
