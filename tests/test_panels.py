@@ -97,15 +97,21 @@ def test_no_panels_for_float64_bfloat16_or_large_matrices():
     assert m[0, K_PAN] >= 0 and m[0, K_PAN + 1] == -1  # Wt (4 x 1200) small, Rt not
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("case", range(len(CASES) + 1))
-def test_pool_gemm_on_panels_matches_reference(case):
-    """pool.step with >= GEMM_MIN_STREAMS streams (the batched GEMM path) on models with
-    panels, in arbitrary id order; and a model too large for panels."""
+def test_pool_gemm_on_panels_matches_reference(case, parallel, monkeypatch):
+    """pool.step with >= GEMM_MIN_STREAMS streams (the fused panel GEMM: 6-row tiles, single
+    rows, columns past the last panel, serial or parallel over rows) in arbitrary id order;
+    and a model whose Rt is too large for the model's panels (the pool makes its own)."""
+    from streamrnn.engine.cpu import BatchedStep
+
+    if parallel:
+        monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN", 0)
     rng = np.random.default_rng(50 + case)
     if case < len(CASES):
         kinds, I, sizes, O = CASES[case]
         spec = _spec(rng, kinds, I, sizes, O)
-    else:  # Rt 300 x 1200 > PANEL_MAX_BYTES: no panels for Rt
+    else:  # Rt 300 x 1200 > PANEL_MAX_BYTES: the pool makes its own panels
         I, O = 5, 16
         spec = _spec(rng, ("lstm",), I, (300,), O)
         assert srnn.Model(spec, dtype=np.float32)._packed.meta[0, K_PAN + 1] == -1

@@ -16,15 +16,18 @@ def _model(seed, dtype=np.float32, n_rec=2):
     return srnn.Model(rand_spec(rng, n_rec=n_rec), dtype=dtype), rng
 
 
-@pytest.fixture(params=["matvec", "gemm", "gemm-blocks"])
+@pytest.fixture(params=["matvec", "gemm", "gemm-blocks", "gemm-parallel"])
 def pool_path(request, monkeypatch):
-    """Run a test on every pool.step path: per-stream mat-vecs, batched GEMM, and batched GEMM
-    over blocks of rows (here 3 streams per block; 1024 in use)."""
+    """Run a test on every pool.step path: per-stream mat-vecs; batched (float32: panel GEMM
+    fused with the gates; float64: BLAS), serial, over blocks of rows (here 3 streams per
+    block; 1024 in use), and parallel over rows whatever the size (float32)."""
     from streamrnn.engine.cpu import BatchedStep
 
     monkeypatch.setattr(srnn.Pool, "GEMM_MIN_STREAMS", 10**9 if request.param == "matvec" else 1)
     if request.param == "gemm-blocks":
         monkeypatch.setattr(BatchedStep, "BLOCK", 3)
+    if request.param == "gemm-parallel":
+        monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN", 0)
     return request.param
 
 

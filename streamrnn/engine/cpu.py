@@ -14,19 +14,20 @@ from __future__ import annotations
 import math
 import threading
 
+import numba
 import numpy as np
 from numba import njit, prange, types
 
 from .. import config
 from ..config import NJIT, NJIT_GIL, PARALLEL
-from ..layers.cpu_common import _matvec_h, _vact
+from ..layers.cpu_common import _gemm_pan6, _matvec_acc, _matvec_h, _vact
 from ..layers.dense.cpu import _frame_layer
 from ..layers.gru.cpu import _gru_cell, _gru_gates
 from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
 from ..layers.rnn.cpu import _rnn_cell, _rnn_gates
 from .pack import (
     DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_H, K_IN, K_OUT, K_PAN, K_REC, K_S, LSTM,
-    O_B, O_C, O_H, O_PAR, O_RT, O_WT, RNN, Packed,
+    O_B, O_C, O_H, O_PAR, O_RT, O_WT, PW, RNN, Packed, _aligned,
 )
 
 # status codes (low 8 bits; the row / column index is in the bits above)
@@ -276,6 +277,8 @@ def _sigs(dt, group: str):
             _gather_h: (i1, m2, m2, i64, i64, i64),
             _gather_xh: (i1, m2, m2, m2, i64, i64),
             _gates_rows_par: (i1, m2, m2, m2, m2, v, im),
+            _rec_rows: (i1, m2, m2, m2, v, im, v, i64, i64, i64, i64, v, v, v, i64),
+            _rec_rows_par: (i1, m2, m2, m2, v, im, v, i64, i64, m2, m2, m2, i64, i64),
             _gates_rows: (i1, m2, m2, m2, m2, v, im),
             _frames_rows: (m2, m2, v, im),
             _bias_act_rows: (m2, v, im),
@@ -418,28 +421,88 @@ def _gather_h(ids, arena, A, col0, ho, Hr):
 def _gates_one(r, ids, G, HR, Y, arena, W, m):
     """Row r of a batched step: G[r] = x @ Wt (+ h @ Rt for LSTM / RNN), HR[r] = h @ Rt for
     GRU with linear_before_reset (else scratch); updates the state arena[ids[r]], Y[r] = h."""
+    _gates_row(ids[r], G[r], HR[r], Y[r], arena, W, m)
+
+
+@njit(**NJIT)
+def _gates_row(sid, g, hr, y, arena, W, m):
+    """As ``_gates_one`` for stream ``sid`` given its row vectors g, hr (scratch) and y."""
     kind, H, Hr = m[0], m[K_H], m[K_REC]
-    Gw = G.shape[1]
     b = m[K_DIR + O_B]
     ho = m[K_DIR + O_H]
-    g = G[r]
-    for j in range(Gw):
+    for j in range(g.shape[0]):
         g[j] += W[b + j]
-    st = arena[ids[r]]
+    st = arena[sid]
     h = st[ho : ho + Hr]
     if kind == LSTM:
         co = m[K_DIR + O_C]
         _lstm_gates(W, m, 0, g, h, st[co : co + H])
     elif kind == GRU:
         if m[K_FLAGS] & F_LBR:
-            _gru_gates(W, m, 0, g, h, HR[r])
+            _gru_gates(W, m, 0, g, h, hr)
         else:  # r multiplies h before Rh: the per-row cell does the recurrence
-            _gru_cell(W, _NO_H, m, 0, g, h, HR[r])
+            _gru_cell(W, _NO_H, m, 0, g, h, hr)
     else:
         _rnn_gates(W, m, 0, g, h)
-    y = Y[r]
     for j in range(Hr):
         y[j] = h[j]
+
+
+@njit(**NJIT)
+def _rec_rows(ids, X, Y, arena, W, m, P, pw, pr, r0, r1, A, G, HR, ch):
+    """Rows r0..r1 of a batched step of recurrent layer ``m`` on column panels (P[pw:] of Wt,
+    P[pr:] of Rt), ``ch`` rows at a time: gather [x | h] into A, the GEMM panel by panel in
+    6-row x 64-column register tiles, the columns past the last whole panel by mat-vec, then each row's
+    gates (state arena[ids[r]] and Y[r] updated). A, G, HR: this thread's flat scratch."""
+    kind, I, H, Hr = m[0], m[K_IN], m[K_H], m[K_REC]
+    Gw = (4 if kind == LSTM else 3 if kind == GRU else 1) * H
+    lbr = kind == GRU and (m[K_FLAGS] & F_LBR) != 0
+    ho, wt, rt = m[K_DIR + O_H], m[K_DIR + O_WT], m[K_DIR + O_RT]
+    lda = I + Hr
+    npan = Gw // PW
+    done = npan * PW
+    for c0 in range(r0, r1, ch):
+        n = min(r1, c0 + ch) - c0
+        for i in range(n):  # A[i] = [x | h]
+            a = A[i * lda : (i + 1) * lda]
+            x = X[c0 + i]
+            for j in range(I):
+                a[j] = x[j]
+            src = arena[ids[c0 + i]]
+            for j in range(Hr):
+                a[I + j] = src[ho + j]
+        _gemm_pan6(A, lda, 0, I, P, pw, npan, G, Gw, n, True)  # G = x @ Wt
+        if kind != GRU:
+            _gemm_pan6(A, lda, I, Hr, P, pr, npan, G, Gw, n, False)  # G += h @ Rt
+        elif lbr:
+            _gemm_pan6(A, lda, I, Hr, P, pr, npan, HR, Gw, n, True)  # HR = h @ Rt
+        for i in range(n):
+            g, hr = G[i * Gw : (i + 1) * Gw], HR[i * Gw : (i + 1) * Gw]
+            if done < Gw:  # columns past the last whole panel
+                x, h = A[i * lda : i * lda + I], A[i * lda + I : (i + 1) * lda]
+                for j in range(done, Gw):
+                    g[j] = 0.0
+                _matvec_acc(W, wt, I, Gw, done, Gw - done, x, g, done)
+                if kind != GRU:
+                    _matvec_acc(W, rt, Hr, Gw, done, Gw - done, h, g, done)
+                elif lbr:
+                    for j in range(done, Gw):
+                        hr[j] = 0.0
+                    _matvec_acc(W, rt, Hr, Gw, done, Gw - done, h, hr, done)
+            _gates_row(ids[c0 + i], g, hr, Y[c0 + i], arena, W, m)
+
+
+@njit(**PARALLEL)
+def _rec_rows_par(ids, X, Y, arena, W, m, P, pw, pr, A, G, HR, ch, nt):
+    """``_rec_rows`` over all rows, one contiguous block of rows per thread (``nt`` threads,
+    scratch rows A[t], G[t], HR[t]): one parallel region per layer and call."""
+    n = ids.shape[0]
+    per = ((n + nt - 1) // nt + 5) // 6 * 6  # rows per thread, a multiple of the 6-row tile
+    for t in prange(nt):
+        r0 = min(n, t * per)
+        r1 = min(n, r0 + per)
+        if r0 < r1:
+            _rec_rows(ids, X, Y, arena, W, m, P, pw, pr, r0, r1, A[t], G[t], HR[t], ch)
 
 
 @njit(**NJIT)
@@ -485,11 +548,17 @@ class BatchedStep:
 
     #: the gates kernel runs parallel over streams from this many streams on
     PARALLEL_GATES_MIN = 256
+    #: the fused path runs parallel from this many multiply-adds per layer (serially ~0.1 ms:
+    #: a parallel region costs 60-90 us to wake its sleeping workers, bench/NOTES.md entry 18)
+    PARALLEL_FUSED_MIN = 1 << 24
+    #: rows per chunk of the fused path (scratch per thread: CHUNK x (I + H) and CHUNK x gates)
+    CHUNK = 48
 
     def __init__(self, pk: Packed):
         self.pk = pk
         self.cap = 0
         self.layers = []
+        self.panels = []  # per recurrent layer: (P, offset of Wt's panels, offset of Rt's)
         W, meta = pk.W, pk.meta
         for li in range(meta.shape[0]):
             m = meta[li]
@@ -506,12 +575,42 @@ class BatchedStep:
                     Wx = W[wt : wt + (I + Hr) * G].reshape(I + Hr, G)
                     Rh = None
                 self.layers.append(("rec", m, I, Hr, G, Wx, Rh if lbr_gru else None))
+                self.panels.append(self._panels(W, m, I, Hr, G))
             elif kind == DENSE:
                 wt = int(m[K_DIR + O_WT])
                 O = int(m[K_OUT])
                 self.layers.append(("dense", m, I, O, 0, W[wt : wt + I * O].reshape(I, O), None))
             else:
                 self.layers.append(("frame", m, I, int(m[K_OUT]), 0, None, None))
+
+        # float32: every recurrent layer steps on column panels in one compiled call per layer
+        # (``_rec_rows``, no BLAS: its spinning threads would slow numba's next parallel region)
+        self.fused = W.dtype == np.float32
+        self.nt = 0
+
+    @staticmethod
+    def _panels(W: np.ndarray, m: np.ndarray, I: int, Hr: int, G: int):
+        """(P, pw, pr): the model's own panels where pack made them (matrices <= 1 MiB), else
+        a copy for this pool (a GEMM over many streams reuses each panel from L2 at any size)."""
+        if m[K_PAN] >= 0 and m[K_PAN + 1] >= 0 or G < PW:
+            return W, int(m[K_PAN]), int(m[K_PAN + 1])
+        wt, rt, n = int(m[K_DIR + O_WT]), int(m[K_DIR + O_RT]), G // PW
+
+        def panels(off, rows):
+            M = W[off : off + rows * G].reshape(rows, G)
+            return M[:, : n * PW].reshape(rows, n, PW).transpose(1, 0, 2).ravel()
+
+        return _aligned(np.concatenate([panels(wt, I), panels(rt, Hr)])), 0, n * PW * I
+
+    def _alloc_threads(self, nt: int) -> None:
+        """Per-thread scratch of the fused path: CHUNK rows of [x | h], gates and GRU products."""
+        dt = self.pk.W.dtype
+        kmax = max([l[2] + l[3] for l in self.layers] + [1])
+        gmax = max([l[4] for l in self.layers] + [1])
+        self.At = np.zeros((nt, self.CHUNK * kmax), dt)
+        self.Gt = np.zeros((nt, self.CHUNK * gmax), dt)
+        self.HRt = np.zeros((nt, self.CHUNK * gmax), dt)
+        self.nt = nt
 
     def _grow(self, n: int) -> None:
         cap = min(self.BLOCK, max(16, 1 << (n - 1).bit_length()))
@@ -544,6 +643,9 @@ class BatchedStep:
         # Parallel gates only for large batches and only with passive OpenMP workers: spinning
         # workers starve OpenBLAS's threads in the next GEMM (35 ms instead of 0.2 ms at H=128,
         # B=64; bench/NOTES.md).
+        if self.fused:
+            self._step_fused(ids, X, out, arena)
+            return
         gates = _gates_rows_par if (n >= self.PARALLEL_GATES_MIN and config.omp_passive()) else _gates_rows
         cur = X
         ping = 0
@@ -568,6 +670,31 @@ class BatchedStep:
                 np.matmul(cur, Wx, out=Y)
                 _bias_act_rows(Y, W, m)
             else:
+                _frames_rows(cur, Y, W, m)
+            if not last:
+                cur = Y
+                ping ^= 1
+
+    def _step_fused(self, ids, X, out, arena) -> None:
+        n = ids.shape[0]
+        nt = numba.get_num_threads()
+        if nt > self.nt:
+            self._alloc_threads(nt)
+        W = self.pk.W
+        cur = X
+        ping = 0
+        rec = iter(self.panels)
+        for idx, (what, m, I, F, G, _, _) in enumerate(self.layers):
+            last = idx == len(self.layers) - 1
+            Y = out if last else self.Y[ping][: n * F].reshape(n, F)
+            if what == "rec":
+                P, pw, pr = next(rec)
+                if nt > 1 and n > 3 and n * (I + F) * G >= self.PARALLEL_FUSED_MIN:
+                    _rec_rows_par(ids, cur, Y, arena, W, m, P, pw, pr, self.At, self.Gt, self.HRt, self.CHUNK, nt)
+                else:
+                    _rec_rows(ids, cur, Y, arena, W, m, P, pw, pr, 0, n, self.At[0], self.Gt[0], self.HRt[0],
+                              self.CHUNK)
+            else:  # Dense (row by row, panels), activation, softmax
                 _frames_rows(cur, Y, W, m)
             if not last:
                 cur = Y

@@ -141,54 +141,103 @@ def _stack_like(typingctx, arr, n):
     return types.CPointer(dt)(arr, n), codegen
 
 
-@intrinsic
-def _panel_fma(typingctx, W, base, rows, v, g, g0):
-    """g[g0 : g0+PW] += v[:rows] @ P for the panel P = W[base:].reshape(rows, PW), in LLVM IR
-    with explicit 64-byte vectors (``<16 x float>``) and ``llvm.fma``.
+def _make_panel_mm(R: int, zero: bool, NV: int = 0):
+    """An intrinsic ``f(W, base, K, A, a0, lda, G, g0, ldg)``: for each r < R,
+    G[g0 + r*ldg :][:C] (= if ``zero``, else +=) A[a0 + r*lda :][:K] @ P, for the panel
+    P = W[base:] viewed as (K, PW) rows of which the first C = NV x 16 columns are used (NV = 0:
+    all PW), in LLVM IR with explicit 64-byte vectors (``<16 x float>``)
+    and ``llvm.fma``; the R x PW/16 accumulators stay in registers over all K rows.
 
     Why IR: numba's loop vectoriser follows the host's preference for 256-bit vectors on Intel
     AVX-512 parts; explicit 512-bit vector types are legalised to zmm registers (or split into
-    ymm / xmm on CPUs without AVX-512), which halves the FMA count per row. The PW / (64 bytes)
-    accumulators live in registers for the whole panel; one contiguous stream of weights.
+    ymm / xmm on CPUs without AVX-512), which halves the FMA count per row (bench/NOTES.md,
+    entry 17). R = 1: the mat-vec of one stream; R = 6, NV = 4: the tile of the pool's GEMM.
     """
-    if not all(isinstance(a, types.Array) for a in (W, v, g)):
-        return None
 
-    def codegen(context, builder, signature, args):
-        Wa, basev, rowsv, va, ga, g0v = args
-        lty = context.get_value_type(W.dtype)
-        size = context.get_abi_sizeof(lty)
-        vw = 64 // size  # elements per vector
-        vty = ir.VectorType(lty, vw)
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        name = "llvm.fma.v%d%s" % (vw, "f32" if size == 4 else "f64")
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), name)
-        pw = builder.gep(context.make_array(W)(context, builder, Wa).data, [basev])
-        pv = context.make_array(v)(context, builder, va).data
-        pg = builder.gep(context.make_array(g)(context, builder, ga).data, [g0v])
+    @intrinsic
+    def panel_mm(typingctx, W, base, K, A, a0, lda, G, g0, ldg):
+        if not all(isinstance(a, types.Array) for a in (W, A, G)):
+            return None
 
-        def vec_ptr(p, i):
-            return builder.bitcast(builder.gep(p, [ir.Constant(i64, i * vw)]), vty.as_pointer())
+        def codegen(context, builder, signature, args):
+            Wa, basev, Kv, Aa, a0v, ldav, Ga, g0v, ldgv = args
+            lty = context.get_value_type(W.dtype)
+            size = context.get_abi_sizeof(lty)
+            vw = 64 // size  # elements per vector
+            vty = ir.VectorType(lty, vw)
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            name = "llvm.fma.v%d%s" % (vw, "f32" if size == 4 else "f64")
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), name)
+            pw = builder.gep(context.make_array(W)(context, builder, Wa).data, [basev])
+            pa = builder.gep(context.make_array(A)(context, builder, Aa).data, [a0v])
+            pg = builder.gep(context.make_array(G)(context, builder, Ga).data, [g0v])
+            arow = [builder.gep(pa, [builder.mul(ldav, ir.Constant(i64, r))]) for r in range(R)]
+            grow = [builder.gep(pg, [builder.mul(ldgv, ir.Constant(i64, r))]) for r in range(R)]
 
-        accs = []
-        for i in range(PW // vw):
-            slot = cgutils.alloca_once(builder, vty)  # promoted to a register by LLVM
-            builder.store(builder.load(vec_ptr(pg, i), align=size), slot)
-            accs.append(slot)
-        with cgutils.for_range(builder, rowsv) as loop:
-            k = loop.index
-            vk = builder.insert_element(ir.Constant(vty, ir.Undefined), builder.load(builder.gep(pv, [k])),
-                                        ir.Constant(i32, 0))
-            vk = builder.shuffle_vector(vk, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, vw), [0] * vw))
-            row = builder.gep(pw, [builder.mul(k, ir.Constant(i64, PW))])
-            for i, slot in enumerate(accs):
-                w = builder.load(vec_ptr(row, i), align=size)
-                builder.store(builder.call(fma, [vk, w, builder.load(slot)]), slot)
-        for i, slot in enumerate(accs):
-            builder.store(builder.load(slot), vec_ptr(pg, i), align=size)
-        return context.get_dummy_value()
+            def vec_ptr(p, i):
+                return builder.bitcast(builder.gep(p, [ir.Constant(i64, i * vw)]), vty.as_pointer())
 
-    return types.none(W, base, rows, v, g, g0), codegen
+            nv = NV or PW // vw  # vectors per row
+            acc = {}
+            for r in range(R):
+                for i in range(nv):
+                    slot = cgutils.alloca_once(builder, vty)  # promoted to a register by LLVM
+                    init = ir.Constant(vty, None) if zero else builder.load(vec_ptr(grow[r], i), align=size)
+                    builder.store(init, slot)
+                    acc[r, i] = slot
+            bcast = ir.Constant(ir.VectorType(i32, vw), [0] * vw)
+            with cgutils.for_range(builder, Kv) as loop:
+                k = loop.index
+                row = builder.gep(pw, [builder.mul(k, ir.Constant(i64, PW))])
+                w = [builder.load(vec_ptr(row, i), align=size) for i in range(nv)]
+                for r in range(R):
+                    a = builder.load(builder.gep(arow[r], [k]))
+                    a = builder.insert_element(ir.Constant(vty, ir.Undefined), a, ir.Constant(i32, 0))
+                    a = builder.shuffle_vector(a, ir.Constant(vty, ir.Undefined), bcast)
+                    for i in range(nv):
+                        builder.store(builder.call(fma, [a, w[i], builder.load(acc[r, i])]), acc[r, i])
+            for (r, i), slot in acc.items():
+                builder.store(builder.load(slot), vec_ptr(grow[r], i), align=size)
+            return context.get_dummy_value()
+
+        return types.none(W, base, K, A, a0, lda, G, g0, ldg), codegen
+
+    return panel_mm
+
+
+_panel_fma = _make_panel_mm(1, False)  # one row, accumulating: the mat-vec of one stream
+# the pool's GEMM: 6 rows (1 for the last rows) x half a panel, from zero or accumulating
+_panel_mm6h = _make_panel_mm(6, False, 4)
+_panel_mm6hz = _make_panel_mm(6, True, 4)
+_panel_mm1h = _make_panel_mm(1, False, 4)
+_panel_mm1hz = _make_panel_mm(1, True, 4)
+
+
+@njit(**NJIT)
+def _gemm_pan6(A, lda, a0, K, W, pan, npan, G, ldg, n, zero):
+    """G[:n, :npan*PW] (= if zero, else +=) A[:n, a0 : a0+K] @ M, M stored as npan column
+    panels at W[pan:]; A, G flat row-major with leading dimensions lda, ldg. Register tiles of
+    6 rows x 64 columns (24 zmm accumulators; 4 weight loads + 6 broadcasts per 24 FMAs):
+    measured 155-170 GFLOP/s on one core here, against 116-133 with 3 rows x 128 columns
+    (twice the weight loads per FMA, from L2) (bench/NOTES.md, entry 21)."""
+    H2 = PW // 2
+    for p in range(npan):
+        for half in range(2):
+            base = pan + p * K * PW + half * H2
+            c = p * PW + half * H2
+            r = 0
+            while r + 6 <= n:
+                if zero:
+                    _panel_mm6hz(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+                else:
+                    _panel_mm6h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+                r += 6
+            while r < n:
+                if zero:
+                    _panel_mm1hz(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+                else:
+                    _panel_mm1h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+                r += 1
 
 
 @njit(**NJIT)
@@ -201,7 +250,7 @@ def _matvec_pan(W, pan, rows, npan, v, g, g0):
     1.9-3x on L1-resident matrices, 1.3-1.8x on L2-resident ones, equal from L3.
     """
     for p in range(npan):
-        _panel_fma(W, pan + p * rows * PW, rows, v, g, g0 + p * PW)
+        _panel_fma(W, pan + p * rows * PW, rows, v, 0, 0, g, g0 + p * PW, 0)
 
 
 @njit(**NJIT)
