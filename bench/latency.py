@@ -452,7 +452,9 @@ def git_state() -> dict:
                               timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.split("\n")
-        return {"commit": head or None, "modified_files": sorted(l[3:] for l in dirty if l.strip())}
+        # the result files this very run writes are not a change to what is measured
+        return {"commit": head or None,
+                "modified_files": sorted(l[3:] for l in dirty if l.strip() and not l[3:].startswith("bench/results/"))}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None}
 
