@@ -733,12 +733,16 @@ def plot(res: dict, path: str, *, title: str, xkey: str | None, ylabel: str, val
     cfgs = res["configs"]
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     xs = [c[xkey] for c in cfgs] if xkey else list(range(len(cfgs)))
-    for m in cfgs[0]["results"]:
-        if m.startswith("("):
-            continue
+    methods = [m for m in cfgs[0]["results"] if not m.startswith("(")]
+    for k, m in enumerate(methods):
         ys = [value(c["results"][m]) for c in cfgs]
-        style = "-o" if m.startswith("streamrnn") else "--s"
-        ax.plot(xs, ys, style, label=m, lw=2 if m.startswith("streamrnn") else 1.2)
+        if xkey:  # a numeric axis: lines
+            style = "-o" if m.startswith("streamrnn") else "--s"
+            ax.plot(xs, ys, style, label=m, lw=2 if m.startswith("streamrnn") else 1.2)
+        else:  # separate configurations: grouped bars
+            w = 0.8 / len(methods)
+            ax.bar([x - 0.4 + (k + 0.5) * w for x in xs], ys, w, label=m,
+                   hatch="" if m.startswith("streamrnn") else "//", edgecolor="black", linewidth=0.4)
     ax.set_yscale("log")
     if xkey and logx:
         ax.set_xscale("log", base=2)
