@@ -618,11 +618,13 @@ class BatchedStep:
         kmax = max([l[2] + l[3] for l in self.layers] + [1])
         gmax = max([l[4] for l in self.layers] + [1])
         fmax = self.pk.feat_size
-        # flat buffers: a (n, k) view of the first n*k floats is C-contiguous for any k
-        self.A = np.zeros(cap * kmax, dt)
-        self.G = np.zeros(cap * gmax, dt)
+        # flat buffers: a (n, k) view of the first n*k floats is C-contiguous for any k; the
+        # fused path needs only the layer outputs (its scratch is per thread, CHUNK rows)
+        nb = 1 if self.fused else cap
+        self.A = np.zeros(nb * kmax, dt)
+        self.G = np.zeros(nb * gmax, dt)
         # GRU only: h @ Rt apart (linear_before_reset) or the cell's scratch
-        self.HR = np.zeros(cap * gmax if any(l[1][0] == GRU for l in self.layers if l[0] == "rec") else cap, dt)
+        self.HR = np.zeros(nb * gmax if any(l[1][0] == GRU for l in self.layers if l[0] == "rec") else nb, dt)
         self.Y = [np.zeros(cap * fmax, dt), np.zeros(cap * fmax, dt)]
         self.cap = cap
 
@@ -639,13 +641,13 @@ class BatchedStep:
         n = ids.shape[0]
         if n > self.cap:
             self._grow(n)
+        if self.fused:
+            self._step_fused(ids, X, out, arena)
+            return
         W = self.pk.W
         # Parallel gates only for large batches and only with passive OpenMP workers: spinning
         # workers starve OpenBLAS's threads in the next GEMM (35 ms instead of 0.2 ms at H=128,
         # B=64; bench/NOTES.md).
-        if self.fused:
-            self._step_fused(ids, X, out, arena)
-            return
         gates = _gates_rows_par if (n >= self.PARALLEL_GATES_MIN and config.omp_passive()) else _gates_rows
         cur = X
         ping = 0
