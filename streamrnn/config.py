@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 
-# numba's OpenMP workers spin-wait after a parallel region by default, which starves OpenBLAS's
-# threads in the GEMM that follows (measured 35 ms instead of 0.2 ms per pool.step; see
-# bench/NOTES.md). Ask libgomp for passive waiting unless the user chose a policy. This only
-# takes effect if set before libgomp starts, i.e. before the first numba parallel region.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numba's OpenMP workers spin-wait after a parallel region by default (libgomp: 300,000 spins,
+# milliseconds here), which starves OpenBLAS's threads in the GEMM that follows (measured 35 ms
+# instead of 0.2 ms per pool.step; see bench/NOTES.md). Ask libgomp for passive waiting unless
+# the user chose a policy or a spin count: a bounded spin (e.g. GOMP_SPINCOUNT=10000, ~0.1-1 ms
+# here) makes back-to-back parallel calls cheaper (2 us instead of 60-90 us to wake a worker;
+# NOTES entry 23) at some cost where BLAS runs right after. This only takes effect if set
+# before libgomp starts, i.e. before the first OpenMP parallel region in the process.
+if "GOMP_SPINCOUNT" not in os.environ:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def omp_passive() -> bool:

@@ -160,3 +160,19 @@ def test_state_of_any_memory_order_is_accepted():
             np.testing.assert_allclose(got, model.run(X, state=np.repeat(st.data[:1], 3, 0)))
         else:
             np.testing.assert_allclose(got, ref)
+
+
+def test_openmp_wait_policy_default_and_user_choice():
+    """import streamrnn asks libgomp for passive waiting unless the user chose a wait policy
+    or a spin count (README, "Choices where the contract is silent")."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, streamrnn; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    run = lambda extra: subprocess.run([sys.executable, "-c", code], env={**env, **extra},  # noqa: E731
+                                       capture_output=True, text=True, check=True).stdout.strip()
+    assert run({}) == "PASSIVE"
+    assert run({"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+    assert run({"GOMP_SPINCOUNT": "10000"}) == "None"

@@ -107,6 +107,7 @@ def test_pool_gemm_on_panels_matches_reference(case, parallel, monkeypatch):
 
     if parallel:
         monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN", 0)
+        monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN_SPIN", 0)
     rng = np.random.default_rng(50 + case)
     if case < len(CASES):
         kinds, I, sizes, O = CASES[case]

@@ -28,6 +28,7 @@ def pool_path(request, monkeypatch):
         monkeypatch.setattr(BatchedStep, "BLOCK", 3)
     if request.param == "gemm-parallel":
         monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN", 0)
+        monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN_SPIN", 0)
     return request.param
 
 

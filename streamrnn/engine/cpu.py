@@ -551,6 +551,8 @@ class BatchedStep:
     #: the fused path runs parallel from this many multiply-adds per layer (serially ~0.1 ms:
     #: a parallel region costs 60-90 us to wake its sleeping workers, bench/NOTES.md entry 18)
     PARALLEL_FUSED_MIN = 1 << 24
+    #: the same where OpenMP workers spin a while before sleeping (GOMP_SPINCOUNT set by the user)
+    PARALLEL_FUSED_MIN_SPIN = 1 << 22
     #: rows per chunk of the fused path (scratch per thread: CHUNK x (I + H) and CHUNK x gates)
     CHUNK = 48
 
@@ -587,6 +589,7 @@ class BatchedStep:
         # (``_rec_rows``, no BLAS: its spinning threads would slow numba's next parallel region)
         self.fused = W.dtype == np.float32
         self.nt = 0
+        self.par_min = self.PARALLEL_FUSED_MIN if config.omp_passive() else self.PARALLEL_FUSED_MIN_SPIN
 
     @staticmethod
     def _panels(W: np.ndarray, m: np.ndarray, I: int, Hr: int, G: int):
@@ -691,7 +694,7 @@ class BatchedStep:
             Y = out if last else self.Y[ping][: n * F].reshape(n, F)
             if what == "rec":
                 P, pw, pr = next(rec)
-                if nt > 1 and n > 3 and n * (I + F) * G >= self.PARALLEL_FUSED_MIN:
+                if nt > 1 and n > 3 and n * (I + F) * G >= self.par_min:
                     _rec_rows_par(ids, cur, Y, arena, W, m, P, pw, pr, self.At, self.Gt, self.HRt, self.CHUNK, nt)
                 else:
                     _rec_rows(ids, cur, Y, arena, W, m, P, pw, pr, 0, n, self.At[0], self.Gt[0], self.HRt[0],
