@@ -246,9 +246,25 @@ def bench_model(model, *, streams: int = 1, steps: int = 10_000, warmup: int | N
     }
 
 
+def _bench_compare(extra: list[str]) -> int:
+    """``streamrnn bench --compare [ARGS]``: the side-by-side suite of the source tree."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "latency.py"
+    if not script.is_file():
+        raise UsageError(f"--compare: expected the comparison suite at {script} (a source checkout "
+                         "installed with `pip install -e .[bench]`), got no such file")
+    return subprocess.call([sys.executable, str(script), *extra])
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .benchutil import fmt_us, machine_info
 
+    if args.compare is not None:
+        if args.model or args.demo:
+            raise UsageError("--compare runs its own models: give no MODEL and no --demo")
+        return _bench_compare(args.compare)
     if args.demo and args.model:
         raise UsageError("give either MODEL or --demo, not both")
     if not args.demo and not args.model:
@@ -465,6 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="numba threads (pool.step over streams)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    p.add_argument("--compare", nargs=argparse.REMAINDER, metavar="ARGS", default=None,
+                   help="run the side-by-side suite instead (bench/latency.py of the source tree: "
+                        "streamrnn vs onnxruntime vs PyTorch, every section, results under "
+                        "bench/results); ARGS go to it, e.g. --compare --quick --sections latency")
     _loader_opts(p)
     _common(p)
     p.set_defaults(func=cmd_bench)

@@ -161,3 +161,13 @@ def test_convert_from_onnx_matches_onnxruntime(tmp_path, capsys):
     want = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, {"X": X[:, None]})[0][:, 0]
     s = srnn.load(dst).stream()
     np.testing.assert_allclose(np.stack([s.step(x) for x in X]), want, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_compare_runs_the_suite_of_the_source_tree(demo_path, capsys):
+    """`streamrnn bench --compare ARGS` hands ARGS to bench/latency.py (here --help: no timing)."""
+    r = subprocess.run([sys.executable, "-m", "streamrnn", "bench", "--compare", "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "streamrnn vs onnxruntime vs PyTorch" in r.stdout and "--sections" in r.stdout
+    assert main(["bench", demo_path, "--compare"]) == 2
+    assert "--compare" in capsys.readouterr().err
