@@ -97,9 +97,10 @@ def test_no_panels_for_float64_bfloat16_or_large_matrices():
     assert m[0, K_PAN] >= 0 and m[0, K_PAN + 1] == -1  # Wt (4 x 1200) small, Rt not
 
 
+@pytest.mark.parametrize("B", [41, 44])  # rows past the 6-row tiles: 4 + 1 (41), 2 (44)
 @pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("case", range(len(CASES) + 1))
-def test_pool_gemm_on_panels_matches_reference(case, parallel, monkeypatch):
+def test_pool_gemm_on_panels_matches_reference(case, parallel, B, monkeypatch):
     """pool.step with >= GEMM_MIN_STREAMS streams (the fused panel GEMM: 6-row tiles, single
     rows, columns past the last panel, serial or parallel over rows) in arbitrary id order;
     and a model whose Rt is too large for the model's panels (the pool makes its own)."""
@@ -117,7 +118,7 @@ def test_pool_gemm_on_panels_matches_reference(case, parallel, monkeypatch):
         spec = _spec(rng, ("lstm",), I, (300,), O)
         assert srnn.Model(spec, dtype=np.float32)._packed.meta[0, K_PAN + 1] == -1
     model = srnn.Model(spec, dtype=np.float32)
-    B, T = 41, 3
+    T = 3
     X = rng.standard_normal((B, T, I))
     Yr, str_ = run_reference(spec.astype(np.float32), X.astype(np.float32))
     pool = model.pool(capacity=B + 5)

@@ -209,6 +209,10 @@ _panel_fma = _make_panel_mm(1, False)  # one row, accumulating: the mat-vec of o
 # the pool's GEMM: 6 rows (1 for the last rows) x half a panel, from zero or accumulating
 _panel_mm6h = _make_panel_mm(6, False, 4)
 _panel_mm6hz = _make_panel_mm(6, True, 4)
+_panel_mm4h = _make_panel_mm(4, False, 4)  # the last rows of a chunk: 4, 2, 1
+_panel_mm4hz = _make_panel_mm(4, True, 4)
+_panel_mm2h = _make_panel_mm(2, False, 4)
+_panel_mm2hz = _make_panel_mm(2, True, 4)
 _panel_mm1h = _make_panel_mm(1, False, 4)
 _panel_mm1hz = _make_panel_mm(1, True, 4)
 
@@ -232,12 +236,23 @@ def _gemm_pan6(A, lda, a0, K, W, pan, npan, G, ldg, n, zero):
                 else:
                     _panel_mm6h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
                 r += 6
-            while r < n:
+            if r + 4 <= n:  # the last 1-5 rows in tiles of 4, 2, 1 (each tile reads the panel once)
+                if zero:
+                    _panel_mm4hz(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+                else:
+                    _panel_mm4h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+                r += 4
+            if r + 2 <= n:
+                if zero:
+                    _panel_mm2hz(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+                else:
+                    _panel_mm2h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+                r += 2
+            if r < n:
                 if zero:
                     _panel_mm1hz(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
                 else:
                     _panel_mm1h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
-                r += 1
 
 
 @njit(**NJIT)
