@@ -127,38 +127,38 @@ BUDGET = {
 
 
 def build_onnx(spec, opset: int = 17) -> bytes:
-    """LSTM (ONNX layout, weights straight from the spec) + MatMul/Add head.
-
-    Inputs X (T, B, I), initial_h / initial_c (1, B, H); outputs Y (T, B, O), Y_h, Y_c (1, B, H).
-    """
+    """LSTM, or GRU (linear_before_reset=1), with ONNX-layout weights straight from the spec, +
+    MatMul/Add head. Inputs X (T, B, I), initial_h (and LSTM initial_c) (1, B, H); outputs
+    Y (T, B, O), Y_h (and Y_c) (1, B, H)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    lstm, dense = spec.layers
-    I, H, O = lstm.input_size, lstm.hidden_size, dense.output_size
+    rec, dense = spec.layers
+    lstm = isinstance(rec, srnn.LSTMLayer)
+    I, H, O = rec.input_size, rec.hidden_size, dense.output_size
     f32 = np.float32
     inits = [
-        numpy_helper.from_array(np.asarray(lstm.W, f32), "W"),
-        numpy_helper.from_array(np.asarray(lstm.R, f32), "R"),
-        numpy_helper.from_array(np.asarray(lstm.B, f32), "B"),
+        numpy_helper.from_array(np.asarray(rec.W, f32), "W"),
+        numpy_helper.from_array(np.asarray(rec.R, f32), "R"),
+        numpy_helper.from_array(np.asarray(rec.B, f32), "B"),
         numpy_helper.from_array(np.ascontiguousarray(np.asarray(dense.weight, f32).T), "head_WT"),
         numpy_helper.from_array(np.asarray(dense.bias, f32), "head_b"),
         numpy_helper.from_array(np.array([1], np.int64), "axes1"),
     ]
+    states = ["h", "c"] if lstm else ["h"]
+    attrs = {} if lstm else {"linear_before_reset": 1}
     nodes = [
-        helper.make_node("LSTM", ["X", "W", "R", "B", "", "initial_h", "initial_c"], ["Y_all", "Y_h", "Y_c"],
-                         hidden_size=H),
+        helper.make_node("LSTM" if lstm else "GRU", ["X", "W", "R", "B", ""] + [f"initial_{s}" for s in states],
+                         ["Y_all"] + [f"Y_{s}" for s in states], hidden_size=H, **attrs),
         helper.make_node("Squeeze", ["Y_all", "axes1"], ["Y_seq"]),
         helper.make_node("MatMul", ["Y_seq", "head_WT"], ["Y_mm"]),
         helper.make_node("Add", ["Y_mm", "head_b"], ["Y"]),
     ]
     vi = helper.make_tensor_value_info
     graph = helper.make_graph(
-        nodes, "lstm_head",
-        [vi("X", TensorProto.FLOAT, ["T", "B", I]), vi("initial_h", TensorProto.FLOAT, [1, "B", H]),
-         vi("initial_c", TensorProto.FLOAT, [1, "B", H])],
-        [vi("Y", TensorProto.FLOAT, ["T", "B", O]), vi("Y_h", TensorProto.FLOAT, [1, "B", H]),
-         vi("Y_c", TensorProto.FLOAT, [1, "B", H])],
+        nodes, "rnn_head",
+        [vi("X", TensorProto.FLOAT, ["T", "B", I])] + [vi(f"initial_{s}", TensorProto.FLOAT, [1, "B", H]) for s in states],
+        [vi("Y", TensorProto.FLOAT, ["T", "B", O])] + [vi(f"Y_{s}", TensorProto.FLOAT, [1, "B", H]) for s in states],
         initializer=inits,
     )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="streamrnn-bench")
@@ -208,42 +208,6 @@ def random_gru_spec(I: int, H: int, O: int, seed: int):
     u = lambda *shape: rng.uniform(-k, k, size=shape).astype(np.float32)  # noqa: E731
     gru = srnn.GRULayer(I, H, W=u(1, 3 * H, I), R=u(1, 3 * H, H), B=u(1, 6 * H), linear_before_reset=True)
     return srnn.ModelSpec((gru, srnn.DenseLayer(weight=u(O, H), bias=u(O))), name=f"gru_i{I}_h{H}_o{O}")
-
-
-def build_onnx_gru(spec, opset: int = 17) -> bytes:
-    """GRU (linear_before_reset=1) + MatMul/Add head; inputs X (T, B, I), initial_h (1, B, H)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    gru, dense = spec.layers
-    I, H, O = gru.input_size, gru.hidden_size, dense.output_size
-    f32 = np.float32
-    inits = [
-        numpy_helper.from_array(np.asarray(gru.W, f32), "W"),
-        numpy_helper.from_array(np.asarray(gru.R, f32), "R"),
-        numpy_helper.from_array(np.asarray(gru.B, f32), "B"),
-        numpy_helper.from_array(np.ascontiguousarray(np.asarray(dense.weight, f32).T), "head_WT"),
-        numpy_helper.from_array(np.asarray(dense.bias, f32), "head_b"),
-        numpy_helper.from_array(np.array([1], np.int64), "axes1"),
-    ]
-    nodes = [
-        helper.make_node("GRU", ["X", "W", "R", "B", "", "initial_h"], ["Y_all", "Y_h"], hidden_size=H,
-                         linear_before_reset=1),
-        helper.make_node("Squeeze", ["Y_all", "axes1"], ["Y_seq"]),
-        helper.make_node("MatMul", ["Y_seq", "head_WT"], ["Y_mm"]),
-        helper.make_node("Add", ["Y_mm", "head_b"], ["Y"]),
-    ]
-    vi = helper.make_tensor_value_info
-    graph = helper.make_graph(
-        nodes, "gru_head",
-        [vi("X", TensorProto.FLOAT, ["T", "B", I]), vi("initial_h", TensorProto.FLOAT, [1, "B", H])],
-        [vi("Y", TensorProto.FLOAT, ["T", "B", O]), vi("Y_h", TensorProto.FLOAT, [1, "B", H])],
-        initializer=inits,
-    )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="streamrnn-bench")
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m.SerializeToString()
 
 
 def build_torch_gru(spec):
@@ -612,7 +576,7 @@ def section_offline(quick: bool, seed: int, nthreads: int) -> dict:
                 state = {"initial_h": z, "initial_c": z}
             else:
                 spec = random_gru_spec(I, H, HEAD, seed=seed)
-                sess = ort_session(build_onnx_gru(spec), nthreads)
+                sess = ort_session(build_onnx(spec), nthreads)
                 seq, lin = build_torch_gru(spec)
                 state = {"initial_h": z}
             model = srnn.Model(spec)

@@ -27,7 +27,7 @@ from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
 from ..layers.rnn.cpu import _rnn_cell, _rnn_gates
 from .pack import (
     DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_H, K_IN, K_OUT, K_PAN, K_REC, K_S, LSTM,
-    O_B, O_C, O_H, O_PAR, O_RT, O_WT, PW, RNN, Packed, _aligned,
+    O_B, O_C, O_H, O_PAR, O_RT, O_WT, PW, RNN, Packed, _aligned, column_panels,
 )
 
 # status codes (low 8 bits; the row / column index is in the bits above)
@@ -463,14 +463,7 @@ def _rec_rows(ids, X, Y, arena, W, m, P, pw, pr, r0, r1, A, G, HR, ch):
     done = npan * PW
     for c0 in range(r0, r1, ch):
         n = min(r1, c0 + ch) - c0
-        for i in range(n):  # A[i] = [x | h]
-            a = A[i * lda : (i + 1) * lda]
-            x = X[c0 + i]
-            for j in range(I):
-                a[j] = x[j]
-            src = arena[ids[c0 + i]]
-            for j in range(Hr):
-                a[I + j] = src[ho + j]
+        _gather_xh(ids[c0 : c0 + n], X[c0 : c0 + n], arena, A[: n * lda].reshape(n, lda), ho, Hr)
         _gemm_pan6(A, lda, 0, I, P, pw, npan, G, Gw, n, True)  # G = x @ Wt
         if kind != GRU:
             _gemm_pan6(A, lda, I, Hr, P, pr, npan, G, Gw, n, False)  # G += h @ Rt
@@ -538,8 +531,10 @@ def _bias_act_rows(Y, W, m):
 
 
 class BatchedStep:
-    """``pool.step`` for many streams: per layer one GEMM (numpy / BLAS) over the listed
-    streams, then one fused elementwise kernel. Buffers grow to the largest batch seen (at most
+    """``pool.step`` for many streams. float32: per recurrent layer one compiled call on the
+    column panels (``_rec_rows``: gather, GEMM, gates; parallel over rows for large batches);
+    float64: per layer one GEMM (numpy / BLAS) over the listed streams, then one fused
+    elementwise kernel. Buffers grow to the largest batch seen (at most
     ``BLOCK`` streams: larger calls run in blocks) and are reused, so a steady stream of calls
     allocates nothing."""
 
@@ -597,13 +592,10 @@ class BatchedStep:
         a copy for this pool (a GEMM over many streams reuses each panel from L2 at any size)."""
         if m[K_PAN] >= 0 and m[K_PAN + 1] >= 0 or G < PW:
             return W, int(m[K_PAN]), int(m[K_PAN + 1])
-        wt, rt, n = int(m[K_DIR + O_WT]), int(m[K_DIR + O_RT]), G // PW
-
-        def panels(off, rows):
-            M = W[off : off + rows * G].reshape(rows, G)
-            return M[:, : n * PW].reshape(rows, n, PW).transpose(1, 0, 2).ravel()
-
-        return _aligned(np.concatenate([panels(wt, I), panels(rt, Hr)])), 0, n * PW * I
+        wt, rt = int(m[K_DIR + O_WT]), int(m[K_DIR + O_RT])
+        Pw = column_panels(W[wt : wt + I * G].reshape(I, G), PW).ravel()
+        Pr = column_panels(W[rt : rt + Hr * G].reshape(Hr, G), PW).ravel()
+        return _aligned(np.concatenate([Pw, Pr])), 0, Pw.size
 
     def _alloc_threads(self, nt: int) -> None:
         """Per-thread scratch of the fused path: CHUNK rows of [x | h], gates and GRU products."""

@@ -101,6 +101,13 @@ def _aligned(a: np.ndarray, boundary: int = 64) -> np.ndarray:
     return out
 
 
+def column_panels(M: np.ndarray, width: int) -> np.ndarray:
+    """The whole-column panels of M (rows, cols), panel-major: (cols // width, rows, width)."""
+    rows, cols = M.shape
+    n = cols // width
+    return M[:, : n * width].reshape(rows, n, width).transpose(1, 0, 2)
+
+
 def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
     """Lay the spec's weights out for the kernels (see the module docstring).
 
@@ -135,11 +142,10 @@ def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
         """The whole-column panels of M (rows, cols) as a second copy, or -1 (none / not worth it)."""
         M = np.asarray(M, np.float64)
         rows, cols = M.shape
-        n = cols // width
-        if not panels or n == 0 or rows == 0 or M.size * 4 > PANEL_MAX_BYTES:
+        if not panels or cols < width or rows == 0 or M.size * 4 > PANEL_MAX_BYTES:
             return -1
-        # (n, rows, width), on a 64-byte boundary (each row of a panel = whole cache lines)
-        return put(M[:, : n * width].reshape(rows, n, width).transpose(1, 0, 2), align=16)
+        # on a 64-byte boundary: each row of a panel is whole cache lines
+        return put(column_panels(M, width), align=16)
     slots = {(i, d, k): o for i, d, k, o, _ in spec.state_slots()}
     for li, layer in enumerate(spec.layers):
         m = meta[li]

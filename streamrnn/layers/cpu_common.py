@@ -141,8 +141,8 @@ def _stack_like(typingctx, arr, n):
     return types.CPointer(dt)(arr, n), codegen
 
 
-def _make_panel_mm(R: int, zero: bool, NV: int = 0):
-    """An intrinsic ``f(W, base, K, A, a0, lda, G, g0, ldg)``: for each r < R,
+def _make_panel_mm(R: int, NV: int = 0):
+    """An intrinsic ``f(W, base, K, A, a0, lda, G, g0, ldg, zero)``: for each r < R,
     G[g0 + r*ldg :][:C] (= if ``zero``, else +=) A[a0 + r*lda :][:K] @ P, for the panel
     P = W[base:] viewed as (K, PW) rows of which the first C = NV x 16 columns are used (NV = 0:
     all PW), in LLVM IR with explicit 64-byte vectors (``<16 x float>``)
@@ -155,12 +155,12 @@ def _make_panel_mm(R: int, zero: bool, NV: int = 0):
     """
 
     @intrinsic
-    def panel_mm(typingctx, W, base, K, A, a0, lda, G, g0, ldg):
+    def panel_mm(typingctx, W, base, K, A, a0, lda, G, g0, ldg, zero):
         if not all(isinstance(a, types.Array) for a in (W, A, G)):
             return None
 
         def codegen(context, builder, signature, args):
-            Wa, basev, Kv, Aa, a0v, ldav, Ga, g0v, ldgv = args
+            Wa, basev, Kv, Aa, a0v, ldav, Ga, g0v, ldgv, zerov = args
             lty = context.get_value_type(W.dtype)
             size = context.get_abi_sizeof(lty)
             vw = 64 // size  # elements per vector
@@ -178,11 +178,13 @@ def _make_panel_mm(R: int, zero: bool, NV: int = 0):
                 return builder.bitcast(builder.gep(p, [ir.Constant(i64, i * vw)]), vty.as_pointer())
 
             nv = NV or PW // vw  # vectors per row
+            from_zero = builder.icmp_unsigned("!=", zerov, ir.Constant(zerov.type, 0))
             acc = {}
             for r in range(R):
                 for i in range(nv):
                     slot = cgutils.alloca_once(builder, vty)  # promoted to a register by LLVM
-                    init = ir.Constant(vty, None) if zero else builder.load(vec_ptr(grow[r], i), align=size)
+                    init = builder.select(from_zero, ir.Constant(vty, None),
+                                          builder.load(vec_ptr(grow[r], i), align=size))
                     builder.store(init, slot)
                     acc[r, i] = slot
             bcast = ir.Constant(ir.VectorType(i32, vw), [0] * vw)
@@ -200,21 +202,14 @@ def _make_panel_mm(R: int, zero: bool, NV: int = 0):
                 builder.store(builder.load(slot), vec_ptr(grow[r], i), align=size)
             return context.get_dummy_value()
 
-        return types.none(W, base, K, A, a0, lda, G, g0, ldg), codegen
+        return types.none(W, base, K, A, a0, lda, G, g0, ldg, zero), codegen
 
     return panel_mm
 
 
-_panel_fma = _make_panel_mm(1, False)  # one row, accumulating: the mat-vec of one stream
-# the pool's GEMM: 6 rows (1 for the last rows) x half a panel, from zero or accumulating
-_panel_mm6h = _make_panel_mm(6, False, 4)
-_panel_mm6hz = _make_panel_mm(6, True, 4)
-_panel_mm4h = _make_panel_mm(4, False, 4)  # the last rows of a chunk: 4, 2, 1
-_panel_mm4hz = _make_panel_mm(4, True, 4)
-_panel_mm2h = _make_panel_mm(2, False, 4)
-_panel_mm2hz = _make_panel_mm(2, True, 4)
-_panel_mm1h = _make_panel_mm(1, False, 4)
-_panel_mm1hz = _make_panel_mm(1, True, 4)
+_panel_fma = _make_panel_mm(1)  # one row, all PW columns: the mat-vec of one stream
+# the pool's GEMM: tiles of 6 rows x half a panel; the last rows of a chunk in tiles of 4, 2, 1
+_panel_mm6h, _panel_mm4h, _panel_mm2h, _panel_mm1h = (_make_panel_mm(R, 4) for R in (6, 4, 2, 1))
 
 
 @njit(**NJIT)
@@ -231,28 +226,16 @@ def _gemm_pan6(A, lda, a0, K, W, pan, npan, G, ldg, n, zero):
             c = p * PW + half * H2
             r = 0
             while r + 6 <= n:
-                if zero:
-                    _panel_mm6hz(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
-                else:
-                    _panel_mm6h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+                _panel_mm6h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, zero)
                 r += 6
-            if r + 4 <= n:  # the last 1-5 rows in tiles of 4, 2, 1 (each tile reads the panel once)
-                if zero:
-                    _panel_mm4hz(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
-                else:
-                    _panel_mm4h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+            if r + 4 <= n:  # each tile reads the panel once: the last 1-5 rows in 4, 2, 1
+                _panel_mm4h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, zero)
                 r += 4
             if r + 2 <= n:
-                if zero:
-                    _panel_mm2hz(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
-                else:
-                    _panel_mm2h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+                _panel_mm2h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, zero)
                 r += 2
             if r < n:
-                if zero:
-                    _panel_mm1hz(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
-                else:
-                    _panel_mm1h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg)
+                _panel_mm1h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, zero)
 
 
 @njit(**NJIT)
@@ -265,7 +248,7 @@ def _matvec_pan(W, pan, rows, npan, v, g, g0):
     1.9-3x on L1-resident matrices, 1.3-1.8x on L2-resident ones, equal from L3.
     """
     for p in range(npan):
-        _panel_fma(W, pan + p * rows * PW, rows, v, 0, 0, g, g0 + p * PW, 0)
+        _panel_fma(W, pan + p * rows * PW, rows, v, 0, 0, g, g0 + p * PW, 0, False)
 
 
 @njit(**NJIT)
