@@ -66,9 +66,9 @@ def _stack_core(x, out, st, scr, W, Wh, meta):
         if kind <= RNN:
             G = (4 if kind == LSTM else 3 if kind == GRU else 1) * m[K_H]
             g = scr[0:G]
-            b = m[K_DIR + O_B]
+            bias = W[m[K_DIR + O_B] :][:G]  # sliced, not W[b + j]: see _gates_row
             for j in range(G):
-                g[j] = W[b + j]
+                g[j] = bias[j]
             _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_PAN], m[K_IN], G, 0, G, cur, g, 0)  # g += x @ Wt
             _cell(W, Wh, m, 0, g, st, scr, G)
             ho = m[K_DIR + O_H]
@@ -403,18 +403,18 @@ def _gather_xh(ids, X, arena, A, ho, Hr):
         x = X[r]
         for j in range(I):
             a[j] = x[j]
-        src = arena[ids[r]]
+        src, ah = arena[ids[r]][ho : ho + Hr], a[I : I + Hr]
         for j in range(Hr):
-            a[I + j] = src[ho + j]
+            ah[j] = src[j]
 
 
 @njit(**NJIT)
 def _gather_h(ids, arena, A, col0, ho, Hr):
     """A[r, col0 : col0+Hr] = h of stream ids[r] (read from the arena)."""
     for r in range(ids.shape[0]):
-        src = arena[ids[r]]
+        src, ah = arena[ids[r]][ho : ho + Hr], A[r, col0 : col0 + Hr]
         for j in range(Hr):
-            A[r, col0 + j] = src[ho + j]
+            ah[j] = src[j]
 
 
 @njit(**NJIT)
@@ -428,10 +428,12 @@ def _gates_one(r, ids, G, HR, Y, arena, W, m):
 def _gates_row(sid, g, hr, y, arena, W, m):
     """As ``_gates_one`` for stream ``sid`` given its row vectors g, hr (scratch) and y."""
     kind, H, Hr = m[0], m[K_H], m[K_REC]
-    b = m[K_DIR + O_B]
     ho = m[K_DIR + O_H]
+    # a slice indexed by the bare loop variable: W[b + j] would keep numba's negative-index
+    # wrap-around (b is not known to be >= 0) and stop vectorisation (NOTES entry 26)
+    bias = W[m[K_DIR + O_B] :][: g.shape[0]]
     for j in range(g.shape[0]):
-        g[j] += W[b + j]
+        g[j] += bias[j]
     st = arena[sid]
     h = st[ho : ho + Hr]
     if kind == LSTM:
@@ -521,12 +523,12 @@ def _frames_rows(X, Y, W, m):
 @njit(**NJIT)
 def _bias_act_rows(Y, W, m):
     """Dense epilogue after the GEMM: Y[r] += b, then the activation."""
-    b = m[K_DIR + O_B]
+    bias = W[m[K_DIR + O_B] :][: Y.shape[1]]
     par = m[K_DIR + O_PAR]
     for r in range(Y.shape[0]):
         y = Y[r]
         for j in range(y.shape[0]):
-            y[j] += W[b + j]
+            y[j] += bias[j]
         _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
 
 

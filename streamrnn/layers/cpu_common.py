@@ -53,6 +53,102 @@ def _tanh32(v):
     return (p * v) / q
 
 
+def _host_has_avx512() -> bool:
+    """True when numba compiles for this very CPU and it has AVX-512F (``vrcp14ps``)."""
+    import numba
+
+    if numba.config.CPU_NAME or numba.config.CPU_FEATURES:  # a portable / cross target
+        return False
+    try:
+        from llvmlite import binding as llb
+
+        return bool(llb.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # pragma: no cover - llvmlite without host feature queries
+        return False
+
+
+_AVX512 = _host_has_avx512()
+
+
+def _ir_tanh(builder, v, fma):
+    """LLVM IR of ``_tanh32`` on a float vector ``v`` (same polynomials and clamp). The final
+    division uses AVX-512's 14-bit reciprocal estimate plus one Newton step (2 FMAs; ~1 ulp)
+    where available: ``vdivps`` costs 10 cycles per 16 lanes, five of them per LSTM unit."""
+    vty = v.type
+
+    def c(x):
+        return ir.Constant(vty, [float(np.float32(x))] * vty.count)
+
+    v = builder.select(builder.fcmp_ordered("<", v, c(-_CLAMP)), c(-_CLAMP), v)
+    v = builder.select(builder.fcmp_ordered(">", v, c(_CLAMP)), c(_CLAMP), v)
+    v2 = builder.fmul(v, v)
+    p = builder.call(fma, [v2, c(_A13), c(_A11)])
+    for a in (_A9, _A7, _A5, _A3, _A1):
+        p = builder.call(fma, [p, v2, c(a)])
+    q = builder.call(fma, [v2, c(_B6), c(_B4)])
+    for b in (_B2, _B0):
+        q = builder.call(fma, [q, v2, c(b)])
+    num = builder.fmul(p, v)
+    if not (_AVX512 and vty.count == 16 and isinstance(vty.element, ir.FloatType)):
+        return builder.fdiv(num, q)
+    rcp = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty, vty, ir.IntType(16)]), "llvm.x86.avx512.rcp14.ps.512")
+    r = builder.call(rcp, [q, c(0.0), ir.Constant(ir.IntType(16), -1)])
+    e = builder.call(fma, [builder.fneg(q), r, c(1.0)])  # 1 - q r
+    r = builder.call(fma, [r, e, r])  # r (2 - q r)
+    return builder.fmul(num, r)
+
+
+def _ir_fma(builder, vty):
+    name = "llvm.fma.v%d%s" % (vty.count, "f32" if isinstance(vty.element, ir.FloatType) else "f64")
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3), name)
+
+
+@intrinsic
+def _lstm_gates_v(typingctx, g, c, hv, H):
+    """The common float32 LSTM update on 16-lane vectors for units 0 .. 16*(H//16); returns
+    that count (0 for other dtypes: nothing is emitted then). g (4H,) holds
+    the pre-activations in gate order i, o, f, c; c (H,) in/out; hv (>= 16*nv,) out:
+    c = sigmoid(f) c + sigmoid(i) tanh(g_c), hv = sigmoid(o) tanh(c), with sigmoid(x) =
+    tanh(x/2)/2 + 1/2 and the tanh of ``_ir_tanh``. The caller's scalar loop does the rest.
+    Explicit 512-bit vectors, as in ``_make_panel_mm``: LLVM's own vectoriser keeps to 256 bits
+    here and divides (bench/NOTES.md, entry 26)."""
+    if not all(isinstance(a, types.Array) for a in (g, c, hv)) or H != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        ga, ca, ha, Hv = args
+        i64 = ir.IntType(64)
+        if g.dtype != types.float32:
+            return ir.Constant(i64, 0)
+        nvv = builder.ashr(Hv, ir.Constant(i64, 4))
+        f32 = ir.FloatType()
+        vty = ir.VectorType(f32, 16)
+        fma = _ir_fma(builder, vty)
+        gp = context.make_array(g)(context, builder, ga).data
+        cp = context.make_array(c)(context, builder, ca).data
+        hp = context.make_array(hv)(context, builder, ha).data
+        half = ir.Constant(vty, [0.5] * 16)
+
+        def ptr(p, off):
+            return builder.bitcast(builder.gep(p, [off]), vty.as_pointer())
+
+        def sig(x):
+            return builder.call(fma, [half, _ir_tanh(builder, builder.fmul(half, x), fma), half])
+
+        with cgutils.for_range(builder, nvv) as loop:
+            j = builder.mul(loop.index, ir.Constant(loop.index.type, 16))
+            gi, go, gf, gc = (builder.load(ptr(gp, builder.add(j, builder.mul(Hv, ir.Constant(Hv.type, q)))), align=4)
+                              for q in range(4))
+            cv = builder.load(ptr(cp, j), align=4)
+            cn = builder.call(fma, [sig(gf), cv, builder.fmul(sig(gi), _ir_tanh(builder, gc, fma))])
+            builder.store(cn, ptr(cp, j), align=4)
+            builder.store(builder.fmul(sig(go), _ir_tanh(builder, cn, fma)), ptr(hp, j), align=4)
+        return builder.shl(nvv, ir.Constant(i64, 4))
+
+    return types.int64(g, c, hv, H), codegen
+
+
 _act = njit(**NJIT)(formulas.act)  # scalar activation k with ONNX semantics (libm)
 
 

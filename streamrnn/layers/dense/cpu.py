@@ -16,21 +16,21 @@ def _frame_layer(W, m, x, y):
     n_in, n_out, kind = m[K_IN], m[K_OUT], m[0]
     par = m[K_DIR + O_PAR]
     if kind == DENSE:
-        b = m[K_DIR + O_B]
+        bias = W[m[K_DIR + O_B] :][:n_out]  # indexed by the bare loop variable (vectorises)
         pan = m[K_PAN]
         if pan >= 0 or n_out < 16:
             # 16-column panels (float32), then the rest as dot products over the row-major copy
             npan = n_out // PWH if pan >= 0 else 0
             for j in range(npan * PWH):
-                y[j] = W[b + j]
+                y[j] = bias[j]
             if npan > 0:
                 _matvec_pan16(W, pan, n_in, npan, x, y)
             wr = m[K_DIR + O_PROJ]
             for j in range(npan * PWH, n_out):
-                y[j] = W[b + j] + _dot(W, wr + j * n_in, x, n_in)
+                y[j] = bias[j] + _dot(W, wr + j * n_in, x, n_in)
         else:
             for j in range(n_out):
-                y[j] = W[b + j]
+                y[j] = bias[j]
             _matvec_acc(W, m[K_DIR + O_WT], n_in, n_out, 0, n_out, x, y, 0)
         _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
     elif kind == ACT:

@@ -10,7 +10,7 @@ from ...engine.pack import (
 )
 import numpy as np
 
-from ..cpu_common import _matvec_acc, _matvec_h, _tanh32, _vact, _vclip
+from ..cpu_common import _lstm_gates_v, _matvec_acc, _matvec_h, _tanh32, _vact, _vclip
 
 
 @njit(**NJIT)
@@ -41,8 +41,9 @@ def _lstm_gates(W, m, d, g, h, c):
         # the common float32 LSTM (sigmoid, tanh, tanh; no peepholes, clip or coupling): every
         # gate of a unit in one vectorised pass, no intermediate stores (measured ~2x on H=128)
         hv = gc if flags & F_PROJ else h
+        done = _lstm_gates_v(g, c, hv, H)  # whole 16-unit vectors in zmm registers (float32)
         half = np.float32(0.5)
-        for j in range(H):
+        for j in range(done, H):
             it = half * _tanh32(half * gi[j]) + half
             ft = half * _tanh32(half * gf[j]) + half
             ot = half * _tanh32(half * go[j]) + half
