@@ -281,6 +281,9 @@ class Stream:
         self._gil_step = pk.W.size <= GIL_STEP_MAX_WEIGHTS
         self._cuda = model._cuda.stream() if model._cuda is not None else None
         self._fast = self._cuda is None and self._gil_step and pk.Wh.shape[0] <= 1
+        # the fast step's buffers by address (one argument instead of three; see step_context)
+        self._ctx = cpu.step_context(self._sbuf, pk.W, pk.meta) if self._fast else None
+        self._kstep = cpu.stream_step_gil(model.dtype)
 
     def step(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
         """Advance one frame: x (input_size,) -> y (output_size,).
@@ -291,10 +294,10 @@ class Stream:
             out = np.empty(self._O, self._dtype)
         if self._fast:  # small float model on the CPU: GIL-held kernel, no lock (see __init__)
             try:
-                rc = cpu._stream_step_gil(x, out, self._sbuf, self._W, self._meta)
+                rc = self._kstep(x, out, self._ctx)
             except TypeError:  # not a contiguous array of the model dtype: convert, then retry
                 x, out = self._coerce(x, out)
-                rc = cpu._stream_step_gil(x, out, self._sbuf, self._W, self._meta)
+                rc = self._kstep(x, out, self._ctx)
             if rc:
                 _raise_status(rc, self.model, "x", x, out)
             return out

@@ -176,3 +176,21 @@ def test_openmp_wait_policy_default_and_user_choice():
     assert run({}) == "PASSIVE"
     assert run({"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
     assert run({"GOMP_SPINCOUNT": "10000"}) == "None"
+
+
+def test_stream_step_of_other_dtype_is_converted_not_misread(model):
+    """The one-stream kernel takes its buffers by address; with the float64 kernel compiled too,
+    a float32 stream given float64 x must convert x (and refuse a float64 out), never read the
+    float32 weights through a float64 kernel."""
+    spec = rand_spec(np.random.default_rng(5), n_rec=1, exotic=False)
+    srnn.Model(spec, dtype="float64").stream().step(np.ones(spec.input_size))  # float64 kernel in use
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(model.input_size)
+    a, b = model.stream(), model.stream()
+    y64 = a.step(x)  # float64 x: converted
+    y32 = b.step(x.astype(np.float32))
+    assert y64.dtype == np.float32
+    np.testing.assert_array_equal(y64, y32)
+    with pytest.raises(srnn.ShapeError, match="out"):
+        a.step(x, out=np.zeros(model.output_size, np.float64))
+    assert a.state == b.state

@@ -17,6 +17,8 @@ import threading
 import numba
 import numpy as np
 from numba import njit, prange, types
+from numba.extending import intrinsic
+from numba.np.arrayobj import populate_array
 
 from .. import config
 from ..config import NJIT, NJIT_GIL, PARALLEL
@@ -27,7 +29,7 @@ from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
 from ..layers.rnn.cpu import _rnn_cell, _rnn_gates
 from .pack import (
     DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_H, K_IN, K_OUT, K_PAN, K_REC, K_S, LSTM,
-    O_B, O_C, O_H, O_PAR, O_RT, O_WT, PW, RNN, Packed, _aligned, column_panels,
+    NMETA, O_B, O_C, O_H, O_PAR, O_RT, O_WT, PW, RNN, Packed, _aligned, column_panels,
 )
 
 # status codes (low 8 bits; the row / column index is in the bits above)
@@ -102,11 +104,66 @@ def _stream_step(x, out, sbuf, W, meta):
     return _stream_step_impl(x, out, sbuf, W, _NO_H, meta)
 
 
-@njit(**NJIT_GIL)
-def _stream_step_gil(x, out, sbuf, W, meta):
-    """As ``_stream_step`` but holding the GIL: for small models the GIL itself serialises
-    calls on one stream, which saves the lock (~0.15-0.25 us of a ~2 us step)."""
+@intrinsic
+def _view(typingctx, addr, n, like):
+    """A 1-D C-contiguous array of ``like``'s dtype over the ``n`` elements at the integer
+    address ``addr`` (no owner: the caller keeps the memory alive). numba's own ``carray`` may
+    not be used here: it counts as returning a new array, which needs NRT (off, config.py)."""
+    if addr != types.int64 or n != types.int64 or not isinstance(like, types.Array):
+        return None
+    aty = types.Array(like.dtype, 1, "C")
+
+    def codegen(context, builder, signature, args):
+        a, nv = args[0], args[1]
+        lty = context.get_value_type(like.dtype)
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(lty))
+        ary = context.make_array(aty)(context, builder)
+        populate_array(ary, data=builder.inttoptr(a, lty.as_pointer()), shape=[nv], strides=[itemsize],
+                       itemsize=itemsize, meminfo=None)
+        return ary._getvalue()
+
+    return aty(addr, n, like), codegen
+
+
+def step_context(sbuf: np.ndarray, W: np.ndarray, meta: np.ndarray) -> np.ndarray:
+    """The int64 array ``stream_step_gil(dtype)`` takes in place of its three buffers: their
+    addresses and sizes. The caller keeps the buffers alive (and never replaces them) while it
+    uses it."""
+    assert sbuf.flags.c_contiguous and W.flags.c_contiguous and meta.flags.c_contiguous
+    assert sbuf.dtype == W.dtype and meta.dtype == np.int64 and meta.shape[1] == NMETA
+    return np.array([sbuf.ctypes.data, sbuf.size, W.ctypes.data, W.size, meta.ctypes.data, meta.shape[0]],
+                    np.int64)
+
+
+@njit(**NJIT)
+def _stream_step_ctx(x, out, ctx):
+    sbuf = _view(ctx[0], ctx[1], x)  # (S + scratch,) the stream's state and scratch
+    W = _view(ctx[2], ctx[3], x)  # the model's packed weights
+    meta = _view(ctx[4], ctx[5] * NMETA, ctx).reshape(ctx[5], NMETA)  # (L, NMETA)
     return _stream_step_impl(x, out, sbuf, W, _NO_H, meta)
+
+
+@njit(**NJIT_GIL)
+def _stream_step_gil32(x, out, ctx):
+    """As ``_stream_step`` for a float32 model, holding the GIL: for small models the GIL
+    itself serialises calls on one stream, which saves the lock (~0.15-0.25 us of a ~2 us
+    step). The stream's buffers come as addresses (``step_context``): numba's dispatcher spends
+    ~60 ns on each array argument it types and unboxes, and this call is the whole cost of a
+    small step (bench/NOTES.md, entry 27). One kernel per dtype, compiled for that dtype only,
+    so x and out of another dtype are refused by the dispatcher (TypeError) and never read as
+    the weights' dtype."""
+    return _stream_step_ctx(x, out, ctx)
+
+
+@njit(**NJIT_GIL)
+def _stream_step_gil64(x, out, ctx):
+    """``_stream_step_gil32`` for float64 models."""
+    return _stream_step_ctx(x, out, ctx)
+
+
+def stream_step_gil(dtype):
+    """The GIL-held one-stream step kernel of models of ``dtype`` (see ``_stream_step_gil32``)."""
+    return _stream_step_gil32 if np.dtype(dtype) == np.float32 else _stream_step_gil64
 
 
 @njit(**NJIT)
@@ -265,7 +322,7 @@ def _sigs(dt, group: str):
     groups = {
         "stream": {
             _stream_step: (v, v, v, v, i2),
-            _stream_step_gil: (v, v, v, v, i2),
+            stream_step_gil(dt): (v, v, i1),
             _stream_push: (m2, m2, v, v, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             _frames: (m2, m2, v, im),
