@@ -97,15 +97,19 @@ def test_no_panels_for_float64_bfloat16_or_large_matrices():
     assert m[0, K_PAN] >= 0 and m[0, K_PAN + 1] == -1  # Wt (4 x 1200) small, Rt not
 
 
+@pytest.mark.parametrize("chunk", [None, 12])  # 12: several chunks per thread, a short last one
 @pytest.mark.parametrize("B", [41, 44])  # rows past the 6-row tiles: 4 + 1 (41), 2 (44)
 @pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("case", range(len(CASES) + 1))
-def test_pool_gemm_on_panels_matches_reference(case, parallel, B, monkeypatch):
+def test_pool_gemm_on_panels_matches_reference(case, parallel, B, chunk, monkeypatch):
     """pool.step with >= GEMM_MIN_STREAMS streams (the fused panel GEMM: 6-row tiles, single
-    rows, columns past the last panel, serial or parallel over rows) in arbitrary id order;
-    and a model whose Rt is too large for the model's panels (the pool makes its own)."""
+    rows, columns past the last panel, serial or parallel over rows, one or several row chunks)
+    in arbitrary id order; and a model whose Rt is too large for the model's panels (the pool
+    makes its own)."""
     from streamrnn.engine.cpu import BatchedStep
 
+    if chunk:
+        monkeypatch.setattr(BatchedStep, "CHUNK", chunk)
     if parallel:
         monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN", 0)
         monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN_SPIN", 0)

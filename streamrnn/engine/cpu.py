@@ -607,8 +607,10 @@ class BatchedStep:
     PARALLEL_FUSED_MIN = 1 << 24
     #: the same where OpenMP workers spin a while before sleeping (GOMP_SPINCOUNT set by the user)
     PARALLEL_FUSED_MIN_SPIN = 1 << 22
-    #: rows per chunk of the fused path (scratch per thread: CHUNK x (I + H) and CHUNK x gates)
-    CHUNK = 48
+    #: rows per chunk of the fused path (scratch per thread: CHUNK x (I + H) and CHUNK x gates;
+    #: at H=512 ~1.2 MiB, inside L2). 96 rather than 48 reads the weight panels half as often:
+    #: H=512 B=1024 17.0 -> 16.4 ms, H=128 B=1024 1.32 -> 1.28 ms (bench/NOTES.md, entry 28)
+    CHUNK = 96
 
     def __init__(self, pk: Packed):
         self.pk = pk
