@@ -331,17 +331,22 @@ def _sigs(dt, group: str):
             _pool_step: (i1, m2, m2, m2, m2, v, h1, i2, u1, i1, i64),
             _pool_step_par: (i1, m2, m2, m2, m2, v, h1, i2, u1, i1, i64),
             _pool_validate: (i1, m2, m2, u1, i1, i64, i64, i64),
-            _gather_h: (i1, m2, m2, i64, i64, i64),
-            _gather_xh: (i1, m2, m2, m2, i64, i64),
-            _gates_rows_par: (i1, m2, m2, m2, m2, v, im),
-            _rec_rows: (i1, m2, m2, m2, v, im, v, i64, i64, i64, i64, v, v, v, i64),
-            _rec_rows_par: (i1, m2, m2, m2, v, im, v, i64, i64, m2, m2, m2, i64, i64),
-            _gates_rows: (i1, m2, m2, m2, m2, v, im),
             _frames_rows: (m2, m2, v, im),
-            _bias_act_rows: (m2, v, im),
             _stream_push: (m2, m2, v, v, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             _frames: (m2, m2, v, im),
+            # BatchedStep: float32 steps on the column panels (_rec_rows), float64 on BLAS + these
+            # elementwise kernels; each dtype compiles only its own (a cold pool compiles ~10 s less)
+            **({
+                _rec_rows: (i1, m2, m2, m2, v, im, v, i64, i64, i64, i64, v, v, v, i64),
+                _rec_rows_par: (i1, m2, m2, m2, v, im, v, i64, i64, m2, m2, m2, i64, i64),
+            } if dt == np.float32 else {
+                _gather_h: (i1, m2, m2, i64, i64, i64),
+                _gather_xh: (i1, m2, m2, m2, i64, i64),
+                _gates_rows_par: (i1, m2, m2, m2, m2, v, im),
+                _gates_rows: (i1, m2, m2, m2, m2, v, im),
+                _bias_act_rows: (m2, v, im),
+            }),
         },
         "bfloat16": {  # models with bfloat16 weights only (~8 s of compiling with a cold cache)
             _stream_step_h: (v, v, v, v, h1, i2),
