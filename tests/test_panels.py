@@ -132,3 +132,35 @@ def test_pool_gemm_on_panels_matches_reference(case, parallel, B, chunk, monkeyp
         Y = pool.step(ids[perm], X[perm, t])
         assert_close(Y, Yr[perm, t])
     assert_close(np.stack([pool.get_state(i).data for i in ids]), str_)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind,I,direction", [("lstm", 300, "forward"), ("lstm", 20, "bidirectional"),
+                                               ("gru", 20, "forward"), ("rnn", 20, "forward")])
+def test_matrices_larger_than_l2_alternate_row_order(kind, I, direction, dtype):
+    """Recurrent (and input) matrices over 1 MiB: every other step reads their rows in reverse
+    order (cache reuse between steps); run, push and step, over odd and even steps, with and
+    without lengths, match the reference."""
+    from conftest import assert_close as close
+
+    rng = np.random.default_rng(90)
+    H = {"lstm": 301, "gru": 350, "rnn": 603}[kind]  # recurrent matrix 1.4-1.5 MB in float32; H % 4 != 0
+    layer = rand_layer(rng, kind, I, H, direction=direction, exotic=False, scale=0.05)
+    spec = srnn.ModelSpec((layer, srnn.DenseLayer(rng.standard_normal((7, layer.output_size)) * 0.1)))
+    model = srnn.Model(spec, dtype=dtype)
+    T = 7
+    X = rng.standard_normal((2, T, I))
+    lengths = np.array([T, T - 2])
+    Yr, str_ = run_reference(spec.astype(dtype), X.astype(dtype), lengths=lengths)
+    rtol = 1e-5 if dtype == np.float32 else 1e-10
+    check = (lambda a, r: assert_close(a, r)) if dtype == np.float32 else (lambda a, r: close(a, r, rtol=rtol))
+    Y, st = model.run(X, lengths=lengths, return_state=True)
+    check(Y[0], Yr[0])
+    check(Y[1, : T - 2], Yr[1, : T - 2])
+    check(st.data, str_)
+    if direction == "forward":
+        s = model.stream()
+        for t in range(T):
+            check(s.step(X[0, t]), Yr[0, t])
+        s.reset()
+        check(np.concatenate([s.push(X[0, :3]), s.push(X[0, 3:])]), Yr[0])

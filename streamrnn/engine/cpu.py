@@ -22,7 +22,7 @@ from numba.np.arrayobj import populate_array
 
 from .. import config
 from ..config import NJIT, NJIT_GIL, PARALLEL
-from ..layers.cpu_common import _gemm_pan6, _matvec_acc, _matvec_h, _vact
+from ..layers.cpu_common import _gemm_pan6, _matvec_acc, _matvec_acc_rev, _matvec_h, _vact
 from ..layers.dense.cpu import _frame_layer
 from ..layers.gru.cpu import _gru_cell, _gru_gates
 from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
@@ -273,13 +273,22 @@ def _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr):
     G = XW.shape[2]
     st = state[b]
     g = scr[b, :G]
+    base = K_DIR + 9 * d
+    ho, Hr = m[base + O_H], m[K_REC]
+    h = st[ho : ho + Hr]
+    # an LSTM whose recurrent matrix has no panels (> 1 MiB, so larger than L2 or nearly):
+    # every other step reads its rows in reverse order (see _matvec_acc_rev)
+    zig = m[0] == LSTM and m[K_PAN + 2 * d + 1] < 0 and Hr * G * W.itemsize > (1 << 20)
     for s in range(n):
         t = n - 1 - s if rev else s
         for j in range(G):
             g[j] = XW[b, t, j]
-        _cell(W, _NO_H, m, d, g, st, scr[b], G)
-        ho = m[K_DIR + 9 * d + O_H]
-        h = st[ho : ho + m[K_REC]]
+        if zig and s & 1:
+            _matvec_acc_rev(W, m[base + O_RT], Hr, G, h, g)
+            co = m[base + O_C]
+            _lstm_gates(W, m, d, g, h, st[co : co + m[K_H]])
+        else:
+            _cell(W, _NO_H, m, d, g, st, scr[b], G)
         for j in range(h.shape[0]):
             Y[b, t, col0 + j] = h[j]
 
