@@ -274,7 +274,8 @@ class Stream:
         self._I, self._O = model.input_size, model.output_size
         self._dtype = model.dtype
         self._W, self._meta, self._Wh = pk.W, pk.meta, pk.Wh
-        self._sbuf = np.zeros(pk.state_size + pk.scratch_size, dtype=model.dtype)  # [state | scratch]
+        # [state | scratch | row-order flag] (engine/cpu.py: _stream_step_impl)
+        self._sbuf = np.zeros(pk.state_size + pk.scratch_size + 1, dtype=model.dtype)
         self._lock = threading.Lock()
         # small models: the kernel holds the GIL (it serialises calls, no lock needed); large
         # ones release it (other threads run) and take the lock

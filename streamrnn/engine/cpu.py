@@ -56,9 +56,61 @@ def _cell(W, Wh, m, d, g, st, scr, G):
         _rnn_cell(W, Wh, m, d, g, h)
 
 
+#: matrices above this many bytes (without panels) alternate their row order between steps
+ZIG_MIN_BYTES = 1 << 20
+
+
 @njit(**NJIT)
-def _stack_core(x, out, st, scr, W, Wh, meta):
-    """Every layer on one frame of one stream. st (S,) state, scr scratch (see pack.py)."""
+def _zig(W, Wh, m, d, G):
+    """True where direction d's recurrent matrix is larger than ``ZIG_MIN_BYTES`` and is read
+    from the row-major copy (no panels, no bfloat16): its steps may alternate row order.
+    A recurrence reading a matrix larger than L2 front to back every step finds none of it in
+    L2 (the end of one pass evicted the start); reading it back to front every other step
+    starts on the rows read last. Measured B=1 T=1000 H=512 LSTM: 158 -> ~117 us per step
+    (bench/NOTES.md, entry 32). GRU only with linear_before_reset (else r gates the product)."""
+    if Wh.shape[0] > 1 or m[K_PAN + 2 * d + 1] >= 0:
+        return False
+    if m[0] == GRU and (m[K_FLAGS] & F_LBR) == 0:
+        return False
+    return m[K_REC] * G * W.itemsize > ZIG_MIN_BYTES
+
+
+@njit(**NJIT)
+def _rec_rev(W, m, d, g, st, scr, G):
+    """The recurrent product of ``_cell`` with the rows in reverse order: g += h @ Rt (LSTM,
+    RNN) or scr[G : G+3H] = h @ Rt (GRU with linear_before_reset). Then ``_gates_only``."""
+    base = K_DIR + 9 * d
+    ho = m[base + O_H]
+    h = st[ho : ho + m[K_REC]]
+    if m[0] == GRU:
+        hr = scr[G : G + G]
+        for j in range(G):
+            hr[j] = 0.0
+        _matvec_acc_rev(W, m[base + O_RT], m[K_H], G, h, hr)
+    else:
+        _matvec_acc_rev(W, m[base + O_RT], m[K_REC], G, h, g)
+
+
+@njit(**NJIT)
+def _gates_only(W, m, d, g, st, scr, G):
+    """The elementwise rest of ``_cell`` after ``_rec_rev``."""
+    kind, H, base = m[0], m[K_H], K_DIR + 9 * d
+    ho = m[base + O_H]
+    h = st[ho : ho + m[K_REC]]
+    if kind == LSTM:
+        co = m[base + O_C]
+        _lstm_gates(W, m, d, g, h, st[co : co + H])
+    elif kind == GRU:
+        _gru_gates(W, m, d, g, h, scr[G : G + G])
+    else:
+        _rnn_gates(W, m, d, g, h)
+
+
+@njit(**NJIT)
+def _stack_core(x, out, st, scr, W, Wh, meta, rev):
+    """Every layer on one frame of one stream. st (S,) state, scr scratch (see pack.py).
+    ``rev``: read the large matrices back to front in this step (see ``_zig``; callers
+    alternate it between consecutive steps of a stream)."""
     cell, feat = meta[0, K_CELL], meta[0, K_FEAT]
     cur = x
     ping = 0
@@ -71,8 +123,17 @@ def _stack_core(x, out, st, scr, W, Wh, meta):
             bias = W[m[K_DIR + O_B] :][:G]  # sliced, not W[b + j]: see _gates_row
             for j in range(G):
                 g[j] = bias[j]
-            _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_PAN], m[K_IN], G, 0, G, cur, g, 0)  # g += x @ Wt
-            _cell(W, Wh, m, 0, g, st, scr, G)
+            if rev and _zig(W, Wh, m, 0, G):  # the previous step ended on Rt's last rows
+                _rec_rev(W, m, 0, g, st, scr, G)
+                I = m[K_IN]
+                if m[K_PAN] < 0 and I * G * W.itemsize > ZIG_MIN_BYTES:
+                    _matvec_acc_rev(W, m[K_DIR + O_WT], I, G, cur, g)  # g += x @ Wt, back to front
+                else:
+                    _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_PAN], I, G, 0, G, cur, g, 0)
+                _gates_only(W, m, 0, g, st, scr, G)
+            else:
+                _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_PAN], m[K_IN], G, 0, G, cur, g, 0)  # g += x @ Wt
+                _cell(W, Wh, m, 0, g, st, scr, G)
             ho = m[K_DIR + O_H]
             cur = st[ho : ho + m[K_REC]]  # the layer's output is its new h
         else:
@@ -188,7 +249,11 @@ def _stream_step_impl(x, out, sbuf, W, Wh, meta):
     rc = _check_frame(x, I)
     if rc != OK:
         return rc
-    _stack_core(x, out, sbuf[:S], sbuf[S:], W, Wh, meta)
+    # sbuf = [state (S) | scratch | row-order flag of the next step (see _zig)]
+    last = sbuf.shape[0] - 1
+    rev = sbuf[last] != 0
+    _stack_core(x, out, sbuf[:S], sbuf[S:last], W, Wh, meta, rev)
+    sbuf[last] = 0.0 if rev else 1.0
     return OK
 
 
@@ -216,7 +281,7 @@ def _stream_push_impl(X, Y, sbuf, W, Wh, meta):
         if rc != OK:
             return rc | (t << 40)
     for t in range(X.shape[0]):
-        _stack_core(X[t], Y[t], sbuf[:S], sbuf[S:], W, Wh, meta)
+        _stack_core(X[t], Y[t], sbuf[:S], sbuf[S:], W, Wh, meta, (t & 1) != 0)
     return OK
 
 
@@ -249,7 +314,7 @@ def _pool_step(ids, X, out, arena, scr, W, Wh, meta, alive, stamp, epoch):
     if rc != OK:
         return rc
     for r in range(ids.shape[0]):
-        _stack_core(X[r], out[r], arena[ids[r]], scr[0], W, Wh, meta)
+        _stack_core(X[r], out[r], arena[ids[r]], scr[0], W, Wh, meta, False)
     return OK
 
 
@@ -263,7 +328,7 @@ def _pool_step_par(ids, X, out, arena, scr, W, Wh, meta, alive, stamp, epoch):
     chunk = (n + nt - 1) // nt
     for t in prange(nt):
         for r in range(t * chunk, min(n, (t + 1) * chunk)):
-            _stack_core(X[r], out[r], arena[ids[r]], scr[t], W, Wh, meta)
+            _stack_core(X[r], out[r], arena[ids[r]], scr[t], W, Wh, meta, False)
     return OK
 
 
@@ -276,17 +341,14 @@ def _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr):
     base = K_DIR + 9 * d
     ho, Hr = m[base + O_H], m[K_REC]
     h = st[ho : ho + Hr]
-    # an LSTM whose recurrent matrix has no panels (> 1 MiB, so larger than L2 or nearly):
-    # every other step reads its rows in reverse order (see _matvec_acc_rev)
-    zig = m[0] == LSTM and m[K_PAN + 2 * d + 1] < 0 and Hr * G * W.itemsize > (1 << 20)
+    zig = _zig(W, _NO_H, m, d, G)  # every other step reads Rt back to front
     for s in range(n):
         t = n - 1 - s if rev else s
         for j in range(G):
             g[j] = XW[b, t, j]
         if zig and s & 1:
-            _matvec_acc_rev(W, m[base + O_RT], Hr, G, h, g)
-            co = m[base + O_C]
-            _lstm_gates(W, m, d, g, h, st[co : co + m[K_H]])
+            _rec_rev(W, m, d, g, st, scr[b], G)
+            _gates_only(W, m, d, g, st, scr[b], G)
         else:
             _cell(W, _NO_H, m, d, g, st, scr[b], G)
         for j in range(h.shape[0]):
