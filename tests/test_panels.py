@@ -164,3 +164,24 @@ def test_matrices_larger_than_l2_alternate_row_order(kind, I, direction, dtype):
             check(s.step(X[0, t]), Yr[0, t])
         s.reset()
         check(np.concatenate([s.push(X[0, :3]), s.push(X[0, 3:])]), Yr[0])
+
+
+def test_bfloat16_matrices_larger_than_l2_alternate_row_order():
+    """As above for bfloat16 weights (Wt and Rt of 363 x 1452 bfloat16 > 1 MiB): step and push
+    against the reference on the rounded weights."""
+    from streamrnn.engine.pack import to_bfloat16
+
+    rng = np.random.default_rng(91)
+    H = I = 363
+    layer = rand_layer(rng, "lstm", I, H, direction="forward", exotic=False, scale=0.05)
+    dense = srnn.DenseLayer(rng.standard_normal((5, H)) * 0.1)
+    model = srnn.Model(srnn.ModelSpec((layer, dense)), weights="bfloat16")
+    rounded = srnn.ModelSpec((srnn.LSTMLayer(I, H, to_bfloat16(layer.W), to_bfloat16(layer.R), layer.B), dense))
+    T = 7
+    X = rng.standard_normal((1, T, I))
+    Yr, _ = run_reference(rounded.astype(np.float32), X.astype(np.float32))
+    s = model.stream()
+    for t in range(T):
+        assert_close(s.step(X[0, t]), Yr[0, t])
+    s.reset()
+    assert_close(np.concatenate([s.push(X[0, :3]), s.push(X[0, 3:])]), Yr[0])

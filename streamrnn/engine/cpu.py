@@ -22,7 +22,7 @@ from numba.np.arrayobj import populate_array
 
 from .. import config
 from ..config import NJIT, NJIT_GIL, PARALLEL
-from ..layers.cpu_common import _gemm_pan6, _matvec_acc, _matvec_acc_rev, _matvec_h, _vact
+from ..layers.cpu_common import _gemm_pan6, _matvec_acc, _matvec_h, _matvec_h_rev, _vact
 from ..layers.dense.cpu import _frame_layer
 from ..layers.gru.cpu import _gru_cell, _gru_gates
 from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
@@ -68,15 +68,21 @@ def _zig(W, Wh, m, d, G):
     L2 (the end of one pass evicted the start); reading it back to front every other step
     starts on the rows read last. Measured B=1 T=1000 H=512 LSTM: 158 -> ~117 us per step
     (bench/NOTES.md, entry 32). GRU only with linear_before_reset (else r gates the product)."""
-    if Wh.shape[0] > 1 or m[K_PAN + 2 * d + 1] >= 0:
+    if m[K_PAN + 2 * d + 1] >= 0:
         return False
     if m[0] == GRU and (m[K_FLAGS] & F_LBR) == 0:
         return False
-    return m[K_REC] * G * W.itemsize > ZIG_MIN_BYTES
+    return m[K_REC] * G * _wbytes(W, Wh) > ZIG_MIN_BYTES
 
 
 @njit(**NJIT)
-def _rec_rev(W, m, d, g, st, scr, G):
+def _wbytes(W, Wh):
+    """Bytes per weight the mat-vecs read: 2 for bfloat16 weights, else W's item size."""
+    return 2 if Wh.shape[0] > 1 else W.itemsize
+
+
+@njit(**NJIT)
+def _rec_rev(W, Wh, m, d, g, st, scr, G):
     """The recurrent product of ``_cell`` with the rows in reverse order: g += h @ Rt (LSTM,
     RNN) or scr[G : G+3H] = h @ Rt (GRU with linear_before_reset). Then ``_gates_only``."""
     base = K_DIR + 9 * d
@@ -86,9 +92,9 @@ def _rec_rev(W, m, d, g, st, scr, G):
         hr = scr[G : G + G]
         for j in range(G):
             hr[j] = 0.0
-        _matvec_acc_rev(W, m[base + O_RT], m[K_H], G, h, hr)
+        _matvec_h_rev(W, Wh, m[base + O_RT], m[K_H], G, h, hr)
     else:
-        _matvec_acc_rev(W, m[base + O_RT], m[K_REC], G, h, g)
+        _matvec_h_rev(W, Wh, m[base + O_RT], m[K_REC], G, h, g)
 
 
 @njit(**NJIT)
@@ -124,10 +130,10 @@ def _stack_core(x, out, st, scr, W, Wh, meta, rev):
             for j in range(G):
                 g[j] = bias[j]
             if rev and _zig(W, Wh, m, 0, G):  # the previous step ended on Rt's last rows
-                _rec_rev(W, m, 0, g, st, scr, G)
+                _rec_rev(W, Wh, m, 0, g, st, scr, G)
                 I = m[K_IN]
-                if m[K_PAN] < 0 and I * G * W.itemsize > ZIG_MIN_BYTES:
-                    _matvec_acc_rev(W, m[K_DIR + O_WT], I, G, cur, g)  # g += x @ Wt, back to front
+                if m[K_PAN] < 0 and I * G * _wbytes(W, Wh) > ZIG_MIN_BYTES:
+                    _matvec_h_rev(W, Wh, m[K_DIR + O_WT], I, G, cur, g)  # g += x @ Wt, back to front
                 else:
                     _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_PAN], I, G, 0, G, cur, g, 0)
                 _gates_only(W, m, 0, g, st, scr, G)
@@ -347,7 +353,7 @@ def _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr):
         for j in range(G):
             g[j] = XW[b, t, j]
         if zig and s & 1:
-            _rec_rev(W, m, d, g, st, scr[b], G)
+            _rec_rev(W, _NO_H, m, d, g, st, scr[b], G)
             _gates_only(W, m, d, g, st, scr[b], G)
         else:
             _cell(W, _NO_H, m, d, g, st, scr[b], G)

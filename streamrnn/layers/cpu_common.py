@@ -459,6 +459,33 @@ def _matvec_h(W, Wh, off, pan, rows, cols, col0, ncol, v, g, g0):
         k += 1
 
 
+@njit(**NJIT)
+def _matvec_h_rev(W, Wh, off, rows, cols, v, g):
+    """``_matvec_acc_rev`` (g[:cols] += v @ M, rows back to front), reading ``Wh`` (bfloat16
+    bits) when the model was packed with bfloat16 weights, as ``_matvec_h`` does."""
+    if Wh.shape[0] <= 1:
+        _matvec_acc_rev(W, off, rows, cols, v, g)
+        return
+    k = rows
+    while k % 4:
+        k -= 1
+        w0 = Wh[off + k * cols : off + (k + 1) * cols]
+        v0 = v[k]
+        for j in range(cols):
+            g[j] += v0 * _bf16_to_f32(w0[j])
+    while k >= 4:
+        k -= 4
+        b0 = off + k * cols
+        w0 = Wh[b0 : b0 + cols]
+        w1 = Wh[b0 + cols : b0 + 2 * cols]
+        w2 = Wh[b0 + 2 * cols : b0 + 3 * cols]
+        w3 = Wh[b0 + 3 * cols : b0 + 4 * cols]
+        v0, v1, v2, v3 = v[k], v[k + 1], v[k + 2], v[k + 3]
+        for j in range(cols):
+            g[j] += (v0 * _bf16_to_f32(w0[j]) + v1 * _bf16_to_f32(w1[j])
+                     + v2 * _bf16_to_f32(w2[j]) + v3 * _bf16_to_f32(w3[j]))
+
+
 @njit(**dict(NJIT, fastmath={"contract", "reassoc"}))
 def _dot(W, off, x, n):
     """sum(W[off:off+n] * x[:n]). Reassociation is allowed here (and only here) so LLVM keeps
