@@ -214,31 +214,6 @@ def _matvec_acc(W, off, rows, cols, col0, ncol, v, g, g0):
         k += 1
 
 
-@njit(**NJIT)
-def _matvec_acc_rev(W, off, rows, cols, v, g):
-    """g[:cols] += v[:rows] @ M for M = W[off:].reshape(rows, cols), rows in reverse order (the
-    last 4-row block first). A recurrence that alternates this with ``_matvec_acc`` reads first
-    the rows it read last, which L2 still holds: ~10% fewer bytes from L3 per step for matrices
-    larger than L2 (bench/NOTES.md, entry 32)."""
-    k = rows
-    while k % 4:
-        k -= 1
-        w0 = W[off + k * cols : off + (k + 1) * cols]
-        v0 = v[k]
-        for j in range(cols):
-            g[j] += v0 * w0[j]
-    while k >= 4:
-        k -= 4
-        b0 = off + k * cols
-        w0 = W[b0 : b0 + cols]
-        w1 = W[b0 + cols : b0 + 2 * cols]
-        w2 = W[b0 + 2 * cols : b0 + 3 * cols]
-        w3 = W[b0 + 3 * cols : b0 + 4 * cols]
-        v0, v1, v2, v3 = v[k], v[k + 1], v[k + 2], v[k + 3]
-        for j in range(cols):
-            g[j] += v0 * w0[j] + v1 * w1[j] + v2 * w2[j] + v3 * w3[j]
-
-
 # PW: columns per weight panel (``_matvec_pan``; 128 float32 = 16 ymm accumulators);
 # PWH: columns per panel of a Dense layer (``_matvec_pan16``)
 from ..engine.pack import PW, PWH  # noqa: E402
@@ -401,6 +376,13 @@ def _matvec_pan16(W, pan, rows, npan, v, g):
             gv[j] += (acc[j] + acc[PWH + j]) + (acc[2 * PWH + j] + acc[3 * PWH + j])
 
 
+def _bf16_to_f32_codegen(context, builder, signature, args):
+    """bfloat16 bits -> float32: zero-extend to 32 bits, shift left 16, bitcast."""
+    w = builder.zext(args[0], ir.IntType(32))
+    w = builder.shl(w, ir.Constant(ir.IntType(32), 16))
+    return builder.bitcast(w, ir.FloatType())
+
+
 @intrinsic
 def _bf16_to_f32(typingctx, u):
     """bfloat16 bits (uint16) -> float32, in registers: zero-extend, shift left 16, bitcast.
@@ -408,13 +390,7 @@ def _bf16_to_f32(typingctx, u):
     as well, and numba has no scalar bitcast.)"""
     if not isinstance(u, types.Integer) or u.bitwidth != 16:
         return None
-
-    def codegen(context, builder, signature, args):
-        w = builder.zext(args[0], ir.IntType(32))
-        w = builder.shl(w, ir.Constant(ir.IntType(32), 16))
-        return builder.bitcast(w, ir.FloatType())
-
-    return types.float32(u), codegen
+    return types.float32(u), _bf16_to_f32_codegen
 
 
 @njit(**NJIT)
@@ -459,31 +435,50 @@ def _matvec_h(W, Wh, off, pan, rows, cols, col0, ncol, v, g, g0):
         k += 1
 
 
+@intrinsic
+def _wf(typingctx, w):
+    """A weight as float: bfloat16 bits (uint16) widened as ``_bf16_to_f32``; a float as is.
+    Lets one loop read either copy of the weights (``_rows_rev``)."""
+    if isinstance(w, types.Float):
+        return w(w), lambda context, builder, signature, args: args[0]
+    if isinstance(w, types.Integer) and w.bitwidth == 16:
+        return types.float32(w), _bf16_to_f32_codegen
+    return None
+
+
 @njit(**NJIT)
-def _matvec_h_rev(W, Wh, off, rows, cols, v, g):
-    """``_matvec_acc_rev`` (g[:cols] += v @ M, rows back to front), reading ``Wh`` (bfloat16
-    bits) when the model was packed with bfloat16 weights, as ``_matvec_h`` does."""
-    if Wh.shape[0] <= 1:
-        _matvec_acc_rev(W, off, rows, cols, v, g)
-        return
+def _rows_rev(M, off, rows, cols, v, g):
+    """g[:cols] += v[:rows] @ M[off:].reshape(rows, cols) with the rows back to front (the
+    last 4-row block first); M float weights or bfloat16 bits (``_wf``)."""
     k = rows
     while k % 4:
         k -= 1
-        w0 = Wh[off + k * cols : off + (k + 1) * cols]
+        w0 = M[off + k * cols : off + (k + 1) * cols]
         v0 = v[k]
         for j in range(cols):
-            g[j] += v0 * _bf16_to_f32(w0[j])
+            g[j] += v0 * _wf(w0[j])
     while k >= 4:
         k -= 4
         b0 = off + k * cols
-        w0 = Wh[b0 : b0 + cols]
-        w1 = Wh[b0 + cols : b0 + 2 * cols]
-        w2 = Wh[b0 + 2 * cols : b0 + 3 * cols]
-        w3 = Wh[b0 + 3 * cols : b0 + 4 * cols]
+        w0 = M[b0 : b0 + cols]
+        w1 = M[b0 + cols : b0 + 2 * cols]
+        w2 = M[b0 + 2 * cols : b0 + 3 * cols]
+        w3 = M[b0 + 3 * cols : b0 + 4 * cols]
         v0, v1, v2, v3 = v[k], v[k + 1], v[k + 2], v[k + 3]
         for j in range(cols):
-            g[j] += (v0 * _bf16_to_f32(w0[j]) + v1 * _bf16_to_f32(w1[j])
-                     + v2 * _bf16_to_f32(w2[j]) + v3 * _bf16_to_f32(w3[j]))
+            g[j] += v0 * _wf(w0[j]) + v1 * _wf(w1[j]) + v2 * _wf(w2[j]) + v3 * _wf(w3[j])
+
+
+@njit(**NJIT)
+def _matvec_h_rev(W, Wh, off, rows, cols, v, g):
+    """g[:cols] += v[:rows] @ M (M the matrix at ``off``, (rows, cols)), rows back to front,
+    from ``Wh`` (bfloat16 bits) when the model was packed with bfloat16 weights, as
+    ``_matvec_h`` does. A recurrence that alternates this with the forward order reads first the
+    rows it read last, which L2 still holds (bench/NOTES.md, entry 32)."""
+    if Wh.shape[0] <= 1:
+        _rows_rev(W, off, rows, cols, v, g)
+    else:
+        _rows_rev(Wh, off, rows, cols, v, g)
 
 
 @njit(**dict(NJIT, fastmath={"contract", "reassoc"}))
