@@ -6,6 +6,8 @@ the row-major copy, in the step, push, pool and run (recurrence) paths.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -90,7 +92,7 @@ def test_no_panels_for_float64_bfloat16_or_large_matrices():
     spec = _spec(rng, ("lstm",), 16, (64,), 16)
     assert (pack(spec, np.float64).meta[:, K_PAN : K_PAN + 4] == -1).all()
     assert (pack(spec, np.float32, weights="bfloat16").meta[:, K_PAN : K_PAN + 4] == -1).all()
-    H = 300  # Rt: 300 x 1200 float32 = 1.4 MB > PANEL_MAX_BYTES
+    H = 800  # Rt: 800 x 3200 float32 = 10 MB > PANEL_MAX_BYTES
     assert H * 4 * H * 4 > PANEL_MAX_BYTES
     big = srnn.ModelSpec((srnn.LSTMLayer(4, H, rng.standard_normal((1, 4 * H, 4)), rng.standard_normal((1, 4 * H, H))),))
     m = pack(big, np.float32).meta
@@ -117,9 +119,9 @@ def test_pool_gemm_on_panels_matches_reference(case, parallel, B, chunk, monkeyp
     if case < len(CASES):
         kinds, I, sizes, O = CASES[case]
         spec = _spec(rng, kinds, I, sizes, O)
-    else:  # Rt 300 x 1200 > PANEL_MAX_BYTES: the pool makes its own panels
+    else:  # Rt 800 x 3200 > PANEL_MAX_BYTES: the pool makes its own panels
         I, O = 5, 16
-        spec = _spec(rng, ("lstm",), I, (300,), O)
+        spec = _spec(rng, ("lstm",), I, (800,), O)
         assert srnn.Model(spec, dtype=np.float32)._packed.meta[0, K_PAN + 1] == -1
     model = srnn.Model(spec, dtype=np.float32)
     T = 3
@@ -135,17 +137,24 @@ def test_pool_gemm_on_panels_matches_reference(case, parallel, B, chunk, monkeyp
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kind,I,direction", [("lstm", 300, "forward"), ("lstm", 20, "bidirectional"),
-                                               ("gru", 20, "forward"), ("rnn", 20, "forward")])
-def test_matrices_larger_than_l2_alternate_row_order(kind, I, direction, dtype):
-    """Recurrent (and input) matrices over 1 MiB: every other step reads their rows in reverse
-    order (cache reuse between steps); run, push and step, over odd and even steps, with and
-    without lengths, match the reference."""
+@pytest.mark.parametrize("kind,I,H,direction", [
+    ("lstm", 300, 301, "forward"),  # Wt and Rt 1.4 MB: float32 panels (float64: rows) back to front
+    ("lstm", 20, 301, "bidirectional"),
+    ("gru", 20, 350, "forward"),
+    ("rnn", 20, 603, "forward"),
+    ("lstm", 20, 805, "forward"),  # Rt 10 MB > PANEL_MAX_BYTES: rows back to front in float32 too
+])
+def test_matrices_larger_than_l2_alternate_row_order(kind, I, H, direction, dtype):
+    """Recurrent (and input) matrices over 1 MiB: every other step reads them back to front
+    (cache reuse between steps); run, push and step, over odd and even steps, with and without
+    lengths, match the reference. H % 4 != 0 (a short row block); 4H % 128 != 0 for the GRU and
+    RNN (columns past the last panel)."""
     from conftest import assert_close as close
 
     rng = np.random.default_rng(90)
-    H = {"lstm": 301, "gru": 350, "rnn": 603}[kind]  # recurrent matrix 1.4-1.5 MB in float32; H % 4 != 0
     layer = rand_layer(rng, kind, I, H, direction=direction, exotic=False, scale=0.05)
+    if kind == "gru":  # the reversed order applies with linear_before_reset only
+        layer = dataclasses.replace(layer, linear_before_reset=True)
     spec = srnn.ModelSpec((layer, srnn.DenseLayer(rng.standard_normal((7, layer.output_size)) * 0.1)))
     model = srnn.Model(spec, dtype=dtype)
     T = 7

@@ -22,7 +22,7 @@ from numba.np.arrayobj import populate_array
 
 from .. import config
 from ..config import NJIT, NJIT_GIL, PARALLEL
-from ..layers.cpu_common import _gemm_pan6, _matvec_acc, _matvec_h, _matvec_h_rev, _vact
+from ..layers.cpu_common import _gemm_pan6, _matvec_acc, _matvec_h, _matvec_rev, _vact
 from ..layers.dense.cpu import _frame_layer
 from ..layers.gru.cpu import _gru_cell, _gru_gates
 from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
@@ -62,14 +62,12 @@ ZIG_MIN_BYTES = 1 << 20
 
 @njit(**NJIT)
 def _zig(W, Wh, m, d, G):
-    """True where direction d's recurrent matrix is larger than ``ZIG_MIN_BYTES`` and is read
-    from the row-major copy (no panels, no bfloat16): its steps may alternate row order.
+    """True where direction d's recurrent matrix is larger than ``ZIG_MIN_BYTES``: its steps
+    may alternate the order in which they read it (``_matvec_rev``).
     A recurrence reading a matrix larger than L2 front to back every step finds none of it in
     L2 (the end of one pass evicted the start); reading it back to front every other step
     starts on the rows read last. Measured B=1 T=1000 H=512 LSTM: 158 -> ~117 us per step
     (bench/NOTES.md, entry 32). GRU only with linear_before_reset (else r gates the product)."""
-    if m[K_PAN + 2 * d + 1] >= 0:
-        return False
     if m[0] == GRU and (m[K_FLAGS] & F_LBR) == 0:
         return False
     return m[K_REC] * G * _wbytes(W, Wh) > ZIG_MIN_BYTES
@@ -92,9 +90,9 @@ def _rec_rev(W, Wh, m, d, g, st, scr, G):
         hr = scr[G : G + G]
         for j in range(G):
             hr[j] = 0.0
-        _matvec_h_rev(W, Wh, m[base + O_RT], m[K_H], G, h, hr)
+        _matvec_rev(W, Wh, m[base + O_RT], m[K_PAN + 2 * d + 1], m[K_H], G, h, hr)
     else:
-        _matvec_h_rev(W, Wh, m[base + O_RT], m[K_REC], G, h, g)
+        _matvec_rev(W, Wh, m[base + O_RT], m[K_PAN + 2 * d + 1], m[K_REC], G, h, g)
 
 
 @njit(**NJIT)
@@ -132,8 +130,8 @@ def _stack_core(x, out, st, scr, W, Wh, meta, rev):
             if rev and _zig(W, Wh, m, 0, G):  # the previous step ended on Rt's last rows
                 _rec_rev(W, Wh, m, 0, g, st, scr, G)
                 I = m[K_IN]
-                if m[K_PAN] < 0 and I * G * _wbytes(W, Wh) > ZIG_MIN_BYTES:
-                    _matvec_h_rev(W, Wh, m[K_DIR + O_WT], I, G, cur, g)  # g += x @ Wt, back to front
+                if I * G * _wbytes(W, Wh) > ZIG_MIN_BYTES:
+                    _matvec_rev(W, Wh, m[K_DIR + O_WT], m[K_PAN], I, G, cur, g)  # g += x @ Wt, back to front
                 else:
                     _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_PAN], I, G, 0, G, cur, g, 0)
                 _gates_only(W, m, 0, g, st, scr, G)

@@ -56,9 +56,11 @@ K_FAST = 35  # 1 for float32 models: SIMD rational tanh / sigmoid (see layers/cp
 K_PAN = 36  # 36..39: panel copies (-1 = none): Wt, Rt of direction 0, then of direction 1;
 #             a Dense layer's 16-column panels of Wt in column 36
 NMETA = 40
-#: column panels are made for float32 matrices of at most this many bytes (those that stay in
-#: L2: from L3 or memory, the panels measured no faster than the axpy form, see bench/NOTES.md)
-PANEL_MAX_BYTES = 1 << 20
+#: column panels are made for float32 matrices of at most this many bytes. Read front to back
+#: from L3 they are no faster than the row-major form (NOTES entry 16), but the larger ones are
+#: read in alternating panel order (engine/cpu.py: _zig), and the part L2 still holds then
+#: reads twice as fast from panels (entry 33). Above 8 MiB the copy is not worth its memory.
+PANEL_MAX_BYTES = 8 << 20
 PW, PWH = 128, 16  # panel widths (layers/cpu_common.py)
 # flag bits
 F_INPUT_FORGET, F_PEEP, F_LBR, F_CLIP, F_PROJ, F_BIAS, F_LOG = 1, 2, 4, 8, 16, 32, 64

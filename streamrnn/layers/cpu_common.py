@@ -470,15 +470,24 @@ def _rows_rev(M, off, rows, cols, v, g):
 
 
 @njit(**NJIT)
-def _matvec_h_rev(W, Wh, off, rows, cols, v, g):
-    """g[:cols] += v[:rows] @ M (M the matrix at ``off``, (rows, cols)), rows back to front,
-    from ``Wh`` (bfloat16 bits) when the model was packed with bfloat16 weights, as
-    ``_matvec_h`` does. A recurrence that alternates this with the forward order reads first the
-    rows it read last, which L2 still holds (bench/NOTES.md, entry 32)."""
-    if Wh.shape[0] <= 1:
-        _rows_rev(W, off, rows, cols, v, g)
-    else:
+def _matvec_rev(W, Wh, off, pan, rows, cols, v, g):
+    """g[:cols] += v[:rows] @ M, M the (rows, cols) matrix at ``off`` (row-major) and at ``pan``
+    (column panels, -1 = none), read back to front: the panels last to first, else the rows
+    last to first, from ``Wh`` (bfloat16 bits) for bfloat16 models, as ``_matvec_h`` reads them.
+    A recurrence that alternates this with the forward order reads first what it read last,
+    which L2 still holds (bench/NOTES.md, entries 32-33)."""
+    if Wh.shape[0] > 1:
         _rows_rev(Wh, off, rows, cols, v, g)
+    elif pan >= 0:
+        npan = cols // PW
+        done = npan * PW
+        if done < cols:
+            _matvec_acc(W, off, rows, cols, done, cols - done, v, g, done)
+        for q in range(npan):
+            p = npan - 1 - q
+            _panel_fma(W, pan + p * rows * PW, rows, v, 0, 0, g, p * PW, 0, False)
+    else:
+        _rows_rev(W, off, rows, cols, v, g)
 
 
 @njit(**dict(NJIT, fastmath={"contract", "reassoc"}))
