@@ -22,7 +22,7 @@ from numba.np.arrayobj import populate_array
 
 from .. import config
 from ..config import NJIT, NJIT_GIL, PARALLEL
-from ..layers.cpu_common import _gemm_pan6, _matvec_acc, _matvec_h, _matvec_rev, _vact
+from ..layers.cpu_common import REC_DONE, REC_FWD, REC_REV, _gemm_pan6, _matvec_acc, _matvec_h, _vact
 from ..layers.dense.cpu import _frame_layer
 from ..layers.gru.cpu import _gru_cell, _gru_gates
 from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
@@ -42,18 +42,19 @@ _NO_H = np.zeros(1, np.uint16)  # "no bfloat16 weights": the mat-vecs read W
 
 
 @njit(**NJIT)
-def _cell(W, Wh, m, d, g, st, scr, G):
-    """Run the cell of recurrent layer row ``m``, direction ``d``; g holds x @ Wt + b."""
+def _cell(W, Wh, m, d, g, st, scr, G, rec):
+    """Run the cell of recurrent layer row ``m``, direction ``d``; g holds x @ Wt + b; ``rec``:
+    how the cell gets h @ Rt (``REC_FWD``, ``REC_REV`` or ``REC_DONE`` after ``_rec_rev``)."""
     kind, H, base = m[0], m[K_H], K_DIR + 9 * d
     ho = m[base + O_H]
     h = st[ho : ho + m[K_REC]]
     if kind == LSTM:
         co = m[base + O_C]
-        _lstm_cell(W, Wh, m, d, g, h, st[co : co + H])
+        _lstm_cell(W, Wh, m, d, g, h, st[co : co + H], rec)
     elif kind == GRU:
-        _gru_cell(W, Wh, m, d, g, h, scr[G : G + 3 * H])
+        _gru_cell(W, Wh, m, d, g, h, scr[G : G + 3 * H], rec)
     else:
-        _rnn_cell(W, Wh, m, d, g, h)
+        _rnn_cell(W, Wh, m, d, g, h, rec)
 
 
 #: matrices above this many bytes (without panels) alternate their row order between steps
@@ -63,7 +64,7 @@ ZIG_MIN_BYTES = 1 << 20
 @njit(**NJIT)
 def _zig(W, Wh, m, d, G):
     """True where direction d's recurrent matrix is larger than ``ZIG_MIN_BYTES``: its steps
-    may alternate the order in which they read it (``_matvec_rev``).
+    may alternate the order in which they read it (``_matvec_h`` with ``rev``).
     A recurrence reading a matrix larger than L2 front to back every step finds none of it in
     L2 (the end of one pass evicted the start); reading it back to front every other step
     starts on the rows read last. Measured B=1 T=1000 H=512 LSTM: 158 -> ~117 us per step
@@ -81,8 +82,8 @@ def _wbytes(W, Wh):
 
 @njit(**NJIT)
 def _rec_rev(W, Wh, m, d, g, st, scr, G):
-    """The recurrent product of ``_cell`` with the rows in reverse order: g += h @ Rt (LSTM,
-    RNN) or scr[G : G+3H] = h @ Rt (GRU with linear_before_reset). Then ``_gates_only``."""
+    """The recurrent product of ``_cell`` read back to front: g += h @ Rt (LSTM, RNN) or
+    scr[G : G+3H] = h @ Rt (GRU with linear_before_reset). Then ``_cell`` with ``REC_DONE``."""
     base = K_DIR + 9 * d
     ho = m[base + O_H]
     h = st[ho : ho + m[K_REC]]
@@ -90,24 +91,9 @@ def _rec_rev(W, Wh, m, d, g, st, scr, G):
         hr = scr[G : G + G]
         for j in range(G):
             hr[j] = 0.0
-        _matvec_rev(W, Wh, m[base + O_RT], m[K_PAN + 2 * d + 1], m[K_H], G, h, hr)
+        _matvec_h(W, Wh, m[base + O_RT], m[K_PAN + 2 * d + 1], m[K_H], G, 0, G, h, hr, 0, True)
     else:
-        _matvec_rev(W, Wh, m[base + O_RT], m[K_PAN + 2 * d + 1], m[K_REC], G, h, g)
-
-
-@njit(**NJIT)
-def _gates_only(W, m, d, g, st, scr, G):
-    """The elementwise rest of ``_cell`` after ``_rec_rev``."""
-    kind, H, base = m[0], m[K_H], K_DIR + 9 * d
-    ho = m[base + O_H]
-    h = st[ho : ho + m[K_REC]]
-    if kind == LSTM:
-        co = m[base + O_C]
-        _lstm_gates(W, m, d, g, h, st[co : co + H])
-    elif kind == GRU:
-        _gru_gates(W, m, d, g, h, scr[G : G + G])
-    else:
-        _rnn_gates(W, m, d, g, h)
+        _matvec_h(W, Wh, m[base + O_RT], m[K_PAN + 2 * d + 1], m[K_REC], G, 0, G, h, g, 0, True)
 
 
 @njit(**NJIT)
@@ -127,17 +113,15 @@ def _stack_core(x, out, st, scr, W, Wh, meta, rev):
             bias = W[m[K_DIR + O_B] :][:G]  # sliced, not W[b + j]: see _gates_row
             for j in range(G):
                 g[j] = bias[j]
-            if rev and _zig(W, Wh, m, 0, G):  # the previous step ended on Rt's last rows
+            # a reversed step reads Rt back to front first: the previous step ended on its last rows.
+            # One call site per kernel (each inlined site is compiled again: NOTES entry 34)
+            zig = rev and _zig(W, Wh, m, 0, G)
+            if zig:
                 _rec_rev(W, Wh, m, 0, g, st, scr, G)
-                I = m[K_IN]
-                if I * G * _wbytes(W, Wh) > ZIG_MIN_BYTES:
-                    _matvec_rev(W, Wh, m[K_DIR + O_WT], m[K_PAN], I, G, cur, g)  # g += x @ Wt, back to front
-                else:
-                    _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_PAN], I, G, 0, G, cur, g, 0)
-                _gates_only(W, m, 0, g, st, scr, G)
-            else:
-                _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_PAN], m[K_IN], G, 0, G, cur, g, 0)  # g += x @ Wt
-                _cell(W, Wh, m, 0, g, st, scr, G)
+            I = m[K_IN]
+            back = zig and I * G * _wbytes(W, Wh) > ZIG_MIN_BYTES  # a large Wt: back to front too
+            _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_PAN], I, G, 0, G, cur, g, 0, back)  # g += x @ Wt
+            _cell(W, Wh, m, 0, g, st, scr, G, REC_DONE if zig else REC_FWD)
             ho = m[K_DIR + O_H]
             cur = st[ho : ho + m[K_REC]]  # the layer's output is its new h
         else:
@@ -350,11 +334,7 @@ def _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr):
         t = n - 1 - s if rev else s
         for j in range(G):
             g[j] = XW[b, t, j]
-        if zig and s & 1:
-            _rec_rev(W, _NO_H, m, d, g, st, scr[b], G)
-            _gates_only(W, m, d, g, st, scr[b], G)
-        else:
-            _cell(W, _NO_H, m, d, g, st, scr[b], G)
+        _cell(W, _NO_H, m, d, g, st, scr[b], G, REC_REV if zig and s & 1 else REC_FWD)
         for j in range(h.shape[0]):
             Y[b, t, col0 + j] = h[j]
 
@@ -580,7 +560,7 @@ def _gates_row(sid, g, hr, y, arena, W, m):
         if m[K_FLAGS] & F_LBR:
             _gru_gates(W, m, 0, g, h, hr)
         else:  # r multiplies h before Rh: the per-row cell does the recurrence
-            _gru_cell(W, _NO_H, m, 0, g, h, hr)
+            _gru_cell(W, _NO_H, m, 0, g, h, hr, REC_FWD)
     else:
         _rnn_gates(W, m, 0, g, h)
     for j in range(Hr):

@@ -335,15 +335,17 @@ def _gemm_pan6(A, lda, a0, K, W, pan, npan, G, ldg, n, zero):
 
 
 @njit(**NJIT)
-def _matvec_pan(W, pan, rows, npan, v, g, g0):
+def _matvec_pan(W, pan, rows, npan, v, g, g0, rev):
     """g[g0 : g0 + npan*PW] += v[:rows] @ M[:, :npan*PW], M stored as column panels of PW.
 
     Panel p is W[pan + p*rows*PW :] viewed as (rows, PW): one contiguous stream of weights per
     panel, the PW accumulators stay in registers across all rows (no load / store of g per row,
     unlike the axpy form). Measured against ``_matvec_acc`` (bench/NOTES.md, entry 16):
     1.9-3x on L1-resident matrices, 1.3-1.8x on L2-resident ones, equal from L3.
+    ``rev``: the panels last to first (each panel still front to back).
     """
-    for p in range(npan):
+    for q in range(npan):
+        p = npan - 1 - q if rev else q
         _panel_fma(W, pan + p * rows * PW, rows, v, 0, 0, g, g0 + p * PW, 0, False)
 
 
@@ -394,7 +396,7 @@ def _bf16_to_f32(typingctx, u):
 
 
 @njit(**NJIT)
-def _matvec_h(W, Wh, off, pan, rows, cols, col0, ncol, v, g, g0):
+def _matvec_h(W, Wh, off, pan, rows, cols, col0, ncol, v, g, g0, rev):
     """As ``_matvec_acc``, reading the matrix from ``Wh`` (bfloat16 bits, uint16) when the model
     was packed with bfloat16 weights (``Wh`` longer than 1), else from ``W``: from its column
     panels at ``pan`` (``_matvec_pan``) where the model has them (``pan`` >= 0) and the columns
@@ -404,14 +406,24 @@ def _matvec_h(W, Wh, off, pan, rows, cols, col0, ncol, v, g, g0):
     the weight bytes cross the memory hierarchy; accumulation stays float32. Measured on a
     1024 x 2048 mat-vec (8 MiB of float32 weights, from L3): 298 -> 157 us; on a 256 x 512 one
     (L2-resident) it is slower, 6.0 -> 7.4 us: the mode pays off for large models only.
+
+    ``rev``: read the matrix back to front (panels last to first, or rows last to first where
+    all columns come from the row-major copy). A recurrence that alternates the two orders
+    reads first what it read last, which L2 still holds (bench/NOTES.md, entries 32-33).
     """
+    whole = col0 == 0 and ncol == cols
     if Wh.shape[0] <= 1:
         npan = ncol // PW if pan >= 0 and col0 == 0 else 0
         if npan > 0:
-            _matvec_pan(W, pan, rows, npan, v, g, g0)
+            _matvec_pan(W, pan, rows, npan, v, g, g0, rev)
         done = npan * PW
-        if done < ncol:
+        if rev and npan == 0 and whole:
+            _rows_rev(W, off, rows, cols, v, g[g0 : g0 + ncol])
+        elif done < ncol:
             _matvec_acc(W, off, rows, cols, col0 + done, ncol - done, v, g, g0 + done)
+        return
+    if rev and whole:
+        _rows_rev(Wh, off, rows, cols, v, g[g0 : g0 + ncol])
         return
     gv = g[g0 : g0 + ncol]
     k = 0
@@ -469,25 +481,17 @@ def _rows_rev(M, off, rows, cols, v, g):
             g[j] += v0 * _wf(w0[j]) + v1 * _wf(w1[j]) + v2 * _wf(w2[j]) + v3 * _wf(w3[j])
 
 
+#: how a cell kernel gets its recurrent product h @ Rt: it computes it reading the matrix front
+#: to back, or back to front (engine/cpu.py: _zig), or the caller already added it
+REC_FWD, REC_REV, REC_DONE = 0, 1, 2
+
+
 @njit(**NJIT)
-def _matvec_rev(W, Wh, off, pan, rows, cols, v, g):
-    """g[:cols] += v[:rows] @ M, M the (rows, cols) matrix at ``off`` (row-major) and at ``pan``
-    (column panels, -1 = none), read back to front: the panels last to first, else the rows
-    last to first, from ``Wh`` (bfloat16 bits) for bfloat16 models, as ``_matvec_h`` reads them.
-    A recurrence that alternates this with the forward order reads first what it read last,
-    which L2 still holds (bench/NOTES.md, entries 32-33)."""
-    if Wh.shape[0] > 1:
-        _rows_rev(Wh, off, rows, cols, v, g)
-    elif pan >= 0:
-        npan = cols // PW
-        done = npan * PW
-        if done < cols:
-            _matvec_acc(W, off, rows, cols, done, cols - done, v, g, done)
-        for q in range(npan):
-            p = npan - 1 - q
-            _panel_fma(W, pan + p * rows * PW, rows, v, 0, 0, g, p * PW, 0, False)
-    else:
-        _rows_rev(W, off, rows, cols, v, g)
+def _rec_product(W, Wh, off, pan, rows, cols, ncol, v, g, rec):
+    """g[:ncol] += v[:rows] @ M[:, :ncol] (M the recurrent matrix at ``off`` / ``pan``) as
+    ``rec`` says (``REC_*``; see ``_matvec_h``)."""
+    if rec != REC_DONE:
+        _matvec_h(W, Wh, off, pan, rows, cols, 0, ncol, v, g, 0, rec == REC_REV)
 
 
 @njit(**dict(NJIT, fastmath={"contract", "reassoc"}))

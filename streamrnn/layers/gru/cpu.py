@@ -5,22 +5,24 @@ from numba import njit
 
 from ...config import NJIT
 from ...engine.pack import F_CLIP, F_LBR, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, K_PAN, O_PAR, O_RBH, O_RT
-from ..cpu_common import _matvec_acc, _matvec_h, _vact, _vclip
+from ..cpu_common import REC_DONE, _matvec_acc, _rec_product, _vact, _vclip
 
 
 @njit(**NJIT)
-def _gru_cell(W, Wh, m, d, g, h, hr):
+def _gru_cell(W, Wh, m, d, g, h, hr, rec):
     """Advance one GRU direction by one step for one stream.
 
     g  (3H,)  in: x @ Wt + b (gate order z, r, h); clobbered
     h  (H,)   in/out: hidden state
-    hr (3H,)  scratch: recurrent products
+    hr (3H,)  scratch: recurrent products (with ``rec`` == ``REC_DONE``: in, already computed)
+    rec       how hr gets h @ Rt (``REC_FWD``, ``REC_REV``: read back to front; ``REC_DONE``)
     """
     H, lbr = m[K_H], m[K_FLAGS] & F_LBR
-    for j in range(3 * H):
-        hr[j] = 0.0
+    if rec != REC_DONE:
+        for j in range(3 * H):
+            hr[j] = 0.0
     # lbr: hr = h @ Rt for z, r and h; else only the z and r parts
-    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], m[K_PAN + 2 * d + 1], H, 3 * H, 0, 3 * H if lbr else 2 * H, h, hr, 0)
+    _rec_product(W, Wh, m[K_DIR + 9 * d + O_RT], m[K_PAN + 2 * d + 1], H, 3 * H, 3 * H if lbr else 2 * H, h, hr, rec)
     _gru_gates(W, m, d, g, h, hr)
 
 

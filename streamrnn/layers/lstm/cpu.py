@@ -10,20 +10,21 @@ from ...engine.pack import (
 )
 import numpy as np
 
-from ..cpu_common import _lstm_gates_v, _matvec_acc, _matvec_h, _tanh32, _vact, _vclip
+from ..cpu_common import _lstm_gates_v, _matvec_acc, _rec_product, _tanh32, _vact, _vclip
 
 
 @njit(**NJIT)
-def _lstm_cell(W, Wh, m, d, g, h, c):
+def _lstm_cell(W, Wh, m, d, g, h, c, rec):
     """Advance one LSTM direction by one step for one stream.
 
     g (4H,)  in: x @ Wt + b (gate order i, o, f, c); clobbered (used as scratch)
     h (Hr,)  in/out: hidden state (the layer's output)
     c (H,)   in/out: cell state
     Wh       bfloat16 bits of the weights, or a 1-element dummy (see ``_matvec_h``)
+    rec      how g gets h @ Rt (``REC_FWD``, ``REC_REV``: read back to front; ``REC_DONE``)
     """
     H, Hr = m[K_H], m[K_REC]
-    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], m[K_PAN + 2 * d + 1], Hr, 4 * H, 0, 4 * H, h, g, 0)  # g += h @ Rt
+    _rec_product(W, Wh, m[K_DIR + 9 * d + O_RT], m[K_PAN + 2 * d + 1], Hr, 4 * H, 4 * H, h, g, rec)  # g += h @ Rt
     _lstm_gates(W, m, d, g, h, c)
 
 

@@ -5,17 +5,18 @@ from numba import njit
 
 from ...config import NJIT
 from ...engine.pack import F_CLIP, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, K_PAN, O_PAR, O_RT
-from ..cpu_common import _matvec_h, _vact, _vclip
+from ..cpu_common import _rec_product, _vact, _vclip
 
 
 @njit(**NJIT)
-def _rnn_cell(W, Wh, m, d, g, h):
+def _rnn_cell(W, Wh, m, d, g, h, rec):
     """Advance one RNN direction by one step: h = f(clip(g + h @ Rt)).
 
     g (H,)  in: x @ Wt + b; clobbered.  h (H,) in/out: hidden state.
+    rec     how g gets h @ Rt (``REC_FWD``, ``REC_REV``: read back to front; ``REC_DONE``)
     """
     H = m[K_H]
-    _matvec_h(W, Wh, m[K_DIR + 9 * d + O_RT], m[K_PAN + 2 * d + 1], H, H, 0, H, h, g, 0)
+    _rec_product(W, Wh, m[K_DIR + 9 * d + O_RT], m[K_PAN + 2 * d + 1], H, H, H, h, g, rec)
     _rnn_gates(W, m, d, g, h)
 
 
