@@ -100,6 +100,9 @@ class Model:
                 cpu.compile_for(self.dtype, "stream")
                 if self._packed.Wh.shape[0] > 1:
                     cpu.compile_for(self.dtype, "bfloat16")
+                else:  # the one-stream step kernel its streams use (Stream.__init__)
+                    small = self._packed.W.size <= GIL_STEP_MAX_WEIGHTS
+                    cpu.compile_for(self.dtype, "step_gil" if small else "step")
 
     # -- description -----------------------------------------------------------------------
     @property

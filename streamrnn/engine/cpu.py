@@ -375,9 +375,11 @@ def _sigs(dt, group: str):
     u1, i64, h1 = types.uint8[::1], types.int64, types.uint16[::1]
     im = types.int64[::1]
     groups = {
+        # a model compiles "stream" and the one-stream step kernel it uses: "step_gil" (small
+        # models), "step" (large ones) or "bfloat16" (each step kernel alone costs ~3 s cold)
+        "step_gil": {stream_step_gil(dt): (v, v, i1)},
+        "step": {_stream_step: (v, v, v, v, i2)},
         "stream": {
-            _stream_step: (v, v, v, v, i2),
-            stream_step_gil(dt): (v, v, i1),
             _stream_push: (m2, m2, v, v, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             _frames: (m2, m2, v, im),
@@ -418,8 +420,8 @@ def _sigs(dt, group: str):
 
 
 def compile_for(dtype, group: str = "stream") -> None:
-    """Compile (or load from numba's cache) the CPU kernels of ``group`` ("stream", "bfloat16",
-    "pool", "run") for ``dtype``. Idempotent; called when a model, pool or first run is set up, so no
+    """Compile (or load from numba's cache) the CPU kernels of ``group`` ("stream", "step_gil",
+    "step", "bfloat16", "pool", "run") for ``dtype``. Idempotent; called when a model, pool or first run is set up, so no
     real-time frame ever waits for the compiler."""
     dt = np.dtype(dtype).type
     if (dt, group) in _compiled:
