@@ -57,7 +57,7 @@ def _cell(W, Wh, m, d, g, st, scr, G, rec):
         _rnn_cell(W, Wh, m, d, g, h, rec)
 
 
-#: matrices above this many bytes (without panels) alternate their row order between steps
+#: matrices above this many bytes are read in alternating order (rows or panels) between steps
 ZIG_MIN_BYTES = 1 << 20
 
 
