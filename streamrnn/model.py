@@ -98,11 +98,7 @@ class Model:
             self._cuda = None
             if self.streamable:
                 cpu.compile_for(self.dtype, "stream")
-                if self._packed.Wh.shape[0] > 1:
-                    cpu.compile_for(self.dtype, "bfloat16")
-                else:  # the one-stream step kernel its streams use (Stream.__init__)
-                    small = self._packed.W.size <= GIL_STEP_MAX_WEIGHTS
-                    cpu.compile_for(self.dtype, "step_gil" if small else "step")
+                cpu.compile_for(self.dtype, cpu.step_group(self._packed))  # the step its streams use
 
     # -- description -----------------------------------------------------------------------
     @property
@@ -284,7 +280,7 @@ class Stream:
         # ones release it (other threads run) and take the lock
         self._gil_step = pk.W.size <= GIL_STEP_MAX_WEIGHTS
         self._cuda = model._cuda.stream() if model._cuda is not None else None
-        self._fast = self._cuda is None and self._gil_step and pk.Wh.shape[0] <= 1
+        self._fast = self._cuda is None and cpu.step_group(pk) == "step_gil"
         # the fast step's buffers by address (one argument instead of three; see step_context)
         self._ctx = cpu.step_context(self._sbuf, pk.W, pk.meta) if self._fast else None
         self._kstep = cpu.stream_step_gil(model.dtype)

@@ -22,7 +22,7 @@ from numba.np.arrayobj import populate_array
 
 from .. import config
 from ..config import NJIT, NJIT_GIL, PARALLEL
-from ..layers.cpu_common import REC_DONE, REC_FWD, REC_REV, _gemm_pan6, _matvec_acc, _matvec_h, _vact
+from ..layers.cpu_common import REC_DONE, REC_FWD, _gemm_pan6, _matvec_acc, _matvec_h, _vact
 from ..layers.dense.cpu import _frame_layer
 from ..layers.gru.cpu import _gru_cell, _gru_gates
 from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
@@ -44,7 +44,7 @@ _NO_H = np.zeros(1, np.uint16)  # "no bfloat16 weights": the mat-vecs read W
 @njit(**NJIT)
 def _cell(W, Wh, m, d, g, st, scr, G, rec):
     """Run the cell of recurrent layer row ``m``, direction ``d``; g holds x @ Wt + b; ``rec``:
-    how the cell gets h @ Rt (``REC_FWD``, ``REC_REV`` or ``REC_DONE`` after ``_rec_rev``)."""
+    whether the cell computes h @ Rt (``REC_FWD``) or it was added by ``_rec_rev`` (``REC_DONE``)."""
     kind, H, base = m[0], m[K_H], K_DIR + 9 * d
     ho = m[base + O_H]
     h = st[ho : ho + m[K_REC]]
@@ -210,6 +210,15 @@ def _stream_step_gil64(x, out, ctx):
     return _stream_step_ctx(x, out, ctx)
 
 
+def step_group(pk: Packed) -> str:
+    """The compile group of the one-stream step kernel a model's streams use: "bfloat16" for
+    bfloat16 weights, "step_gil" (``stream_step_gil``) for models of at most
+    ``config.GIL_STEP_MAX_WEIGHTS`` weights, "step" (``_stream_step``, GIL released) above."""
+    if pk.Wh.shape[0] > 1:
+        return "bfloat16"
+    return "step_gil" if pk.W.size <= config.GIL_STEP_MAX_WEIGHTS else "step"
+
+
 def stream_step_gil(dtype):
     """The GIL-held one-stream step kernel of models of ``dtype`` (see ``_stream_step_gil32``)."""
     return _stream_step_gil32 if np.dtype(dtype) == np.float32 else _stream_step_gil64
@@ -334,7 +343,10 @@ def _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr):
         t = n - 1 - s if rev else s
         for j in range(G):
             g[j] = XW[b, t, j]
-        _cell(W, _NO_H, m, d, g, st, scr[b], G, REC_REV if zig and s & 1 else REC_FWD)
+        back = zig and s & 1
+        if back:
+            _rec_rev(W, _NO_H, m, d, g, st, scr[b], G)
+        _cell(W, _NO_H, m, d, g, st, scr[b], G, REC_DONE if back else REC_FWD)
         for j in range(h.shape[0]):
             Y[b, t, col0 + j] = h[j]
 
@@ -421,8 +433,8 @@ def _sigs(dt, group: str):
 
 def compile_for(dtype, group: str = "stream") -> None:
     """Compile (or load from numba's cache) the CPU kernels of ``group`` ("stream", "step_gil",
-    "step", "bfloat16", "pool", "run") for ``dtype``. Idempotent; called when a model, pool or first run is set up, so no
-    real-time frame ever waits for the compiler."""
+    "step", "bfloat16", "pool", "run") for ``dtype``. Idempotent; called when a model, pool or
+    first run is set up, so no real-time frame ever waits for the compiler."""
     dt = np.dtype(dtype).type
     if (dt, group) in _compiled:
         return
@@ -711,7 +723,7 @@ class BatchedStep:
 
     @staticmethod
     def _panels(W: np.ndarray, m: np.ndarray, I: int, Hr: int, G: int):
-        """(P, pw, pr): the model's own panels where pack made them (matrices <= 1 MiB), else
+        """(P, pw, pr): the model's own panels where pack made them (matrices <= PANEL_MAX_BYTES), else
         a copy for this pool (a GEMM over many streams reuses each panel from L2 at any size)."""
         if m[K_PAN] >= 0 and m[K_PAN + 1] >= 0 or G < PW:
             return W, int(m[K_PAN]), int(m[K_PAN + 1])

@@ -481,17 +481,17 @@ def _rows_rev(M, off, rows, cols, v, g):
             g[j] += v0 * _wf(w0[j]) + v1 * _wf(w1[j]) + v2 * _wf(w2[j]) + v3 * _wf(w3[j])
 
 
-#: how a cell kernel gets its recurrent product h @ Rt: it computes it reading the matrix front
-#: to back, or back to front (engine/cpu.py: _zig), or the caller already added it
-REC_FWD, REC_REV, REC_DONE = 0, 1, 2
+#: how a cell kernel gets its recurrent product h @ Rt: it computes it, or the caller already
+#: added it (engine/cpu.py: _rec_rev, which reads the matrix back to front)
+REC_FWD, REC_DONE = 0, 1
 
 
 @njit(**NJIT)
 def _rec_product(W, Wh, off, pan, rows, cols, ncol, v, g, rec):
     """g[:ncol] += v[:rows] @ M[:, :ncol] (M the recurrent matrix at ``off`` / ``pan``) as
     ``rec`` says (``REC_*``; see ``_matvec_h``)."""
-    if rec != REC_DONE:
-        _matvec_h(W, Wh, off, pan, rows, cols, 0, ncol, v, g, 0, rec == REC_REV)
+    if rec == REC_FWD:
+        _matvec_h(W, Wh, off, pan, rows, cols, 0, ncol, v, g, 0, False)
 
 
 @njit(**dict(NJIT, fastmath={"contract", "reassoc"}))

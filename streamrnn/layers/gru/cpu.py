@@ -15,7 +15,7 @@ def _gru_cell(W, Wh, m, d, g, h, hr, rec):
     g  (3H,)  in: x @ Wt + b (gate order z, r, h); clobbered
     h  (H,)   in/out: hidden state
     hr (3H,)  scratch: recurrent products (with ``rec`` == ``REC_DONE``: in, already computed)
-    rec       how hr gets h @ Rt (``REC_FWD``, ``REC_REV``: read back to front; ``REC_DONE``)
+    rec       how hr gets h @ Rt (``REC_FWD``: computed here; ``REC_DONE``: by the caller)
     """
     H, lbr = m[K_H], m[K_FLAGS] & F_LBR
     if rec != REC_DONE:

@@ -21,7 +21,7 @@ def _lstm_cell(W, Wh, m, d, g, h, c, rec):
     h (Hr,)  in/out: hidden state (the layer's output)
     c (H,)   in/out: cell state
     Wh       bfloat16 bits of the weights, or a 1-element dummy (see ``_matvec_h``)
-    rec      how g gets h @ Rt (``REC_FWD``, ``REC_REV``: read back to front; ``REC_DONE``)
+    rec      how g gets h @ Rt (``REC_FWD``: computed here; ``REC_DONE``: by the caller)
     """
     H, Hr = m[K_H], m[K_REC]
     _rec_product(W, Wh, m[K_DIR + 9 * d + O_RT], m[K_PAN + 2 * d + 1], Hr, 4 * H, 4 * H, h, g, rec)  # g += h @ Rt

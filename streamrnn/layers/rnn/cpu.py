@@ -13,7 +13,7 @@ def _rnn_cell(W, Wh, m, d, g, h, rec):
     """Advance one RNN direction by one step: h = f(clip(g + h @ Rt)).
 
     g (H,)  in: x @ Wt + b; clobbered.  h (H,) in/out: hidden state.
-    rec     how g gets h @ Rt (``REC_FWD``, ``REC_REV``: read back to front; ``REC_DONE``)
+    rec     how g gets h @ Rt (``REC_FWD``: computed here; ``REC_DONE``: by the caller)
     """
     H = m[K_H]
     _rec_product(W, Wh, m[K_DIR + 9 * d + O_RT], m[K_PAN + 2 * d + 1], H, H, H, h, g, rec)
