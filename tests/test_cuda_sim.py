@@ -256,6 +256,39 @@ _CASES = {
             assert prof[9]["calls"] == 2 and prof[12]["calls"] == 1, prof
             assert all(prof[9][ph]["p50_us"] >= 0 for ph in ("pack", "launch", "sync", "copy_out", "total"))
     """,
+    # frames staged by the parallel host copy (PACK_PAR_MIN lowered so tiny calls take it):
+    # results, every state, and a NaN in each part of the split named by its row, nothing changed
+    "pack_parallel": """
+        import numba
+        from streamrnn.engine import cuda as ce
+        ce.PACK_PAR_MIN = 1
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        I, H, O = 3, 6, 2
+        spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H)), DenseLayer(R(O, H), R(O))))
+        for dtype in ("float32", "float64"):
+            mc, mg = both(spec, dtype)
+            pc, pg = mc.pool(12), mg.pool(12)
+            ic, ig = pc.open(12), pg.open(12)
+            assert pg._cuda.core.bad.shape[0] == numba.get_num_threads()
+            for s, n in enumerate((12, 9, 1, 12)):
+                sel = rng.permutation(12)[:n]
+                X = rng.standard_normal((n, I)).astype(dtype)
+                close(pg.step(ig[sel], X), pc.step(ic[sel], X), dtype, f"parallel-staged pool.step {s} n={n}")
+            before = np.stack([pg.get_state(i).data for i in range(12)])
+            for row in (0, 4, 7, 11):
+                X = rng.standard_normal((12, I)).astype(dtype)
+                X[row, 1] = np.nan
+                X[11, 2] = np.inf  # a later bad row: the first one is named
+                try:
+                    pg.step(ig, X)
+                except srnn.NonFiniteError as e:
+                    assert f"row {row}" in str(e), e
+                else:
+                    raise AssertionError("NaN frame staged in parallel did not raise")
+            assert np.array_equal(np.stack([pg.get_state(i).data for i in range(12)]), before)
+            X = rng.standard_normal((12, I)).astype(dtype)
+            close(pg.step(ig, X), pc.step(ic, X), dtype, "parallel-staged pool.step after refusals")
+    """,
     # bidirectional LSTM + reverse GRU: run only; float32
     "bidir_run": """
         I, H, O = 3, 4, 2

@@ -53,10 +53,11 @@ import threading
 import time
 from collections import OrderedDict
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from ..config import NJIT
+from ..config import NJIT, PARALLEL
 from ..errors import ShapeError, StreamRNNError
 from . import cpu as _cpu
 from .pack import (
@@ -79,6 +80,10 @@ except Exception as e:  # pragma: no cover - depends on the install
 
 _now = time.perf_counter_ns
 _tls = threading.local()  # per thread: the CUDA context was made current
+#: frames of at least this many values per pool.step are staged by all threads (waking numba's
+#: workers costs tens of µs; staging 4 MiB costs ~300 µs on one core here; NOTES entry 35)
+PACK_PAR_MIN = 1 << 20
+
 _NO_GPU = "device: expected a CUDA GPU for device='cuda', got none ({})"
 
 
@@ -107,9 +112,41 @@ def _check_device() -> None:
 # Host-side validation + packing into the pinned staging buffers (one compiled pass)
 # ---------------------------------------------------------------------------------------------
 @njit(**NJIT)
-def _pack_rows(ids, X, alive, stamp, epoch, I, hid, hX):
-    """Check ids (range, open, distinct) and frames (shape, finite); copy them into hid / hX.
-    Returns a status of engine.cpu (0 = ok); the row index is in the bits above the low 8."""
+def _stage_rows(ids, X, hin64, hinf, c0, r0, r1):
+    """Rows r0..r1-1: ids and frames into the staging rows (``hin64[r, 0]`` = id, frame at
+    ``hinf[r, c0:]``). Returns the first row with a NaN / Inf, or -1. One pass that reads X
+    once: the finiteness test is an integer OR (``x - x`` is NaN for NaN and Inf) that LLVM
+    vectorises with the copy (bench/NOTES.md entry 35)."""
+    I = X.shape[1]
+    for r in range(r0, r1):
+        x = X[r]
+        d = hinf[r][c0:]
+        bad = 0
+        for k in range(I):
+            v = x[k]
+            bad |= (v - v) != 0
+            d[k] = v
+        if bad:
+            return r
+        hin64[r, 0] = ids[r]
+    return -1
+
+
+@njit(**PARALLEL)
+def _stage_par(ids, X, hin64, hinf, c0, bad):
+    """``_stage_rows`` over all rows, split in ``bad.shape[0]`` parts run in parallel; bad[c] =
+    the first bad row of part c, or -1."""
+    n, nb = X.shape[0], bad.shape[0]
+    per = (n + nb - 1) // nb
+    for c in prange(nb):
+        bad[c] = _stage_rows(ids, X, hin64, hinf, c0, c * per, min(n, (c + 1) * per))
+
+
+@njit(**NJIT)
+def _pack_rows(ids, X, alive, stamp, epoch, I, hin64, hinf, c0, stage):
+    """Check ids (range, open, distinct) and, with ``stage``, frames (shape, finite) while
+    copying them into the pinned staging rows (``_stage_rows``). Returns a status of
+    engine.cpu (0 = ok); the row index is in the bits above the low 8."""
     n = ids.shape[0]
     if X.shape[0] != n or X.shape[1] != I:
         return _cpu.E_XLEN
@@ -123,14 +160,25 @@ def _pack_rows(ids, X, alive, stamp, epoch, I, hid, hX):
         if stamp[sid] == epoch:
             return _cpu.E_ID_DUP | (r << 8)
         stamp[sid] = epoch
-    for r in range(n):
-        for k in range(I):
-            v = X[r, k]
-            if not math.isfinite(v):
-                return _cpu.E_NONFINITE | (r << 8)
-            hX[r, k] = v
-        hid[r] = ids[r]
+    if stage:
+        r = _stage_rows(ids, X, hin64, hinf, c0, 0, n)
+        if r >= 0:
+            return _cpu.E_NONFINITE | (r << 8)
     return _cpu.OK
+
+
+def _pack_sigs(dtype) -> tuple:
+    """Explicit signatures of the host packing kernels for frames of ``dtype`` (compiled at
+    model load, ``CudaEngine.__init__``, never in the first frame)."""
+    from numba import types as nt
+
+    f = nt.float32 if np.dtype(dtype) == np.float32 else nt.float64
+    i1, u1, i2 = nt.int64[::1], nt.uint8[::1], nt.int64[:, ::1]
+    X, hf = f[:, ::1], f[:, ::1]
+    return (
+        (_stage_par, (i1, X, i2, hf, nt.int64, i1)),
+        (_pack_rows, (i1, X, u1, i1, nt.int64, nt.int64, i2, hf, nt.int64, nt.boolean)),
+    )
 
 
 def _raise(rc, model, xname, x, out, ids=None):
@@ -415,6 +463,8 @@ class CudaEngine:
         self._lock = threading.Lock()
         self._stream = cuda.stream()
         self._bufs: dict = {}
+        for fn, sig in _pack_sigs(self.dtype):  # host packing kernels: compiled at load
+            fn.compile(sig)
         self._dummy_i = cuda.to_device(np.zeros(1, np.int64))
         self._dummy_2 = cuda.to_device(np.zeros((1, 1), self.dtype))
         self._step_layout()
@@ -717,6 +767,8 @@ class _Core:
         self.stamp = np.zeros(self.cap, np.int64)
         self.epoch = 0
         self.nmax = 0
+        self.h64, self.hf, self.c0 = np.zeros((1, 1), np.int64), np.zeros((1, 1), eng.dtype), 0  # until _grow
+        self.bad = np.full(max(1, numba.get_num_threads()), -1, np.int64)  # per part of _stage_par
         self.gen = 0
         self.ops: dict = {}  # bucket -> ops
         self.bound: dict = {}  # bucket -> (gen, [(fn, params, block, grid)])
@@ -753,6 +805,7 @@ class _Core:
         self.hin = cuda.pinned_array((nmax, P), np.uint8)
         self.hids = self.hin.view(np.int64)[:, 0]
         self.hX = self.hin.view(eng.dtype)[:, c0 : c0 + I]
+        self.h64, self.hf, self.c0 = self.hin.view(np.int64), self.hin.view(eng.dtype), c0  # C-contiguous views
         self.feat_d = cuda.device_array((nmax, eng.ftot), eng.dtype)
         self.out_d = cuda.device_array((nmax, eng.O), eng.dtype)
         self.hout_m = None
@@ -768,6 +821,26 @@ class _Core:
             self.hout = cuda.pinned_array((nmax, eng.O), eng.dtype)
         self.nmax = nmax
         self.gen += 1
+
+    def pack(self, ids: np.ndarray, X: np.ndarray, alive: np.ndarray) -> int:
+        """Validate ids (range, open, distinct) and frames (shape, finite) and stage them in the
+        pinned rows for ``step(n)``; a status of engine.cpu (0 = ok). Frames of at least
+        ``PACK_PAR_MIN`` values are staged by all of numba's threads."""
+        n = ids.shape[0]
+        self.epoch += 1
+        big = n * X.shape[1] >= PACK_PAR_MIN and n <= self.nmax
+        # n > nmax only when n > capacity: then the ids repeat or are unknown and the id check
+        # refuses the call before anything is staged
+        rc = _pack_rows(ids, X, alive, self.stamp, self.epoch, self.eng.I, self.h64, self.hf, self.c0,
+                        not big and n <= self.nmax)
+        if rc or not big:
+            return rc
+        bad = self.bad
+        _stage_par(ids, X, self.h64, self.hf, self.c0, bad)
+        for r in bad:  # parts in row order: the first bad part holds the first bad row
+            if r >= 0:
+                return _cpu.E_NONFINITE | (int(r) << 8)
+        return _cpu.OK
 
     def _drop_graphs(self) -> None:
         while self.graphs:
@@ -1012,22 +1085,12 @@ class CudaPool:
         n = ids.shape[0]
         if out.shape != (n, eng.O):
             _raise(_cpu.E_OUTLEN, eng.model, "X", X, out, ids)
-        if n > core.nmax:
-            if n <= core.cap:
-                core._grow(n)
-        if n > core.cap:  # necessarily repeats or unknown ids: let the check name the row
-            hid, hX = np.empty(n, np.int64), np.empty((n, eng.I), eng.dtype)
-        else:
-            hid, hX = core.hids, core.hX
+        if core.cap >= n > core.nmax:
+            core._grow(n)
         prof = core.prof
         if prof is not None:
             t0 = _now()
-        core.epoch += 1
-        try:
-            rc = _pack_rows(ids, X, alive, core.stamp, core.epoch, eng.I, hid, hX)
-        except TypeError:  # pragma: no cover - unusual dtypes: convert and retry
-            rc = _pack_rows(ids, np.ascontiguousarray(X, eng.dtype), np.ascontiguousarray(alive, np.uint8),
-                            core.stamp, core.epoch, eng.I, hid, hX)
+        rc = core.pack(ids, X, alive)
         if rc:
             _raise(rc, eng.model, "X", X, out, ids)
         if n == 0:
@@ -1100,8 +1163,7 @@ class CudaStream:
             prof = core.prof
             if prof is not None:
                 t0 = _now()
-            core.epoch += 1
-            rc = _pack_rows(self._IDS, x.reshape(1, I), self._ALIVE, core.stamp, core.epoch, I, core.hids, core.hX)
+            rc = core.pack(self._IDS, x.reshape(1, I), self._ALIVE)
             if rc:
                 k = int(np.argmax(~np.isfinite(x)))
                 _raise(_cpu.E_NONFINITE | (k << 8), eng.model, "x", x, out)
