@@ -446,6 +446,15 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
         log(f"  H={H:4d} B={B:6d} profile p50 us: " + " ".join(
             f"{k} {row[k]:.1f}" for k in ("pack", "launch", "sync", "copy_out", "total") if k in row)
             + f" (mode {row['mode']}, mapped_out {row['mapped_out']})")
+        # device time of each copy / kernel alone (events around back-to-back launches)
+        try:
+            kt = pp._cuda.kernel_times(B, reps=10 if B * H >= 16384 * 128 else 50)
+            row["kernels"] = kt
+            log(f"  H={H:4d} B={B:6d} device us per op: " + ", ".join(
+                f"{k['op']} {k['us']:.1f}" + (f" ({k.get('regs')} regs, {k.get('smem')} B smem)" if "regs" in k else "")
+                for k in kt))
+        except Exception as e:  # noqa: BLE001
+            RESULT["errors"].append({"what": f"kernel_times B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
         del mp, pp
     except Exception as e:  # noqa: BLE001
         RESULT["errors"].append({"what": f"profile B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
@@ -619,6 +628,14 @@ def report() -> None:
             print(f"| {r['H']} | {r['B']} | {r['mode']} | {r['mapped_out']} | {r['pack']:.1f} | {r['launch']:.1f} | "
                   f"{r['sync']:.1f} | {r['copy_out']:.1f} | {r['total']:.1f} | {r['pool.step_p50_us']:.1f} | "
                   f"{r['pool.step_p50_us'] - r['total']:.1f} |")
+        kr = [r for r in RESULT["profile"] if r.get("kernels")]
+        if kr:
+            print("\n## Device time per operation of one step, alone (CUDA events, us per launch)\n")
+            print("| H | B | op | us | grid | block | regs | smem B | local B |\n|---|---|---|---|---|---|---|---|---|")
+            for r in kr:
+                for k in r["kernels"]:
+                    print(f"| {r['H']} | {r['B']} | {k['op']} | {k['us']:.1f} | {k.get('grid', '')} | {k.get('block', '')} | "
+                          f"{k.get('regs', '')} | {k.get('smem', '')} | {k.get('local', '')} |")
     if RESULT["seq"]:
         print("\n## model.run, host to host\n")
         print("| method | H | B | T | us / step | frames / s |\n|---|---|---|---|---|---|")

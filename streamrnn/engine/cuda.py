@@ -1005,6 +1005,48 @@ class _Core:
         self.arena[0:1].copy_to_device(zero)
         self.stream.synchronize()
 
+    def kernel_times(self, n: int, reps: int = 50) -> list:  # pragma: no cover - real GPU only
+        """Device time of each operation of a step of n rows, alone: CUDA events around ``reps``
+        back-to-back launches (driver path) of the copy in and of each kernel, in launch order.
+        Returns [{"op", "us", "regs", "smem", "local", "grid", "block"}]; [] without the driver
+        path (the simulator). The launches advance the states of rows ids[:n] ``reps`` times:
+        for measurements only (``bench/gpu_check.py``)."""
+        drv = self.eng.drv
+        if drv is None or n < 1 or n > self.nmax:
+            return []
+        cu, hs, chk = drv.cu, self.cstream, drv.check
+        bucket = _bucket(n)
+        ops = self._ops(bucket)
+        bound = self._bound(bucket)
+        e0, e1 = cuda.event(), cuda.event()
+
+        def timed(launch):
+            launch()
+            e0.record(self.stream)
+            for _ in range(reps):
+                launch()
+            e1.record(self.stream)
+            e1.synchronize()
+            return 1e3 * cuda.event_elapsed_time(e0, e1) / reps
+
+        res = [{"op": "copy in", "bytes": n * self.pitch,
+                "us": timed(lambda: chk(cu.cuMemcpyHtoDAsync(_dptr(self.in_d), self.hin.ctypes.data, n * self.pitch, hs),
+                                        "cuMemcpyHtoDAsync"))}]
+        for (disp, first, _, _), (fn, params, block, grid) in zip(ops, bound):
+            params.n.value = n
+            gx, gy = grid(n)
+            kern = disp.compile(tuple(disp.typeof_pyval(a) for a in self._args(first)))
+            info = {"op": disp.py_func.__name__, "grid": [gx, gy], "block": block}
+            for k, attr in (("regs", "regs_per_thread"), ("smem", "shared_mem_per_block"), ("local", "local_mem_per_thread")):
+                try:
+                    info[k] = int(getattr(kern, attr))
+                except Exception:  # noqa: BLE001 - attribute names differ between numba-cuda versions
+                    info[k] = None
+            info["us"] = timed(lambda: chk(cu.cuLaunchKernel(fn, gx, gy, 1, block, 1, 1, 0, hs, params.ptr, 0),
+                                           "cuLaunchKernel"))
+            res.append(info)
+        return res
+
     # -- profile (STREAMRNN_CUDA_PROFILE=1) --------------------------------------------------
     PHASES = ("pack", "launch", "sync", "copy_out", "total")
 
@@ -1109,6 +1151,11 @@ class CudaPool:
     def profile(self, clear: bool = False) -> dict:
         """With STREAMRNN_CUDA_PROFILE=1: per-phase host times of the steps so far."""
         return self.core.profile(clear)
+
+    def kernel_times(self, n: int, reps: int = 50) -> list:
+        """Device time of each copy / kernel of a step of n rows (see ``_Core.kernel_times``;
+        advances the states of the pool's first n rows: for benchmarks only)."""
+        return self.core.kernel_times(n, reps)
 
     def push(self, sid: int, X: np.ndarray) -> np.ndarray:
         _check_frames(X, self.eng.model)

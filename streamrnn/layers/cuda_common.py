@@ -48,23 +48,58 @@ def gemm_smem(gt: GemmTile, G: int) -> int:
     return gt.BK * (gt.BM + 1) + gt.BK * G * gt.BU + gemm_red_size(gt, G)
 
 
+def _chunk_src(BK: int, KS: int, TM: int, TU: int, G: int, TY: int, TX: int, BU: int) -> str:
+    """Source of ``chunk(acc, As, Bs, ks, ty, tx)``: one thread's FMAs over a staged chunk,
+    fully unrolled, so each shared load is a per-thread base register plus an immediate (NVVM
+    does not unroll the plain loop: ~4 integer instructions per load; bench/NOTES.md entry 36).
+    The shared arrays are indexed directly (a slice of them would turn the loads generic). With
+    k-slices (KS > 1) each slice gets its own branch with literal k indices (``ks`` is uniform
+    across a warp: no divergence), which keeps the register count of the KS = 1 code."""
+    lines = ["def chunk(acc, As, Bs, ks, ty, tx):"]
+    for s in range(KS):
+        ind = "    "
+        if KS > 1:
+            lines.append(f"    {'if' if s == 0 else 'elif'} ks == {s}:")
+            ind = "        "
+        for k1 in range(BK // KS):
+            k = s + KS * k1
+            for q in range(TM):
+                lines.append(f"{ind}a{q} = As[{k}, ty + {TY * q}]")
+            for u in range(TU):
+                for g in range(G):
+                    lines.append(f"{ind}w = Bs[{k}, tx + {g * BU + TX * u}]")
+                    for q in range(TM):
+                        lines.append(f"{ind}acc[{(q * TU + u) * G + g}] += a{q} * w")
+    return "\n".join(lines) + "\n"
+
+
+@lru_cache(maxsize=None)
+def _make_chunk(BK: int, KS: int, TM: int, TU: int, G: int, TY: int, TX: int, BU: int):
+    """The device function of ``_chunk_src`` (generated once per tile shape)."""
+    if BK % KS:
+        raise ValueError(f"GemmTile: expected BK a multiple of KS, got BK={BK}, KS={KS}")
+    ns: dict = {}
+    exec(compile(_chunk_src(BK, KS, TM, TU, G, TY, TX, BU), f"<gemm chunk {BK}x{TM}x{TU}x{G}>", "exec"), ns)
+    return jit(device=True)(ns["chunk"])
+
+
 @lru_cache(maxsize=None)
 def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, NU: int):
-    """``accum(acc, As, Bs, av, W, woff, A, ids, rbase, n, jb, tid)``:
+    """``accum(acc, As, Bs, W, woff, A, ids, rbase, n, jb, tid)``:
 
     ``acc[(q*TU+u)*G + g] += sum_k A[row(rbase + ty + TY*q), COL0 + k] * W[woff + k*LDW + g*GS + j]``
     for this thread's rows q < TM, units j = jb + tx + TX*u (u < TU), gates g < G, k < K (its
     KS slice of every chunk). row(r) = ids[r] if USE_IDS else r; rows >= n and units >= NU
-    contribute zeros (the caller ignores them). As: shared (BK, BM+1), Bs: shared (BK, G*BU),
-    av: local (TM,).
+    contribute zeros (the caller ignores them). As: shared (BK, BM+1), Bs: shared (BK, G*BU).
     """
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
     NT = TX * TY * KS
     GB = G * BU
+    chunk = _make_chunk(BK, KS, TM, TU, G, TY, TX, BU)
 
     @jit(device=True)
-    def accum(acc, As, Bs, av, W, woff, A, ids, rbase, n, jb, tid):
+    def accum(acc, As, Bs, W, woff, A, ids, rbase, n, jb, tid):
         tx = tid % TX
         ty = (tid // TX) % TY
         ks = tid // (TX * TY)
@@ -96,15 +131,8 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
                 else:
                     Bs[kk, c] = 0
             cuda.syncthreads()
-            kend = min(BK, K - k0)
-            for kk in range(ks, kend, KS):
-                for q in range(TM):
-                    av[q] = As[kk, ty + TY * q]
-                for u in range(TU):
-                    for g in range(G):
-                        w = Bs[kk, g * BU + tx + TX * u]
-                        for q in range(TM):
-                            acc[(q * TU + u) * G + g] += av[q] * w
+            # the whole chunk, also past K (staged as zeros), unrolled (_chunk_src)
+            chunk(acc, As, Bs, ks, ty, tx)
 
     return accum
 
