@@ -18,7 +18,8 @@ Self-contained (run from the repository root; the package need not be installed)
    checked against the CPU engine and against torch (TF32 off): every tile bucket is verified on
    the benchmarked model itself. Also stream.step and the three launch paths at B=1.
 3. ``seq``     throughput of ``model.run`` (B in {1, 64}, T=250) vs torch ``nn.LSTM`` on the
-   whole sequence (and their outputs compared).
+   whole sequence (and their outputs compared); then the persistent LSTM kernel
+   (``STREAMRNN_CUDA_SEQ=grid``, B in {1, 4}) against the per-block one: parity and timing.
 4. ``parity`` again with what is left of the budget: GRU (both linear_before_reset) stack with a
    softmax head, RNN relu (float64), LSTM + head (float64, 2000 streams), bidirectional run.
 
@@ -155,7 +156,8 @@ def lstm_head(I, H, O):
 
 def build(spec, dtype, device, mode=None, **env):
     """A model; mode sets STREAMRNN_CUDA_LAUNCH, env other STREAMRNN_CUDA_* variables
-    (GEMM="0": row-tile LSTM kernels, MAPPED_OUT="0": copy the outputs out, PROFILE="1")."""
+    (GEMM="0": row-tile LSTM kernels, MAPPED_OUT="0": copy the outputs out, PROFILE="1",
+    SEQ="grid": the persistent LSTM sequence kernel)."""
     env = {f"STREAMRNN_CUDA_{k}": v for k, v in env.items()}
     if mode is not None:
         env["STREAMRNN_CUDA_LAUNCH"] = mode
@@ -570,6 +572,30 @@ def seq_case(H, B, T, mg, tmods):
     save()
 
 
+def seq_grid_case(H, B, T, mg, mgg):
+    """The persistent LSTM kernel (STREAMRNN_CUDA_SEQ=grid) against the per-block one, same
+    process: parity (and whether it ran or fell back), then both timed at this B."""
+    X = RNG.standard_normal((B, T, H)).astype(np.float32)
+    Yb = mg.run(X)
+    Yg = mgg.run(X)
+    d = float(np.abs(Yg - Yb).max())
+    ok = bool(np.all(np.abs(Yg - Yb) <= 1e-4 + 1e-4 * np.abs(Yb)))
+    mode = mgg._cuda.seq_mode
+    RESULT["parity"].append({"case": f"lstm_head H={H}", "what": f"run B={B} T={T} persistent grid vs per-block "
+                             f"(seq_mode after run: {mode})", "dtype": "float32", "max_abs": d, "ok": ok})
+    iters = 3 if ARGS.quick else 8
+    for name, m in (("streamrnn model.run", mg), ("streamrnn model.run [persistent grid, STREAMRNN_CUDA_SEQ=grid]", mgg)):
+        if name == "streamrnn model.run" and B in (1, 64):
+            continue  # timed by seq_case
+        st = timeit(lambda: m.run(X), iters, 2.0, warmup=1)
+        row = {"H": H, "B": B, "T": T, "method": name, **st, "us_per_step": st["p50_us"] / T,
+               "frames_per_s": B * T / (st["p50_us"] / 1e6), "seq_mode": m._cuda.seq_mode, "parity_ok": ok}
+        RESULT["seq"].append(row)
+        log(f"  H={H:4d} B={B:4d} T={T:4d} {name} {row['us_per_step']:8.2f} us/step (seq_mode {row['seq_mode']}, "
+            f"parity {'ok' if ok else 'FAILED'}, max abs {d:.2g})")
+    save()
+
+
 def seq_section() -> None:
     log("== seq: model.run throughput ==")
     try:
@@ -587,6 +613,10 @@ def seq_section() -> None:
         tmods = guarded(f"torch modules H={H}", torch_modules, spec, H, H, 32) if have_torch else None
         for B in (1, 64):
             guarded(f"seq H={H} B={B}", seq_case, H, B, T, mg, tmods, need=8)
+        mgg = guarded(f"build cuda H={H} (seq grid)", build, spec, "float32", "cuda", SEQ="grid")
+        if mgg is not None:
+            for B in (1, 4):
+                guarded(f"seq grid H={H} B={B}", seq_grid_case, H, B, T, mg, mgg, need=8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -289,6 +289,53 @@ _CASES = {
             X = rng.standard_normal((12, I)).astype(dtype)
             close(pg.step(ig, X), pc.step(ic, X), dtype, "parallel-staged pool.step after refusals")
     """,
+    # the persistent LSTM sequence kernel (STREAMRNN_CUDA_SEQ=grid: one block under the
+    # simulator, grid syncs) and the same kernel launched per step over several blocks
+    # ("stepwise"): run with ragged lengths (0 included) and an initial state, push, a
+    # bidirectional layer, peepholes + clip + input_forget, float32 and float64, vs the CPU engine
+    "lstm_seq_grid": """
+        import os
+        I, H, O = 3, 6, 2
+        specs = {
+            "peep": ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H), clip=1.2,
+                                         input_forget=True), DenseLayer(R(O, H), R(O)))),
+            "bidir": ModelSpec((LSTMLayer(I, 4, R(2, 16, I), R(2, 16, 4), R(2, 32), direction="bidirectional"),
+                                LSTMLayer(8, 5, R(1, 20, 8), R(1, 20, 5), R(1, 40)))),
+        }
+        for mode in ("grid", "stepwise"):
+            for name, spec in specs.items():
+                for dtype in ("float32", "float64"):
+                    os.environ["STREAMRNN_CUDA_SEQ"] = mode
+                    mg = srnn.Model(spec, dtype=dtype, device="cuda")
+                    os.environ.pop("STREAMRNN_CUDA_SEQ")
+                    mc = srnn.Model(spec, dtype=dtype, device="cpu")
+                    eng = mg._cuda
+                    calls = []
+                    orig = eng._seq_grid
+                    eng._seq_grid = lambda *a: calls.append(a[0]) or orig(*a)
+                    for B, T in ((3, 4), (1, 3), (5, 2)):
+                        X = rng.standard_normal((B, T, I)).astype(dtype)
+                        L = np.array([T, 0, 2, 1, T][:B])
+                        st0 = rng.standard_normal((B, mc.state_size)) * 0.5
+                        Yc, sc = mc.run(X, state=st0, lengths=L, return_state=True)
+                        Yg, sg = mg.run(X, state=st0, lengths=L, return_state=True)
+                        close(Yg, Yc, dtype, f"{mode} {name} run Y B={B}")
+                        close(sg.data, sc.data, dtype, f"{mode} {name} run state B={B}")
+                    assert calls and all(c[1] >= 1 for c in calls), (mode, name, calls)
+                    if mode == "stepwise":  # several blocks of UPB = 2 units
+                        assert any(c[3] > 1 for c in calls), calls
+                    # more sequences than GRID_BMAX: the per-block kernel
+                    n0 = len(calls)
+                    B = eng.GRID_BMAX + 1
+                    X = rng.standard_normal((B, 2, I)).astype(dtype)
+                    close(mg.run(X), mc.run(X), dtype, f"{mode} {name} run B={B}")
+                    assert len(calls) == n0
+                    if name == "peep":
+                        sc_, sg_ = mc.stream(), mg.stream()
+                        Xs = rng.standard_normal((4, I)).astype(dtype)
+                        close(sg_.push(Xs), sc_.push(Xs), dtype, f"{mode} push")
+                        close(sg_.state.data, sc_.state.data, dtype, f"{mode} push state")
+    """,
     # bidirectional LSTM + reverse GRU: run only; float32
     "bidir_run": """
         I, H, O = 3, 4, 2

@@ -455,6 +455,14 @@ class CudaEngine:
         self.mode = mode
         #: LSTM step as a shared-memory tiled GEMM where the bucket has a GemmTile
         self.use_gemm = os.environ.get("STREAMRNN_CUDA_GEMM", "1") != "0"
+        #: run / push of an LSTM layer (no projection) over at most GRID_BMAX sequences:
+        #: "block" = one block per few sequences (make_lstm_seq); "grid" = the persistent
+        #: kernel spread over the GPU with grid syncs (make_lstm_seq_grid; opt-in until it
+        #: has been checked on hardware, bench/gpu_check.py); "stepwise" = the same kernel
+        #: launched once per step (the simulator's multi-block check of it)
+        self.seq_mode = os.environ.get("STREAMRNN_CUDA_SEQ", "block").lower()
+        if self.seq_mode not in ("block", "grid", "stepwise"):
+            raise StreamRNNError(f"STREAMRNN_CUDA_SEQ: expected block, grid or stepwise, got {self.seq_mode!r}")
         #: the last kernel writes the outputs straight into mapped pinned host memory
         #: (graph / driver paths; no device-to-host copy)
         self.mapped_out = os.environ.get("STREAMRNN_CUDA_MAPPED_OUT", "1") != "0" and mode != "numba"
@@ -649,6 +657,61 @@ class CudaEngine:
         NB = max(1, min(8 if self.isz == 4 else 4, budget // per, _cdiv(B, self.n_sm)))  # NB*G registers
         return NT, NB
 
+    GRID_BMAX = 8
+    #: static shared memory of a block of make_lstm_seq_grid (bytes, numba's static limit 48 KiB)
+    GRID_SMEM = 46 * 1024
+
+    def _grid_cfg(self, L, B):
+        """(threads, units per block, BMAX, blocks) of ``make_lstm_seq_grid`` for layer L and
+        B sequences, or None where the per-block kernel runs (seq_mode "block", a GRU / RNN, a
+        projection, more than GRID_BMAX sequences, or Rt columns too large for shared memory)."""
+        if self.seq_mode == "block" or L.kind != LSTM or L.dirs[0]["PROJ"] >= 0 or not 0 < B <= self.GRID_BMAX:
+            return None
+        H = L.H
+        if self.sim:  # the simulator syncs grids of one block only; "stepwise" spreads over several
+            UPB = H if self.seq_mode == "grid" else 2
+        else:
+            UPB = _cdiv(H, self.n_sm)
+        C = 4 * UPB
+        KS = (2 if self.seq_mode == "stepwise" else 1) if self.sim else max(1, 128 // C)  # sim: both split-K paths
+        BMAX = 1
+        while BMAX < B:
+            BMAX *= 2
+        smem = (H * C + BMAX * H + KS * BMAX * C) * self.isz
+        if smem > self.GRID_SMEM or C * KS > 1024:
+            return None
+        return C * KS, UPB, BMAX, _cdiv(H, UPB)
+
+    def _seq_grid(self, cfg, L, dd, col0, rev, XW, Y, st_d, sidx_d, lens_d, B, T, s):
+        """One LSTM direction over the chunk with ``make_lstm_seq_grid``; False if the persistent
+        launch is refused on this device (then the caller runs the per-block kernel)."""
+        from ..layers.lstm.cuda import make_lstm_seq_grid
+
+        NT, UPB, BMAX, nblk = cfg
+        grid_sync = self.seq_mode == "grid"
+        k = make_lstm_seq_grid(self.dts, NT, UPB, BMAX, L.H, dd["RT"], dd["PEEP"], dd["CLIP"],
+                               bool(L.flags & F_INPUT_FORGET), dd["ACTS"][:9], dd["HO"], dd["CO"], col0, rev, grid_sync)
+        hbuf = self._buf("hbuf", (2, BMAX, L.H))
+        cbuf = self._buf("cbuf", (BMAX, L.H))
+        args = (self.W, XW, Y, st_d, sidx_d, lens_d, hbuf, cbuf, B, T)
+        if grid_sync:
+            if not self.sim:  # pragma: no cover - real GPU only
+                try:
+                    kern = k.compile(tuple(k.typeof_pyval(a) for a in args + (0, T, 1)))
+                    fits = nblk <= kern.max_cooperative_grid_blocks(NT)
+                except Exception as e:  # noqa: BLE001 - e.g. no cudadevrt to link the grid sync
+                    log.warning("streamrnn cuda: no persistent LSTM kernel here (%s); using the per-block one", e)
+                    self.seq_mode = "block"
+                    return False
+                if not fits:
+                    return False
+            self._launch(k, nblk, NT, s, *args, 0, T, 1)
+        else:
+            for t in range(T):
+                self._launch(k, nblk, NT, s, *args, t, t + 1, 0)
+            self._launch(k, nblk, NT, s, *args, T, T, 1)
+        return True
+
     def _buf(self, name, shape, dtype=None):
         """A grow-only device buffer viewed as ``shape``."""
         dtype = np.dtype(dtype or self.dtype)
@@ -683,6 +746,9 @@ class CudaEngine:
                     self._launch(lin, grid, t.U * t.KS * t.RS, s, Wd, self._dummy_i, cur, XW, self._dummy_2, self._dummy_2, M)
                     rev = L.rev or d == 1
                     col0 = d * L.HR
+                    cfg = self._grid_cfg(L, B)
+                    if cfg is not None and self._seq_grid(cfg, L, dd, col0, rev, XW, Y, st_d, sidx_d, lens_d, B, T, s):
+                        continue
                     if L.kind == LSTM:
                         k = make_lstm_seq(dts, NT, NB, L.H, L.HR, dd["RT"], dd["PEEP"], dd["PROJ"], dd["CLIP"],
                                           bool(L.flags & F_INPUT_FORGET), dd["ACTS"][:9], dd["HO"], dd["CO"], col0, rev)

@@ -304,3 +304,125 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
                     state[sid, CO + k] = c[i, k]
 
     return lstm_seq
+
+
+@lru_cache(maxsize=None)
+def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int, PEEP: int,
+                       CLIP: float, IFG: bool, ACTS: tuple, HO: int, CO: int, COL0: int, REV: bool,
+                       GRID_SYNC: bool):
+    """The recurrence of one LSTM direction (no projection) for few sequences, spread over the
+    whole GPU in the persistent-RNN manner (Diamos et al., ICML 2016).
+
+    ``lstm_seq_grid(W, XW, Y, state, sidx, lens, hbuf, cbuf, B, T, s0, s1, fin)``: grid
+    ceil(H / UPB) blocks of NT threads, B <= BMAX sequences. Block k owns units
+    [k*UPB, (k+1)*UPB) with all four gates: it copies their columns of Rt (H x 4*UPB) into
+    shared memory once and keeps them there for every step. A step: every block reads the
+    whole previous h (B x H) from ``hbuf[s & 1]``, computes its units' gates, writes their new
+    h to ``hbuf[(s + 1) & 1]`` (and Y), then the grid synchronises (``GRID_SYNC``: one
+    cooperative launch runs steps s0..s1-1; without it the caller launches one step per call,
+    the kernel boundary being the barrier; the simulator runs grid syncs of one block only).
+    c (B x H) lives in ``cbuf`` and is read and written only by the block owning the unit.
+    Step 0 reads h and c from ``state[sidx[b]]``; ``fin`` writes the final h, c back to it after
+    the steps (after the last grid sync; the stepwise caller passes it in a launch of its own,
+    s0 == s1 == T, so no block reads the state after another wrote it). XW (B*T, 4H) holds the input
+    projections (row b*T + t, bias included); a sequence past its length carries h, c unchanged
+    and writes zeros to Y, like ``make_lstm_seq``.
+    """
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    G4 = 4 * H
+    C = 4 * UPB  # Rt columns of a block
+    KS = NT // C  # k slices
+    HAS_PEEP = PEEP >= 0
+    PP = max(PEEP, 0)
+    kf, af, bf, kg, ag, bg, kh, ah, bh = ACTS
+    af, bf, ag, bg, ah, bh = dt(af), dt(bf), dt(ag), dt(bg), dt(ah), dt(bh)
+    clip = dt(CLIP)
+    if NT % C or KS < 1:
+        raise ValueError(f"lstm_seq_grid: expected threads NT a multiple of 4*UPB, got NT={NT}, UPB={UPB}")
+
+    @jit()
+    def lstm_seq_grid(W, XW, Y, state, sidx, lens, hbuf, cbuf, B, T, s0, s1, fin):
+        tid = cuda.threadIdx.x
+        j0 = cuda.blockIdx.x * UPB
+        Ws = cuda.shared.array((H, C), nbt)  # Rt[:, gate g of unit j0 + u] at column g*UPB + u
+        hs = cuda.shared.array((BMAX, H), nbt)  # the previous h of every sequence
+        part = cuda.shared.array((KS, BMAX, C), nbt)  # per k slice: partial gate sums
+        acc = cuda.local.array(BMAX, nbt)
+        for e in range(tid, H * C, NT):
+            k = e // C
+            cc = e - k * C
+            g = cc // UPB
+            j = j0 + cc - g * UPB
+            Ws[k, cc] = W[RT + k * G4 + g * H + j] if j < H else W[RT] * 0
+        ks = tid // C
+        cc = tid - ks * C
+        for s in range(s0, s1):
+            p = s & 1
+            for e in range(tid, B * H, NT):
+                b = e // H
+                k = e - b * H
+                hs[b, k] = state[sidx[b], HO + k] if s == 0 else hbuf[p, b, k]
+            cuda.syncthreads()
+            for b in range(BMAX):
+                acc[b] = 0
+            for k in range(ks, H, KS):
+                w = Ws[k, cc]
+                for b in range(BMAX):
+                    acc[b] += hs[b, k] * w
+            for b in range(BMAX):
+                part[ks, b, cc] = acc[b]
+            cuda.syncthreads()
+            for e in range(tid, B * UPB, NT):
+                b = e // UPB
+                u = e - b * UPB
+                j = j0 + u
+                if j < H:
+                    cp = state[sidx[b], CO + j] if s == 0 else cbuf[b, j]
+                    hv = hs[b, j]
+                    L = lens[b]
+                    if s < L:
+                        t = L - 1 - s if REV else s
+                        row = b * T + t
+                        gi = XW[row, j]
+                        go = XW[row, H + j]
+                        gf = XW[row, 2 * H + j]
+                        gc = XW[row, 3 * H + j]
+                        for q in range(KS):
+                            gi += part[q, b, u]
+                            go += part[q, b, UPB + u]
+                            gf += part[q, b, 2 * UPB + u]
+                            gc += part[q, b, 3 * UPB + u]
+                        if HAS_PEEP:
+                            gi += W[PP + j] * cp
+                            gf += W[PP + 2 * H + j] * cp
+                        it = _act(_clip(gi, clip), kf, af, bf)
+                        if IFG:
+                            ft = 1.0 - it
+                        else:
+                            ft = _act(_clip(gf, clip), kf, af, bf)
+                        ct = _act(_clip(gc, clip), kg, ag, bg)
+                        cp = ft * cp + it * ct
+                        if HAS_PEEP:
+                            go += W[PP + H + j] * cp
+                        ot = _act(_clip(go, clip), kf, af, bf)
+                        hv = ot * _act(cp, kh, ah, bh)
+                        Y[row, COL0 + j] = hv
+                    else:
+                        Y[b * T + s, COL0 + j] = 0
+                    cbuf[b, j] = cp
+                    hbuf[1 - p, b, j] = hv
+            if GRID_SYNC:
+                cuda.threadfence()
+                cuda.cg.this_grid().sync()
+            else:
+                cuda.syncthreads()
+        if fin:
+            for e in range(tid, B * UPB, NT):
+                b = e // UPB
+                j = j0 + e - b * UPB
+                if j < H and T > 0:
+                    state[sidx[b], HO + j] = hbuf[T & 1, b, j]
+                    state[sidx[b], CO + j] = cbuf[b, j]
+
+    return lstm_seq_grid

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Static check of streamrnn's CUDA kernels without a GPU: PTX and ptxas figures per kernel.
+
+    python bench/ptx_check.py [--H 128,512] [--cc 9.0] [--json]
+
+For an LSTM + Linear head model (float32) of each hidden size H, compiles the kernels the CUDA
+engine would build on a real GPU, through numba-cuda to PTX for the chosen compute capability,
+then with ``ptxas -v`` to machine code, and prints per kernel: registers, spills, static shared
+memory, and the instruction mix of the PTX (FMAs, shared and global loads, integer ops). What it
+answers before a device session: does a change keep the accumulators in registers (no local
+memory), how many registers (occupancy), and how much of the instruction stream is arithmetic
+(bench/NOTES.md entries 36-37). It needs numba-cuda, libNVVM and ``ptxas`` (a CUDA toolkit;
+``CUDA_HOME`` pointing at it), not a GPU or a driver: numba-cuda's two device queries on the
+compile path (the current device's compute capability, the architectures NVRTC supports) are
+answered by stand-ins. Timings need a GPU: ``bench/gpu_check.py``.
+
+Exit status: 0 when every kernel compiled without spills, 1 when one spills, 2 when the
+toolchain is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--H", default="128,512", help="hidden sizes (I = H, Linear head of 32)")
+    p.add_argument("--cc", default="9.0", help="compute capability, e.g. 9.0 (H100 / H200)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p.parse_args(argv)
+
+
+def _stand_ins(cc):
+    """Let numba-cuda compile to PTX on a machine without a GPU or NVRTC."""
+    import numba.cuda.cuda_paths as cp
+    import numba.cuda.cudadrv.nvrtc as nvrtc
+    import numba.cuda.dispatcher as disp
+
+    class _Dev:
+        compute_capability = cc
+
+    disp.get_current_device = lambda: _Dev()
+    nvrtc.get_supported_ccs = lambda: ((7, 5), (8, 0), (8, 6), (8, 9), (9, 0), cc)
+    cp._get_nvrtc_path = lambda: ("stand-in", None)
+
+
+_OPS = {
+    "fma": r"\bfma\.rn\.f(32|64)",
+    "ld.shared": r"\bld\.shared\.",
+    "ld.global": r"\bld\.global\.",
+    "ld.generic": r"\bld\.(f32|f64|u64|s64)\b",
+    "int64": r"\b(add|sub|mul\.lo|shl|shr|and|or|selp)\.[sub]64\b",
+    "bar.sync": r"\bbar\.sync\b",
+}
+
+
+def _mix(ptx: str) -> dict:
+    return {k: len(re.findall(v, ptx)) for k, v in _OPS.items()}
+
+
+def _ptxas(ptx: str, cc) -> dict:
+    arch = f"sm_{cc[0]}{cc[1]}"
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        out = subprocess.run(["ptxas", f"-arch={arch}", "-v", src, "-o", os.path.join(d, "k.o")],
+                             capture_output=True, text=True)
+        if out.returncode:  # calls into cudadevrt (grid sync): compile relocatable (no smem line)
+            out = subprocess.run(["ptxas", f"-arch={arch}", "-v", "-c", src, "-o", os.path.join(d, "k.o")],
+                                 capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    res = {"ok": out.returncode == 0}
+    for key, pat in (("regs", r"Used (\d+) registers"), ("spill_stores", r"(\d+) bytes spill stores"),
+                     ("spill_loads", r"(\d+) bytes spill loads"), ("stack", r"(\d+) bytes stack frame"),
+                     ("smem", r"(\d+) bytes smem")):
+        m = re.search(pat, text)
+        res[key] = int(m.group(1)) if m else 0
+    if not res["ok"]:
+        res["error"] = text.strip()[-500:]
+    return res
+
+
+def _kernels(H: int):
+    """(name, dispatcher, argument types) of the kernels a float32 LSTM(H) + Linear(32) model
+    uses: the pool step of every tile bucket, and the sequence kernels of run."""
+    import numpy as np
+    from numba import types as nbt
+
+    from streamrnn.engine import cuda as ce
+    from streamrnn.layers.dense.cuda import make_linear
+    from streamrnn.layers.lstm.cuda import make_lstm_gemm, make_lstm_seq, make_lstm_seq_grid, make_lstm_step
+
+    f, i64 = nbt.float32, nbt.int64
+    v, m, A = nbt.Array(f, 1, "C"), nbt.Array(f, 2, "C"), nbt.Array(f, 2, "A")
+    ids = nbt.Array(i64, 1, "A")
+    step_sig = (v, ids, A, m, m, m, i64)
+    acts = (0, 1.0, 0.0, 1, 1.0, 0.0, 1, 1.0, 0.0)
+    WT, RT, BO, HO, CO = 0, 4 * H * H, 8 * H * H, 0, H
+    out = []
+    tiles = ce._tiles()
+    for b, (mx, _) in enumerate(tiles):
+        gt = ce._gemm_tile(b, H, 4, 4)
+        if gt is not None:
+            k = make_lstm_gemm("float32", gt, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False)
+            out.append((f"lstm_gemm n<={mx} {tuple(gt)}", k, step_sig))
+        else:
+            t = ce._tile(b, H, 4, 4)
+            k = make_lstm_step("float32", t, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False)
+            out.append((f"lstm_step n<={mx} {tuple(t)}", k, step_sig))
+        t = ce._tile(b, 32, 1, 4)
+        k = make_linear("float32", t, H, 32, 0, 0, BO + 4 * H, BO, -1, 0.0, 0.0, True)
+        out.append((f"linear head n<={mx} {tuple(t)}", k, (v, ids, m, m, m, m, i64)))
+    NT = min(256, max(32, -(-H // 32) * 32))
+    seq_sig = (v, m, m, m, nbt.Array(i64, 1, "C"), nbt.Array(i64, 1, "C"), i64, i64)
+    k = make_lstm_seq("float32", NT, 1, H, H, RT, -1, -1, 0.0, False, acts, HO, CO, 0, False)
+    out.append((f"lstm_seq (per block) NT={NT}", k, seq_sig))
+    UPB = -(-H // 132)
+    C = 4 * UPB
+    KS = max(1, 128 // C)
+    k = make_lstm_seq_grid("float32", C * KS, UPB, 1, H, RT, -1, 0.0, False, acts, HO, CO, 0, False, True)
+    grid_sig = (v, m, m, m, nbt.Array(i64, 1, "C"), nbt.Array(i64, 1, "C"), nbt.Array(f, 3, "C"), m,
+                i64, i64, i64, i64, i64)
+    out.append((f"lstm_seq_grid UPB={UPB} NT={C * KS}", k, grid_sig))
+    del np
+    return out
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    if shutil.which("ptxas") is None:
+        print("ptx_check: expected ptxas on PATH (a CUDA toolkit), got none", file=sys.stderr)
+        return 2
+    cc = tuple(int(x) for x in args.cc.split("."))
+    try:
+        from numba import cuda
+
+        _stand_ins(cc)
+    except Exception as e:  # noqa: BLE001
+        print(f"ptx_check: expected numba-cuda, got {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    rows = []
+    for H in [int(h) for h in args.H.split(",") if h]:
+        for name, k, sig in _kernels(H):
+            try:
+                ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=cc)
+            except Exception as e:  # noqa: BLE001
+                print(f"ptx_check: could not compile {name} (H={H}): {type(e).__name__}: {e}", file=sys.stderr)
+                return 2
+            rows.append({"H": H, "kernel": name, **_ptxas(ptx, cc), **_mix(ptx), "ptx_lines": ptx.count("\n")})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        cols = ["H", "kernel", "regs", "spill_stores", "smem", "fma", "ld.shared", "ld.global", "int64", "ptx_lines"]
+        print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+        for r in rows:
+            print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+        print("\nStatic counts in the PTX (not executed instructions); registers and spills from ptxas.")
+    if not all(r["ok"] for r in rows):
+        return 2
+    return 1 if any(r["spill_stores"] or r["spill_loads"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
