@@ -157,7 +157,7 @@ def lstm_head(I, H, O):
 def build(spec, dtype, device, mode=None, **env):
     """A model; mode sets STREAMRNN_CUDA_LAUNCH, env other STREAMRNN_CUDA_* variables
     (GEMM="0": row-tile LSTM kernels, MAPPED_OUT="0": copy the outputs out, PROFILE="1",
-    SEQ="grid": the persistent LSTM sequence kernel)."""
+    SEQ="grid": the persistent LSTM sequence kernel, STAGE="fixed": the GEMM's other staging)."""
     env = {f"STREAMRNN_CUDA_{k}": v for k, v in env.items()}
     if mode is not None:
         env["STREAMRNN_CUDA_LAUNCH"] = mode
@@ -464,6 +464,8 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
     variants = []
     if B >= 64:
         variants.append(("row-tile LSTM kernels, STREAMRNN_CUDA_GEMM=0", dict(GEMM="0")))
+    if B >= 1024:
+        variants.append(("division-free GEMM staging, STREAMRNN_CUDA_STAGE=fixed", dict(STAGE="fixed")))
     if B == 1 or B >= 16384:
         variants.append(("no mapped out, STREAMRNN_CUDA_MAPPED_OUT=0", dict(MAPPED_OUT="0")))
     for name, env_ in variants:

@@ -111,8 +111,9 @@ def _kernels(H: int):
     for b, (mx, _) in enumerate(tiles):
         gt = ce._gemm_tile(b, H, 4, 4)
         if gt is not None:
-            k = make_lstm_gemm("float32", gt, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False)
-            out.append((f"lstm_gemm n<={mx} {tuple(gt)}", k, step_sig))
+            for fixed in (False, True):
+                k = make_lstm_gemm("float32", gt, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False, fixed)
+                out.append((f"lstm_gemm n<={mx} {tuple(gt)}" + (" STAGE=fixed" if fixed else ""), k, step_sig))
         else:
             t = ce._tile(b, H, 4, 4)
             k = make_lstm_step("float32", t, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False)

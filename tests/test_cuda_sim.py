@@ -336,6 +336,34 @@ _CASES = {
                         close(sg_.push(Xs), sc_.push(Xs), dtype, f"{mode} push")
                         close(sg_.state.data, sc_.state.data, dtype, f"{mode} push state")
     """,
+    # the GEMM's division-free staging (STREAMRNN_CUDA_STAGE=fixed) on a tile whose thread count
+    # divides both tiles: pool.step against the CPU engine, odd row counts, 5 unit blocks
+    "gemm_fixed_stage": """
+        import os
+        from streamrnn.engine import cuda as ce
+        from streamrnn.layers.cuda_common import GemmTile, make_gemm_accum
+        gt = GemmTile(4, 2, 2, 1, 2, 4)
+        ce.GEMM_TILES = [None, gt]
+        I, H, O = 5, 10, 3
+        spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H)),
+                          DenseLayer(R(O, H), R(O))))
+        assert make_gemm_accum(gt, I, 4 * H, H, 4, 0, False, H, True).staging == "fixed"
+        assert make_gemm_accum(gt, I, 4 * H, H, 4, 0, False, H).staging == "loop"
+        for dtype in ("float32", "float64"):
+            os.environ["STREAMRNN_CUDA_STAGE"] = "fixed"
+            mg = srnn.Model(spec, dtype=dtype, device="cuda")
+            os.environ.pop("STREAMRNN_CUDA_STAGE")
+            assert mg._cuda.fixed_stage and mg._cuda.step_ops(1)[0][0].py_func.__name__ == "lstm_gemm"
+            mc = srnn.Model(spec, dtype=dtype, device="cpu")
+            pc, pg = mc.pool(12), mg.pool(12)
+            ic, ig = pc.open(12), pg.open(12)
+            for s, n in enumerate((9, 12, 2, 7)):
+                sel = rng.permutation(12)[:n]
+                X = rng.standard_normal((n, I)).astype(dtype)
+                close(pg.step(ig[sel], X), pc.step(ic[sel], X), dtype, f"fixed staging pool.step {s} n={n}")
+            for sid in range(12):
+                close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"fixed staging state {sid}")
+    """,
     # bidirectional LSTM + reverse GRU: run only; float32
     "bidir_run": """
         I, H, O = 3, 4, 2

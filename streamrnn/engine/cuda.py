@@ -455,6 +455,9 @@ class CudaEngine:
         self.mode = mode
         #: LSTM step as a shared-memory tiled GEMM where the bucket has a GemmTile
         self.use_gemm = os.environ.get("STREAMRNN_CUDA_GEMM", "1") != "0"
+        #: staging of the GEMM tiles: "loop" (default) or "fixed" (see make_gemm_accum; an A/B
+        #: for bench/gpu_check.py until a GPU run decides it)
+        self.fixed_stage = os.environ.get("STREAMRNN_CUDA_STAGE", "loop").lower() == "fixed"
         #: run / push of an LSTM layer (no projection) over at most GRID_BMAX sequences:
         #: "block" = one block per few sequences (make_lstm_seq); "grid" = the persistent
         #: kernel spread over the GPU with grid syncs (make_lstm_seq_grid; opt-in until it
@@ -589,7 +592,7 @@ class CudaEngine:
                          last and not proj)
                 gt = _gemm_tile(bucket, L.H, 4, self.isz) if self.use_gemm else None
                 if gt is not None:
-                    k, gt = self._fitted_gemm(make_lstm_gemm, gt, first, *largs)
+                    k, gt = self._fitted_gemm(make_lstm_gemm, gt, first, *largs, self.fixed_stage)
                     gemm_op(k, gt, L.H, first)
                 else:
                     t = _tile(bucket, L.H, 4, self.isz)

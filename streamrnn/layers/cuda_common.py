@@ -25,6 +25,7 @@ from collections import namedtuple
 from functools import lru_cache
 
 from numba import cuda
+from numba import types as nbt
 
 from .dense.cuda import jit
 
@@ -84,27 +85,67 @@ def _make_chunk(BK: int, KS: int, TM: int, TU: int, G: int, TY: int, TX: int, BU
 
 
 @lru_cache(maxsize=None)
-def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, NU: int):
+def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, NU: int,
+                    FIXED: bool = False):
     """``accum(acc, As, Bs, W, woff, A, ids, rbase, n, jb, tid)``:
 
     ``acc[(q*TU+u)*G + g] += sum_k A[row(rbase + ty + TY*q), COL0 + k] * W[woff + k*LDW + g*GS + j]``
     for this thread's rows q < TM, units j = jb + tx + TX*u (u < TU), gates g < G, k < K (its
     KS slice of every chunk). row(r) = ids[r] if USE_IDS else r; rows >= n and units >= NU
     contribute zeros (the caller ignores them). As: shared (BK, BM+1), Bs: shared (BK, G*BU).
+
+    FIXED (``STREAMRNN_CUDA_STAGE=fixed``, an experiment for a device session, NOTES entry 36):
+    where the thread count divides the tiles evenly, each thread stages the same k of rows RA
+    apart in A and the same column of B in every chunk (no division per element; the block's
+    source rows read once into shared memory): ~300 instead of ~900 instructions per chunk, but
+    ptxas gives 168 instead of 128 registers for the large tiles (half the blocks per SM).
     """
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
     NT = TX * TY * KS
     GB = G * BU
     chunk = _make_chunk(BK, KS, TM, TU, G, TY, TX, BU)
+    FAST = FIXED and NT % BK == 0 and (BM * BK) % NT == 0 and NT % GB == 0 and (BK * GB) % NT == 0
+    NA, RA = BM * BK // NT, NT // BK  # FAST: A items per thread, row step
+    NB, RB = BK * GB // NT, NT // GB  # FAST: B items per thread, k step
 
     @jit(device=True)
     def accum(acc, As, Bs, W, woff, A, ids, rbase, n, jb, tid):
         tx = tid % TX
         ty = (tid // TX) % TY
         ks = tid // (TX * TY)
+        ka, ra = tid % BK, tid // BK  # FAST: this thread's k in the A tile, its first row
+        cb, kb = tid % GB, tid // GB  # FAST: this thread's column in the B tile, its first k
+        jbu = jb + cb % BU
+        wcol = woff + (cb // BU) * GS + jbu
+        if FAST:
+            rows = cuda.shared.array(BM, nbt.int32)  # the block's source rows (-1: none)
+            for rr in range(tid, BM, NT):
+                r = rbase + rr
+                rows[rr] = -1
+                if r < n:
+                    rows[rr] = ids[r] if USE_IDS else r
         for k0 in range(0, K, BK):
             cuda.syncthreads()
+            if FAST:
+                kx = k0 + ka
+                for i in range(NA):
+                    rr = ra + RA * i
+                    g = rows[rr]
+                    v = As[0, 0] * 0
+                    if g >= 0 and kx < K:
+                        v = A[g, COL0 + kx]
+                    As[ka, rr] = v
+                for i in range(NB):
+                    kk = kb + RB * i
+                    kx = k0 + kk
+                    v = Bs[0, 0] * 0
+                    if jbu < NU and kx < K:
+                        v = W[wcol + kx * LDW]
+                    Bs[kk, cb] = v
+                cuda.syncthreads()
+                chunk(acc, As, Bs, ks, ty, tx)
+                continue
             # stage A: BM rows x BK columns (consecutive threads: consecutive k of one row)
             for e in range(tid, BM * BK, NT):
                 rr = e // BK
@@ -134,6 +175,7 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
             # the whole chunk, also past K (staged as zeros), unrolled (_chunk_src)
             chunk(acc, As, Bs, ks, ty, tx)
 
+    accum.staging = "fixed" if FAST else "loop"  # which staging this tile got (tests, benchmarks)
     return accum
 
 

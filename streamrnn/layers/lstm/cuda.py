@@ -98,7 +98,7 @@ def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OU
 @lru_cache(maxsize=None)
 def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
                    WT: int, RT: int, BO: int, PEEP: int, CLIP: float, IFG: bool, ACTS: tuple,
-                   HO: int, CO: int, LAST: bool):
+                   HO: int, CO: int, LAST: bool, FIXED: bool = False):
     """``make_lstm_step`` as a shared-memory tiled GEMM (see :mod:`streamrnn.layers.cuda_common`):
     same arguments, same results; grid (ceil(n/BM), ceil(H/BU)), gemm_threads(gt) threads.
     A block owns BM rows x BU units with all 4 gates, so the cell update is its epilogue."""
@@ -109,8 +109,8 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
     G4 = 4 * H
-    acc_x = make_gemm_accum(gt, I, G4, H, 4, IN0, False, H)
-    acc_h = make_gemm_accum(gt, HR, G4, H, 4, HO, True, H)
+    acc_x = make_gemm_accum(gt, I, G4, H, 4, IN0, False, H, FIXED)
+    acc_h = make_gemm_accum(gt, HR, G4, H, 4, HO, True, H, FIXED)
     reduce = make_gemm_reduce(gt, 4)
     RED = gemm_red_size(gt, 4)
     NACC = TM * TU * 4
