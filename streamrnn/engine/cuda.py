@@ -17,7 +17,8 @@ Design
   a unit in one thread, a split-K reduction for few streams and register re-use of the weights for
   many (see :mod:`streamrnn.layers.dense.cuda`); an LSTM layer with more than one stream
   runs as a shared-memory tiled GEMM over ``[x | h] @ [Wt ; Rt]`` with the cell update as its
-  epilogue (:mod:`streamrnn.layers.cuda_common`, ``STREAMRNN_CUDA_GEMM=0`` turns it off).
+  epilogue (:mod:`streamrnn.layers.cuda_common`, ``STREAMRNN_CUDA_GEMM=0`` turns it off;
+  ``STREAMRNN_CUDA_STAGE=fixed`` selects its other tile staging, an experiment).
   ``STREAMRNN_CUDA_PROFILE=1`` records per-phase host times (``CudaPool.profile()``). New hidden states go to a per-row feature buffer
   and are committed to the arena by the last kernel, so no kernel reads a state another block of
   the same kernel writes.
@@ -38,7 +39,13 @@ Design
   direction one GEMM-like kernel computes the input projection of every step (bias included),
   then one persistent kernel loops over time (a block owns a few sequences and keeps their h and c
   in shared memory; ragged lengths and reverse directions handled in the loop). Dense / activation
-  / softmax layers are row kernels over all B*T frames.
+  / softmax layers are row kernels over all B*T frames. With ``STREAMRNN_CUDA_SEQ=grid`` an LSTM
+  layer (no projection) over at most 8 sequences runs instead as one cooperative kernel spread
+  over the whole GPU (``make_lstm_seq_grid``: each block keeps its units' Rt columns in shared
+  memory, one grid sync per step); opt-in until checked on hardware (bench/NOTES.md entry 37).
+* Host staging: ``pool.step`` validates ids and copies the frames into the pinned staging rows in
+  one vectorised pass (the NaN / Inf test is an integer OR fused with the copy), over all threads
+  for calls of at least ``PACK_PAR_MIN`` values (entry 35).
 
 Validation (shapes, ids, non-finite inputs) happens on the host before any device work, with the
 same errors and messages as the CPU engine; a refused call changes no state.
@@ -1083,6 +1090,9 @@ class _Core:
         drv = self.eng.drv
         if drv is None or n < 1 or n > self.nmax:
             return []
+        if not getattr(_tls, "ctx", False):  # raw driver calls need the context current here
+            cuda.current_context()
+            _tls.ctx = True
         cu, hs, chk = drv.cu, self.cstream, drv.check
         bucket = _bucket(n)
         ops = self._ops(bucket)
