@@ -19,7 +19,7 @@ Self-contained (run from the repository root; the package need not be installed)
    the benchmarked model itself. Also stream.step and the three launch paths at B=1.
 3. ``seq``     throughput of ``model.run`` (B in {1, 64}, T=250) vs torch ``nn.LSTM`` on the
    whole sequence (and their outputs compared); then the persistent LSTM kernel
-   (``STREAMRNN_CUDA_SEQ=grid``, B in {1, 4}) against the per-block one: parity and timing.
+   (``STREAMRNN_CUDA_SEQ=grid``, B in {1, 4, 64}) against the per-block one: parity and timing.
 4. ``parity`` again with what is left of the budget: GRU (both linear_before_reset) stack with a
    softmax head, RNN relu (float64), LSTM + head (float64, 2000 streams), bidirectional run.
 
@@ -617,7 +617,7 @@ def seq_section() -> None:
             guarded(f"seq H={H} B={B}", seq_case, H, B, T, mg, tmods, need=8)
         mgg = guarded(f"build cuda H={H} (seq grid)", build, spec, "float32", "cuda", SEQ="grid")
         if mgg is not None:
-            for B in (1, 4):
+            for B in (1, 4, 64):
                 guarded(f"seq grid H={H} B={B}", seq_grid_case, H, B, T, mg, mgg, need=8)
 
 

@@ -292,7 +292,8 @@ _CASES = {
     # the persistent LSTM sequence kernel (STREAMRNN_CUDA_SEQ=grid: one block under the
     # simulator, grid syncs) and the same kernel launched per step over several blocks
     # ("stepwise"): run with ragged lengths (0 included) and an initial state, push, a
-    # bidirectional layer, peepholes + clip + input_forget, float32 and float64, vs the CPU engine
+    # bidirectional layer with sequences in groups of 2, peepholes + clip + input_forget,
+    # float32 and float64, vs the CPU engine
     "lstm_seq_grid": """
         import os
         I, H, O = 3, 6, 2
@@ -310,6 +311,9 @@ _CASES = {
                     os.environ.pop("STREAMRNN_CUDA_SEQ")
                     mc = srnn.Model(spec, dtype=dtype, device="cpu")
                     eng = mg._cuda
+                    eng.GRID_BMAX = 6  # (the fallback case below then stays small)
+                    if name == "bidir":
+                        eng.GRID_GROUP = 2  # several groups of sequences per step
                     calls = []
                     orig = eng._seq_grid
                     eng._seq_grid = lambda *a: calls.append(a[0]) or orig(*a)
@@ -324,6 +328,8 @@ _CASES = {
                     assert calls and all(c[1] >= 1 for c in calls), (mode, name, calls)
                     if mode == "stepwise":  # several blocks of UPB = 2 units
                         assert any(c[3] > 1 for c in calls), calls
+                    if name == "bidir":
+                        assert any(c[2] == 2 for c in calls), calls
                     # more sequences than GRID_BMAX: the per-block kernel
                     n0 = len(calls)
                     B = eng.GRID_BMAX + 1

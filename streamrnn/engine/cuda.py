@@ -40,7 +40,7 @@ Design
   then one persistent kernel loops over time (a block owns a few sequences and keeps their h and c
   in shared memory; ragged lengths and reverse directions handled in the loop). Dense / activation
   / softmax layers are row kernels over all B*T frames. With ``STREAMRNN_CUDA_SEQ=grid`` an LSTM
-  layer (no projection) over at most 8 sequences runs instead as one cooperative kernel spread
+  layer (no projection) over at most 64 sequences runs instead as one cooperative kernel spread
   over the whole GPU (``make_lstm_seq_grid``: each block keeps its units' Rt columns in shared
   memory, one grid sync per step); opt-in until checked on hardware (bench/NOTES.md entry 37).
 * Host staging: ``pool.step`` validates ids and copies the frames into the pinned staging rows in
@@ -667,14 +667,18 @@ class CudaEngine:
         NB = max(1, min(8 if self.isz == 4 else 4, budget // per, _cdiv(B, self.n_sm)))  # NB*G registers
         return NT, NB
 
-    GRID_BMAX = 8
+    #: at most this many sequences run with make_lstm_seq_grid ...
+    GRID_BMAX = 64
+    #: ... through shared memory in groups of at most this many
+    GRID_GROUP = 8
     #: static shared memory of a block of make_lstm_seq_grid (bytes, numba's static limit 48 KiB)
     GRID_SMEM = 46 * 1024
 
     def _grid_cfg(self, L, B):
-        """(threads, units per block, BMAX, blocks) of ``make_lstm_seq_grid`` for layer L and
-        B sequences, or None where the per-block kernel runs (seq_mode "block", a GRU / RNN, a
-        projection, more than GRID_BMAX sequences, or Rt columns too large for shared memory)."""
+        """(threads, units per block, sequences per group, blocks) of ``make_lstm_seq_grid`` for
+        layer L and B sequences, or None where the per-block kernel runs (seq_mode "block", a GRU
+        / RNN, a projection, more than GRID_BMAX sequences, or Rt columns too large for shared
+        memory)."""
         if self.seq_mode == "block" or L.kind != LSTM or L.dirs[0]["PROJ"] >= 0 or not 0 < B <= self.GRID_BMAX:
             return None
         H = L.H
@@ -684,11 +688,12 @@ class CudaEngine:
             UPB = _cdiv(H, self.n_sm)
         C = 4 * UPB
         KS = (2 if self.seq_mode == "stepwise" else 1) if self.sim else max(1, 128 // C)  # sim: both split-K paths
-        BMAX = 1
-        while BMAX < B:
+        BMAX = 1  # sequences per group: a power of two, as few as B needs, as many as fit
+        while BMAX < min(B, self.GRID_GROUP):
             BMAX *= 2
-        smem = (H * C + BMAX * H + KS * BMAX * C) * self.isz
-        if smem > self.GRID_SMEM or C * KS > 1024:
+        while BMAX > 1 and (H * C + BMAX * H + KS * BMAX * C) * self.isz > self.GRID_SMEM:
+            BMAX //= 2
+        if (H * C + BMAX * H + KS * BMAX * C) * self.isz > self.GRID_SMEM or C * KS > 1024:
             return None
         return C * KS, UPB, BMAX, _cdiv(H, UPB)
 
@@ -701,8 +706,8 @@ class CudaEngine:
         grid_sync = self.seq_mode == "grid"
         k = make_lstm_seq_grid(self.dts, NT, UPB, BMAX, L.H, dd["RT"], dd["PEEP"], dd["CLIP"],
                                bool(L.flags & F_INPUT_FORGET), dd["ACTS"][:9], dd["HO"], dd["CO"], col0, rev, grid_sync)
-        hbuf = self._buf("hbuf", (2, BMAX, L.H))
-        cbuf = self._buf("cbuf", (BMAX, L.H))
+        hbuf = self._buf("hbuf", (2, B, L.H))
+        cbuf = self._buf("cbuf", (B, L.H))
         args = (self.W, XW, Y, st_d, sidx_d, lens_d, hbuf, cbuf, B, T)
         if grid_sync:
             if not self.sim:  # pragma: no cover - real GPU only

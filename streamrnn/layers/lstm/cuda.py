@@ -314,7 +314,8 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
     whole GPU in the persistent-RNN manner (Diamos et al., ICML 2016).
 
     ``lstm_seq_grid(W, XW, Y, state, sidx, lens, hbuf, cbuf, B, T, s0, s1, fin)``: grid
-    ceil(H / UPB) blocks of NT threads, B <= BMAX sequences. Block k owns units
+    ceil(H / UPB) blocks of NT threads; sequences go through shared memory in groups of BMAX
+    (hbuf (2, >= B, H) and cbuf (>= B, H) in global memory hold all of them). Block k owns units
     [k*UPB, (k+1)*UPB) with all four gates: it copies their columns of Rt (H x 4*UPB) into
     shared memory once and keeps them there for every step. A step: every block reads the
     whole previous h (B x H) from ``hbuf[s & 1]``, computes its units' gates, writes their new
@@ -346,7 +347,7 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
         tid = cuda.threadIdx.x
         j0 = cuda.blockIdx.x * UPB
         Ws = cuda.shared.array((H, C), nbt)  # Rt[:, gate g of unit j0 + u] at column g*UPB + u
-        hs = cuda.shared.array((BMAX, H), nbt)  # the previous h of every sequence
+        hs = cuda.shared.array((BMAX, H), nbt)  # the previous h of a group of sequences
         part = cuda.shared.array((KS, BMAX, C), nbt)  # per k slice: partial gate sums
         acc = cuda.local.array(BMAX, nbt)
         for e in range(tid, H * C, NT):
@@ -359,59 +360,64 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
         cc = tid - ks * C
         for s in range(s0, s1):
             p = s & 1
-            for e in range(tid, B * H, NT):
-                b = e // H
-                k = e - b * H
-                hs[b, k] = state[sidx[b], HO + k] if s == 0 else hbuf[p, b, k]
-            cuda.syncthreads()
-            for b in range(BMAX):
-                acc[b] = 0
-            for k in range(ks, H, KS):
-                w = Ws[k, cc]
-                for b in range(BMAX):
-                    acc[b] += hs[b, k] * w
-            for b in range(BMAX):
-                part[ks, b, cc] = acc[b]
-            cuda.syncthreads()
-            for e in range(tid, B * UPB, NT):
-                b = e // UPB
-                u = e - b * UPB
-                j = j0 + u
-                if j < H:
-                    cp = state[sidx[b], CO + j] if s == 0 else cbuf[b, j]
-                    hv = hs[b, j]
-                    L = lens[b]
-                    if s < L:
-                        t = L - 1 - s if REV else s
-                        row = b * T + t
-                        gi = XW[row, j]
-                        go = XW[row, H + j]
-                        gf = XW[row, 2 * H + j]
-                        gc = XW[row, 3 * H + j]
-                        for q in range(KS):
-                            gi += part[q, b, u]
-                            go += part[q, b, UPB + u]
-                            gf += part[q, b, 2 * UPB + u]
-                            gc += part[q, b, 3 * UPB + u]
-                        if HAS_PEEP:
-                            gi += W[PP + j] * cp
-                            gf += W[PP + 2 * H + j] * cp
-                        it = _act(_clip(gi, clip), kf, af, bf)
-                        if IFG:
-                            ft = 1.0 - it
+            for b0 in range(0, B, BMAX):  # groups of BMAX sequences share the shared arrays
+                nb = min(BMAX, B - b0)
+                for e in range(tid, nb * H, NT):
+                    i = e // H
+                    k = e - i * H
+                    b = b0 + i
+                    hs[i, k] = state[sidx[b], HO + k] if s == 0 else hbuf[p, b, k]
+                cuda.syncthreads()
+                for i in range(BMAX):
+                    acc[i] = 0
+                for k in range(ks, H, KS):
+                    w = Ws[k, cc]
+                    for i in range(BMAX):
+                        acc[i] += hs[i, k] * w
+                for i in range(BMAX):
+                    part[ks, i, cc] = acc[i]
+                cuda.syncthreads()
+                for e in range(tid, nb * UPB, NT):
+                    i = e // UPB
+                    u = e - i * UPB
+                    b = b0 + i
+                    j = j0 + u
+                    if j < H:
+                        cp = state[sidx[b], CO + j] if s == 0 else cbuf[b, j]
+                        hv = hs[i, j]
+                        L = lens[b]
+                        if s < L:
+                            t = L - 1 - s if REV else s
+                            row = b * T + t
+                            gi = XW[row, j]
+                            go = XW[row, H + j]
+                            gf = XW[row, 2 * H + j]
+                            gc = XW[row, 3 * H + j]
+                            for q in range(KS):
+                                gi += part[q, i, u]
+                                go += part[q, i, UPB + u]
+                                gf += part[q, i, 2 * UPB + u]
+                                gc += part[q, i, 3 * UPB + u]
+                            if HAS_PEEP:
+                                gi += W[PP + j] * cp
+                                gf += W[PP + 2 * H + j] * cp
+                            it = _act(_clip(gi, clip), kf, af, bf)
+                            if IFG:
+                                ft = 1.0 - it
+                            else:
+                                ft = _act(_clip(gf, clip), kf, af, bf)
+                            ct = _act(_clip(gc, clip), kg, ag, bg)
+                            cp = ft * cp + it * ct
+                            if HAS_PEEP:
+                                go += W[PP + H + j] * cp
+                            ot = _act(_clip(go, clip), kf, af, bf)
+                            hv = ot * _act(cp, kh, ah, bh)
+                            Y[row, COL0 + j] = hv
                         else:
-                            ft = _act(_clip(gf, clip), kf, af, bf)
-                        ct = _act(_clip(gc, clip), kg, ag, bg)
-                        cp = ft * cp + it * ct
-                        if HAS_PEEP:
-                            go += W[PP + H + j] * cp
-                        ot = _act(_clip(go, clip), kf, af, bf)
-                        hv = ot * _act(cp, kh, ah, bh)
-                        Y[row, COL0 + j] = hv
-                    else:
-                        Y[b * T + s, COL0 + j] = 0
-                    cbuf[b, j] = cp
-                    hbuf[1 - p, b, j] = hv
+                            Y[b * T + s, COL0 + j] = 0
+                        cbuf[b, j] = cp
+                        hbuf[1 - p, b, j] = hv
+                cuda.syncthreads()  # hs and part are reused by the next group
             if GRID_SYNC:
                 cuda.threadfence()
                 cuda.cg.this_grid().sync()
