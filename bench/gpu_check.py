@@ -48,6 +48,9 @@ def _args(argv=None):
     p.add_argument("--out", default="gpu_check.json", help="JSON output path")
     p.add_argument("--quick", action="store_true", help="fewer iterations and fewer parity cases")
     p.add_argument("--budget", type=float, default=200.0, help="seconds; what is left then is skipped")
+    p.add_argument("--grace", type=float, default=60.0,
+                   help="seconds past the budget after which a step that has not returned is abandoned "
+                        "(results so far saved, exit status 3)")
     p.add_argument("--sizes", default="128,512", help="hidden sizes of the timing section")
     p.add_argument("--batches", default="1,64,1024,16384", help="stream counts of the timing section")
     p.add_argument("--smoke", action="store_true",
@@ -70,12 +73,16 @@ def left() -> float:
     return ARGS.budget - (time.perf_counter() - T_START)
 
 
+CURRENT = ["start"]  # the guarded step running now (named by the watchdog)
+
+
 def guarded(name: str, fn, *a, need: float = 5.0, **kw):
     """Run fn; record an exception instead of raising; skip when the budget is spent."""
     if left() < need:
         RESULT["skipped"].append(name)
         log(f"SKIP {name} (time budget)")
         return None
+    CURRENT[0] = name
     try:
         return fn(*a, **kw)
     except Exception as e:  # noqa: BLE001 - a benchmark records and goes on
@@ -682,7 +689,29 @@ def report() -> None:
     print(f"\nelapsed {time.perf_counter() - T_START:.0f} s; JSON: {os.path.abspath(ARGS.out)}", flush=True)
 
 
+def watchdog(limit_s: float) -> None:
+    """A step that never returns (a hung kernel, a deadlocked grid sync) must not eat the whole
+    device session: after ``limit_s`` the process saves what it has, names the step and its
+    thread stacks, prints the tables and exits with status 3."""
+    import faulthandler
+    import threading
+
+    def fire():
+        time.sleep(limit_s)
+        RESULT["errors"].append({"what": "watchdog", "error": f"stopped after {limit_s:.0f} s in step {CURRENT[0]!r}"})
+        log(f"WATCHDOG: stopped after {limit_s:.0f} s in step {CURRENT[0]!r}; thread stacks:")
+        faulthandler.dump_traceback(all_threads=True)
+        try:
+            save()
+            report()
+        finally:
+            os._exit(3)
+
+    threading.Thread(target=fire, daemon=True).start()
+
+
 def main() -> int:
+    watchdog(ARGS.budget + ARGS.grace)
     guarded("env", env, need=0)
     save()
     parity()
