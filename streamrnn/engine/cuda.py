@@ -720,6 +720,13 @@ class CudaEngine:
                     return False
                 if not fits:
                     return False
+                try:
+                    self._launch(k, nblk, NT, s, *args, 0, T, 1)
+                except Exception as e:  # noqa: BLE001 - a refused cooperative launch runs nothing
+                    log.warning("streamrnn cuda: persistent LSTM launch refused (%s); using the per-block kernel", e)
+                    self.seq_mode = "block"
+                    return False
+                return True
             self._launch(k, nblk, NT, s, *args, 0, T, 1)
         else:
             for t in range(T):
