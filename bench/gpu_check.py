@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU check of streamrnn's CUDA engine: parity with the CPU engine, then timings vs PyTorch cuDNN.
 
-    python bench/gpu_check.py --out $OUT/gpu.json [--quick] [--budget 200]
+    python bench/gpu_check.py --out $OUT/gpu.json [--quick] [--budget 240]
 
 Self-contained (run from the repository root; the package need not be installed). In order:
 
@@ -25,7 +25,8 @@ Self-contained (run from the repository root; the package need not be installed)
 
 Prints markdown tables (progress lines flushed as it goes) and writes every number to ``--out``
 (JSON). Each measurement is wrapped: a failure is recorded and the rest goes on. A time budget
-(default 200 s) skips what is left when it runs out, so the script ends in under 4 minutes.
+(default 240 s) skips what is left when it runs out, so the script ends in under 5 minutes; a
+watchdog ends a step that never returns at budget + grace (default 45 s), results saved.
 """
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="gpu_check.json", help="JSON output path")
     p.add_argument("--quick", action="store_true", help="fewer iterations and fewer parity cases")
-    p.add_argument("--budget", type=float, default=200.0, help="seconds; what is left then is skipped")
-    p.add_argument("--grace", type=float, default=60.0,
+    p.add_argument("--budget", type=float, default=240.0, help="seconds; what is left then is skipped")
+    p.add_argument("--grace", type=float, default=45.0,
                    help="seconds past the budget after which a step that has not returned is abandoned "
                         "(results so far saved, exit status 3)")
     p.add_argument("--sizes", default="128,512", help="hidden sizes of the timing section")
