@@ -49,71 +49,37 @@ def gemm_smem(gt: GemmTile, G: int) -> int:
     return gt.BK * (gt.BM + 1) + gt.BK * G * gt.BU + gemm_red_size(gt, G)
 
 
-def _chunk_src(BK: int, KS: int, TM: int, TU: int, G: int, TY: int, TX: int, BU: int) -> str:
-    """Source of ``chunk(acc, As, Bs, ks, ty, tx)``: one thread's FMAs over a staged chunk,
-    fully unrolled, so each shared load is a per-thread base register plus an immediate (NVVM
-    does not unroll the plain loop: ~4 integer instructions per load; bench/NOTES.md entry 36).
-    The shared arrays are indexed directly (a slice of them would turn the loads generic). With
-    k-slices (KS > 1) each slice gets its own branch with literal k indices (``ks`` is uniform
-    across a warp: no divergence), which keeps the register count of the KS = 1 code."""
-    lines = ["def chunk(acc, As, Bs, ks, ty, tx):"]
-    for s in range(KS):
-        ind = "    "
-        if KS > 1:
-            lines.append(f"    {'if' if s == 0 else 'elif'} ks == {s}:")
-            ind = "        "
-        for k1 in range(BK // KS):
-            k = s + KS * k1
-            for q in range(TM):
-                lines.append(f"{ind}a{q} = As[{k}, ty + {TY * q}]")
-            for u in range(TU):
-                for g in range(G):
-                    lines.append(f"{ind}w = Bs[{k}, tx + {g * BU + TX * u}]")
-                    for q in range(TM):
-                        lines.append(f"{ind}acc[{(q * TU + u) * G + g}] += a{q} * w")
-    return "\n".join(lines) + "\n"
-
-
-@lru_cache(maxsize=None)
-def _make_chunk(BK: int, KS: int, TM: int, TU: int, G: int, TY: int, TX: int, BU: int):
-    """The device function of ``_chunk_src`` (generated once per tile shape)."""
-    if BK % KS:
-        raise ValueError(f"GemmTile: expected BK a multiple of KS, got BK={BK}, KS={KS}")
-    ns: dict = {}
-    exec(compile(_chunk_src(BK, KS, TM, TU, G, TY, TX, BU), f"<gemm chunk {BK}x{TM}x{TU}x{G}>", "exec"), ns)
-    return jit(device=True)(ns["chunk"])
-
-
 @lru_cache(maxsize=None)
 def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, NU: int,
                     FIXED: bool = False):
-    """``accum(acc, As, Bs, W, woff, A, ids, rbase, n, jb, tid)``:
+    """``accum(acc, As, Bs, av, W, woff, A, ids, rbase, n, jb, tid)``:
 
     ``acc[(q*TU+u)*G + g] += sum_k A[row(rbase + ty + TY*q), COL0 + k] * W[woff + k*LDW + g*GS + j]``
     for this thread's rows q < TM, units j = jb + tx + TX*u (u < TU), gates g < G, k < K (its
     KS slice of every chunk). row(r) = ids[r] if USE_IDS else r; rows >= n and units >= NU
-    contribute zeros (the caller ignores them). As: shared (BK, BM+1), Bs: shared (BK, G*BU).
+    contribute zeros (the caller ignores them). As: shared (BK, BM+1), Bs: shared (BK, G*BU),
+    av: local (TM,).
 
     FIXED (``STREAMRNN_CUDA_STAGE=fixed``, an experiment for a device session, NOTES entry 36):
     where the thread count divides the tiles evenly, each thread stages the same k of rows RA
     apart in A and the same column of B in every chunk (no division per element; the block's
     source rows read once into shared memory): ~300 instead of ~900 instructions per chunk, but
-    ptxas gives 168 instead of 128 registers for the large tiles (half the blocks per SM).
+    ptxas gives 151-161 instead of 96-118 registers for the large tiles (half the blocks per SM).
     """
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
     NT = TX * TY * KS
     GB = G * BU
-    chunk = _make_chunk(BK, KS, TM, TU, G, TY, TX, BU)
     FAST = FIXED and NT % BK == 0 and (BM * BK) % NT == 0 and NT % GB == 0 and (BK * GB) % NT == 0
     NA, RA = BM * BK // NT, NT // BK  # FAST: A items per thread, row step
     NB, RB = BK * GB // NT, NT // GB  # FAST: B items per thread, k step
 
     @jit(device=True)
-    def accum(acc, As, Bs, W, woff, A, ids, rbase, n, jb, tid):
-        tx = tid % TX
-        ty = (tid // TX) % TY
-        ks = tid // (TX * TY)
+    def accum(acc, As, Bs, av, W, woff, A, ids, rbase, n, jb, tid):
+        # masked: LLVM then knows these are >= 0 and drops numba's negative-index tests
+        tx = (tid % TX) & 0x3FFFFFFF
+        ty = ((tid // TX) % TY) & 0x3FFFFFFF
+        ks = (tid // (TX * TY)) & 0x3FFFFFFF
         ka, ra = tid % BK, tid // BK  # FAST: this thread's k in the A tile, its first row
         cb, kb = tid % GB, tid // GB  # FAST: this thread's column in the B tile, its first k
         jbu = jb + cb % BU
@@ -144,7 +110,15 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
                         v = W[wcol + kx * LDW]
                     Bs[kk, cb] = v
                 cuda.syncthreads()
-                chunk(acc, As, Bs, ks, ty, tx)
+                for k1 in range(BK // KS):
+                    kk = ks + KS * k1
+                    for q in range(TM):
+                        av[q] = As[kk, ty + TY * q]
+                    for u in range(TU):
+                        for g in range(G):
+                            w = Bs[kk, g * BU + tx + TX * u]
+                            for q in range(TM):
+                                acc[(q * TU + u) * G + g] += av[q] * w
                 continue
             # stage A: BM rows x BK columns (consecutive threads: consecutive k of one row)
             for e in range(tid, BM * BK, NT):
@@ -172,8 +146,17 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
                 else:
                     Bs[kk, c] = 0
             cuda.syncthreads()
-            # the whole chunk, also past K (staged as zeros), unrolled (_chunk_src)
-            chunk(acc, As, Bs, ks, ty, tx)
+            # the whole chunk, also past K (staged as zeros): a constant trip count, and indices
+            # LLVM can prove >= 0 (see tx / ty / ks above; NOTES entry 36)
+            for k1 in range(BK // KS):
+                kk = ks + KS * k1
+                for q in range(TM):
+                    av[q] = As[kk, ty + TY * q]
+                for u in range(TU):
+                    for g in range(G):
+                        w = Bs[kk, g * BU + tx + TX * u]
+                        for q in range(TM):
+                            acc[(q * TU + u) * G + g] += av[q] * w
 
     accum.staging = "fixed" if FAST else "loop"  # which staging this tile got (tests, benchmarks)
     return accum

@@ -135,10 +135,11 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
         Bs = cuda.shared.array((BK, BU4), nbt)
         red = cuda.shared.array(RED, nbt)
         acc = cuda.local.array(NACC, nbt)
+        av = cuda.local.array(TM, nbt)
         for a in range(NACC):
             acc[a] = 0
-        acc_x(acc, As, Bs, W, WT, src, ids, rbase, n, jb, tid)
-        acc_h(acc, As, Bs, W, RT, arena, ids, rbase, n, jb, tid)
+        acc_x(acc, As, Bs, av, W, WT, src, ids, rbase, n, jb, tid)
+        acc_h(acc, As, Bs, av, W, RT, arena, ids, rbase, n, jb, tid)
         reduce(acc, red, tid)
         if ks == 0:
             for q in range(TM):
