@@ -109,42 +109,32 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
                     if jbu < NU and kx < K:
                         v = W[wcol + kx * LDW]
                     Bs[kk, cb] = v
-                cuda.syncthreads()
-                for k1 in range(BK // KS):
-                    kk = ks + KS * k1
-                    for q in range(TM):
-                        av[q] = As[kk, ty + TY * q]
-                    for u in range(TU):
-                        for g in range(G):
-                            w = Bs[kk, g * BU + tx + TX * u]
-                            for q in range(TM):
-                                acc[(q * TU + u) * G + g] += av[q] * w
-                continue
-            # stage A: BM rows x BK columns (consecutive threads: consecutive k of one row)
-            for e in range(tid, BM * BK, NT):
-                rr = e // BK
-                kk = e - rr * BK
-                r = rbase + rr
-                kx = k0 + kk
-                if r < n and kx < K:
-                    if USE_IDS:
-                        As[kk, rr] = A[ids[r], COL0 + kx]
+            else:
+                # stage A: BM rows x BK columns (consecutive threads: consecutive k of one row)
+                for e in range(tid, BM * BK, NT):
+                    rr = e // BK
+                    kk = e - rr * BK
+                    r = rbase + rr
+                    kx = k0 + kk
+                    if r < n and kx < K:
+                        if USE_IDS:
+                            As[kk, rr] = A[ids[r], COL0 + kx]
+                        else:
+                            As[kk, rr] = A[r, COL0 + kx]
                     else:
-                        As[kk, rr] = A[r, COL0 + kx]
-                else:
-                    As[kk, rr] = 0
-            # stage B: BK rows x (G gates x BU units) (consecutive threads: consecutive units)
-            for e in range(tid, BK * GB, NT):
-                kk = e // GB
-                c = e - kk * GB
-                g = c // BU
-                u = c - g * BU
-                j = jb + u
-                kx = k0 + kk
-                if j < NU and kx < K:
-                    Bs[kk, c] = W[woff + kx * LDW + g * GS + j]
-                else:
-                    Bs[kk, c] = 0
+                        As[kk, rr] = 0
+                # stage B: BK rows x (G gates x BU units) (consecutive threads: consecutive units)
+                for e in range(tid, BK * GB, NT):
+                    kk = e // GB
+                    c = e - kk * GB
+                    g = c // BU
+                    u = c - g * BU
+                    j = jb + u
+                    kx = k0 + kk
+                    if j < NU and kx < K:
+                        Bs[kk, c] = W[woff + kx * LDW + g * GS + j]
+                    else:
+                        Bs[kk, c] = 0
             cuda.syncthreads()
             # the whole chunk, also past K (staged as zeros): a constant trip count, and indices
             # LLVM can prove >= 0 (see tx / ty / ks above; NOTES entry 36)

@@ -14,6 +14,39 @@ from ..dense.cuda import Tile, _act, _clip, jit, make_accum, make_reduce, nbtype
 
 
 @lru_cache(maxsize=None)
+def make_lstm_cell(dtype: str, H: int, PEEP: int, CLIP: float, IFG: bool, ACTS: tuple):
+    """``cell(W, j, gi, go, gf, gc, cp) -> (c_new, h_new)``: the LSTM update of unit j from its
+    four gate pre-activations (bias and products included) and its previous cell state cp;
+    peepholes at W[PEEP:] (PEEP < 0: none), clip, input-forget coupling and ACTS = (kf, af, bf,
+    kg, ag, bg, kh, ah, bh) as in ``cpu.py``'s ``_lstm_cell``. Shared by every LSTM kernel."""
+    dt = np.dtype(dtype).type
+    kf, af, bf, kg, ag, bg, kh, ah, bh = ACTS
+    af, bf, ag, bg, ah, bh = dt(af), dt(bf), dt(ag), dt(bg), dt(ah), dt(bh)
+    clip = dt(CLIP)
+    HAS_PEEP = PEEP >= 0
+    PP = max(PEEP, 0)
+
+    @jit(device=True)
+    def cell(W, j, gi, go, gf, gc, cp):
+        if HAS_PEEP:
+            gi += W[PP + j] * cp
+            gf += W[PP + 2 * H + j] * cp
+        it = _act(_clip(gi, clip), kf, af, bf)
+        if IFG:
+            ft = 1.0 - it
+        else:
+            ft = _act(_clip(gf, clip), kf, af, bf)
+        ct = _act(_clip(gc, clip), kg, ag, bg)
+        cn = ft * cp + it * ct
+        if HAS_PEEP:
+            go += W[PP + H + j] * cn
+        ot = _act(_clip(go, clip), kf, af, bf)
+        return cn, ot * _act(cn, kh, ah, bh)
+
+    return cell
+
+
+@lru_cache(maxsize=None)
 def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OUT0: int,
                    WT: int, RT: int, BO: int, PEEP: int, CLIP: float, IFG: bool, ACTS: tuple,
                    HO: int, CO: int, LAST: bool):
@@ -25,7 +58,6 @@ def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OU
     this thread reads it). With a projection the caller runs ``make_linear`` on dst next.
     ACTS = (kf, af, bf, kg, ag, bg, kh, ah, bh).
     """
-    dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
     U, KS, RS, RPT, KT, UPT = tile
     NR, UU = RS * RPT, U * UPT
@@ -37,11 +69,7 @@ def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OU
     reduce = make_reduce(tile, AWT)
     RED = red_size(tile, AWT)
     NACC = RPT * AWT
-    kf, af, bf, kg, ag, bg, kh, ah, bh = ACTS
-    af, bf, ag, bg, ah, bh = dt(af), dt(bf), dt(ag), dt(bg), dt(ah), dt(bh)
-    clip = dt(CLIP)
-    HAS_PEEP = PEEP >= 0
-    PP = max(PEEP, 0)
+    cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
 
     @jit()
     def lstm_step(W, ids, src, dst, out, arena, n):
@@ -73,21 +101,8 @@ def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OU
                             gf = W[BO + 2 * H + j] + acc[a0 + 2]
                             gc = W[BO + 3 * H + j] + acc[a0 + 3]
                             cp = arena[sid, CO + j]
-                            if HAS_PEEP:
-                                gi += W[PP + j] * cp
-                                gf += W[PP + 2 * H + j] * cp
-                            it = _act(_clip(gi, clip), kf, af, bf)
-                            if IFG:
-                                ft = 1.0 - it
-                            else:
-                                ft = _act(_clip(gf, clip), kf, af, bf)
-                            ct = _act(_clip(gc, clip), kg, ag, bg)
-                            cn = ft * cp + it * ct
-                            if HAS_PEEP:
-                                go += W[PP + H + j] * cn
-                            ot = _act(_clip(go, clip), kf, af, bf)
+                            cn, hn = cell(W, j, gi, go, gf, gc, cp)
                             arena[sid, CO + j] = cn
-                            hn = ot * _act(cn, kh, ah, bh)
                             dst[r, OUT0 + j] = hn
                             if LAST:
                                 out[r, j] = hn
@@ -104,7 +119,6 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
     A block owns BM rows x BU units with all 4 gates, so the cell update is its epilogue."""
     from ..cuda_common import gemm_red_size, make_gemm_accum, make_gemm_reduce
 
-    dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
@@ -114,11 +128,7 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
     reduce = make_gemm_reduce(gt, 4)
     RED = gemm_red_size(gt, 4)
     NACC = TM * TU * 4
-    kf, af, bf, kg, ag, bg, kh, ah, bh = ACTS
-    af, bf, ag, bg, ah, bh = dt(af), dt(bf), dt(ag), dt(bg), dt(ah), dt(bh)
-    clip = dt(CLIP)
-    HAS_PEEP = PEEP >= 0
-    PP = max(PEEP, 0)
+    cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
     # shared-array shapes must be compile-time constants: arithmetic inside the kernel (BM + 1)
     # types as a plain int64 on real hardware (the simulator does not type-check this)
     BM1, BU4 = int(BM) + 1, 4 * int(BU)
@@ -155,21 +165,8 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
                             gf = W[BO + 2 * H + j] + acc[a0 + 2]
                             gc = W[BO + 3 * H + j] + acc[a0 + 3]
                             cp = arena[sid, CO + j]
-                            if HAS_PEEP:
-                                gi += W[PP + j] * cp
-                                gf += W[PP + 2 * H + j] * cp
-                            it = _act(_clip(gi, clip), kf, af, bf)
-                            if IFG:
-                                ft = 1.0 - it
-                            else:
-                                ft = _act(_clip(gf, clip), kf, af, bf)
-                            ct = _act(_clip(gc, clip), kg, ag, bg)
-                            cn = ft * cp + it * ct
-                            if HAS_PEEP:
-                                go += W[PP + H + j] * cn
-                            ot = _act(_clip(go, clip), kf, af, bf)
+                            cn, hn = cell(W, j, gi, go, gf, gc, cp)
                             arena[sid, CO + j] = cn
-                            hn = ot * _act(cn, kh, ah, bh)
                             dst[r, OUT0 + j] = hn
                             if LAST:
                                 out[r, j] = hn
@@ -188,18 +185,13 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
     Y[b*T + t, COL0 : COL0 + HR]; positions past a length are written 0. The final h, c go to
     state[sidx[b]]. REV runs each sequence backwards from its last valid step.
     """
-    dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
     G4 = 4 * H
-    HAS_PEEP = PEEP >= 0
-    PP = max(PEEP, 0)
     HAS_PROJ = PROJ >= 0
     PJ = max(PROJ, 0)
     TH = H if HAS_PROJ else 1
     NACC = NB * 4
-    kf, af, bf, kg, ag, bg, kh, ah, bh = ACTS
-    af, bf, ag, bg, ah, bh = dt(af), dt(bf), dt(ag), dt(bg), dt(ah), dt(bh)
-    clip = dt(CLIP)
+    cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
 
     @jit()
     def lstm_seq(W, XW, Y, state, sidx, lens, B, T):
@@ -252,21 +244,8 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
                             gf = XW[row, 2 * H + j] + acc[4 * i + 2]
                             gc = XW[row, 3 * H + j] + acc[4 * i + 3]
                             cp = c[i, j]
-                            if HAS_PEEP:
-                                gi += W[PP + j] * cp
-                                gf += W[PP + 2 * H + j] * cp
-                            it = _act(_clip(gi, clip), kf, af, bf)
-                            if IFG:
-                                ft = 1.0 - it
-                            else:
-                                ft = _act(_clip(gf, clip), kf, af, bf)
-                            ct = _act(_clip(gc, clip), kg, ag, bg)
-                            cn = ft * cp + it * ct
-                            if HAS_PEEP:
-                                go += W[PP + H + j] * cn
-                            ot = _act(_clip(go, clip), kf, af, bf)
+                            cn, hv = cell(W, j, gi, go, gf, gc, cp)
                             c[i, j] = cn
-                            hv = ot * _act(cn, kh, ah, bh)
                             if HAS_PROJ:
                                 tmp[i, j] = hv
                             else:
@@ -330,16 +309,11 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
     projections (row b*T + t, bias included); a sequence past its length carries h, c unchanged
     and writes zeros to Y, like ``make_lstm_seq``.
     """
-    dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
     G4 = 4 * H
     C = 4 * UPB  # Rt columns of a block
     KS = NT // C  # k slices
-    HAS_PEEP = PEEP >= 0
-    PP = max(PEEP, 0)
-    kf, af, bf, kg, ag, bg, kh, ah, bh = ACTS
-    af, bf, ag, bg, ah, bh = dt(af), dt(bf), dt(ag), dt(bg), dt(ah), dt(bh)
-    clip = dt(CLIP)
+    cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
     if NT % C or KS < 1:
         raise ValueError(f"lstm_seq_grid: expected threads NT a multiple of 4*UPB, got NT={NT}, UPB={UPB}")
 
@@ -399,20 +373,7 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                                 go += part[q, i, UPB + u]
                                 gf += part[q, i, 2 * UPB + u]
                                 gc += part[q, i, 3 * UPB + u]
-                            if HAS_PEEP:
-                                gi += W[PP + j] * cp
-                                gf += W[PP + 2 * H + j] * cp
-                            it = _act(_clip(gi, clip), kf, af, bf)
-                            if IFG:
-                                ft = 1.0 - it
-                            else:
-                                ft = _act(_clip(gf, clip), kf, af, bf)
-                            ct = _act(_clip(gc, clip), kg, ag, bg)
-                            cp = ft * cp + it * ct
-                            if HAS_PEEP:
-                                go += W[PP + H + j] * cp
-                            ot = _act(_clip(go, clip), kf, af, bf)
-                            hv = ot * _act(cp, kh, ah, bh)
+                            cp, hv = cell(W, j, gi, go, gf, gc, cp)
                             Y[row, COL0 + j] = hv
                         else:
                             Y[b * T + s, COL0 + j] = 0
