@@ -480,6 +480,7 @@ class CudaEngine:
         self._lock = threading.Lock()
         self._stream = cuda.stream()
         self._bufs: dict = {}
+        self._coop: dict = {}  # persistent kernel -> fits a cooperative launch on this GPU
         for fn, sig in _pack_sigs(self.dtype):  # host packing kernels: compiled at load
             fn.compile(sig)
         self._dummy_i = cuda.to_device(np.zeros(1, np.int64))
@@ -687,12 +688,15 @@ class CudaEngine:
             UPB = _cdiv(H, self.n_sm)
         C = 4 * UPB
         KS = (2 if self.seq_mode == "stepwise" else 1) if self.sim else max(1, 128 // C)  # sim: both split-K paths
+        def smem(bm):  # Rt columns + h of a group + partial sums, bytes
+            return (H * C + bm * H + KS * bm * C) * self.isz
+
         BMAX = 1  # sequences per group: a power of two, as few as B needs, as many as fit
         while BMAX < min(B, self.GRID_GROUP):
             BMAX *= 2
-        while BMAX > 1 and (H * C + BMAX * H + KS * BMAX * C) * self.isz > self.GRID_SMEM:
+        while BMAX > 1 and smem(BMAX) > self.GRID_SMEM:
             BMAX //= 2
-        if (H * C + BMAX * H + KS * BMAX * C) * self.isz > self.GRID_SMEM or C * KS > 1024:
+        if smem(BMAX) > self.GRID_SMEM or C * KS > 1024:
             return None
         return C * KS, UPB, BMAX, _cdiv(H, UPB)
 
@@ -710,13 +714,15 @@ class CudaEngine:
         args = (self.W, XW, Y, st_d, sidx_d, lens_d, hbuf, cbuf, B, T)
         if grid_sync:
             if not self.sim:  # pragma: no cover - real GPU only
-                try:
-                    kern = k.compile(tuple(k.typeof_pyval(a) for a in args + (0, T, 1)))
-                    fits = nblk <= kern.max_cooperative_grid_blocks(NT)
-                except Exception as e:  # noqa: BLE001 - e.g. no cudadevrt to link the grid sync
-                    log.warning("streamrnn cuda: no persistent LSTM kernel here (%s); using the per-block one", e)
-                    self.seq_mode = "block"
-                    return False
+                fits = self._coop.get(k)  # once per kernel: compile + occupancy query
+                if fits is None:
+                    try:
+                        kern = k.compile(tuple(k.typeof_pyval(a) for a in args + (0, T, 1)))
+                        fits = self._coop[k] = nblk <= kern.max_cooperative_grid_blocks(NT)
+                    except Exception as e:  # noqa: BLE001 - e.g. no cudadevrt to link the grid sync
+                        log.warning("streamrnn cuda: no persistent LSTM kernel here (%s); using the per-block one", e)
+                        self.seq_mode = "block"
+                        return False
                 if not fits:
                     return False
                 try:
