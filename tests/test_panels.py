@@ -105,11 +105,12 @@ def test_no_panels_for_float64_bfloat16_or_large_matrices():
 @pytest.mark.parametrize("case", range(len(CASES) + 1))
 def test_pool_gemm_on_panels_matches_reference(case, parallel, B, chunk, monkeypatch):
     """pool.step with >= GEMM_MIN_STREAMS streams (the fused panel GEMM: 6-row tiles, single
-    rows, columns past the last panel, serial or parallel over rows, one or several row chunks)
-    in arbitrary id order; and a model whose Rt is too large for the model's panels (the pool
-    makes its own)."""
+    rows, columns past the last panel, serial or parallel (OpenMP) over rows, one or several
+    row chunks) in arbitrary id order; and a model whose Rt is too large for the model's panels
+    (the pool makes its own). The spinning team is off here (tests/test_team.py has its own)."""
     from streamrnn.engine.cpu import BatchedStep
 
+    monkeypatch.setattr(BatchedStep, "TEAM_MIN", 1 << 62)
     if chunk:
         monkeypatch.setattr(BatchedStep, "CHUNK", chunk)
     if parallel:

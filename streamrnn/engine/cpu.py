@@ -27,6 +27,7 @@ from ..layers.dense.cpu import _frame_layer
 from ..layers.gru.cpu import _gru_cell, _gru_gates
 from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
 from ..layers.rnn.cpu import _rnn_cell, _rnn_gates
+from . import team
 from .pack import (
     DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_H, K_IN, K_OUT, K_PAN, K_REC, K_S, LSTM,
     NMETA, O_B, O_C, O_H, O_PAR, O_RT, O_WT, PW, RNN, Packed, _aligned, column_panels,
@@ -409,6 +410,8 @@ def _sigs(dt, group: str):
             **({
                 _rec_rows: (i1, m2, m2, m2, v, im, v, i64, i64, i64, i64, v, v, v, i64),
                 _rec_rows_par: (i1, m2, m2, m2, v, im, v, i64, i64, m2, m2, m2, i64, i64),
+                _team_step: (i1, i1, i1, m2, m2, m2, i64, i64, v),
+                _team_worker: (i1, i64, i64, v),
             } if dt == np.float32 else {
                 _gather_h: (i1, m2, m2, i64, i64, i64),
                 _gather_xh: (i1, m2, m2, m2, i64, i64),
@@ -663,6 +666,120 @@ def _bias_act_rows(Y, W, m):
         _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
 
 
+# ---------------------------------------------------------------------------------------------
+# Many streams on the spinning team (engine/team.py): rows claimed chunk by chunk, every layer
+# of the stack per chunk, one job per pool.step
+# ---------------------------------------------------------------------------------------------
+#: the job's context (int64, one per BatchedStep): the call's arrays (written by _team_step),
+#: the pool's buffers (BatchedStep._team_ctx), then LW ints per layer from C_LAYERS on:
+#: [recurrent?, meta row, panels' address, their length, pw, pr, output's address (0: out), F]
+C_IDS, C_X, C_OUT, C_ARENA, C_AROWS, C_ACOLS = 0, 1, 2, 3, 4, 5
+C_W, C_WLEN, C_META, C_NL, C_CH, C_AT, C_ATC, C_GT, C_HRT, C_GTC, C_NLAYERS = 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16
+C_LAYERS, LW = 17, 8
+_F32 = np.zeros(1, np.float32)  # dtype witness for _view in the worker (the team runs float32 only)
+
+
+@njit(**NJIT)
+def _stack_rows(ctx, n, r0, r1, t, like):
+    """Rows r0..r1 of a job: every layer of the stack on those rows (thread t's scratch)."""
+    ids = _view(ctx[C_IDS], n, ctx)
+    arena = _view(ctx[C_ARENA], ctx[C_AROWS] * ctx[C_ACOLS], like).reshape(ctx[C_AROWS], ctx[C_ACOLS])
+    W = _view(ctx[C_W], ctx[C_WLEN], like)
+    meta = _view(ctx[C_META], ctx[C_NL] * NMETA, ctx).reshape(ctx[C_NL], NMETA)
+    ka, kg = ctx[C_ATC], ctx[C_GTC]
+    A = _view(ctx[C_AT] + 4 * t * ka, ka, like)  # thread t's float32 scratch rows
+    G = _view(ctx[C_GT] + 4 * t * kg, kg, like)
+    HR = _view(ctx[C_HRT] + 4 * t * kg, kg, like)
+    Xa, F0 = ctx[C_X], meta[ctx[C_LAYERS + 1], K_IN]
+    for l in range(ctx[C_NLAYERS]):
+        e = ctx[C_LAYERS + LW * l : C_LAYERS + LW * (l + 1)]
+        m, F = meta[e[1]], e[7]
+        Ya = e[6] if e[6] != 0 else ctx[C_OUT]
+        if e[0]:
+            X = _view(Xa, n * F0, like).reshape(n, F0)  # (n, F0) this layer's input
+            Y = _view(Ya, n * F, like).reshape(n, F)  # (n, F)
+            P = _view(e[2], e[3], like)
+            _rec_rows(ids, X, Y, arena, W, m, P, e[4], e[5], r0, r1, A, G, HR, ctx[C_CH])
+        else:  # rows r0..r1 only
+            X = _view(Xa + 4 * r0 * F0, (r1 - r0) * F0, like).reshape(r1 - r0, F0)
+            Y = _view(Ya + 4 * r0 * F, (r1 - r0) * F, like).reshape(r1 - r0, F)
+            _frames_rows(X, Y, W, m)
+        Xa, F0 = Ya, F
+
+
+@njit(**NJIT)
+def _team_part(ctl, t, seq, like):
+    """Thread t takes chunks of job ``seq`` until none is left (guided: a quarter of what remains
+    per thread pair, multiples of the 6-row GEMM tile). Work starts only after a successful
+    claim: a claim succeeds only while the job is open, so the context is this job's."""
+    n, nt, grain = ctl[team.JOB], ctl[team.JOB + 1], ctl[team.JOB + 4]
+    while True:
+        v = team.aload(ctl, team.NEXT)
+        r0 = v & team.ROW_MASK
+        if (v >> 32) != seq or r0 >= n:
+            return
+        size = max(grain, (n - r0) // nt // 6 * 6)
+        if team.acas(ctl, team.NEXT, v, v + size):
+            ctx = _view(ctl[team.JOB + 2], ctl[team.JOB + 3], ctl)
+            r1 = min(n, r0 + size)
+            _stack_rows(ctx, n, r0, r1, t, like)
+            team.aadd(ctl, team.DONE, r1 - r0)
+            ctl[team.SLEEP + team.LINE * t + 1] += r1 - r0  # rows taken by t (Team.rows)
+
+
+@njit(**NJIT)
+def _team_step(ctl, ctx, ids, X, out, arena, nt, grain, like):
+    """The calling thread's side of a job (thread 0): post it, take chunks (of at least
+    ``grain`` rows), wait for the rows the workers took, close it (so no late claim reads the
+    context after this returns)."""
+    n = ids.shape[0]
+    ctl[team.JOB + 4] = grain
+    ctx[C_IDS], ctx[C_X], ctx[C_OUT] = ids.ctypes.data, X.ctypes.data, out.ctypes.data
+    ctx[C_ARENA], ctx[C_AROWS], ctx[C_ACOLS] = arena.ctypes.data, arena.shape[0], arena.shape[1]
+    ctl[team.JOB], ctl[team.JOB + 1] = n, nt
+    ctl[team.JOB + 2], ctl[team.JOB + 3] = ctx.ctypes.data, ctx.shape[0]
+    seq = ((team.aload(ctl, team.NEXT) >> 32) + 1) & team.SEQ_MASK
+    team.astore(ctl, team.DONE, 0)
+    team.astore(ctl, team.NEXT, seq << 32)  # publish (seq_cst: the writes above are visible)
+    _team_part(ctl, 0, seq, like)
+    while team.aload(ctl, team.DONE) < n:
+        team.cpu_pause()
+    team.astore(ctl, team.NEXT, (seq << 32) | team.ROW_MASK)
+
+
+@njit(**NJIT)
+def _team_worker(ctl, t, spin, like):
+    """Worker t's loop: spin on ctl[NEXT] and join each new job while t < its thread count.
+    Returns 0 when told to stop, 1 after ``spin`` idle iterations (its flag SLEEP + LINE * t
+    is then set; the caller sleeps until ``Team.wake``)."""
+    slp = team.SLEEP + team.LINE * t
+    team.astore(ctl, slp, 0)
+    seen = -1  # join whatever job is open now (the caller may have posted it before we woke)
+    idle = 0
+    while True:
+        seq = team.aload(ctl, team.NEXT) >> 32
+        if seq != seen:
+            seen = seq
+            if t < ctl[team.JOB + 1]:
+                _team_part(ctl, t, seq, like)
+            idle = 0
+        elif team.aload(ctl, team.STOP):
+            return 0
+        else:
+            idle += 1
+            if idle >= spin:
+                team.astore(ctl, slp, 1)
+                if team.aload(ctl, team.NEXT) >> 32 == seen:
+                    return 1
+                team.astore(ctl, slp, 0)  # a job came as we were leaving
+                idle = 0
+        team.cpu_pause()
+
+
+def _team_loop(ctl, t, spin):
+    return _team_worker(ctl, t, spin, _F32)
+
+
 class BatchedStep:
     """``pool.step`` for many streams. float32: per recurrent layer one compiled call on the
     column panels (``_rec_rows``: gather, GEMM, gates; parallel over rows for large batches);
@@ -685,6 +802,12 @@ class BatchedStep:
     #: at H=512 ~1.2 MiB, inside L2). 96 rather than 48 reads the weight panels half as often:
     #: H=512 B=1024 17.0 -> 16.4 ms, H=128 B=1024 1.32 -> 1.28 ms (bench/NOTES.md, entry 28)
     CHUNK = 96
+    #: the spinning team (engine/team.py) takes steps of at least this many multiply-adds
+    #: (~2 us serially; a job costs ~1 us to post and join)
+    TEAM_MIN = 1 << 18
+    #: below this many weight bytes the team shares rows in small chunks (the weights stay in
+    #: each core's L2); above, in one share per thread (each chunk reads them all from L3)
+    TEAM_FINE_BYTES = 1 << 20
 
     def __init__(self, pk: Packed):
         self.pk = pk
@@ -719,6 +842,12 @@ class BatchedStep:
         # (``_rec_rows``, no BLAS: its spinning threads would slow numba's next parallel region)
         self.fused = W.dtype == np.float32
         self.nt = 0
+        # multiply-adds per row of a step (whether the spinning team is worth waking)
+        self.row_macs = sum((l[2] + l[3]) * l[4] if l[0] == "rec" else l[2] * l[3] for l in self.layers)
+        self.wbytes = W.itemsize * self.row_macs  # weight bytes a step reads
+        self.ctx = None  # the team's job context (built on first use, rebuilt when buffers grow)
+        #: threads of a step: numba's count when the pool was made (get_num_threads costs ~1 us)
+        self.threads = numba.get_num_threads()
         self.par_min = self.PARALLEL_FUSED_MIN if config.omp_passive() else self.PARALLEL_FUSED_MIN_SPIN
 
     @staticmethod
@@ -741,6 +870,7 @@ class BatchedStep:
         self.Gt = np.zeros((nt, self.CHUNK * gmax), dt)
         self.HRt = np.zeros((nt, self.CHUNK * gmax), dt)
         self.nt = nt
+        self.ctx = None
 
     def _grow(self, n: int) -> None:
         cap = min(self.BLOCK, max(16, 1 << (n - 1).bit_length()))
@@ -757,6 +887,51 @@ class BatchedStep:
         self.HR = np.zeros(nb * gmax if any(l[1][0] == GRU for l in self.layers if l[0] == "rec") else nb, dt)
         self.Y = [np.zeros(cap * fmax, dt), np.zeros(cap * fmax, dt)]
         self.cap = cap
+        self.ctx = None
+
+    def _team_ctx(self) -> np.ndarray:
+        """The team job's context: addresses of the pool's weights, scratch and layer buffers
+        (``_stack_rows`` reads them; the call's own arrays are filled in by ``_team_step``)."""
+        pk, L = self.pk, len(self.layers)
+        ctx = np.zeros(C_LAYERS + LW * L, np.int64)
+        ctx[C_W], ctx[C_WLEN] = pk.W.ctypes.data, pk.W.size
+        ctx[C_META], ctx[C_NL] = pk.meta.ctypes.data, pk.meta.shape[0]
+        ctx[C_CH], ctx[C_NLAYERS] = self.CHUNK, L
+        ctx[C_AT], ctx[C_ATC] = self.At.ctypes.data, self.At.shape[1]
+        ctx[C_GT], ctx[C_HRT], ctx[C_GTC] = self.Gt.ctypes.data, self.HRt.ctypes.data, self.Gt.shape[1]
+        rec = iter(self.panels)
+        # one output buffer per inner layer: threads run different layers at once, so two
+        # layers may not share a buffer (the step's ping-pong pair) with different row strides
+        self.Yt = [np.zeros(self.cap * l[3], pk.W.dtype) for l in self.layers[:-1]]
+        for li, (what, m, I, F, G, _, _) in enumerate(self.layers):
+            e = ctx[C_LAYERS + LW * li : C_LAYERS + LW * (li + 1)]
+            e[1], e[7] = li, F
+            if what == "rec":
+                P, pw, pr = next(rec)
+                e[0], e[2], e[3], e[4], e[5] = 1, P.ctypes.data, P.size, pw, pr
+            if li < L - 1:  # the last layer writes the caller's out (C_OUT)
+                e[6] = self.Yt[li].ctypes.data
+        return ctx
+
+    def _try_team(self, ids, X, out, arena, nt: int) -> bool:
+        """The step on the spinning team (engine/team.py); False where it is off or busy."""
+        tm = team.get(numba.config.NUMBA_NUM_THREADS - 1, _team_loop)
+        if tm is None or not tm.lock.acquire(blocking=False):
+            return False
+        try:
+            if self.nt < tm.nworkers + 1:
+                self._alloc_threads(tm.nworkers + 1)
+            if self.ctx is None:
+                self.ctx = self._team_ctx()
+            tm.wake(nt)
+            # weights beyond a core's L2 share (~1 MiB) come from L3 for every chunk: then
+            # each thread takes one share of rows (the caller takes the rest if a worker is late)
+            n = ids.shape[0]
+            grain = 6 if self.wbytes <= self.TEAM_FINE_BYTES else ((n + nt - 1) // nt + 5) // 6 * 6
+            _team_step(tm.ctl, self.ctx, ids, X, out, arena, nt, grain, _F32)
+        finally:
+            tm.lock.release()
+        return True
 
     def __call__(self, ids, X, out, arena) -> None:
         n = ids.shape[0]
@@ -809,7 +984,9 @@ class BatchedStep:
 
     def _step_fused(self, ids, X, out, arena) -> None:
         n = ids.shape[0]
-        nt = numba.get_num_threads()
+        nt = self.threads
+        if nt > 1 and n >= 12 and n * self.row_macs >= self.TEAM_MIN and self._try_team(ids, X, out, arena, nt):
+            return
         if nt > self.nt:
             self._alloc_threads(nt)
         W = self.pk.W

@@ -1,0 +1,233 @@
+"""A team of spinning worker threads for ``pool.step`` (CPU), woken in well under a microsecond.
+
+numba's OpenMP workers wait passively here (``config.py``): waking them costs 60-90 us, as much
+as a whole H=128, B=64 step (bench/NOTES.md, entries 18, 30, 39). The team's workers are plain
+Python threads that run a compiled, GIL-free loop spinning on a shared counter (``pause`` between
+reads), so a job posted by the calling thread starts on every core within a cache-line transfer.
+After ``STREAMRNN_SPIN_US`` microseconds (default 500) without work a worker goes to sleep on an
+``Event``; the next call wakes it, and meanwhile the calling thread does the work alone.
+
+Correctness never depends on a worker arriving: the rows of a job are claimed chunk by chunk
+with an atomic compare-and-swap on ``ctl[NEXT]`` (the job's sequence number in the high 32 bits,
+the next free row in the low 32), so the caller takes every chunk nobody else took, then waits
+only for the chunks a worker has already started.
+
+This module holds the primitives (atomics on int64 arrays, ``pause``) and the threads; the job
+kernels that use them are in ``engine/cpu.py`` (``_team_step`` / ``_team_worker``).
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import platform
+import threading
+import time
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ..config import NJIT
+
+log = logging.getLogger(__name__)
+
+#: ``ctl`` slots, one 64-byte cache line each: the job's claim counter, the rows finished, the
+#: stop flag, the job (JOB: rows, threads, address and length of the job's int64 context, the
+#: smallest chunk), then one line per thread t (index SLEEP + LINE * t: its "asleep" flag, the
+#: rows it has taken so far)
+LINE = 8
+NEXT, DONE, STOP, JOB, SLEEP = 0, LINE, 2 * LINE, 3 * LINE, 4 * LINE
+ROW_MASK = (1 << 32) - 1  # NEXT = seq << 32 | next free row; row ROW_MASK: the job is closed
+SEQ_MASK = (1 << 31) - 1
+
+
+def _elem_ptr(context, builder, aty, arr, idx, ity):
+    ary = context.make_array(aty)(context, builder, arr)
+    i = context.cast(builder, idx, ity, types.intp)
+    return builder.gep(ary.data, [i])
+
+
+def _int64_array(arr, i):
+    return isinstance(arr, types.Array) and arr.dtype == types.int64 and isinstance(i, types.Integer)
+
+
+@intrinsic
+def aload(typingctx, arr, i):
+    """arr[i], an atomic (sequentially consistent) load of an int64 array element."""
+    if not _int64_array(arr, i):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1]), "seq_cst", 8)
+
+    return types.int64(arr, i), codegen
+
+
+@intrinsic
+def astore(typingctx, arr, i, v):
+    """arr[i] = v, an atomic (sequentially consistent) store."""
+    if not (_int64_array(arr, i) and isinstance(v, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        builder.store_atomic(context.cast(builder, args[2], sig.args[2], types.int64), ptr, "seq_cst", 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, i, v), codegen
+
+
+@intrinsic
+def aadd(typingctx, arr, i, v):
+    """arr[i] += v atomically; returns the old value."""
+    if not (_int64_array(arr, i) and isinstance(v, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        return builder.atomic_rmw("add", ptr, context.cast(builder, args[2], sig.args[2], types.int64), "seq_cst")
+
+    return types.int64(arr, i, v), codegen
+
+
+@intrinsic
+def acas(typingctx, arr, i, old, new):
+    """If arr[i] == old, set it to new, atomically; True when it did."""
+    if not (_int64_array(arr, i) and isinstance(old, types.Integer) and isinstance(new, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        o = context.cast(builder, args[2], sig.args[2], types.int64)
+        n = context.cast(builder, args[3], sig.args[3], types.int64)
+        res = builder.cmpxchg(ptr, o, n, "seq_cst", "seq_cst")
+        return builder.extract_value(res, 1)
+
+    return types.boolean(arr, i, old, new), codegen
+
+
+_ARCH = platform.machine().lower()
+
+
+@intrinsic
+def cpu_pause(typingctx):
+    """The CPU's spin-wait hint (x86 ``pause``, ARM ``yield``; nothing elsewhere), as an LLVM
+    intrinsic (numba's LLVM has no inline-assembly parser)."""
+
+    def codegen(context, builder, sig, args):
+        if _ARCH in ("x86_64", "amd64"):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        elif _ARCH in ("aarch64", "arm64"):
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i32]), "llvm.aarch64.hint")
+            builder.call(fn, [ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(**NJIT)
+def _spin(ctl, n):
+    """n idle iterations of a worker's wait loop (calibration of ``STREAMRNN_SPIN_US``)."""
+    s = 0
+    for _ in range(n):
+        s += aload(ctl, STOP)
+        cpu_pause()
+    return s
+
+
+def spin_us() -> float:
+    """How long an idle worker spins before it sleeps (``STREAMRNN_SPIN_US``, default 500 us;
+    0 disables the team: the pool then uses numba's OpenMP threads)."""
+    try:
+        return max(0.0, float(os.environ.get("STREAMRNN_SPIN_US", "500")))
+    except ValueError:
+        log.warning("STREAMRNN_SPIN_US=%r is not a number; using 500", os.environ["STREAMRNN_SPIN_US"])
+        return 500.0
+
+
+class Team:
+    """``nworkers`` threads, each running ``loop(ctl, t, spin)`` (a compiled GIL-free function
+    that returns 0 when told to stop, 1 when it has been idle for ``spin`` iterations); between
+    the two it sleeps on an Event until ``wake`` sets it. ``lock`` serialises jobs: one job
+    at a time uses ``ctl``; a caller that cannot take it at once runs its job alone."""
+
+    def __init__(self, nworkers: int, loop, spin: float):
+        self.ctl = np.zeros(SLEEP + LINE * (nworkers + 1), np.int64)
+        self.nworkers = nworkers
+        self.lock = threading.Lock()
+        self._loop = loop
+        self._events = [threading.Event() for _ in range(nworkers + 1)]
+        _spin(self.ctl, 1)  # compile (or load from the cache) first
+        t0 = time.perf_counter()
+        _spin(self.ctl, 20000)
+        per_us = 20000 / max(1e-9, (time.perf_counter() - t0) * 1e6)
+        self.spin = max(1, int(spin * per_us))  # idle iterations before a worker sleeps
+        self._threads = [threading.Thread(target=self._run, args=(t,), name=f"streamrnn-team-{t}", daemon=True)
+                         for t in range(1, nworkers + 1)]
+        for th in self._threads:
+            th.start()
+        log.debug("team of %d spinning workers (%d idle iterations, %.0f us)", nworkers, self.spin, spin)
+
+    def _run(self, t: int) -> None:
+        while self._loop(self.ctl, t, self.spin):
+            self._events[t].wait()
+            self._events[t].clear()
+
+    def wake(self, nt: int) -> None:
+        """Wake the sleeping workers among 1..nt-1 (a job is about to be posted)."""
+        ctl = self.ctl
+        for t in range(1, min(nt, self.nworkers + 1)):
+            if ctl[SLEEP + LINE * t]:
+                self._events[t].set()
+
+    def rows(self) -> np.ndarray:
+        """Rows each thread has taken so far (index 0: the calling threads; a diagnostic)."""
+        return self.ctl[SLEEP + 1 :: LINE].copy()
+
+    def stop(self) -> None:
+        self.ctl[STOP] = 1
+        for e in self._events:
+            e.set()
+        for th in self._threads:
+            th.join(timeout=1.0)
+
+
+_team: Team | None = None
+_team_lock = threading.Lock()
+
+
+def get(nworkers: int, loop) -> Team | None:
+    """The process's team (started on first use with ``nworkers`` workers running ``loop``),
+    or None where spinning is disabled (``STREAMRNN_SPIN_US=0``) or there is nothing to share."""
+    global _team
+    if _team is not None:
+        return _team
+    s = spin_us()
+    if nworkers < 1 or s <= 0:
+        return None
+    with _team_lock:
+        if _team is None:
+            _team = Team(nworkers, loop, s)
+    return _team
+
+
+def _shutdown() -> None:
+    global _team
+    if _team is not None:
+        _team.stop()
+        _team = None
+
+
+def _forget() -> None:  # a forked child has none of the parent's threads
+    global _team
+    _team = None
+
+
+atexit.register(_shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget)

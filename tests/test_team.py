@@ -1,0 +1,242 @@
+"""pool.step on the spinning team (engine/team.py) against the numpy reference.
+
+The team's rows are claimed chunk by chunk by whichever thread is free, so every test here
+checks outputs AND states over several steps in random id order, and the tests that need the
+workers to have taken part say so (``Team.rows``). Each test runs on a team of its own (one or
+two workers, whatever the machine's core count), stopped afterwards.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import streamrnn as srnn
+from streamrnn.engine import cpu, team
+from streamrnn.reference import run_reference
+
+from conftest import assert_close as _assert_close
+from conftest import rand_act, rand_layer
+
+
+def assert_close(actual, ref):
+    _assert_close(actual, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
+
+
+@pytest.fixture
+def use_team(monkeypatch):
+    """A function (nworkers, spin_us) -> a fresh Team that pool.step uses from now on (on any
+    machine), with every step of at least 12 rows sent to it; stopped at the end."""
+    made = []
+
+    def make(nworkers: int = 1, spin: float = 500.0) -> team.Team:
+        tm = team.Team(nworkers, cpu._team_loop, spin)
+        made.append(tm)
+        monkeypatch.setattr(team, "_team", tm)
+        monkeypatch.setattr(cpu.BatchedStep, "TEAM_MIN", 0)
+        return tm
+
+    yield make
+    for tm in made:
+        tm.stop()
+        assert not any(th.is_alive() for th in tm._threads)
+
+
+def _spec(rng, kinds, I, sizes, O):
+    layers, size = [], I
+    for kind, H in zip(kinds, sizes):
+        layer = rand_layer(rng, kind, size, H, exotic=True, scale=0.15)
+        layers.append(layer)
+        size = layer.output_size
+    if rng.random() < 0.5:
+        layers.append(srnn.ActivationLayer(size, rand_act(rng, bounded=True)))
+    layers.append(srnn.DenseLayer(rng.standard_normal((O, size)) * 0.2, rng.standard_normal(O) * 0.1,
+                                  rand_act(rng, bounded=True) if rng.random() < 0.5 else None))
+    return srnn.ModelSpec(tuple(layers))
+
+
+CASES = [  # kinds, input size, hidden sizes, head outputs (panels + remainder columns)
+    (("lstm",), 30, (40,), 16),
+    (("gru",), 20, (90,), 16),
+    (("rnn",), 7, (130,), 33),
+    (("lstm", "gru", "rnn"), 29, (64, 50, 40), 17),
+]
+
+
+def _pool_steps(model, spec, rng, B, T=3, threads=2):
+    """T steps of B streams (ids in random order) against the reference; the pool steps with
+    ``threads`` threads."""
+    I = spec.input_size
+    X = rng.standard_normal((B, T, I))
+    Yr, str_ = run_reference(spec.astype(np.float32), X.astype(np.float32))
+    pool = model.pool(capacity=B + 3)
+    pool._batched.threads = threads
+    ids = pool.open(B)
+    perm = rng.permutation(B)
+    for t in range(T):
+        assert_close(pool.step(ids[perm], X[perm, t]), Yr[perm, t])
+    assert_close(np.stack([pool.get_state(i).data for i in ids]), str_)
+    return pool
+
+
+@pytest.mark.parametrize("fine", [True, False])  # small chunks / one share of rows per thread
+@pytest.mark.parametrize("B", [12, 41, 100, 1030])  # 1030: two blocks of rows (BLOCK = 1024)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_team_matches_reference(case, B, fine, use_team, monkeypatch):
+    if not fine:
+        monkeypatch.setattr(cpu.BatchedStep, "TEAM_FINE_BYTES", 0)
+    use_team(1)
+    rng = np.random.default_rng(700 + 10 * case + B)
+    kinds, I, sizes, O = CASES[case]
+    spec = _spec(rng, kinds, I, sizes, O)
+    _pool_steps(srnn.Model(spec, dtype=np.float32), spec, rng, B)
+
+
+def test_three_threads(use_team):
+    """Two workers and the caller share each step (threads 0-2 in the job), then a step limited
+    to two threads (worker 2 must stay out), both right."""
+    tm = use_team(2)
+    rng = np.random.default_rng(5)
+    spec = _spec(rng, ("lstm", "gru"), 24, (70, 33), 9)
+    model = srnn.Model(spec, dtype=np.float32)
+    _pool_steps(model, spec, rng, 300, T=4, threads=3)
+    before = tm.rows()[2]
+    _pool_steps(model, spec, rng, 300, T=3, threads=2)
+    assert tm.rows()[2] == before  # worker 2 took no row of a two-thread job
+
+
+def _until_worker_rows(tm, fn, timeout=5.0):
+    """Call fn until a worker has taken rows (it spins on another core, or is woken)."""
+    t0 = time.time()
+    while tm.rows()[1:].sum() == 0:
+        fn()
+        assert time.time() - t0 < timeout, "the team's worker never took a row"
+
+
+def test_worker_takes_rows(use_team):
+    tm = use_team(1)
+    rng = np.random.default_rng(11)
+    spec = _spec(rng, ("lstm",), 32, (64,), 8)
+    model = srnn.Model(spec, dtype=np.float32)
+    B = 96
+    pool = model.pool(capacity=B)
+    ids = pool.open(B)
+    ref = model.pool(capacity=B)  # the same steps on the serial path
+    ref._batched.threads = 1
+    rids = ref.open(B)
+
+    def step():
+        X = rng.standard_normal((B, 32)).astype(np.float32)
+        assert_close(pool.step(ids, X), ref.step(rids, X))
+
+    _until_worker_rows(tm, step)
+    for _ in range(5):
+        step()
+    assert_close(np.stack([pool.get_state(i).data for i in ids]), np.stack([ref.get_state(i).data for i in rids]))
+
+
+def test_sleeping_worker_is_woken(use_team):
+    """With a spin of ~1 us the worker sleeps between calls; each call wakes it (Team.wake)
+    and the caller does the work alone until it arrives: results stay right either way."""
+    tm = use_team(1, spin=1.0)
+    rng = np.random.default_rng(12)
+    spec = _spec(rng, ("lstm",), 64, (128,), 8)
+    model = srnn.Model(spec, dtype=np.float32)
+    B = 1000
+    pool = model.pool(capacity=B)
+    ids = pool.open(B)
+    ref = model.pool(capacity=B)
+    ref._batched.threads = 1
+    rids = ref.open(B)
+
+    def step():
+        time.sleep(0.005)  # the worker goes to sleep
+        X = rng.standard_normal((B, 64)).astype(np.float32)
+        assert_close(pool.step(ids, X), ref.step(rids, X))
+
+    _until_worker_rows(tm, step, timeout=20.0)
+    assert tm.ctl[team.SLEEP + team.LINE] in (0, 1)
+
+
+def test_two_pools_from_two_threads(use_team):
+    """Two Python threads step two pools at once: one job at a time owns the team, the other
+    call runs alone (``lock``); both stay right."""
+    use_team(1)
+    rng = np.random.default_rng(13)
+    spec = _spec(rng, ("gru",), 16, (48,), 4)
+    model = srnn.Model(spec, dtype=np.float32)
+    B, T = 64, 40
+    X = rng.standard_normal((2, B, T, 16))
+    errors = []
+
+    def run(k):
+        try:
+            Yr, _ = run_reference(spec.astype(np.float32), X[k].astype(np.float32))
+            pool = model.pool(capacity=B)
+            pool._batched.threads = 2
+            ids = pool.open(B)
+            for t in range(T):
+                assert_close(pool.step(ids, X[k, :, t]), Yr[:, t])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ths = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert not errors, errors
+
+
+def test_refused_call_leaves_states(use_team):
+    rng = np.random.default_rng(14)
+    spec = _spec(rng, ("lstm",), 8, (32,), 4)
+    model = srnn.Model(spec, dtype=np.float32)
+    use_team(1)
+    B = 40
+    pool = model.pool(capacity=B)
+    pool._batched.threads = 2
+    ids = pool.open(B)
+    pool.step(ids, rng.standard_normal((B, 8)))
+    before = np.stack([pool.get_state(i).data for i in ids])
+    X = rng.standard_normal((B, 8))
+    X[33, 2] = np.nan
+    with pytest.raises(srnn.NonFiniteError):
+        pool.step(ids, X)
+    np.testing.assert_array_equal(np.stack([pool.get_state(i).data for i in ids]), before)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork: POSIX only")
+def test_forked_child_starts_its_own_team():
+    """A child forked after the team started has none of its threads: its first team step
+    starts a new team (os.register_at_fork) instead of waiting on workers that do not exist."""
+    rng = np.random.default_rng(15)
+    spec = _spec(rng, ("lstm",), 8, (32,), 4)
+    model = srnn.Model(spec, dtype=np.float32)
+    B = 48
+    X = rng.standard_normal((B, 8)).astype(np.float32)
+    Yr, _ = run_reference(spec.astype(np.float32), X[:, None])
+    tm = team.get(1, cpu._team_loop)
+    if tm is None:
+        pytest.skip("team disabled (STREAMRNN_SPIN_US=0)")
+    pid = os.fork()
+    if pid == 0:  # child: exit status 0 only if the step ran and was right
+        code = 1
+        try:
+            import signal
+            signal.alarm(60)
+            assert team._team is None
+            cpu.BatchedStep.TEAM_MIN = 0
+            pool = model.pool(capacity=B)
+            pool._batched.threads = 2
+            ids = pool.open(B)
+            assert_close(pool.step(ids, X), Yr[:, 0])
+            assert team._team is not None and team._team is not tm
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
