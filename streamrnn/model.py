@@ -420,7 +420,7 @@ class Pool:
         self._scr = np.zeros((self._nthreads, pk.scratch_size), dtype=model.dtype)
         if model._cuda is None:
             cpu.compile_for(model.dtype, "pool")
-        self._batched = cpu.BatchedStep(pk)
+        self._batched = cpu.BatchedStep(pk, self._arena, self._alive, self._stamp)
         # stack of free ids, top at _nfree - 1 (lowest id opened first); an int64 array, not a
         # list of Python ints (4 MB per 100,000 streams)
         self._free = np.arange(self._capacity - 1, -1, -1, dtype=np.int64)
@@ -538,14 +538,12 @@ class Pool:
             with self._lock:
                 self._cuda.step(ids, X, out, self._alive)
             return out
-        par = self._nthreads > 1 and n > 1 and n * self._W.size >= self.PARALLEL_WORK
         with self._lock:
             self._epoch += 1
             if n >= self.GEMM_MIN_STREAMS:
-                rc = cpu._pool_validate(ids, X, out, self._alive, self._stamp, self._epoch, self._I, self._O)
-                if not rc:
-                    self._batched(ids, X, out, self._arena)
+                rc = self._batched.step(ids, X, out, self._epoch)
             else:
+                par = self._nthreads > 1 and n > 1 and n * self._W.size >= self.PARALLEL_WORK
                 fn = cpu._pool_step_par if par else cpu._pool_step
                 rc = fn(ids, X, out, self._arena, self._scr, self._W, self.model._packed.Wh, self._meta, self._alive, self._stamp, self._epoch)
         if rc:

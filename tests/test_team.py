@@ -191,22 +191,37 @@ def test_two_pools_from_two_threads(use_team):
     assert not errors, errors
 
 
-def test_refused_call_leaves_states(use_team):
+@pytest.mark.parametrize("bad", ["nan", "repeat", "closed", "unknown"])
+def test_refused_call_leaves_states(bad, use_team):
+    """The team's job validates the call before it posts any row (_team_step): a refused call
+    names the row and leaves every state as it was; the next call steps normally."""
     rng = np.random.default_rng(14)
     spec = _spec(rng, ("lstm",), 8, (32,), 4)
     model = srnn.Model(spec, dtype=np.float32)
-    use_team(1)
+    tm = use_team(1)
     B = 40
-    pool = model.pool(capacity=B)
+    pool = model.pool(capacity=B + 1)
     pool._batched.threads = 2
     ids = pool.open(B)
+    pool.close(pool.open())
     pool.step(ids, rng.standard_normal((B, 8)))
     before = np.stack([pool.get_state(i).data for i in ids])
     X = rng.standard_normal((B, 8))
-    X[33, 2] = np.nan
-    with pytest.raises(srnn.NonFiniteError):
-        pool.step(ids, X)
+    bad_ids = ids.copy()
+    err = {"nan": srnn.NonFiniteError, "repeat": srnn.StreamIdError, "closed": srnn.StreamIdError,
+           "unknown": srnn.StreamIdError}[bad]
+    if bad == "nan":
+        X[33, 2] = np.nan
+    else:
+        bad_ids[33] = {"repeat": ids[5], "closed": B, "unknown": B + 7}[bad]
+    rows = tm.rows().sum()
+    with pytest.raises(err, match="33"):
+        pool.step(bad_ids, X)
+    assert tm.rows().sum() == rows  # refused before any row was posted
     np.testing.assert_array_equal(np.stack([pool.get_state(i).data for i in ids]), before)
+    X[33, 2] = 0.5
+    pool.step(ids, X)  # a good call after the refused one
+    assert tm.rows().sum() == rows + B
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork: POSIX only")

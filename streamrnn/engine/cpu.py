@@ -410,7 +410,7 @@ def _sigs(dt, group: str):
             **({
                 _rec_rows: (i1, m2, m2, m2, v, im, v, i64, i64, i64, i64, v, v, v, i64),
                 _rec_rows_par: (i1, m2, m2, m2, v, im, v, i64, i64, m2, m2, m2, i64, i64),
-                _team_step: (i1, i1, i1, m2, m2, m2, i64, i64, v),
+                _team_step: (i1, i1, i1, m2, m2, i64, i64, i64, v),
                 _team_worker: (i1, i64, i64, v),
             } if dt == np.float32 else {
                 _gather_h: (i1, m2, m2, i64, i64, i64),
@@ -673,10 +673,11 @@ def _bias_act_rows(Y, W, m):
 #: the job's context (int64, one per BatchedStep): the call's arrays (written by _team_step),
 #: the pool's buffers (BatchedStep._team_ctx), then LW ints per layer from C_LAYERS on:
 #: [recurrent?, meta row, panels' address, their length, pw, pr, output's address (0: out), F]
-C_IDS, C_X, C_OUT, C_ARENA, C_AROWS, C_ACOLS = 0, 1, 2, 3, 4, 5
-C_W, C_WLEN, C_META, C_NL, C_CH, C_AT, C_ATC, C_GT, C_HRT, C_GTC, C_NLAYERS = 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16
-C_LAYERS, LW = 17, 8
-_F32 = np.zeros(1, np.float32)  # dtype witness for _view in the worker (the team runs float32 only)
+C_IDS, C_X, C_OUT, C_ARENA, C_AROWS, C_ACOLS, C_ALIVE, C_STAMP = 0, 1, 2, 3, 4, 5, 6, 7
+C_W, C_WLEN, C_META, C_NL, C_CH, C_AT, C_ATC, C_GT, C_HRT, C_GTC, C_NLAYERS = 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18
+C_LAYERS, LW = 19, 8
+_F32 = np.zeros(1, np.float32)  # dtype witnesses for _view (the team runs float32 only)
+_U8 = np.zeros(1, np.uint8)
 
 
 @njit(**NJIT)
@@ -728,14 +729,21 @@ def _team_part(ctl, t, seq, like):
 
 
 @njit(**NJIT)
-def _team_step(ctl, ctx, ids, X, out, arena, nt, grain, like):
-    """The calling thread's side of a job (thread 0): post it, take chunks (of at least
-    ``grain`` rows), wait for the rows the workers took, close it (so no late claim reads the
-    context after this returns)."""
+def _team_step(ctl, ctx, ids, X, out, epoch, nt, grain, like):
+    """The calling thread's side of a job (thread 0): validate the call (``epoch`` > 0: as
+    ``_pool_check``; nothing is written to any state if it fails), post it, take chunks (of at
+    least ``grain`` rows), wait for the rows the workers took, close it (so no late claim reads
+    the context after this returns). Returns the status."""
     n = ids.shape[0]
+    if epoch > 0:
+        cap = ctx[C_AROWS]
+        meta = _view(ctx[C_META], ctx[C_NL] * NMETA, ctx).reshape(ctx[C_NL], NMETA)
+        rc = _pool_check(ids, X, out, _view(ctx[C_ALIVE], cap, _U8), _view(ctx[C_STAMP], cap, ctx), epoch,
+                         meta[0, K_IN], meta[ctx[C_NL] - 1, K_OUT])
+        if rc != OK:
+            return rc
     ctl[team.JOB + 4] = grain
     ctx[C_IDS], ctx[C_X], ctx[C_OUT] = ids.ctypes.data, X.ctypes.data, out.ctypes.data
-    ctx[C_ARENA], ctx[C_AROWS], ctx[C_ACOLS] = arena.ctypes.data, arena.shape[0], arena.shape[1]
     ctl[team.JOB], ctl[team.JOB + 1] = n, nt
     ctl[team.JOB + 2], ctl[team.JOB + 3] = ctx.ctypes.data, ctx.shape[0]
     seq = ((team.aload(ctl, team.NEXT) >> 32) + 1) & team.SEQ_MASK
@@ -745,6 +753,7 @@ def _team_step(ctl, ctx, ids, X, out, arena, nt, grain, like):
     while team.aload(ctl, team.DONE) < n:
         team.cpu_pause()
     team.astore(ctl, team.NEXT, (seq << 32) | team.ROW_MASK)
+    return OK
 
 
 @njit(**NJIT)
@@ -809,8 +818,9 @@ class BatchedStep:
     #: each core's L2); above, in one share per thread (each chunk reads them all from L3)
     TEAM_FINE_BYTES = 1 << 20
 
-    def __init__(self, pk: Packed):
+    def __init__(self, pk: Packed, arena: np.ndarray, alive: np.ndarray, stamp: np.ndarray):
         self.pk = pk
+        self.arena, self.alive, self.stamp = arena, alive, stamp  # the pool's (cap, S), (cap,), (cap,)
         self.cap = 0
         self.layers = []
         self.panels = []  # per recurrent layer: (P, offset of Wt's panels, offset of Rt's)
@@ -894,6 +904,10 @@ class BatchedStep:
         (``_stack_rows`` reads them; the call's own arrays are filled in by ``_team_step``)."""
         pk, L = self.pk, len(self.layers)
         ctx = np.zeros(C_LAYERS + LW * L, np.int64)
+        a = self.arena
+        assert a.flags.c_contiguous and a.dtype == np.float32 and self.alive.dtype == np.uint8
+        ctx[C_ARENA], ctx[C_AROWS], ctx[C_ACOLS] = a.ctypes.data, a.shape[0], a.shape[1]
+        ctx[C_ALIVE], ctx[C_STAMP] = self.alive.ctypes.data, self.stamp.ctypes.data
         ctx[C_W], ctx[C_WLEN] = pk.W.ctypes.data, pk.W.size
         ctx[C_META], ctx[C_NL] = pk.meta.ctypes.data, pk.meta.shape[0]
         ctx[C_CH], ctx[C_NLAYERS] = self.CHUNK, L
@@ -913,25 +927,44 @@ class BatchedStep:
                 e[6] = self.Yt[li].ctypes.data
         return ctx
 
-    def _try_team(self, ids, X, out, arena, nt: int) -> bool:
-        """The step on the spinning team (engine/team.py); False where it is off or busy."""
+    def step(self, ids, X, out, epoch: int) -> int:
+        """The pool's ``step`` (``ids`` stamped with ``epoch`` in the pool's ``stamp``): validate
+        the call, then step every listed stream, on the spinning team where it is worth it
+        (``engine/team.py``). Returns the status (0: ok; else nothing was written to any state)."""
+        n = ids.shape[0]
+        nt = self.threads
+        if self.fused and nt > 1 and 12 <= n <= self.BLOCK and n * self.row_macs >= self.TEAM_MIN:
+            rc = self._on_team(ids, X, out, epoch, nt)
+            if rc is not None:
+                return rc
+        m = self.pk.meta
+        rc = _pool_validate(ids, X, out, self.alive, self.stamp, epoch, m[0, K_IN], m[-1, K_OUT])
+        if rc == OK:
+            self(ids, X, out, self.arena)
+        return rc
+
+    def _on_team(self, ids, X, out, epoch: int, nt: int) -> int | None:
+        """One job on the team (epoch 0: the call is validated already); its status, or None
+        where the team is off or busy with another caller's job."""
         tm = team.get(numba.config.NUMBA_NUM_THREADS - 1, _team_loop)
         if tm is None or not tm.lock.acquire(blocking=False):
-            return False
+            return None
         try:
+            n = ids.shape[0]
+            if n > self.cap:
+                self._grow(n)
             if self.nt < tm.nworkers + 1:
                 self._alloc_threads(tm.nworkers + 1)
             if self.ctx is None:
                 self.ctx = self._team_ctx()
-            tm.wake(nt)
-            # weights beyond a core's L2 share (~1 MiB) come from L3 for every chunk: then
-            # each thread takes one share of rows (the caller takes the rest if a worker is late)
-            n = ids.shape[0]
+            if tm.asleep:
+                tm.wake()
+            # weights beyond a core's L2 share (~1 MiB) come from L3 for every chunk: then each
+            # thread takes one share of rows (the caller takes the rest if a worker is late)
             grain = 6 if self.wbytes <= self.TEAM_FINE_BYTES else ((n + nt - 1) // nt + 5) // 6 * 6
-            _team_step(tm.ctl, self.ctx, ids, X, out, arena, nt, grain, _F32)
+            return _team_step(tm.ctl, self.ctx, ids, X, out, epoch, nt, grain, _F32)
         finally:
             tm.lock.release()
-        return True
 
     def __call__(self, ids, X, out, arena) -> None:
         n = ids.shape[0]
@@ -985,7 +1018,8 @@ class BatchedStep:
     def _step_fused(self, ids, X, out, arena) -> None:
         n = ids.shape[0]
         nt = self.threads
-        if nt > 1 and n >= 12 and n * self.row_macs >= self.TEAM_MIN and self._try_team(ids, X, out, arena, nt):
+        if (nt > 1 and n >= 12 and n * self.row_macs >= self.TEAM_MIN and arena is self.arena
+                and self._on_team(ids, X, out, 0, nt) is not None):  # a block of a validated call
             return
         if nt > self.nt:
             self._alloc_threads(nt)

@@ -175,13 +175,19 @@ class Team:
 
     def _run(self, t: int) -> None:
         while self._loop(self.ctl, t, self.spin):
+            self.asleep = True
             self._events[t].wait()
             self._events[t].clear()
 
-    def wake(self, nt: int) -> None:
-        """Wake the sleeping workers among 1..nt-1 (a job is about to be posted)."""
+    #: some worker went to sleep since the last ``wake`` (a plain attribute: one read per call;
+    #: a worker that falls asleep just after a call has read it joins from the next call on)
+    asleep = False
+
+    def wake(self) -> None:
+        """Wake the sleeping workers (a job is about to be posted)."""
+        self.asleep = False
         ctl = self.ctl
-        for t in range(1, min(nt, self.nworkers + 1)):
+        for t in range(1, self.nworkers + 1):
             if ctl[SLEEP + LINE * t]:
                 self._events[t].set()
 
