@@ -85,3 +85,27 @@ def rand_spec(rng, n_rec: int = 1, kinds=("lstm", "gru", "rnn"), *, I=None, dire
 @pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
 def dtype(request):
     return request.param
+
+
+@pytest.fixture
+def use_team(monkeypatch):
+    """A function (nworkers, spin_us) -> a fresh spinning team (engine/team.py) that pool.step
+    uses from now on, on any machine: pools made afterwards step with nworkers + 1 threads and
+    send every float32 step of at least 2 rows to it. Stopped at the end."""
+    from streamrnn.engine import cpu, team
+
+    made = []
+
+    def make(nworkers: int = 1, spin: float = 500.0):
+        tm = team.Team(nworkers, cpu._team_loop, spin)
+        made.append(tm)
+        monkeypatch.setattr(team, "_team", tm)
+        monkeypatch.setattr(cpu.BatchedStep, "TEAM_MIN", 0)
+        monkeypatch.setattr(cpu.BatchedStep, "TEAM_MIN_ROWS", 2)
+        monkeypatch.setattr(cpu.BatchedStep, "THREADS", nworkers + 1)
+        return tm
+
+    yield make
+    for tm in made:
+        tm.stop()
+        assert not any(th.is_alive() for th in tm._threads)

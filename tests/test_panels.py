@@ -103,19 +103,19 @@ def test_no_panels_for_float64_bfloat16_or_large_matrices():
 @pytest.mark.parametrize("B", [41, 44])  # rows past the 6-row tiles: 4 + 1 (41), 2 (44)
 @pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("case", range(len(CASES) + 1))
-def test_pool_gemm_on_panels_matches_reference(case, parallel, B, chunk, monkeypatch):
+def test_pool_gemm_on_panels_matches_reference(case, parallel, B, chunk, monkeypatch, use_team):
     """pool.step with >= GEMM_MIN_STREAMS streams (the fused panel GEMM: 6-row tiles, single
-    rows, columns past the last panel, serial or parallel (OpenMP) over rows, one or several
-    row chunks) in arbitrary id order; and a model whose Rt is too large for the model's panels
-    (the pool makes its own). The spinning team is off here (tests/test_team.py has its own)."""
+    rows, columns past the last panel, serially or on the spinning team, one or several row
+    chunks) in arbitrary id order; and a model whose Rt is too large for the model's panels
+    (the pool makes its own)."""
     from streamrnn.engine.cpu import BatchedStep
 
-    monkeypatch.setattr(BatchedStep, "TEAM_MIN", 1 << 62)
     if chunk:
         monkeypatch.setattr(BatchedStep, "CHUNK", chunk)
     if parallel:
-        monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN", 0)
-        monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN_SPIN", 0)
+        use_team(1)
+    else:
+        monkeypatch.setattr(BatchedStep, "TEAM_MIN", 1 << 62)
     rng = np.random.default_rng(50 + case)
     if case < len(CASES):
         kinds, I, sizes, O = CASES[case]

@@ -16,19 +16,21 @@ def _model(seed, dtype=np.float32, n_rec=2):
     return srnn.Model(rand_spec(rng, n_rec=n_rec), dtype=dtype), rng
 
 
-@pytest.fixture(params=["matvec", "gemm", "gemm-blocks", "gemm-parallel"])
-def pool_path(request, monkeypatch):
+@pytest.fixture(params=["matvec", "gemm", "gemm-blocks", "gemm-team", "gemm-team-blocks"])
+def pool_path(request, monkeypatch, use_team):
     """Run a test on every pool.step path: per-stream mat-vecs; batched (float32: panel GEMM
     fused with the gates; float64: BLAS), serial, over blocks of rows (here 3 streams per
-    block; 1024 in use), and parallel over rows whatever the size (float32)."""
+    block; 1024 in use), and on the spinning team of threads from 2 rows on (float32), in one
+    job or one per block."""
     from streamrnn.engine.cpu import BatchedStep
 
     monkeypatch.setattr(srnn.Pool, "GEMM_MIN_STREAMS", 10**9 if request.param == "matvec" else 1)
-    if request.param == "gemm-blocks":
+    if request.param.endswith("blocks"):
         monkeypatch.setattr(BatchedStep, "BLOCK", 3)
-    if request.param == "gemm-parallel":
-        monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN", 0)
-        monkeypatch.setattr(BatchedStep, "PARALLEL_FUSED_MIN_SPIN", 0)
+    if request.param.startswith("gemm-team"):
+        use_team(1)
+    else:
+        monkeypatch.setattr(BatchedStep, "TEAM_MIN", 1 << 62)
     return request.param
 
 

@@ -3,7 +3,7 @@
 The team's rows are claimed chunk by chunk by whichever thread is free, so every test here
 checks outputs AND states over several steps in random id order, and the tests that need the
 workers to have taken part say so (``Team.rows``). Each test runs on a team of its own (one or
-two workers, whatever the machine's core count), stopped afterwards.
+two workers, whatever the machine's core count; ``use_team`` in conftest.py), stopped afterwards.
 """
 from __future__ import annotations
 
@@ -24,25 +24,6 @@ from conftest import rand_act, rand_layer
 
 def assert_close(actual, ref):
     _assert_close(actual, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
-
-
-@pytest.fixture
-def use_team(monkeypatch):
-    """A function (nworkers, spin_us) -> a fresh Team that pool.step uses from now on (on any
-    machine), with every step of at least 12 rows sent to it; stopped at the end."""
-    made = []
-
-    def make(nworkers: int = 1, spin: float = 500.0) -> team.Team:
-        tm = team.Team(nworkers, cpu._team_loop, spin)
-        made.append(tm)
-        monkeypatch.setattr(team, "_team", tm)
-        monkeypatch.setattr(cpu.BatchedStep, "TEAM_MIN", 0)
-        return tm
-
-    yield make
-    for tm in made:
-        tm.stop()
-        assert not any(th.is_alive() for th in tm._threads)
 
 
 def _spec(rng, kinds, I, sizes, O):
@@ -96,16 +77,23 @@ def test_team_matches_reference(case, B, fine, use_team, monkeypatch):
 
 
 def test_three_threads(use_team):
-    """Two workers and the caller share each step (threads 0-2 in the job), then a step limited
-    to two threads (worker 2 must stay out), both right."""
+    """Two workers and the caller share each step (threads 0-2 in the job), then steps limited
+    to two threads (worker 2 must stay out while worker 1 takes part), both right."""
     tm = use_team(2)
     rng = np.random.default_rng(5)
     spec = _spec(rng, ("lstm", "gru"), 24, (70, 33), 9)
     model = srnn.Model(spec, dtype=np.float32)
     _pool_steps(model, spec, rng, 300, T=4, threads=3)
-    before = tm.rows()[2]
-    _pool_steps(model, spec, rng, 300, T=3, threads=2)
-    assert tm.rows()[2] == before  # worker 2 took no row of a two-thread job
+    B, T = 120, 200
+    X = rng.standard_normal((T, B, 24)).astype(np.float32)
+    pool, ref = model.pool(capacity=B), model.pool(capacity=B)
+    pool._batched.threads, ref._batched.threads = 2, 1
+    ids, rids = pool.open(B), ref.open(B)
+    before = tm.rows()
+    Y = np.stack([pool.step(ids, X[t]) for t in range(T)])  # back to back: the workers spin
+    after = tm.rows()
+    assert after[2] == before[2] and after[1] > before[1], (before, after)
+    assert_close(Y, np.stack([ref.step(rids, X[t]) for t in range(T)]))
 
 
 def _until_worker_rows(tm, fn, timeout=5.0):
@@ -193,7 +181,7 @@ def test_two_pools_from_two_threads(use_team):
 
 @pytest.mark.parametrize("bad", ["nan", "repeat", "closed", "unknown"])
 def test_refused_call_leaves_states(bad, use_team):
-    """The team's job validates the call before it posts any row (_team_step): a refused call
+    """The team's job validates the call before it posts any row (cpu._team): a refused call
     names the row and leaves every state as it was; the next call steps normally."""
     rng = np.random.default_rng(14)
     spec = _spec(rng, ("lstm",), 8, (32,), 4)
@@ -235,8 +223,6 @@ def test_forked_child_starts_its_own_team():
     X = rng.standard_normal((B, 8)).astype(np.float32)
     Yr, _ = run_reference(spec.astype(np.float32), X[:, None])
     tm = team.get(1, cpu._team_loop)
-    if tm is None:
-        pytest.skip("team disabled (STREAMRNN_SPIN_US=0)")
     pid = os.fork()
     if pid == 0:  # child: exit status 0 only if the step ran and was right
         code = 1

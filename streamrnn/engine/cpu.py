@@ -409,9 +409,7 @@ def _sigs(dt, group: str):
             # elementwise kernels; each dtype compiles only its own (a cold pool compiles ~10 s less)
             **({
                 _rec_rows: (i1, m2, m2, m2, v, im, v, i64, i64, i64, i64, v, v, v, i64),
-                _rec_rows_par: (i1, m2, m2, m2, v, im, v, i64, i64, m2, m2, m2, i64, i64),
-                _team_step: (i1, i1, i1, m2, m2, i64, i64, i64, v),
-                _team_worker: (i1, i64, i64, v),
+                _team: (i1, i1, i1, m2, m2, i64, i64, i64, i64, i64, v),
             } if dt == np.float32 else {
                 _gather_h: (i1, m2, m2, i64, i64, i64),
                 _gather_xh: (i1, m2, m2, m2, i64, i64),
@@ -621,19 +619,6 @@ def _rec_rows(ids, X, Y, arena, W, m, P, pw, pr, r0, r1, A, G, HR, ch):
             _gates_row(ids[c0 + i], g, hr, Y[c0 + i], arena, W, m)
 
 
-@njit(**PARALLEL)
-def _rec_rows_par(ids, X, Y, arena, W, m, P, pw, pr, A, G, HR, ch, nt):
-    """``_rec_rows`` over all rows, one contiguous block of rows per thread (``nt`` threads,
-    scratch rows A[t], G[t], HR[t]): one parallel region per layer and call."""
-    n = ids.shape[0]
-    per = ((n + nt - 1) // nt + 5) // 6 * 6  # rows per thread, a multiple of the 6-row tile
-    for t in prange(nt):
-        r0 = min(n, t * per)
-        r1 = min(n, r0 + per)
-        if r0 < r1:
-            _rec_rows(ids, X, Y, arena, W, m, P, pw, pr, r0, r1, A[t], G[t], HR[t], ch)
-
-
 @njit(**NJIT)
 def _gates_rows(ids, G, HR, Y, arena, W, m):
     for r in range(ids.shape[0]):
@@ -670,7 +655,7 @@ def _bias_act_rows(Y, W, m):
 # Many streams on the spinning team (engine/team.py): rows claimed chunk by chunk, every layer
 # of the stack per chunk, one job per pool.step
 # ---------------------------------------------------------------------------------------------
-#: the job's context (int64, one per BatchedStep): the call's arrays (written by _team_step),
+#: the job's context (int64, one per BatchedStep): the call's arrays (written by _team),
 #: the pool's buffers (BatchedStep._team_ctx), then LW ints per layer from C_LAYERS on:
 #: [recurrent?, meta row, panels' address, their length, pw, pr, output's address (0: out), F]
 C_IDS, C_X, C_OUT, C_ARENA, C_AROWS, C_ACOLS, C_ALIVE, C_STAMP = 0, 1, 2, 3, 4, 5, 6, 7
@@ -729,70 +714,81 @@ def _team_part(ctl, t, seq, like):
 
 
 @njit(**NJIT)
-def _team_step(ctl, ctx, ids, X, out, epoch, nt, grain, like):
-    """The calling thread's side of a job (thread 0): validate the call (``epoch`` > 0: as
-    ``_pool_check``; nothing is written to any state if it fails), post it, take chunks (of at
-    least ``grain`` rows), wait for the rows the workers took, close it (so no late claim reads
-    the context after this returns). Returns the status."""
-    n = ids.shape[0]
-    if epoch > 0:
-        cap = ctx[C_AROWS]
-        meta = _view(ctx[C_META], ctx[C_NL] * NMETA, ctx).reshape(ctx[C_NL], NMETA)
-        rc = _pool_check(ids, X, out, _view(ctx[C_ALIVE], cap, _U8), _view(ctx[C_STAMP], cap, ctx), epoch,
-                         meta[0, K_IN], meta[ctx[C_NL] - 1, K_OUT])
-        if rc != OK:
-            return rc
-    ctl[team.JOB + 4] = grain
-    ctx[C_IDS], ctx[C_X], ctx[C_OUT] = ids.ctypes.data, X.ctypes.data, out.ctypes.data
-    ctl[team.JOB], ctl[team.JOB + 1] = n, nt
-    ctl[team.JOB + 2], ctl[team.JOB + 3] = ctx.ctypes.data, ctx.shape[0]
-    seq = ((team.aload(ctl, team.NEXT) >> 32) + 1) & team.SEQ_MASK
-    team.astore(ctl, team.DONE, 0)
-    team.astore(ctl, team.NEXT, seq << 32)  # publish (seq_cst: the writes above are visible)
-    _team_part(ctl, 0, seq, like)
-    while team.aload(ctl, team.DONE) < n:
-        team.cpu_pause()
-    team.astore(ctl, team.NEXT, (seq << 32) | team.ROW_MASK)
-    return OK
+def _team(ctl, ctx, ids, X, out, epoch, nt, grain, t, spin, like):
+    """Thread t's side of the team (one compiled entry with one call of ``_team_part``, so the
+    stack's kernels are compiled once: ~6 s with a cold cache, ~13 s with two call sites).
 
+    t == 0, the caller: validate the call (``epoch`` > 0: as ``_pool_check``; nothing is written
+    to any state if it fails), post it as a job of ``nt`` threads, take chunks (of at least
+    ``grain`` rows), wait for the rows the workers took, close it (so no late claim reads the
+    context after this returns). Returns the status.
 
-@njit(**NJIT)
-def _team_worker(ctl, t, spin, like):
-    """Worker t's loop: spin on ctl[NEXT] and join each new job while t < its thread count.
-    Returns 0 when told to stop, 1 after ``spin`` idle iterations (its flag SLEEP + LINE * t
-    is then set; the caller sleeps until ``Team.wake``)."""
+    t >= 1, a worker (the call's arrays are unused): spin on ctl[NEXT] and join each new job
+    while t < its thread count. Returns 0 when told to stop, 1 after ``spin`` idle iterations
+    (its flag SLEEP + LINE * t is then set; ``Team`` sleeps until ``Team.wake``)."""
     slp = team.SLEEP + team.LINE * t
-    team.astore(ctl, slp, 0)
-    seen = -1  # join whatever job is open now (the caller may have posted it before we woke)
+    seen = -1  # a worker joins whatever job is open now (it may have been posted before we woke)
     idle = 0
+    if t == 0:
+        n = ids.shape[0]
+        if epoch > 0:
+            cap = ctx[C_AROWS]
+            meta = _view(ctx[C_META], ctx[C_NL] * NMETA, ctx).reshape(ctx[C_NL], NMETA)
+            rc = _pool_check(ids, X, out, _view(ctx[C_ALIVE], cap, _U8), _view(ctx[C_STAMP], cap, ctx), epoch,
+                             meta[0, K_IN], meta[ctx[C_NL] - 1, K_OUT])
+            if rc != OK:
+                return rc
+        ctl[team.JOB + 4] = grain
+        ctx[C_IDS], ctx[C_X], ctx[C_OUT] = ids.ctypes.data, X.ctypes.data, out.ctypes.data
+        ctl[team.JOB], ctl[team.JOB + 1] = n, nt
+        ctl[team.JOB + 2], ctl[team.JOB + 3] = ctx.ctypes.data, ctx.shape[0]
+        seen = ((team.aload(ctl, team.NEXT) >> 32) + 1) & team.SEQ_MASK
+        team.astore(ctl, team.DONE, 0)
+        team.astore(ctl, team.NEXT, seen << 32)  # publish (seq_cst: the writes above are visible)
+    else:
+        team.astore(ctl, slp, 0)
     while True:
-        seq = team.aload(ctl, team.NEXT) >> 32
-        if seq != seen:
-            seen = seq
-            if t < ctl[team.JOB + 1]:
-                _team_part(ctl, t, seq, like)
-            idle = 0
-        elif team.aload(ctl, team.STOP):
-            return 0
-        else:
-            idle += 1
-            if idle >= spin:
-                team.astore(ctl, slp, 1)
-                if team.aload(ctl, team.NEXT) >> 32 == seen:
-                    return 1
-                team.astore(ctl, slp, 0)  # a job came as we were leaving
+        job = seen if t == 0 else -1
+        if t > 0:
+            seq = team.aload(ctl, team.NEXT) >> 32
+            if seq != seen:
+                seen = seq
+                if t < ctl[team.JOB + 1]:
+                    job = seq
                 idle = 0
+            elif team.aload(ctl, team.STOP):
+                return 0
+            else:
+                idle += 1
+                if idle >= spin:
+                    team.astore(ctl, slp, 1)
+                    if team.aload(ctl, team.NEXT) >> 32 == seen:
+                        return 1
+                    team.astore(ctl, slp, 0)  # a job came as we were leaving
+                    idle = 0
+        if job >= 0:
+            _team_part(ctl, t, job, like)
+        if t == 0:
+            while team.aload(ctl, team.DONE) < ids.shape[0]:
+                team.cpu_pause()
+            team.astore(ctl, team.NEXT, (seen << 32) | team.ROW_MASK)
+            return OK
         team.cpu_pause()
+
+
+_NO_IDS, _NO_X = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
 
 
 def _team_loop(ctl, t, spin):
-    return _team_worker(ctl, t, spin, _F32)
+    """Worker t's compiled loop (``team.Team``)."""
+    return _team(ctl, _NO_IDS, _NO_IDS, _NO_X, _NO_X, 0, 0, 0, t, spin, _F32)
 
 
 class BatchedStep:
-    """``pool.step`` for many streams. float32: per recurrent layer one compiled call on the
-    column panels (``_rec_rows``: gather, GEMM, gates; parallel over rows for large batches);
-    float64: per layer one GEMM (numpy / BLAS) over the listed streams, then one fused
+    """``pool.step`` for many streams. float32: on the column panels (``_rec_rows``: gather,
+    GEMM, gates), on the spinning team of threads for large enough calls (``_team``: rows in
+    chunks, every layer of the stack per chunk, one job per call), else serially, one compiled
+    call per layer; float64: per layer one GEMM (numpy / BLAS) over the listed streams, then one fused
     elementwise kernel. Buffers grow to the largest batch seen (at most
     ``BLOCK`` streams: larger calls run in blocks) and are reused, so a steady stream of calls
     allocates nothing."""
@@ -802,18 +798,16 @@ class BatchedStep:
 
     #: the gates kernel runs parallel over streams from this many streams on
     PARALLEL_GATES_MIN = 256
-    #: the fused path runs parallel from this many multiply-adds per layer (serially ~0.1 ms:
-    #: a parallel region costs 60-90 us to wake its sleeping workers, bench/NOTES.md entry 18)
-    PARALLEL_FUSED_MIN = 1 << 24
-    #: the same where OpenMP workers spin a while before sleeping (GOMP_SPINCOUNT set by the user)
-    PARALLEL_FUSED_MIN_SPIN = 1 << 22
     #: rows per chunk of the fused path (scratch per thread: CHUNK x (I + H) and CHUNK x gates;
     #: at H=512 ~1.2 MiB, inside L2). 96 rather than 48 reads the weight panels half as often:
     #: H=512 B=1024 17.0 -> 16.4 ms, H=128 B=1024 1.32 -> 1.28 ms (bench/NOTES.md, entry 28)
     CHUNK = 96
-    #: the spinning team (engine/team.py) takes steps of at least this many multiply-adds
-    #: (~2 us serially; a job costs ~1 us to post and join)
+    #: the float32 path runs on the spinning team (engine/team.py) from this many multiply-adds
+    #: (~2 us serially; a job costs ~1 us to post and join) and this many rows per call
     TEAM_MIN = 1 << 18
+    TEAM_MIN_ROWS = 12
+    #: threads of a step (None: numba's count when the pool is made; get_num_threads costs ~1 us)
+    THREADS = None
     #: below this many weight bytes the team shares rows in small chunks (the weights stay in
     #: each core's L2); above, in one share per thread (each chunk reads them all from L3)
     TEAM_FINE_BYTES = 1 << 20
@@ -856,9 +850,7 @@ class BatchedStep:
         self.row_macs = sum((l[2] + l[3]) * l[4] if l[0] == "rec" else l[2] * l[3] for l in self.layers)
         self.wbytes = W.itemsize * self.row_macs  # weight bytes a step reads
         self.ctx = None  # the team's job context (built on first use, rebuilt when buffers grow)
-        #: threads of a step: numba's count when the pool was made (get_num_threads costs ~1 us)
-        self.threads = numba.get_num_threads()
-        self.par_min = self.PARALLEL_FUSED_MIN if config.omp_passive() else self.PARALLEL_FUSED_MIN_SPIN
+        self.threads = self.THREADS or numba.get_num_threads()
 
     @staticmethod
     def _panels(W: np.ndarray, m: np.ndarray, I: int, Hr: int, G: int):
@@ -901,7 +893,7 @@ class BatchedStep:
 
     def _team_ctx(self) -> np.ndarray:
         """The team job's context: addresses of the pool's weights, scratch and layer buffers
-        (``_stack_rows`` reads them; the call's own arrays are filled in by ``_team_step``)."""
+        (``_stack_rows`` reads them; the call's own arrays are filled in by ``_team``)."""
         pk, L = self.pk, len(self.layers)
         ctx = np.zeros(C_LAYERS + LW * L, np.int64)
         a = self.arena
@@ -933,7 +925,7 @@ class BatchedStep:
         (``engine/team.py``). Returns the status (0: ok; else nothing was written to any state)."""
         n = ids.shape[0]
         nt = self.threads
-        if self.fused and nt > 1 and 12 <= n <= self.BLOCK and n * self.row_macs >= self.TEAM_MIN:
+        if self.fused and nt > 1 and self.TEAM_MIN_ROWS <= n <= self.BLOCK and n * self.row_macs >= self.TEAM_MIN:
             rc = self._on_team(ids, X, out, epoch, nt)
             if rc is not None:
                 return rc
@@ -962,7 +954,7 @@ class BatchedStep:
             # weights beyond a core's L2 share (~1 MiB) come from L3 for every chunk: then each
             # thread takes one share of rows (the caller takes the rest if a worker is late)
             grain = 6 if self.wbytes <= self.TEAM_FINE_BYTES else ((n + nt - 1) // nt + 5) // 6 * 6
-            return _team_step(tm.ctl, self.ctx, ids, X, out, epoch, nt, grain, _F32)
+            return _team(tm.ctl, self.ctx, ids, X, out, epoch, nt, grain, 0, 0, _F32)
         finally:
             tm.lock.release()
 
@@ -1018,11 +1010,11 @@ class BatchedStep:
     def _step_fused(self, ids, X, out, arena) -> None:
         n = ids.shape[0]
         nt = self.threads
-        if (nt > 1 and n >= 12 and n * self.row_macs >= self.TEAM_MIN and arena is self.arena
+        if (nt > 1 and n >= self.TEAM_MIN_ROWS and n * self.row_macs >= self.TEAM_MIN and arena is self.arena
                 and self._on_team(ids, X, out, 0, nt) is not None):  # a block of a validated call
             return
-        if nt > self.nt:
-            self._alloc_threads(nt)
+        if self.nt < 1:
+            self._alloc_threads(1)
         W = self.pk.W
         cur = X
         ping = 0
@@ -1032,11 +1024,7 @@ class BatchedStep:
             Y = out if last else self.Y[ping][: n * F].reshape(n, F)
             if what == "rec":
                 P, pw, pr = next(rec)
-                if nt > 1 and n > 3 and n * (I + F) * G >= self.par_min:
-                    _rec_rows_par(ids, cur, Y, arena, W, m, P, pw, pr, self.At, self.Gt, self.HRt, self.CHUNK, nt)
-                else:
-                    _rec_rows(ids, cur, Y, arena, W, m, P, pw, pr, 0, n, self.At[0], self.Gt[0], self.HRt[0],
-                              self.CHUNK)
+                _rec_rows(ids, cur, Y, arena, W, m, P, pw, pr, 0, n, self.At[0], self.Gt[0], self.HRt[0], self.CHUNK)
             else:  # Dense (row by row, panels), activation, softmax
                 _frames_rows(cur, Y, W, m)
             if not last:

@@ -5,7 +5,8 @@ as a whole H=128, B=64 step (bench/NOTES.md, entries 18, 30, 39). The team's wor
 Python threads that run a compiled, GIL-free loop spinning on a shared counter (``pause`` between
 reads), so a job posted by the calling thread starts on every core within a cache-line transfer.
 After ``STREAMRNN_SPIN_US`` microseconds (default 500) without work a worker goes to sleep on an
-``Event``; the next call wakes it, and meanwhile the calling thread does the work alone.
+``Event``; the next call wakes it, and meanwhile the calling thread does the work alone
+(``STREAMRNN_SPIN_US=0``: the workers sleep after every job, like passive OpenMP threads).
 
 Correctness never depends on a worker arriving: the rows of a job are claimed chunk by chunk
 with an atomic compare-and-swap on ``ctl[NEXT]`` (the job's sequence number in the high 32 bits,
@@ -13,7 +14,7 @@ the next free row in the low 32), so the caller takes every chunk nobody else to
 only for the chunks a worker has already started.
 
 This module holds the primitives (atomics on int64 arrays, ``pause``) and the threads; the job
-kernels that use them are in ``engine/cpu.py`` (``_team_step`` / ``_team_worker``).
+kernels that use them are in ``engine/cpu.py`` (``_team``, for the caller and the workers).
 """
 from __future__ import annotations
 
@@ -142,7 +143,7 @@ def _spin(ctl, n):
 
 def spin_us() -> float:
     """How long an idle worker spins before it sleeps (``STREAMRNN_SPIN_US``, default 500 us;
-    0 disables the team: the pool then uses numba's OpenMP threads)."""
+    0: it sleeps as soon as a job is done)."""
     try:
         return max(0.0, float(os.environ.get("STREAMRNN_SPIN_US", "500")))
     except ValueError:
@@ -209,12 +210,12 @@ _team_lock = threading.Lock()
 
 def get(nworkers: int, loop) -> Team | None:
     """The process's team (started on first use with ``nworkers`` workers running ``loop``),
-    or None where spinning is disabled (``STREAMRNN_SPIN_US=0``) or there is nothing to share."""
+    or None where there is no other core to share the work with."""
     global _team
     if _team is not None:
         return _team
     s = spin_us()
-    if nworkers < 1 or s <= 0:
+    if nworkers < 1:
         return None
     with _team_lock:
         if _team is None:
