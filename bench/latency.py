@@ -482,7 +482,8 @@ def section_streams(quick: bool, seed: int, nthreads: int) -> dict:
         "unit": "us per call (B stream-steps)",
         "note": "streamrnn: pool.step(ids, X, out=Y), ids a random permutation of B open streams (gather/scatter "
                 "of state by id included); onnxruntime / torch: one batched (1, B, I) step with the states "
-                "already stacked (B, H) and fed back. OpenMP waiting: "
+                "already stacked (B, H) and fed back. streamrnn's pool.step runs on its spinning team of threads "
+                f"(STREAMRNN_SPIN_US={os.environ.get('STREAMRNN_SPIN_US', '500')}). OpenMP waiting: "
                 f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
                 f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; torch shares libgomp with numba, so "
                 "streamrnn's default passive waiting applies to torch's threads too (bench/NOTES.md entry 23)",
