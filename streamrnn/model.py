@@ -421,6 +421,8 @@ class Pool:
         if model._cuda is None:
             cpu.compile_for(model.dtype, "pool")
         self._batched = cpu.BatchedStep(pk, self._arena, self._alive, self._stamp)
+        if model._cuda is None:
+            self._batched.start_team()
         # stack of free ids, top at _nfree - 1 (lowest id opened first); an int64 array, not a
         # list of Python ints (4 MB per 100,000 streams)
         self._free = np.arange(self._capacity - 1, -1, -1, dtype=np.int64)

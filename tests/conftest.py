@@ -89,15 +89,15 @@ def dtype(request):
 
 @pytest.fixture
 def use_team(monkeypatch):
-    """A function (nworkers, spin_us) -> a fresh spinning team (engine/team.py) that pool.step
+    """A function (nworkers, spin_us, futex) -> a fresh spinning team (engine/team.py) that pool.step
     uses from now on, on any machine: pools made afterwards step with nworkers + 1 threads and
     send every float32 step of at least 2 rows to it. Stopped at the end."""
     from streamrnn.engine import cpu, team
 
     made = []
 
-    def make(nworkers: int = 1, spin: float = 500.0):
-        tm = team.Team(nworkers, cpu._team_loop, spin)
+    def make(nworkers: int = 1, spin: float = 500.0, futex: bool = team.FUTEX):
+        tm = team.Team(nworkers, cpu._team_loop, spin, futex=futex)
         made.append(tm)
         monkeypatch.setattr(team, "_team", tm)
         monkeypatch.setattr(cpu.BatchedStep, "TEAM_MIN", 0)

@@ -126,10 +126,14 @@ def test_worker_takes_rows(use_team):
     assert_close(np.stack([pool.get_state(i).data for i in ids]), np.stack([ref.get_state(i).data for i in rids]))
 
 
-def test_sleeping_worker_is_woken(use_team):
-    """With a spin of ~1 us the worker sleeps between calls; each call wakes it (Team.wake)
-    and the caller does the work alone until it arrives: results stay right either way."""
-    tm = use_team(1, spin=1.0)
+@pytest.mark.parametrize("futex", [True, False])
+def test_sleeping_worker_is_woken(futex, use_team):
+    """With a spin of ~1 us the worker sleeps between calls, on its futex (Linux) or on an
+    Event; each call wakes it and the caller does the work alone until it arrives: results
+    stay right either way, and the worker does take part."""
+    if futex and not team.FUTEX:
+        pytest.skip("no futexes on this system (the Event case runs)")
+    tm = use_team(1, spin=1.0, futex=futex)
     rng = np.random.default_rng(12)
     spec = _spec(rng, ("lstm",), 64, (128,), 8)
     model = srnn.Model(spec, dtype=np.float32)
@@ -146,7 +150,9 @@ def test_sleeping_worker_is_woken(use_team):
         assert_close(pool.step(ids, X), ref.step(rids, X))
 
     _until_worker_rows(tm, step, timeout=20.0)
-    assert tm.ctl[team.SLEEP + team.LINE] in (0, 1)
+    time.sleep(0.005)
+    assert tm.ctl[team.SLEEP + team.LINE] == 1  # asleep again
+    assert tm.ctl[team.STOP + 1] == int(futex)
 
 
 def test_two_pools_from_two_threads(use_team):

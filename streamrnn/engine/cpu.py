@@ -410,6 +410,9 @@ def _sigs(dt, group: str):
             **({
                 _rec_rows: (i1, m2, m2, m2, v, im, v, i64, i64, i64, i64, v, v, v, i64),
                 _team: (i1, i1, i1, m2, m2, i64, i64, i64, i64, i64, v),
+                team._spin: (i1, i64),
+                team.wake_worker: (i1, i64),
+                team.astore_py: (i1, i64, i64),
             } if dt == np.float32 else {
                 _gather_h: (i1, m2, m2, i64, i64, i64),
                 _gather_xh: (i1, m2, m2, m2, i64, i64),
@@ -724,8 +727,9 @@ def _team(ctl, ctx, ids, X, out, epoch, nt, grain, t, spin, like):
     context after this returns). Returns the status.
 
     t >= 1, a worker (the call's arrays are unused): spin on ctl[NEXT] and join each new job
-    while t < its thread count. Returns 0 when told to stop, 1 after ``spin`` idle iterations
-    (its flag SLEEP + LINE * t is then set; ``Team`` sleeps until ``Team.wake``)."""
+    while t < its thread count. After ``spin`` idle iterations it sets its flag SLEEP + LINE * t
+    and sleeps on it (a futex; callers clear it and wake it) or, without futexes, returns 1 (the
+    thread then sleeps until ``Team.wake``). Returns 0 when told to stop."""
     slp = team.SLEEP + team.LINE * t
     seen = -1  # a worker joins whatever job is open now (it may have been posted before we woke)
     idle = 0
@@ -745,6 +749,9 @@ def _team(ctl, ctx, ids, X, out, epoch, nt, grain, t, spin, like):
         seen = ((team.aload(ctl, team.NEXT) >> 32) + 1) & team.SEQ_MASK
         team.astore(ctl, team.DONE, 0)
         team.astore(ctl, team.NEXT, seen << 32)  # publish (seq_cst: the writes above are visible)
+        for w in range(1, min(nt, (ctl.shape[0] - team.SLEEP) // team.LINE)):
+            team.wake_worker(ctl, w)  # a worker asleep on its futex (its flag was set before it
+            # last read NEXT, and we read the flag after publishing: one of us sees the other)
     else:
         team.astore(ctl, slp, 0)
     while True:
@@ -762,9 +769,11 @@ def _team(ctl, ctx, ids, X, out, epoch, nt, grain, t, spin, like):
                 idle += 1
                 if idle >= spin:
                     team.astore(ctl, slp, 1)
-                    if team.aload(ctl, team.NEXT) >> 32 == seen:
-                        return 1
-                    team.astore(ctl, slp, 0)  # a job came as we were leaving
+                    if team.aload(ctl, team.NEXT) >> 32 == seen and team.aload(ctl, team.STOP) == 0:
+                        if ctl[team.STOP + 1] == 0:
+                            return 1  # sleep on the thread's Event (Team._run)
+                        team.futex(ctl, slp, team.FUTEX_WAIT, 1)  # until a caller clears the flag
+                    team.astore(ctl, slp, 0)  # woken, or a job came as we were leaving
                     idle = 0
         if job >= 0:
             _team_part(ctl, t, job, like)
@@ -890,6 +899,12 @@ class BatchedStep:
         self.Y = [np.zeros(cap * fmax, dt), np.zeros(cap * fmax, dt)]
         self.cap = cap
         self.ctx = None
+
+    def start_team(self) -> None:
+        """Start the process's team if this pool will use it (at pool creation, so that no
+        real-time call pays for starting threads)."""
+        if self.fused and self.threads > 1:
+            team.get(numba.config.NUMBA_NUM_THREADS - 1, _team_loop)
 
     def _team_ctx(self) -> np.ndarray:
         """The team job's context: addresses of the pool's weights, scratch and layer buffers
