@@ -23,7 +23,7 @@ from numba.np.arrayobj import populate_array
 from .. import config
 from ..config import NJIT, NJIT_GIL, PARALLEL
 from ..layers.cpu_common import REC_DONE, REC_FWD, _gemm_pan6, _matvec_acc, _matvec_h, _vact
-from ..layers.dense.cpu import _frame_layer
+from ..layers.dense.cpu import _frame_layer, _frame_rows
 from ..layers.gru.cpu import _gru_cell, _gru_gates
 from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
 from ..layers.rnn.cpu import _rnn_cell, _rnn_gates
@@ -367,13 +367,6 @@ def _recur_seq_par(XW, Y, col0, lengths, state, W, m, d, rev, scr):
         _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr)
 
 
-@njit(**NJIT)
-def _frames(X, Y, W, m):
-    """A stateless layer on every frame: X (N, I) -> Y (N, O)."""
-    for r in range(X.shape[0]):
-        _frame_layer(W, m, X[r], Y[r])
-
-
 # ---------------------------------------------------------------------------------------------
 # Compilation at load time (explicit signatures; numba's cache makes later loads fast)
 # ---------------------------------------------------------------------------------------------
@@ -395,7 +388,7 @@ def _sigs(dt, group: str):
         "stream": {
             _stream_push: (m2, m2, v, v, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
-            _frames: (m2, m2, v, im),
+            _frames_rows: (m2, m2, v, im),
         },
         "pool": {
             _pool_step: (i1, m2, m2, m2, m2, v, h1, i2, u1, i1, i64),
@@ -404,7 +397,6 @@ def _sigs(dt, group: str):
             _frames_rows: (m2, m2, v, im),
             _stream_push: (m2, m2, v, v, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
-            _frames: (m2, m2, v, im),
             # BatchedStep: float32 steps on the column panels (_rec_rows), float64 on BLAS + these
             # elementwise kernels; each dtype compiles only its own (a cold pool compiles ~10 s less)
             **({
@@ -429,7 +421,7 @@ def _sigs(dt, group: str):
         "run": {
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             _recur_seq_par: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
-            _frames: (m2, m2, v, im),
+            _frames_rows: (m2, m2, v, im),
         },
     }
     return groups[group]
@@ -511,7 +503,7 @@ def run_sequence(pk: Packed, X: np.ndarray, lengths: np.ndarray, state: np.ndarr
         else:
             O = int(m[K_OUT])
             Y = np.empty((B * T, O), dtype=W.dtype)
-            _frames(np.ascontiguousarray(cur.reshape(B * T, -1)), Y, W, m)
+            _frames_rows(np.ascontiguousarray(cur.reshape(B * T, -1)), Y, W, m)
             cur = Y.reshape(B, T, O)
     if np.any(lengths < T):
         mask = np.arange(T)[None, :] >= lengths[:, None]  # (B, T)
@@ -638,8 +630,7 @@ def _gates_rows_par(ids, G, HR, Y, arena, W, m):
 @njit(**NJIT)
 def _frames_rows(X, Y, W, m):
     """A stateless layer on each row: X (n, I) -> Y (n, O) (activation / softmax / dense act)."""
-    for r in range(X.shape[0]):
-        _frame_layer(W, m, X[r], Y[r])
+    _frame_rows(W, m, X, Y)
 
 
 @njit(**NJIT)
@@ -749,9 +740,10 @@ def _team(ctl, ctx, ids, X, out, epoch, nt, grain, t, spin, like):
         seen = ((team.aload(ctl, team.NEXT) >> 32) + 1) & team.SEQ_MASK
         team.astore(ctl, team.DONE, 0)
         team.astore(ctl, team.NEXT, seen << 32)  # publish (seq_cst: the writes above are visible)
-        for w in range(1, min(nt, (ctl.shape[0] - team.SLEEP) // team.LINE)):
-            team.wake_worker(ctl, w)  # a worker asleep on its futex (its flag was set before it
-            # last read NEXT, and we read the flag after publishing: one of us sees the other)
+        if ctl[team.STOP + 1]:  # workers asleep on their futex (a worker sets its flag before
+            # it last reads NEXT, we read the flag after publishing: one of us sees the other)
+            for w in range(1, min(nt, (ctl.shape[0] - team.SLEEP) // team.LINE)):
+                team.wake_worker(ctl, w)
     else:
         team.astore(ctl, slp, 0)
     while True:

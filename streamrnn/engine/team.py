@@ -227,12 +227,11 @@ class Team:
     asleep = False
 
     def wake(self) -> None:
-        """Wake the sleeping workers (a job is about to be posted)."""
+        """Wake the workers sleeping on their Event (a job is about to be posted; without
+        futexes only). Setting the Event of a worker that is awake costs it one more pass."""
         self.asleep = False
-        ctl = self.ctl
-        for t in range(1, self.nworkers + 1):
-            if ctl[SLEEP + LINE * t]:
-                self._events[t].set()
+        for e in self._events[1:]:
+            e.set()
 
     def rows(self) -> np.ndarray:
         """Rows each thread has taken so far (index 0: the calling threads; a diagnostic)."""

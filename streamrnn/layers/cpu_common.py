@@ -237,11 +237,11 @@ def _stack_like(typingctx, arr, n):
     return types.CPointer(dt)(arr, n), codegen
 
 
-def _make_panel_mm(R: int, NV: int = 0):
+def _make_panel_mm(R: int, NV: int = 0, PS: int = PW):
     """An intrinsic ``f(W, base, K, A, a0, lda, G, g0, ldg, zero)``: for each r < R,
     G[g0 + r*ldg :][:C] (= if ``zero``, else +=) A[a0 + r*lda :][:K] @ P, for the panel
-    P = W[base:] viewed as (K, PW) rows of which the first C = NV x 16 columns are used (NV = 0:
-    all PW), in LLVM IR with explicit 64-byte vectors (``<16 x float>``)
+    P = W[base:] viewed as (K, PS) rows of which the first C = NV vectors are used (NV = 0:
+    all PS columns), in LLVM IR with explicit 64-byte vectors (``<16 x float>``)
     and ``llvm.fma``; the R x PW/16 accumulators stay in registers over all K rows.
 
     Why IR: numba's loop vectoriser follows the host's preference for 256-bit vectors on Intel
@@ -273,7 +273,7 @@ def _make_panel_mm(R: int, NV: int = 0):
             def vec_ptr(p, i):
                 return builder.bitcast(builder.gep(p, [ir.Constant(i64, i * vw)]), vty.as_pointer())
 
-            nv = NV or PW // vw  # vectors per row
+            nv = NV or PS // vw  # vectors per row
             from_zero = builder.icmp_unsigned("!=", zerov, ir.Constant(zerov.type, 0))
             acc = {}
             for r in range(R):
@@ -286,7 +286,7 @@ def _make_panel_mm(R: int, NV: int = 0):
             bcast = ir.Constant(ir.VectorType(i32, vw), [0] * vw)
             with cgutils.for_range(builder, Kv) as loop:
                 k = loop.index
-                row = builder.gep(pw, [builder.mul(k, ir.Constant(i64, PW))])
+                row = builder.gep(pw, [builder.mul(k, ir.Constant(i64, PS))])
                 w = [builder.load(vec_ptr(row, i), align=size) for i in range(nv)]
                 for r in range(R):
                     a = builder.load(builder.gep(arow[r], [k]))
@@ -306,6 +306,29 @@ def _make_panel_mm(R: int, NV: int = 0):
 _panel_fma = _make_panel_mm(1)  # one row, all PW columns: the mat-vec of one stream
 # the pool's GEMM: tiles of 6 rows x half a panel; the last rows of a chunk in tiles of 4, 2, 1
 _panel_mm6h, _panel_mm4h, _panel_mm2h, _panel_mm1h = (_make_panel_mm(R, 4) for R in (6, 4, 2, 1))
+# Dense heads over many rows: tiles of 8 rows x one 16-column panel (PWH), then 4, 2, 1 rows
+_pan16_mm8, _pan16_mm4, _pan16_mm2, _pan16_mm1 = (_make_panel_mm(R, 0, PWH) for R in (8, 4, 2, 1))
+
+
+@njit(**NJIT)
+def _gemm_pan16(A, lda, K, W, pan, npan, G, ldg, n):
+    """G[:n, :npan*PWH] = A[:n, :K] @ M, M stored as npan panels of PWH columns at W[pan:] (the
+    Dense layers' panels); A, G 2-D C-contiguous. Each 8-row tile loads a panel row once for 8
+    FMAs (~4x the one-row mat-vec ``_matvec_pan16``, whose FMA chains wait on latency)."""
+    for p in range(npan):
+        base, c = pan + p * K * PWH, p * PWH
+        r = 0
+        while r + 8 <= n:
+            _pan16_mm8(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, True)
+            r += 8
+        if r + 4 <= n:
+            _pan16_mm4(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, True)
+            r += 4
+        if r + 2 <= n:
+            _pan16_mm2(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, True)
+            r += 2
+        if r < n:
+            _pan16_mm1(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, True)
 
 
 @njit(**NJIT)

@@ -7,7 +7,7 @@ from numba import njit
 
 from ...config import NJIT
 from ...engine.pack import ACT, DENSE, F_LOG, K_ACT, K_DIR, K_FAST, K_FLAGS, K_IN, K_OUT, K_PAN, O_B, O_PAR, O_PROJ, O_WT, PWH
-from ..cpu_common import _dot, _matvec_acc, _matvec_pan16, _vact
+from ..cpu_common import _dot, _gemm_pan16, _matvec_acc, _matvec_pan16, _vact
 
 
 @njit(**NJIT)
@@ -51,3 +51,27 @@ def _frame_layer(W, m, x, y):
         else:
             for j in range(n_in):
                 y[j] = math.exp(x[j] - mx) / s
+
+
+@njit(**NJIT)
+def _frame_rows(W, m, X, Y):
+    """``_frame_layer`` on each row: X (n, in) -> Y (n, out). A Dense layer with panels (float32)
+    multiplies all rows at once in 8-row tiles (``_gemm_pan16``), then adds the bias, the
+    columns past the last panel and the activation row by row."""
+    n, n_in, n_out = X.shape[0], m[K_IN], m[K_OUT]
+    pan = m[K_PAN]
+    if m[0] != DENSE or pan < 0 or n < 4:
+        for r in range(n):
+            _frame_layer(W, m, X[r], Y[r])
+        return
+    npan = n_out // PWH
+    _gemm_pan16(X, n_in, n_in, W, pan, npan, Y, n_out, n)
+    bias = W[m[K_DIR + O_B] :][:n_out]
+    wr, par = m[K_DIR + O_PROJ], m[K_DIR + O_PAR]
+    for r in range(n):
+        x, y = X[r], Y[r]
+        for j in range(npan * PWH):
+            y[j] += bias[j]
+        for j in range(npan * PWH, n_out):
+            y[j] = bias[j] + _dot(W, wr + j * n_in, x, n_in)
+        _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
