@@ -104,22 +104,27 @@ def _until_worker_rows(tm, fn, timeout=5.0):
         assert time.time() - t0 < timeout, "the team's worker never took a row"
 
 
-def test_worker_takes_rows(use_team):
-    tm = use_team(1)
-    rng = np.random.default_rng(11)
-    spec = _spec(rng, ("lstm",), 32, (64,), 8)
+def _team_and_serial(rng, I, H, B, pause=0.0):
+    """(pool, ref, step): B streams of a random LSTM model in a pool on the team and in one
+    stepping serially; step() feeds both the same random frames (after ``pause`` seconds) and
+    checks that they agree."""
+    spec = _spec(rng, ("lstm",), I, (H,), 8)
     model = srnn.Model(spec, dtype=np.float32)
-    B = 96
-    pool = model.pool(capacity=B)
-    ids = pool.open(B)
-    ref = model.pool(capacity=B)  # the same steps on the serial path
+    pool, ref = model.pool(capacity=B), model.pool(capacity=B)
     ref._batched.threads = 1
-    rids = ref.open(B)
+    ids, rids = pool.open(B), ref.open(B)
 
     def step():
-        X = rng.standard_normal((B, 32)).astype(np.float32)
+        time.sleep(pause)
+        X = rng.standard_normal((B, I)).astype(np.float32)
         assert_close(pool.step(ids, X), ref.step(rids, X))
 
+    return (pool, ids), (ref, rids), step
+
+
+def test_worker_takes_rows(use_team):
+    tm = use_team(1)
+    (pool, ids), (ref, rids), step = _team_and_serial(np.random.default_rng(11), 32, 64, 96)
     _until_worker_rows(tm, step)
     for _ in range(5):
         step()
@@ -134,27 +139,14 @@ def test_sleeping_worker_is_woken(futex, use_team):
     if futex and not team.FUTEX:
         pytest.skip("no futexes on this system (the Event case runs)")
     tm = use_team(1, spin=1.0, futex=futex)
-    rng = np.random.default_rng(12)
-    spec = _spec(rng, ("lstm",), 64, (128,), 8)
-    model = srnn.Model(spec, dtype=np.float32)
-    B = 1000
-    pool = model.pool(capacity=B)
-    ids = pool.open(B)
-    ref = model.pool(capacity=B)
-    ref._batched.threads = 1
-    rids = ref.open(B)
-
-    def step():
-        time.sleep(0.005)  # the worker goes to sleep
-        X = rng.standard_normal((B, 64)).astype(np.float32)
-        assert_close(pool.step(ids, X), ref.step(rids, X))
-
+    # 5 ms between calls: the worker goes to sleep
+    _, _, step = _team_and_serial(np.random.default_rng(12), 64, 128, 1000, pause=0.005)
     _until_worker_rows(tm, step, timeout=30.0)
     t0 = time.time()
     while tm.ctl[team.SLEEP + team.LINE] != 1:  # asleep again (soon, unless the machine is busy)
         assert time.time() - t0 < 10.0, "the idle worker never went back to sleep"
         time.sleep(0.001)
-    assert tm.ctl[team.STOP + 1] == int(futex)
+    assert tm.ctl[team.MODE] == int(futex)
 
 
 def test_two_pools_from_two_threads(use_team):

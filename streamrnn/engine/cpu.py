@@ -403,8 +403,7 @@ def _sigs(dt, group: str):
                 _rec_rows: (i1, m2, m2, m2, v, im, v, i64, i64, i64, i64, v, v, v, i64),
                 _team: (i1, i1, i1, m2, m2, i64, i64, i64, i64, i64, v),
                 team._spin: (i1, i64),
-                team.wake_worker: (i1, i64),
-                team.astore_py: (i1, i64, i64),
+                team._stop: (i1,),
             } if dt == np.float32 else {
                 _gather_h: (i1, m2, m2, i64, i64, i64),
                 _gather_xh: (i1, m2, m2, m2, i64, i64),
@@ -689,9 +688,10 @@ def _stack_rows(ctx, n, r0, r1, t, like):
 
 @njit(**NJIT)
 def _team_part(ctl, t, seq, like):
-    """Thread t takes chunks of job ``seq`` until none is left (guided: a quarter of what remains
-    per thread pair, multiples of the 6-row GEMM tile). Work starts only after a successful
-    claim: a claim succeeds only while the job is open, so the context is this job's."""
+    """Thread t takes chunks of job ``seq`` until none is left (guided: what remains divided by
+    the thread count, in multiples of the 6-row GEMM tile, at least ``grain`` rows). Work starts
+    only after a successful claim: a claim succeeds only while the job is open, so the context
+    is this job's."""
     n, nt, grain = ctl[team.JOB], ctl[team.JOB + 1], ctl[team.JOB + 4]
     while True:
         v = team.aload(ctl, team.NEXT)
@@ -740,7 +740,7 @@ def _team(ctl, ctx, ids, X, out, epoch, nt, grain, t, spin, like):
         seen = ((team.aload(ctl, team.NEXT) >> 32) + 1) & team.SEQ_MASK
         team.astore(ctl, team.DONE, 0)
         team.astore(ctl, team.NEXT, seen << 32)  # publish (seq_cst: the writes above are visible)
-        if ctl[team.STOP + 1]:  # workers asleep on their futex (a worker sets its flag before
+        if ctl[team.MODE]:  # workers asleep on their futex (a worker sets its flag before
             # it last reads NEXT, we read the flag after publishing: one of us sees the other)
             for w in range(1, min(nt, (ctl.shape[0] - team.SLEEP) // team.LINE)):
                 team.wake_worker(ctl, w)
@@ -762,7 +762,7 @@ def _team(ctl, ctx, ids, X, out, epoch, nt, grain, t, spin, like):
                 if idle >= spin:
                     team.astore(ctl, slp, 1)
                     if team.aload(ctl, team.NEXT) >> 32 == seen and team.aload(ctl, team.STOP) == 0:
-                        if ctl[team.STOP + 1] == 0:
+                        if ctl[team.MODE] == 0:
                             return 1  # sleep on the thread's Event (Team._run)
                         team.futex(ctl, slp, team.FUTEX_WAIT, 1)  # until a caller clears the flag
                     team.astore(ctl, slp, 0)  # woken, or a job came as we were leaving

@@ -37,11 +37,12 @@ from ..config import NJIT
 log = logging.getLogger(__name__)
 
 #: ``ctl`` slots, one 64-byte cache line each: the job's claim counter, the rows finished, the
-#: stop flag (and at STOP + 1: 1 where workers sleep on a futex, 0 where on an Event), the job (JOB: rows, threads, address and length of the job's int64 context, the
+#: stop flag (and at MODE: 1 where workers sleep on a futex, 0 where on an Event), the job (JOB: rows, threads, address and length of the job's int64 context, the
 #: smallest chunk), then one line per thread t (index SLEEP + LINE * t: its "asleep" flag, the
 #: rows it has taken so far)
 LINE = 8
 NEXT, DONE, STOP, JOB, SLEEP = 0, LINE, 2 * LINE, 3 * LINE, 4 * LINE
+MODE = STOP + 1
 ROW_MASK = (1 << 32) - 1  # NEXT = seq << 32 | next free row; row ROW_MASK: the job is closed
 SEQ_MASK = (1 << 31) - 1
 
@@ -171,6 +172,14 @@ def wake_worker(ctl, t):
 
 
 @njit(**NJIT)
+def _stop(ctl):
+    """Tell every worker to stop (an atomic store, then wake those asleep on their futex)."""
+    astore(ctl, STOP, 1)
+    for t in range(1, (ctl.shape[0] - SLEEP) // LINE):
+        wake_worker(ctl, t)
+
+
+@njit(**NJIT)
 def _spin(ctl, n):
     """n idle iterations of a worker's wait loop (calibration of ``STREAMRNN_SPIN_US``)."""
     s = 0
@@ -199,13 +208,12 @@ class Team:
 
     def __init__(self, nworkers: int, loop, spin: float, futex: bool = FUTEX):
         self.ctl = np.zeros(SLEEP + LINE * (nworkers + 1), np.int64)
-        self.ctl[STOP + 1] = int(bool(futex) and FUTEX)
+        self.ctl[MODE] = int(bool(futex) and FUTEX)
         self.nworkers = nworkers
         self.lock = threading.Lock()
         self._loop = loop
         self._events = [threading.Event() for _ in range(nworkers + 1)]
         _spin(self.ctl, 1)  # compile (or load from the cache) first
-        wake_worker(self.ctl, 0)  # compile too (a no-op: thread 0 never sleeps)
         t0 = time.perf_counter()
         _spin(self.ctl, 20000)
         per_us = 20000 / max(1e-9, (time.perf_counter() - t0) * 1e6)
@@ -238,19 +246,11 @@ class Team:
         return self.ctl[SLEEP + 1 :: LINE].copy()
 
     def stop(self) -> None:
-        astore_py(self.ctl, STOP, 1)
-        for t in range(1, self.nworkers + 1):
-            wake_worker(self.ctl, t)
+        _stop(self.ctl)
         for e in self._events:
             e.set()
         for th in self._threads:
             th.join(timeout=1.0)
-
-
-@njit(**NJIT)
-def astore_py(ctl, i, v):
-    """``astore`` for Python callers."""
-    astore(ctl, i, v)
 
 
 _team: Team | None = None
