@@ -25,14 +25,12 @@ def _frame_layer(W, m, x, y):
                 y[j] = bias[j]
             if npan > 0:
                 _matvec_pan16(W, pan, n_in, npan, x, y)
-            wr = m[K_DIR + O_PROJ]
-            for j in range(npan * PWH, n_out):
-                y[j] = bias[j] + _dot(W, wr + j * n_in, x, n_in)
+            _dense_tail(W, m, x, y, npan * PWH)
         else:
             for j in range(n_out):
                 y[j] = bias[j]
             _matvec_acc(W, m[K_DIR + O_WT], n_in, n_out, 0, n_out, x, y, 0)
-        _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
+            _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
     elif kind == ACT:
         for j in range(n_out):
             y[j] = x[j]
@@ -66,12 +64,20 @@ def _frame_rows(W, m, X, Y):
         return
     npan = n_out // PWH
     _gemm_pan16(X, n_in, n_in, W, pan, npan, Y, n_out, n)
-    bias = W[m[K_DIR + O_B] :][:n_out]
-    wr, par = m[K_DIR + O_PROJ], m[K_DIR + O_PAR]
+    bias = W[m[K_DIR + O_B] :][: npan * PWH]
     for r in range(n):
-        x, y = X[r], Y[r]
+        y = Y[r]
         for j in range(npan * PWH):
             y[j] += bias[j]
-        for j in range(npan * PWH, n_out):
-            y[j] = bias[j] + _dot(W, wr + j * n_in, x, n_in)
-        _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
+        _dense_tail(W, m, X[r], y, npan * PWH)
+
+
+@njit(**NJIT)
+def _dense_tail(W, m, x, y, c0):
+    """A panel-path Dense layer after its panels wrote y[:c0] (bias included): the columns
+    from c0 on as dot products over the transposed copy, then the activation."""
+    n_in, n_out, par = m[K_IN], m[K_OUT], m[K_DIR + O_PAR]
+    bias, wr = W[m[K_DIR + O_B] :][:n_out], m[K_DIR + O_PROJ]
+    for j in range(c0, n_out):
+        y[j] = bias[j] + _dot(W, wr + j * n_in, x, n_in)
+    _vact(y, m[K_ACT], W[par + 1], W[par + 2], m[K_FAST])
