@@ -22,14 +22,14 @@ from numba.np.arrayobj import populate_array
 
 from .. import config
 from ..config import NJIT, NJIT_GIL, PARALLEL
-from ..layers.cpu_common import REC_DONE, REC_FWD, _gemm_pan6, _matvec_acc, _matvec_h, _vact
+from ..layers.cpu_common import ACC, BIAS, REC_DONE, REC_FWD, ZERO, _gemm_pan6, _matvec_acc, _matvec_h, _vact
 from ..layers.dense.cpu import _frame_layer, _frame_rows
 from ..layers.gru.cpu import _gru_cell, _gru_gates
-from ..layers.lstm.cpu import _lstm_cell, _lstm_gates
+from ..layers.lstm.cpu import _lstm_cell, _lstm_gates, _lstm_plain, _lstm_plain_gates
 from ..layers.rnn.cpu import _rnn_cell, _rnn_gates
 from . import team
 from .pack import (
-    DENSE, F_LBR, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_H, K_IN, K_OUT, K_PAN, K_REC, K_S, LSTM,
+    DENSE, F_LBR, F_PROJ, GRU, K_ACT, K_CELL, K_DIR, K_FAST, K_FEAT, K_FLAGS, K_H, K_IN, K_OUT, K_PAN, K_REC, K_S, LSTM,
     NMETA, O_B, O_C, O_H, O_PAR, O_RT, O_WT, PW, RNN, Packed, _aligned, column_panels,
 )
 
@@ -547,19 +547,21 @@ def _gather_h(ids, arena, A, col0, ho, Hr):
 def _gates_one(r, ids, G, HR, Y, arena, W, m):
     """Row r of a batched step: G[r] = x @ Wt (+ h @ Rt for LSTM / RNN), HR[r] = h @ Rt for
     GRU with linear_before_reset (else scratch); updates the state arena[ids[r]], Y[r] = h."""
-    _gates_row(ids[r], G[r], HR[r], Y[r], arena, W, m)
-
-
-@njit(**NJIT)
-def _gates_row(sid, g, hr, y, arena, W, m):
-    """As ``_gates_one`` for stream ``sid`` given its row vectors g, hr (scratch) and y."""
-    kind, H, Hr = m[0], m[K_H], m[K_REC]
-    ho = m[K_DIR + O_H]
+    g = G[r]
     # a slice indexed by the bare loop variable: W[b + j] would keep numba's negative-index
     # wrap-around (b is not known to be >= 0) and stop vectorisation (NOTES entry 26)
     bias = W[m[K_DIR + O_B] :][: g.shape[0]]
     for j in range(g.shape[0]):
         g[j] += bias[j]
+    _gates_row(ids[r], g, HR[r], Y[r], arena, W, m)
+
+
+@njit(**NJIT)
+def _gates_row(sid, g, hr, y, arena, W, m):
+    """As ``_gates_one`` for stream ``sid`` given its row vectors g (bias included), hr
+    (scratch) and y."""
+    kind, H, Hr = m[0], m[K_H], m[K_REC]
+    ho = m[K_DIR + O_H]
     st = arena[sid]
     h = st[ho : ho + Hr]
     if kind == LSTM:
@@ -580,37 +582,50 @@ def _gates_row(sid, g, hr, y, arena, W, m):
 def _rec_rows(ids, X, Y, arena, W, m, P, pw, pr, r0, r1, A, G, HR, ch):
     """Rows r0..r1 of a batched step of recurrent layer ``m`` on column panels (P[pw:] of Wt,
     P[pr:] of Rt), ``ch`` rows at a time: gather [x | h] into A, the GEMM panel by panel in
-    6-row x 64-column register tiles, the columns past the last whole panel by mat-vec, then each row's
-    gates (state arena[ids[r]] and Y[r] updated). A, G, HR: this thread's flat scratch."""
+    6-row x 64-column register tiles (the bias as the accumulators' start), the columns past the
+    last whole panel by mat-vec, then each row's gates (state arena[ids[r]] and Y[r] updated).
+    A, G, HR: this thread's flat scratch."""
     kind, I, H, Hr = m[0], m[K_IN], m[K_H], m[K_REC]
     Gw = (4 if kind == LSTM else 3 if kind == GRU else 1) * H
     lbr = kind == GRU and (m[K_FLAGS] & F_LBR) != 0
-    ho, wt, rt = m[K_DIR + O_H], m[K_DIR + O_WT], m[K_DIR + O_RT]
+    ho, wt, rt, ob = m[K_DIR + O_H], m[K_DIR + O_WT], m[K_DIR + O_RT], m[K_DIR + O_B]
+    # the common LSTM: its gates straight on the state, no per-row dispatch
+    plain = kind == LSTM and (m[K_FLAGS] & F_PROJ) == 0 and _lstm_plain(m, 0)
+    co = m[K_DIR + O_C]
+    bias = W[ob:][:Gw]
     lda = I + Hr
     npan = Gw // PW
     done = npan * PW
     for c0 in range(r0, r1, ch):
         n = min(r1, c0 + ch) - c0
         _gather_xh(ids[c0 : c0 + n], X[c0 : c0 + n], arena, A[: n * lda].reshape(n, lda), ho, Hr)
-        _gemm_pan6(A, lda, 0, I, P, pw, npan, G, Gw, n, True)  # G = x @ Wt
+        _gemm_pan6(A, lda, 0, I, P, pw, npan, G, Gw, n, BIAS, W, ob)  # G = x @ Wt + b
         if kind != GRU:
-            _gemm_pan6(A, lda, I, Hr, P, pr, npan, G, Gw, n, False)  # G += h @ Rt
+            _gemm_pan6(A, lda, I, Hr, P, pr, npan, G, Gw, n, ACC, W, 0)  # G += h @ Rt
         elif lbr:
-            _gemm_pan6(A, lda, I, Hr, P, pr, npan, HR, Gw, n, True)  # HR = h @ Rt
-        for i in range(n):
+            _gemm_pan6(A, lda, I, Hr, P, pr, npan, HR, Gw, n, ZERO, W, 0)  # HR = h @ Rt
+        for i in range(n if done < Gw else 0):  # columns past the last whole panel
             g, hr = G[i * Gw : (i + 1) * Gw], HR[i * Gw : (i + 1) * Gw]
-            if done < Gw:  # columns past the last whole panel
-                x, h = A[i * lda : i * lda + I], A[i * lda + I : (i + 1) * lda]
+            x, h = A[i * lda : i * lda + I], A[i * lda + I : (i + 1) * lda]
+            for j in range(done, Gw):
+                g[j] = bias[j]
+            _matvec_acc(W, wt, I, Gw, done, Gw - done, x, g, done)
+            if kind != GRU:
+                _matvec_acc(W, rt, Hr, Gw, done, Gw - done, h, g, done)
+            elif lbr:
                 for j in range(done, Gw):
-                    g[j] = 0.0
-                _matvec_acc(W, wt, I, Gw, done, Gw - done, x, g, done)
-                if kind != GRU:
-                    _matvec_acc(W, rt, Hr, Gw, done, Gw - done, h, g, done)
-                elif lbr:
-                    for j in range(done, Gw):
-                        hr[j] = 0.0
-                    _matvec_acc(W, rt, Hr, Gw, done, Gw - done, h, hr, done)
-            _gates_row(ids[c0 + i], g, hr, Y[c0 + i], arena, W, m)
+                    hr[j] = 0.0
+                _matvec_acc(W, rt, Hr, Gw, done, Gw - done, h, hr, done)
+        for i in range(n):
+            g = G[i * Gw : (i + 1) * Gw]
+            if plain:
+                st, y = arena[ids[c0 + i]], Y[c0 + i]
+                h = st[ho : ho + H]
+                _lstm_plain_gates(g, st[co : co + H], h, H)
+                for j in range(H):
+                    y[j] = h[j]
+            else:
+                _gates_row(ids[c0 + i], g, HR[i * Gw : (i + 1) * Gw], Y[c0 + i], arena, W, m)
 
 
 @njit(**NJIT)

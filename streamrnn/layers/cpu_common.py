@@ -237,9 +237,14 @@ def _stack_like(typingctx, arr, n):
     return types.CPointer(dt)(arr, n), codegen
 
 
+#: how a panel tile's accumulators start (``_make_panel_mm``)
+ACC, ZERO, BIAS = 0, 1, 2
+
+
 def _make_panel_mm(R: int, NV: int = 0, PS: int = PW):
-    """An intrinsic ``f(W, base, K, A, a0, lda, G, g0, ldg, zero)``: for each r < R,
-    G[g0 + r*ldg :][:C] (= if ``zero``, else +=) A[a0 + r*lda :][:K] @ P, for the panel
+    """An intrinsic ``f(W, base, K, A, a0, lda, G, g0, ldg, init, Bv, b0)``: for each r < R,
+    G[g0 + r*ldg :][:C] = S + A[a0 + r*lda :][:K] @ P, S by ``init``: ``ACC`` G's own values,
+    ``ZERO`` nothing, ``BIAS`` the row Bv[b0:][:C] (a bias folded into the GEMM); for the panel
     P = W[base:] viewed as (K, PS) rows of which the first C = NV vectors are used (NV = 0:
     all PS columns), in LLVM IR with explicit 64-byte vectors (``<16 x float>``)
     and ``llvm.fma``; the R x PW/16 accumulators stay in registers over all K rows.
@@ -251,12 +256,12 @@ def _make_panel_mm(R: int, NV: int = 0, PS: int = PW):
     """
 
     @intrinsic
-    def panel_mm(typingctx, W, base, K, A, a0, lda, G, g0, ldg, zero):
-        if not all(isinstance(a, types.Array) for a in (W, A, G)):
+    def panel_mm(typingctx, W, base, K, A, a0, lda, G, g0, ldg, init, Bv, b0):
+        if not all(isinstance(a, types.Array) for a in (W, A, G, Bv)) or not isinstance(init, types.Integer):
             return None
 
         def codegen(context, builder, signature, args):
-            Wa, basev, Kv, Aa, a0v, ldav, Ga, g0v, ldgv, zerov = args
+            Wa, basev, Kv, Aa, a0v, ldav, Ga, g0v, ldgv, initv, Ba, b0v = args
             lty = context.get_value_type(W.dtype)
             size = context.get_abi_sizeof(lty)
             vw = 64 // size  # elements per vector
@@ -274,15 +279,26 @@ def _make_panel_mm(R: int, NV: int = 0, PS: int = PW):
                 return builder.bitcast(builder.gep(p, [ir.Constant(i64, i * vw)]), vty.as_pointer())
 
             nv = NV or PS // vw  # vectors per row
-            from_zero = builder.icmp_unsigned("!=", zerov, ir.Constant(zerov.type, 0))
-            acc = {}
-            for r in range(R):
-                for i in range(nv):
-                    slot = cgutils.alloca_once(builder, vty)  # promoted to a register by LLVM
-                    init = builder.select(from_zero, ir.Constant(vty, None),
-                                          builder.load(vec_ptr(grow[r], i), align=size))
-                    builder.store(init, slot)
-                    acc[r, i] = slot
+            acc = {(r, i): cgutils.alloca_once(builder, vty)  # promoted to registers by LLVM
+                   for r in range(R) for i in range(nv)}
+
+            def is_(mode):
+                return builder.icmp_signed("==", initv, ir.Constant(initv.type, mode))
+
+            with builder.if_else(is_(ACC)) as (from_g, other):
+                with from_g:
+                    for (r, i), slot in acc.items():
+                        builder.store(builder.load(vec_ptr(grow[r], i), align=size), slot)
+                with other:
+                    pb = builder.gep(context.make_array(Bv)(context, builder, Ba).data, [b0v])
+                    with builder.if_else(is_(BIAS)) as (from_b, from_zero):
+                        with from_b:
+                            b = [builder.load(vec_ptr(pb, i), align=size) for i in range(nv)]
+                            for (r, i), slot in acc.items():
+                                builder.store(b[i], slot)
+                        with from_zero:
+                            for slot in acc.values():
+                                builder.store(ir.Constant(vty, None), slot)
             bcast = ir.Constant(ir.VectorType(i32, vw), [0] * vw)
             with cgutils.for_range(builder, Kv) as loop:
                 k = loop.index
@@ -298,7 +314,7 @@ def _make_panel_mm(R: int, NV: int = 0, PS: int = PW):
                 builder.store(builder.load(slot), vec_ptr(grow[r], i), align=size)
             return context.get_dummy_value()
 
-        return types.none(W, base, K, A, a0, lda, G, g0, ldg, zero), codegen
+        return types.none(W, base, K, A, a0, lda, G, g0, ldg, init, Bv, b0), codegen
 
     return panel_mm
 
@@ -311,30 +327,31 @@ _pan16_mm8, _pan16_mm4, _pan16_mm2, _pan16_mm1 = (_make_panel_mm(R, 0, PWH) for 
 
 
 @njit(**NJIT)
-def _gemm_pan16(A, lda, K, W, pan, npan, G, ldg, n):
-    """G[:n, :npan*PWH] = A[:n, :K] @ M, M stored as npan panels of PWH columns at W[pan:] (the
-    Dense layers' panels); A, G 2-D C-contiguous. Each 8-row tile loads a panel row once for 8
+def _gemm_pan16(A, lda, K, W, pan, npan, G, ldg, n, b0):
+    """G[:n, :npan*PWH] = A[:n, :K] @ M + W[b0:] (a bias row), M stored as npan panels of PWH
+    columns at W[pan:] (the Dense layers' panels); A, G 2-D C-contiguous. Each 8-row tile loads a panel row once for 8
     FMAs (~4x the one-row mat-vec ``_matvec_pan16``, whose FMA chains wait on latency)."""
     for p in range(npan):
         base, c = pan + p * K * PWH, p * PWH
         r = 0
         while r + 8 <= n:
-            _pan16_mm8(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, True)
+            _pan16_mm8(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, BIAS, W, b0 + c)
             r += 8
         if r + 4 <= n:
-            _pan16_mm4(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, True)
+            _pan16_mm4(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, BIAS, W, b0 + c)
             r += 4
         if r + 2 <= n:
-            _pan16_mm2(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, True)
+            _pan16_mm2(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, BIAS, W, b0 + c)
             r += 2
         if r < n:
-            _pan16_mm1(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, True)
+            _pan16_mm1(W, base, K, A, r * lda, lda, G, r * ldg + c, ldg, BIAS, W, b0 + c)
 
 
 @njit(**NJIT)
-def _gemm_pan6(A, lda, a0, K, W, pan, npan, G, ldg, n, zero):
-    """G[:n, :npan*PW] (= if zero, else +=) A[:n, a0 : a0+K] @ M, M stored as npan column
-    panels at W[pan:]; A, G flat row-major with leading dimensions lda, ldg. Register tiles of
+def _gemm_pan6(A, lda, a0, K, W, pan, npan, G, ldg, n, init, Bv, b0):
+    """G[:n, :npan*PW] = S + A[:n, a0 : a0+K] @ M, M stored as npan column panels at W[pan:],
+    S by ``init`` (``ACC``: G, ``ZERO``, ``BIAS``: the row Bv[b0:]); A, G flat row-major with
+    leading dimensions lda, ldg. Register tiles of
     6 rows x 64 columns (24 zmm accumulators; 4 weight loads + 6 broadcasts per 24 FMAs):
     measured 155-170 GFLOP/s on one core here, against 116-133 with 3 rows x 128 columns
     (twice the weight loads per FMA, from L2) (bench/NOTES.md, entry 21)."""
@@ -345,16 +362,16 @@ def _gemm_pan6(A, lda, a0, K, W, pan, npan, G, ldg, n, zero):
             c = p * PW + half * H2
             r = 0
             while r + 6 <= n:
-                _panel_mm6h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, zero)
+                _panel_mm6h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, init, Bv, b0 + c)
                 r += 6
             if r + 4 <= n:  # each tile reads the panel once: the last 1-5 rows in 4, 2, 1
-                _panel_mm4h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, zero)
+                _panel_mm4h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, init, Bv, b0 + c)
                 r += 4
             if r + 2 <= n:
-                _panel_mm2h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, zero)
+                _panel_mm2h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, init, Bv, b0 + c)
                 r += 2
             if r < n:
-                _panel_mm1h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, zero)
+                _panel_mm1h(W, base, K, A, r * lda + a0, lda, G, r * ldg + c, ldg, init, Bv, b0 + c)
 
 
 @njit(**NJIT)
@@ -369,7 +386,7 @@ def _matvec_pan(W, pan, rows, npan, v, g, g0, rev):
     """
     for q in range(npan):
         p = npan - 1 - q if rev else q
-        _panel_fma(W, pan + p * rows * PW, rows, v, 0, 0, g, g0 + p * PW, 0, False)
+        _panel_fma(W, pan + p * rows * PW, rows, v, 0, 0, g, g0 + p * PW, 0, ACC, W, 0)
 
 
 @njit(**NJIT)

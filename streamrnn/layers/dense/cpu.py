@@ -54,8 +54,8 @@ def _frame_layer(W, m, x, y):
 @njit(**NJIT)
 def _frame_rows(W, m, X, Y):
     """``_frame_layer`` on each row: X (n, in) -> Y (n, out). A Dense layer with panels (float32)
-    multiplies all rows at once in 8-row tiles (``_gemm_pan16``), then adds the bias, the
-    columns past the last panel and the activation row by row."""
+    multiplies all rows at once in 8-row tiles (``_gemm_pan16``, the bias as the accumulators'
+    start), then the columns past the last panel and the activation row by row."""
     n, n_in, n_out = X.shape[0], m[K_IN], m[K_OUT]
     pan = m[K_PAN]
     if m[0] != DENSE or pan < 0 or n < 4:
@@ -63,13 +63,9 @@ def _frame_rows(W, m, X, Y):
             _frame_layer(W, m, X[r], Y[r])
         return
     npan = n_out // PWH
-    _gemm_pan16(X, n_in, n_in, W, pan, npan, Y, n_out, n)
-    bias = W[m[K_DIR + O_B] :][: npan * PWH]
+    _gemm_pan16(X, n_in, n_in, W, pan, npan, Y, n_out, n, m[K_DIR + O_B])  # bias included
     for r in range(n):
-        y = Y[r]
-        for j in range(npan * PWH):
-            y[j] += bias[j]
-        _dense_tail(W, m, X[r], y, npan * PWH)
+        _dense_tail(W, m, X[r], Y[r], npan * PWH)
 
 
 @njit(**NJIT)
