@@ -63,11 +63,16 @@ def _pool_steps(model, spec, rng, B, T=3, threads=2):
     return pool
 
 
-@pytest.mark.parametrize("fine", [True, False])  # small chunks / one share of rows per thread
+# how the rows are shared: as the pool decides (equal shares up to two GEMM chunks, then guided
+# chunks), guided chunks of >= 6 rows with 6-row GEMM chunks, one share per thread (weights
+# beyond L2)
+@pytest.mark.parametrize("chunks", ["default", "guided", "shares"])
 @pytest.mark.parametrize("B", [12, 41, 100, 1030])  # 1030: two blocks of rows (BLOCK = 1024)
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_team_matches_reference(case, B, fine, use_team, monkeypatch):
-    if not fine:
+def test_team_matches_reference(case, B, chunks, use_team, monkeypatch):
+    if chunks == "guided":
+        monkeypatch.setattr(cpu.BatchedStep, "CHUNK", 6)
+    elif chunks == "shares":
         monkeypatch.setattr(cpu.BatchedStep, "TEAM_FINE_BYTES", 0)
     use_team(1)
     rng = np.random.default_rng(700 + 10 * case + B)

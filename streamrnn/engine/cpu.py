@@ -973,9 +973,13 @@ class BatchedStep:
                 self.ctx = self._team_ctx()
             if tm.asleep:
                 tm.wake()
-            # weights beyond a core's L2 share (~1 MiB) come from L3 for every chunk: then each
-            # thread takes one share of rows (the caller takes the rest if a worker is late)
-            grain = 6 if self.wbytes <= self.TEAM_FINE_BYTES else ((n + nt - 1) // nt + 5) // 6 * 6
+            # one equal share of rows per thread (the caller takes the rest if a worker is late)
+            # where the weights are read from L3 for every chunk (beyond a core's L2 share,
+            # ~1 MiB) or where a share is one GEMM chunk; else guided chunks of >= 6 rows, which
+            # even out the threads' speeds. Equal shares, not multiples of the 6-row tile: at
+            # B=64 36 + 28 rows cost 5% (H=128) and 7% (H=512) more than 32 + 32 (NOTES 45)
+            fine = self.wbytes <= self.TEAM_FINE_BYTES and n > nt * self.CHUNK
+            grain = 6 if fine else (n + nt - 1) // nt
             return _team(tm.ctl, self.ctx, ids, X, out, epoch, nt, grain, 0, 0, _F32)
         finally:
             tm.lock.release()
