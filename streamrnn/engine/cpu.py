@@ -824,8 +824,9 @@ class BatchedStep:
     TEAM_MIN_ROWS = 12
     #: threads of a step (None: numba's count when the pool is made; get_num_threads costs ~1 us)
     THREADS = None
-    #: below this many weight bytes the team shares rows in small chunks (the weights stay in
-    #: each core's L2); above, in one share per thread (each chunk reads them all from L3)
+    #: below this many weight bytes the team shares the rows of calls longer than threads x
+    #: CHUNK rows in guided chunks (the weights stay in each core's L2); above, and for shorter
+    #: calls, in one equal share per thread (each chunk reads the weights from L3 / L2 again)
     TEAM_FINE_BYTES = 1 << 20
 
     def __init__(self, pk: Packed, arena: np.ndarray, alive: np.ndarray, stamp: np.ndarray):
