@@ -961,8 +961,8 @@ class BatchedStep:
     def _on_team(self, ids, X, out, epoch: int, nt: int) -> int | None:
         """One job on the team (epoch 0: the call is validated already); its status, or None
         where the team is off or busy with another caller's job."""
-        tm = team.get(numba.config.NUMBA_NUM_THREADS - 1, _team_loop)
-        if tm is None or not tm.lock.acquire(blocking=False):
+        tm = team.running() or team.get(numba.config.NUMBA_NUM_THREADS - 1, _team_loop)
+        if tm is None or not tm.lock.acquire(False):
             return None
         try:
             n = ids.shape[0]

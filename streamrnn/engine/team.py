@@ -257,6 +257,11 @@ _team: Team | None = None
 _team_lock = threading.Lock()
 
 
+def running() -> Team | None:
+    """The process's team if it has been started (one global read: ``pool.step`` calls it)."""
+    return _team
+
+
 def get(nworkers: int, loop) -> Team | None:
     """The process's team (started on first use with ``nworkers`` workers running ``loop``),
     or None where there is no other core to share the work with."""
