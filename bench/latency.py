@@ -482,7 +482,9 @@ def section_streams(quick: bool, seed: int, nthreads: int) -> dict:
         "unit": "us per call (B stream-steps)",
         "note": "streamrnn: pool.step(ids, X, out=Y), ids a random permutation of B open streams (gather/scatter "
                 "of state by id included); onnxruntime / torch: one batched (1, B, I) step with the states "
-                "already stacked (B, H) and fed back. streamrnn's pool.step runs on its spinning team of threads "
+                "already stacked (B, H) and fed back. Blocks of calls "
+                f"{STREAMS_PAUSE_S * 1e3:.0f} ms apart, so that one method's spinning threads have gone idle "
+                "before the next method's block. streamrnn's pool.step runs on its spinning team of threads "
                 f"(STREAMRNN_SPIN_US={os.environ.get('STREAMRNN_SPIN_US', '500')}). OpenMP waiting: "
                 f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
                 f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}; torch shares libgomp with numba, so "
@@ -539,7 +541,7 @@ def section_streams(quick: bool, seed: int, nthreads: int) -> dict:
                 M_TORCH_B: compare(y_t, Ysr, rtol=RTOL),
             }
             stats = measure({REF_POOL: f_pool, M_ORT_B: f_ort, M_TORCH_B: f_torch}, BUDGET["streams"][quick],
-                            pause_s=0.005, warm_s=0.2, warm_calls=3)
+                            pause_s=STREAMS_PAUSE_S, warm_s=0.2, warm_calls=3)
             for k in stats:
                 stats[k]["check"] = checks.get(k)
                 stats[k]["stream_steps_per_s"] = B / (stats[k]["mean_us"] * 1e-6)
@@ -548,6 +550,11 @@ def section_streams(quick: bool, seed: int, nthreads: int) -> dict:
                                    "output_size": HEAD, "results": stats})
     return res
 
+
+#: sleep between the streams section's blocks: onnxruntime's intra-op threads spin on for more
+#: than 20 ms after its last call and took the team's second core during streamrnn's next block
+#: with 5 ms (H=128 B=64: pool.step mean 121 vs 81 us, p99 706 vs 155; bench/NOTES.md entry 47)
+STREAMS_PAUSE_S = 0.05
 
 REF_POOL = "streamrnn pool.step (random id order)"
 M_ORT_B = "onnxruntime session.run, batched"
