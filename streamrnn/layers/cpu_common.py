@@ -341,8 +341,9 @@ _pan16_mm8, _pan16_mm4, _pan16_mm2, _pan16_mm1 = (_make_panel_mm(R, 0, PWH) for 
 @njit(**NJIT)
 def _gemm_pan16(A, lda, K, W, pan, npan, G, ldg, n, b0):
     """G[:n, :npan*PWH] = A[:n, :K] @ M + W[b0:] (a bias row), M stored as npan panels of PWH
-    columns at W[pan:] (the Dense layers' panels); A, G 2-D C-contiguous. Each 8-row tile loads a panel row once for 8
-    FMAs (~4x the one-row mat-vec ``_matvec_pan16``, whose FMA chains wait on latency)."""
+    columns at W[pan:] (the Dense layers' panels); A, G 2-D C-contiguous. Each 8-row tile
+    loads a panel row once for 8 FMAs (~4x the one-row mat-vec ``_matvec_pan16``, whose FMA
+    chains wait on latency)."""
     for p in range(npan):
         base, c = pan + p * K * PWH, p * PWH
         r = 0
@@ -363,8 +364,8 @@ def _gemm_pan16(A, lda, K, W, pan, npan, G, ldg, n, b0):
 def _gemm_pan6(A, lda, a0, K, W, pan, npan, G, ldg, n, init, Bv, b0):
     """G[:n, :npan*PW] = S + A[:n, a0 : a0+K] @ M, M stored as npan column panels at W[pan:],
     S by ``init`` (``ACC``: G, ``ZERO``, ``BIAS``: the row Bv[b0:]); A, G flat row-major with
-    leading dimensions lda, ldg. Register tiles of
-    6 rows x 64 columns (24 zmm accumulators; 4 weight loads + 6 broadcasts per 24 FMAs):
+    leading dimensions lda, ldg. Register tiles of 6 rows x 64 columns (24 zmm accumulators;
+    4 weight loads + 6 broadcasts per 24 FMAs):
     measured 155-170 GFLOP/s on one core here, against 116-133 with 3 rows x 128 columns
     (twice the weight loads per FMA, from L2) (bench/NOTES.md, entry 21)."""
     H2 = PW // 2
