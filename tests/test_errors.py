@@ -194,3 +194,40 @@ def test_stream_step_of_other_dtype_is_converted_not_misread(model):
     with pytest.raises(srnn.ShapeError, match="out"):
         a.step(x, out=np.zeros(model.output_size, np.float64))
     assert a.state == b.state
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pool_step_reports_the_first_bad_row(dtype):
+    """Frames are checked for NaN / Inf in one pass over the whole batch, then row by row only
+    where that fails: the error must still name the first bad row, whatever its kind."""
+    rng = np.random.default_rng(9)
+    model = srnn.Model(rand_spec(rng, n_rec=1, exotic=False), dtype=dtype)
+    B, I = 40, model.input_size
+    pool = model.pool(capacity=B + 1)
+    ids = pool.open(B)
+    pool.step(ids, rng.standard_normal((B, I)))
+    snaps = [pool.get_state(i) for i in ids]
+
+    def call(ids_, X, exc, msg):
+        with pytest.raises(exc, match=msg):
+            pool.step(ids_, X)
+        assert all(pool.get_state(i) == s for i, s in zip(ids, snaps))
+
+    for val in (np.nan, np.inf, -np.inf):
+        for row in (0, 17, B - 1):
+            X = rng.standard_normal((B, I))
+            X[row, rng.integers(I)] = val
+            call(ids, X, srnn.NonFiniteError, f"row {row}")
+    X = rng.standard_normal((B, I))
+    X[5, 0] = np.nan
+    closed = ids.copy()
+    closed[9] = B  # never opened
+    call(closed, X, srnn.NonFiniteError, "row 5")  # the NaN comes first
+    closed = ids.copy()
+    closed[2] = B
+    call(closed, X, srnn.StreamIdError, "closed")  # the closed id comes first
+    X = rng.standard_normal((B, I))
+    X[-1, -1] = np.inf
+    call(ids, X, srnn.NonFiniteError, f"row {B - 1}")
+    Y = pool.step(ids, rng.standard_normal((B, I)))  # a good call still goes through
+    assert np.isfinite(Y).all()

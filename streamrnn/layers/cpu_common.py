@@ -556,3 +556,17 @@ def _dot(W, off, x, n):
     for k in range(n):
         s += w[k] * x[k]
     return s
+
+
+@njit(**dict(NJIT, fastmath={"contract", "reassoc"}))
+def _all_finite(x, n):
+    """True when x[:n] holds no NaN or Inf: x - x is NaN exactly for those and 0 otherwise, so
+    the sum stays 0. Reassociation lets LLVM keep several vector partial sums (no ``nnan``: the
+    NaNs are the point): 64 x 128 floats in ~0.2 us, against ~1.3 us for an OR of per-element
+    compares, which LLVM left one narrow vector per iteration (NOTES entry 49)."""
+    if n == 0:
+        return True
+    s = x[0] - x[0]
+    for k in range(n):
+        s += x[k] - x[k]
+    return s == 0
