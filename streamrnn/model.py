@@ -539,9 +539,9 @@ class Pool:
         n = ids.shape[0]
         if out is None:
             out = np.empty((n, self._O), dt)
-        elif not (type(out) is np.ndarray and out.dtype is dt and out.ndim == 2 and out.flags.c_contiguous) and not (
-                isinstance(out, np.ndarray) and out.dtype == dt and out.flags.c_contiguous and out.ndim == 2):
-            raise ShapeError(f"out: expected a C-contiguous {dt} array ({n}, {self._O}), got {getattr(out, 'shape', out)}")
+        elif not (type(out) is np.ndarray and out.dtype is dt and out.ndim == 2 and out.flags.c_contiguous):
+            if not (isinstance(out, np.ndarray) and out.dtype == dt and out.flags.c_contiguous and out.ndim == 2):
+                raise ShapeError(f"out: expected a C-contiguous {dt} array ({n}, {self._O}), got {getattr(out, 'shape', out)}")
         if self._cuda is not None:
             with self._lock:
                 self._cuda.step(ids, X, out, self._alive)

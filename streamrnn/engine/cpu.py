@@ -391,13 +391,13 @@ def _sigs(dt, group: str):
         "stream": {
             _stream_push: (m2, m2, v, v, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
-            _frames_rows: (m2, m2, v, im),
+            _frame_rows: (v, im, m2, m2),
         },
         "pool": {
             _pool_step: (i1, m2, m2, m2, m2, v, h1, i2, u1, i1, i64),
             _pool_step_par: (i1, m2, m2, m2, m2, v, h1, i2, u1, i1, i64),
             _pool_validate: (i1, m2, m2, u1, i1, i64, i64, i64),
-            _frames_rows: (m2, m2, v, im),
+            _frame_rows: (v, im, m2, m2),
             _stream_push: (m2, m2, v, v, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             # BatchedStep: float32 steps on the column panels (_rec_rows), float64 on BLAS + these
@@ -423,7 +423,7 @@ def _sigs(dt, group: str):
         "run": {
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             _recur_seq_par: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
-            _frames_rows: (m2, m2, v, im),
+            _frame_rows: (v, im, m2, m2),
         },
     }
     return groups[group]
@@ -505,7 +505,7 @@ def run_sequence(pk: Packed, X: np.ndarray, lengths: np.ndarray, state: np.ndarr
         else:
             O = int(m[K_OUT])
             Y = np.empty((B * T, O), dtype=W.dtype)
-            _frames_rows(np.ascontiguousarray(cur.reshape(B * T, -1)), Y, W, m)
+            _frame_rows(W, m, np.ascontiguousarray(cur.reshape(B * T, -1)), Y)
             cur = Y.reshape(B, T, O)
     if np.any(lengths < T):
         mask = np.arange(T)[None, :] >= lengths[:, None]  # (B, T)
@@ -645,12 +645,6 @@ def _gates_rows_par(ids, G, HR, Y, arena, W, m):
 
 
 @njit(**NJIT)
-def _frames_rows(X, Y, W, m):
-    """A stateless layer on each row: X (n, I) -> Y (n, O) (activation / softmax / dense act)."""
-    _frame_rows(W, m, X, Y)
-
-
-@njit(**NJIT)
 def _bias_act_rows(Y, W, m):
     """Dense epilogue after the GEMM: Y[r] += b, then the activation."""
     bias = W[m[K_DIR + O_B] :][: Y.shape[1]]
@@ -700,7 +694,7 @@ def _stack_rows(ctx, n, r0, r1, t, like):
         else:  # rows r0..r1 only
             X = _view(Xa + 4 * r0 * F0, (r1 - r0) * F0, like).reshape(r1 - r0, F0)
             Y = _view(Ya + 4 * r0 * F, (r1 - r0) * F, like).reshape(r1 - r0, F)
-            _frames_rows(X, Y, W, m)
+            _frame_rows(W, m, X, Y)
         Xa, F0 = Ya, F
 
 
@@ -950,9 +944,8 @@ class BatchedStep:
         the call, then step every listed stream, on the spinning team where it is worth it
         (``engine/team.py``). Returns the status (0: ok; else nothing was written to any state)."""
         n = ids.shape[0]
-        nt = self.threads
-        if self.fused and nt > 1 and self.TEAM_MIN_ROWS <= n <= self.BLOCK and n * self.row_macs >= self.TEAM_MIN:
-            rc = self._on_team(ids, X, out, epoch, nt)
+        if n <= self.BLOCK and self._team_pays(n):
+            rc = self._on_team(ids, X, out, epoch)
             if rc is not None:
                 return rc
         m = self.pk.meta
@@ -961,7 +954,11 @@ class BatchedStep:
             self(ids, X, out, self.arena)
         return rc
 
-    def _on_team(self, ids, X, out, epoch: int, nt: int) -> int | None:
+    def _team_pays(self, n: int) -> bool:
+        """Whether a float32 step of n rows is worth a job on the team."""
+        return self.fused and self.threads > 1 and n >= self.TEAM_MIN_ROWS and n * self.row_macs >= self.TEAM_MIN
+
+    def _on_team(self, ids, X, out, epoch: int) -> int | None:
         """One job on the team (epoch 0: the call is validated already); its status, or None
         where the team is off or busy with another caller's job."""
         tm = team.running() or team.get(numba.config.NUMBA_NUM_THREADS - 1, _team_loop)
@@ -982,6 +979,7 @@ class BatchedStep:
             # ~1 MiB) or where a share is one GEMM chunk; else guided chunks of >= 6 rows, which
             # even out the threads' speeds. Equal shares, not multiples of the 6-row tile: at
             # B=64 36 + 28 rows cost 5% (H=128) and 7% (H=512) more than 32 + 32 (NOTES 45)
+            nt = self.threads
             fine = self.wbytes <= self.TEAM_FINE_BYTES and n > nt * self.CHUNK
             grain = 6 if fine else (n + nt - 1) // nt
             return _team(tm.ctl, self.ctx, ids, X, out, epoch, nt, grain, 0, 0, _F32)
@@ -1032,17 +1030,15 @@ class BatchedStep:
                 np.matmul(cur, Wx, out=Y)
                 _bias_act_rows(Y, W, m)
             else:
-                _frames_rows(cur, Y, W, m)
+                _frame_rows(W, m, cur, Y)
             if not last:
                 cur = Y
                 ping ^= 1
 
     def _step_fused(self, ids, X, out, arena) -> None:
         n = ids.shape[0]
-        nt = self.threads
-        if (nt > 1 and n >= self.TEAM_MIN_ROWS and n * self.row_macs >= self.TEAM_MIN and arena is self.arena
-                and self._on_team(ids, X, out, 0, nt) is not None):  # a block of a validated call
-            return
+        if arena is self.arena and self._team_pays(n) and self._on_team(ids, X, out, 0) is not None:
+            return  # a block of a validated call, on the team
         if self.nt < 1:
             self._alloc_threads(1)
         W = self.pk.W
@@ -1056,7 +1052,7 @@ class BatchedStep:
                 P, pw, pr = next(rec)
                 _rec_rows(ids, cur, Y, arena, W, m, P, pw, pr, 0, n, self.At[0], self.Gt[0], self.HRt[0], self.CHUNK)
             else:  # Dense (row by row, panels), activation, softmax
-                _frames_rows(cur, Y, W, m)
+                _frame_rows(W, m, cur, Y)
             if not last:
                 cur = Y
                 ping ^= 1
