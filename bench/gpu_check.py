@@ -165,7 +165,7 @@ def lstm_head(I, H, O):
 def build(spec, dtype, device, mode=None, **env):
     """A model; mode sets STREAMRNN_CUDA_LAUNCH, env other STREAMRNN_CUDA_* variables
     (GEMM="0": row-tile LSTM kernels, MAPPED_OUT="0": copy the outputs out, PROFILE="1",
-    SEQ="grid": the persistent LSTM sequence kernel, STAGE="fixed": the GEMM's other staging)."""
+    SEQ="grid": the persistent LSTM sequence kernel, STAGE="loop": the GEMM's unpipelined staging)."""
     env = {f"STREAMRNN_CUDA_{k}": v for k, v in env.items()}
     if mode is not None:
         env["STREAMRNN_CUDA_LAUNCH"] = mode
@@ -472,10 +472,12 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
     variants = []
     if B >= 64:
         variants.append(("row-tile LSTM kernels, STREAMRNN_CUDA_GEMM=0", dict(GEMM="0")))
-    if B >= 1024:
-        variants.append(("division-free GEMM staging, STREAMRNN_CUDA_STAGE=fixed", dict(STAGE="fixed")))
+    if B >= 64:
+        variants.append(("unpipelined GEMM staging and tiles of before, STREAMRNN_CUDA_STAGE=loop", dict(STAGE="loop")))
     if B == 1 or B >= 16384:
         variants.append(("no mapped out, STREAMRNN_CUDA_MAPPED_OUT=0", dict(MAPPED_OUT="0")))
+    if B <= 64:
+        variants.append(("frames copied in, STREAMRNN_CUDA_MAPPED_IN=0", dict(MAPPED_IN="0")))
     for name, env_ in variants:
         try:
             mv = build(spec, "float32", "cuda", **env_)
@@ -582,21 +584,33 @@ def seq_case(H, B, T, mg, tmods):
     save()
 
 
-def seq_grid_case(H, B, T, mg, mgg):
-    """The persistent LSTM kernel (STREAMRNN_CUDA_SEQ=grid) against the per-block one, same
-    process: parity (and whether it ran or fell back), then both timed at this B."""
+SEQ_VARIANTS = (
+    ("streamrnn model.run [per-block kernel, STREAMRNN_CUDA_SEQ=block]", dict(SEQ="block")),
+    ("streamrnn model.run [persistent grid, STREAMRNN_CUDA_SEQ=grid]", dict(SEQ="grid")),
+    ("streamrnn model.run [persistent grid, counter barrier, STREAMRNN_CUDA_GRIDSYNC=atomic]",
+     dict(SEQ="grid", GRIDSYNC="atomic")),
+)
+
+
+def seq_grid_case(H, B, T, models):
+    """The persistent LSTM kernel (STREAMRNN_CUDA_SEQ=grid, with either barrier) against the
+    per-block one (STREAMRNN_CUDA_SEQ=block), same process: parity with the per-block kernel
+    (and whether the model ran it or fell back), then each timed at this B (the default,
+    "auto", picks block or grid by B and H). models: [(name, model)] of SEQ_VARIANTS."""
     X = RNG.standard_normal((B, T, H)).astype(np.float32)
-    Yb = mg.run(X)
-    Yg = mgg.run(X)
-    d = float(np.abs(Yg - Yb).max())
-    ok = bool(np.all(np.abs(Yg - Yb) <= 1e-4 + 1e-4 * np.abs(Yb)))
-    mode = mgg._cuda.seq_mode
-    RESULT["parity"].append({"case": f"lstm_head H={H}", "what": f"run B={B} T={T} persistent grid vs per-block "
-                             f"(seq_mode after run: {mode})", "dtype": "float32", "max_abs": d, "ok": ok})
+    Yb = models[0][1].run(X)
+    oks = {}
+    for name, m in models[1:]:
+        Yg = m.run(X)
+        d = float(np.abs(Yg - Yb).max())
+        ok = bool(np.all(np.abs(Yg - Yb) <= 1e-4 + 1e-4 * np.abs(Yb)))
+        oks[name] = (ok, d)
+        RESULT["parity"].append({"case": f"lstm_head H={H}", "what": f"run B={B} T={T} {name} vs per-block "
+                                 f"(seq_mode after run: {m._cuda.seq_mode})", "dtype": "float32", "max_abs": d,
+                                 "ok": ok})
     iters = 3 if ARGS.quick else 8
-    for name, m in (("streamrnn model.run", mg), ("streamrnn model.run [persistent grid, STREAMRNN_CUDA_SEQ=grid]", mgg)):
-        if name == "streamrnn model.run" and B in (1, 64):
-            continue  # timed by seq_case
+    for name, m in models:
+        ok, d = oks.get(name, (True, 0.0))
         st = timeit(lambda: m.run(X), iters, 2.0, warmup=1)
         row = {"H": H, "B": B, "T": T, "method": name, **st, "us_per_step": st["p50_us"] / T,
                "frames_per_s": B * T / (st["p50_us"] / 1e6), "seq_mode": m._cuda.seq_mode, "parity_ok": ok}
@@ -623,10 +637,12 @@ def seq_section() -> None:
         tmods = guarded(f"torch modules H={H}", torch_modules, spec, H, H, 32) if have_torch else None
         for B in (1, 64):
             guarded(f"seq H={H} B={B}", seq_case, H, B, T, mg, tmods, need=8)
-        mgg = guarded(f"build cuda H={H} (seq grid)", build, spec, "float32", "cuda", SEQ="grid")
-        if mgg is not None:
-            for B in (1, 4, 64):
-                guarded(f"seq grid H={H} B={B}", seq_grid_case, H, B, T, mg, mgg, need=8)
+        models = [(name, guarded(f"build cuda H={H} ({name})", build, spec, "float32", "cuda", **env_))
+                  for name, env_ in SEQ_VARIANTS]
+        models = [(name, m) for name, m in models if m is not None]
+        if models and models[0][0] == SEQ_VARIANTS[0][0]:
+            for B in (1, 4, 16, 64):
+                guarded(f"seq grid H={H} B={B}", seq_grid_case, H, B, T, models, need=8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,11 +109,12 @@ def _kernels(H: int):
     out = []
     tiles = ce._tiles()
     for b, (mx, _) in enumerate(tiles):
-        gt = ce._gemm_tile(b, H, 4, 4)
-        if gt is not None:
-            for fixed in (False, True):
-                k = make_lstm_gemm("float32", gt, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False, fixed)
-                out.append((f"lstm_gemm n<={mx} {tuple(gt)}" + (" STAGE=fixed" if fixed else ""), k, step_sig))
+        if ce._gemm_tile(b, H, 4, 4) is not None:
+            for stage in ("pipe", "loop"):
+                gt = ce._gemm_tile(b, H, 4, 4, stage)
+                k = make_lstm_gemm("float32", gt, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False,
+                                   stage == "pipe")
+                out.append((f"lstm_gemm n<={mx} {tuple(gt)} {stage}", k, step_sig))
         else:
             t = ce._tile(b, H, 4, 4)
             k = make_lstm_step("float32", t, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False)
@@ -128,10 +129,11 @@ def _kernels(H: int):
     UPB = -(-H // 132)
     C = 4 * UPB
     KS = max(1, 128 // C)
-    k = make_lstm_seq_grid("float32", C * KS, UPB, 1, H, RT, -1, 0.0, False, acts, HO, CO, 0, False, True)
     grid_sig = (v, m, m, m, nbt.Array(i64, 1, "C"), nbt.Array(i64, 1, "C"), nbt.Array(f, 3, "C"), m,
-                i64, i64, i64, i64, i64)
-    out.append((f"lstm_seq_grid UPB={UPB} NT={C * KS}", k, grid_sig))
+                nbt.Array(i64, 1, "C"), i64, i64, i64, i64, i64)
+    for sync, name in ((1, "cg"), (2, "atomic")):
+        k = make_lstm_seq_grid("float32", C * KS, UPB, 1, H, RT, -1, 0.0, False, acts, HO, CO, 0, False, sync)
+        out.append((f"lstm_seq_grid UPB={UPB} NT={C * KS} barrier={name}", k, grid_sig))
     del np
     return out
 
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
     for H in [int(h) for h in args.H.split(",") if h]:
         for name, k, sig in _kernels(H):
             try:
-                ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=cc)
+                ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=cc, launch_bounds=k.targetoptions.get("launch_bounds"))
             except Exception as e:  # noqa: BLE001
                 print(f"ptx_check: could not compile {name} (H={H}): {type(e).__name__}: {e}", file=sys.stderr)
                 return 2

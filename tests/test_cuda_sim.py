@@ -220,14 +220,14 @@ _CASES = {
         check_stream(mc, mg, "float64")
         check_pool(mc, mg, "float64")
     """,
-    # LSTM step as a tiled GEMM (simulator tile: 4 rows x 4 units, 2x2 units per thread, 2
-    # k-slices, chunks of 4): 3 row blocks x 3 unit blocks (H=10: a partial one), I=5 and H=10
-    # not multiples of the chunk; vs the CPU engine, vs the row-tile kernels
+    # LSTM step as a tiled GEMM (simulator tile: 8 rows x 4 units, 2x2 units per thread, 2
+    # k-slices, chunks of 4, pipelined staging): 2 row blocks x 3 unit blocks (H=10: a partial
+    # one), I=5 and H=10 not multiples of the chunk; vs the CPU engine, vs the row-tile kernels
     # (STREAMRNN_CUDA_GEMM=0), float32 and float64 (projection: GEMM then linear); profile on.
     "lstm_gemm": """
         import os
         from streamrnn.engine import cuda as ce
-        from streamrnn.layers.cuda_common import GemmTile
+        from streamrnn.layers.cuda_common import GemmTile, make_gemm_accum
         os.environ["STREAMRNN_CUDA_PROFILE"] = "1"
         I, H, O = 5, 10, 3
         spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H)),
@@ -237,7 +237,9 @@ _CASES = {
             mc, mg = both(spec, dtype)
             names = [op[0].py_func.__name__ for op in mg._cuda.step_ops(1)]
             assert names[0] == "lstm_gemm" and names[1] == "lstm_gemm", names
-            assert ce._gemm_tile(1, H, 4, mg._cuda.isz) == GemmTile(4, 4, 2, 2, 2, 4)
+            gt = GemmTile(8, 4, 2, 2, 2, 4)
+            assert ce._gemm_tile(1, H, 4, mg._cuda.isz) == gt
+            assert make_gemm_accum(gt, I, 4 * H, H, 4, 0, False, H).staging == "pipe"
             os.environ["STREAMRNN_CUDA_GEMM"] = "0"
             mr = srnn.Model(spec, dtype=dtype, device="cuda")
             os.environ.pop("STREAMRNN_CUDA_GEMM")
@@ -290,8 +292,8 @@ _CASES = {
             close(pg.step(ig, X), pc.step(ic, X), dtype, "parallel-staged pool.step after refusals")
     """,
     # the persistent LSTM sequence kernel (STREAMRNN_CUDA_SEQ=grid: one block under the
-    # simulator, grid syncs) and the same kernel launched per step over several blocks
-    # ("stepwise"): run with ragged lengths (0 included) and an initial state, push, a
+    # simulator, grid syncs, of numba's or the counter barrier) and the same kernel launched
+    # per step over several blocks ("stepwise"): run with ragged lengths (0 included) and an initial state, push, a
     # bidirectional layer with sequences in groups of 2, peepholes + clip + input_forget,
     # float32 and float64, vs the CPU engine
     "lstm_seq_grid": """
@@ -303,12 +305,15 @@ _CASES = {
             "bidir": ModelSpec((LSTMLayer(I, 4, R(2, 16, I), R(2, 16, 4), R(2, 32), direction="bidirectional"),
                                 LSTMLayer(8, 5, R(1, 20, 8), R(1, 20, 5), R(1, 40)))),
         }
-        for mode in ("grid", "stepwise"):
+        for mode in ("grid", "stepwise", "grid-atomic"):
             for name, spec in specs.items():
                 for dtype in ("float32", "float64"):
-                    os.environ["STREAMRNN_CUDA_SEQ"] = mode
+                    os.environ["STREAMRNN_CUDA_SEQ"] = mode.split("-")[0]
+                    os.environ["STREAMRNN_CUDA_GRIDSYNC"] = "atomic" if mode == "grid-atomic" else "cg"
                     mg = srnn.Model(spec, dtype=dtype, device="cuda")
                     os.environ.pop("STREAMRNN_CUDA_SEQ")
+                    os.environ.pop("STREAMRNN_CUDA_GRIDSYNC")
+                    assert mg._cuda.grid_barrier == ("atomic" if mode == "grid-atomic" else "cg")
                     mc = srnn.Model(spec, dtype=dtype, device="cpu")
                     eng = mg._cuda
                     eng.GRID_BMAX = 6  # (the fallback case below then stays small)
@@ -341,34 +346,55 @@ _CASES = {
                         Xs = rng.standard_normal((4, I)).astype(dtype)
                         close(sg_.push(Xs), sc_.push(Xs), dtype, f"{mode} push")
                         close(sg_.state.data, sc_.state.data, dtype, f"{mode} push state")
+        # the default, "auto": the persistent kernel for at most GRID_AUTO_B sequences, or for
+        # any count up to GRID_BMAX once H >= GRID_AUTO_H; the per-block kernel otherwise
+        spec = specs["peep"]
+        mg, mc = srnn.Model(spec, device="cuda"), srnn.Model(spec, device="cpu")
+        eng = mg._cuda
+        assert eng.seq_mode == "auto"
+        eng.GRID_AUTO_B = 2
+        calls = []
+        orig = eng._seq_grid
+        eng._seq_grid = lambda *a: calls.append(a[0]) or orig(*a)
+        for B, auto_h, grid in ((2, 256, True), (3, 256, False), (3, H, True)):
+            eng.GRID_AUTO_H = auto_h
+            n0 = len(calls)
+            X = rng.standard_normal((B, 3, I)).astype("float32")
+            close(mg.run(X), mc.run(X), "float32", f"auto run B={B} GRID_AUTO_H={auto_h}")
+            assert (len(calls) > n0) == grid, (B, auto_h, calls)
     """,
-    # the GEMM's division-free staging (STREAMRNN_CUDA_STAGE=fixed) on a tile whose thread count
-    # divides both tiles: pool.step against the CPU engine, odd row counts, 5 unit blocks
-    "gemm_fixed_stage": """
+    # the GEMM's unpipelined staging: STREAMRNN_CUDA_STAGE=loop on a tile that could pipeline,
+    # and a tile whose thread count does not divide its staged tiles (loop staging whatever
+    # the setting): pool.step against the CPU engine, odd row counts, 5 unit blocks
+    "gemm_loop_stage": """
         import os
         from streamrnn.engine import cuda as ce
         from streamrnn.layers.cuda_common import GemmTile, make_gemm_accum
-        gt = GemmTile(4, 2, 2, 1, 2, 4)
-        ce.GEMM_TILES = [None, gt]
         I, H, O = 5, 10, 3
         spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H)),
                           DenseLayer(R(O, H), R(O))))
-        assert make_gemm_accum(gt, I, 4 * H, H, 4, 0, False, H, True).staging == "fixed"
-        assert make_gemm_accum(gt, I, 4 * H, H, 4, 0, False, H).staging == "loop"
+        odd = GemmTile(4, 2, 2, 1, 2, 6)  # 8 threads, 6-deep chunks: 8 does not divide 6
+        assert make_gemm_accum(odd, I, 4 * H, H, 4, 0, False, H).staging == "loop"
+        assert make_gemm_accum(GemmTile(8, 4, 2, 2, 2, 4), I, 4 * H, H, 4, 0, False, H, False).staging == "loop"
         for dtype in ("float32", "float64"):
-            os.environ["STREAMRNN_CUDA_STAGE"] = "fixed"
-            mg = srnn.Model(spec, dtype=dtype, device="cuda")
-            os.environ.pop("STREAMRNN_CUDA_STAGE")
-            assert mg._cuda.fixed_stage and mg._cuda.step_ops(1)[0][0].py_func.__name__ == "lstm_gemm"
             mc = srnn.Model(spec, dtype=dtype, device="cpu")
-            pc, pg = mc.pool(12), mg.pool(12)
-            ic, ig = pc.open(12), pg.open(12)
-            for s, n in enumerate((9, 12, 2, 7)):
-                sel = rng.permutation(12)[:n]
-                X = rng.standard_normal((n, I)).astype(dtype)
-                close(pg.step(ig[sel], X), pc.step(ic[sel], X), dtype, f"fixed staging pool.step {s} n={n}")
-            for sid in range(12):
-                close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"fixed staging state {sid}")
+            os.environ["STREAMRNN_CUDA_STAGE"] = "loop"
+            ml = srnn.Model(spec, dtype=dtype, device="cuda")
+            os.environ.pop("STREAMRNN_CUDA_STAGE")
+            mo = srnn.Model(spec, dtype=dtype, device="cuda")
+            assert ml._cuda.stage == "loop" and mo._cuda.stage == "pipe"
+            for what, mg, tiles in (("loop staging", ml, None), ("odd tile", mo, [None, odd])):
+                ce.GEMM_TILES = tiles  # the kernels are built at a pool's first step
+                assert mg._cuda.step_ops(1)[0][0].py_func.__name__ == "lstm_gemm"
+                pc, pg = mc.pool(12), mg.pool(12)
+                ic, ig = pc.open(12), pg.open(12)
+                for s, n in enumerate((9, 12, 2, 7)):
+                    sel = rng.permutation(12)[:n]
+                    X = rng.standard_normal((n, I)).astype(dtype)
+                    close(pg.step(ig[sel], X), pc.step(ic[sel], X), dtype, f"{what} pool.step {s} n={n}")
+                for sid in range(12):
+                    close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"{what} state {sid}")
+                ce.GEMM_TILES = None
     """,
     # bidirectional LSTM + reverse GRU: run only; float32
     "bidir_run": """

@@ -18,7 +18,7 @@ Design
   many (see :mod:`streamrnn.layers.dense.cuda`); an LSTM layer with more than one stream
   runs as a shared-memory tiled GEMM over ``[x | h] @ [Wt ; Rt]`` with the cell update as its
   epilogue (:mod:`streamrnn.layers.cuda_common`, ``STREAMRNN_CUDA_GEMM=0`` turns it off;
-  ``STREAMRNN_CUDA_STAGE=fixed`` selects its other tile staging, an experiment).
+  ``STREAMRNN_CUDA_STAGE=loop`` selects the unpipelined staging and tiles of before, an A/B).
   ``STREAMRNN_CUDA_PROFILE=1`` records per-phase host times (``CudaPool.profile()``). New hidden states go to a per-row feature buffer
   and are committed to the arena by the last kernel, so no kernel reads a state another block of
   the same kernel writes.
@@ -89,6 +89,9 @@ _tls = threading.local()  # per thread: the CUDA context was made current
 #: frames of at least this many values per pool.step are staged by all threads (waking numba's
 #: workers costs tens of µs; staging 4 MiB costs ~300 µs on one core here; NOTES entry 35)
 PACK_PAR_MIN = 1 << 20
+#: largest call (staged bytes: rows x (8 + frame bytes)) whose kernels read the frames from
+#: mapped host memory instead of a copy in (every unit block of the first layer reads them)
+MAPPED_IN_MAX = 64 * 1024
 
 _NO_GPU = "device: expected a CUDA GPU for device='cuda', got none ({})"
 
@@ -258,18 +261,21 @@ def _tiles():
     ]
 
 
-def _gemm_tiles():
+def _gemm_tiles(stage: str = "pipe"):
     """Per bucket of ``_tiles()``: the shared-memory tiled GEMM tile of the LSTM step (see
-    streamrnn/layers/cuda_common.py), or None for the row-tile kernel."""
+    streamrnn/layers/cuda_common.py), or None for the row-tile kernel. ``stage="loop"``: the
+    tiles of the unpipelined staging (before NOTES entry 50), for an A/B."""
     from ..layers.cuda_common import GemmTile
 
-    if simulator():  # 8 threads, 4 rows x 4 units per block, 2 k-slices, 2x2 units per thread
-        return [None, GemmTile(4, 4, 2, 2, 2, 4)]
+    if simulator():  # 16 threads, 8 rows x 4 units per block, 2 k-slices, 2x2 units per thread
+        return [None, GemmTile(8, 4, 2, 2, 2, 4)]
     return [
         None,
         GemmTile(32, 8, 4, 1, 4, 64),  # few streams: 256 threads, 4 k-slices, 64-deep chunks
         GemmTile(64, 16, 8, 1, 1, 32),  # 128 threads, 8 rows x 4 gates per thread
-        GemmTile(128, 16, 8, 1, 1, 32),  # 256 threads, output tile 128 rows x 64 gate columns
+        # many streams: 256 threads, output tile 128 rows x 128 gate columns, 8 rows x 2 units x
+        # 4 gates per thread (64 FMAs per 16 shared loads)
+        GemmTile(128, 32, 8, 2, 1, 16) if stage == "pipe" else GemmTile(128, 16, 8, 1, 1, 32),
     ]
 
 
@@ -278,7 +284,7 @@ STEP_TILES = None
 #: per bucket, a GemmTile or None (parallel to STEP_TILES / _tiles()); replaceable likewise
 GEMM_TILES = None
 #: accumulators per thread that stay in registers (ptxas, sm_90), by item size
-MAX_ACC = {4: 48, 8: 16}
+MAX_ACC = {4: 64, 8: 16}
 #: static shared memory budget of a row-tile block (bytes)
 MAX_SMEM = 40 * 1024
 
@@ -321,10 +327,10 @@ def _tile(bucket: int, N: int, AW: int = 1, isz: int = 4):
     return t
 
 
-def _gemm_tile(bucket: int, N: int, G: int, isz: int):
+def _gemm_tile(bucket: int, N: int, G: int, isz: int, stage: str = "pipe"):
     """The bucket's GEMM tile for N units of G gates (None: use the row-tile kernel), shrunk
     for small N, for the accumulator budget of the item size and for shared memory."""
-    gts = GEMM_TILES if GEMM_TILES is not None else _gemm_tiles()
+    gts = GEMM_TILES if GEMM_TILES is not None else _gemm_tiles(stage)
     gt = gts[bucket] if bucket < len(gts) else None
     if gt is None:
         return None
@@ -461,20 +467,29 @@ class CudaEngine:
         self.mode = mode
         #: LSTM step as a shared-memory tiled GEMM where the bucket has a GemmTile
         self.use_gemm = os.environ.get("STREAMRNN_CUDA_GEMM", "1") != "0"
-        #: staging of the GEMM tiles: "loop" (default) or "fixed" (see make_gemm_accum; an A/B
-        #: for bench/gpu_check.py until a GPU run decides it)
-        self.fixed_stage = os.environ.get("STREAMRNN_CUDA_STAGE", "loop").lower() == "fixed"
+        #: staging of the GEMM tiles: "pipe" (default: next chunk's loads in flight during this
+        #: chunk's FMAs, larger tiles) or "loop" (before; make_gemm_accum, an A/B for gpu_check)
+        self.stage = "loop" if os.environ.get("STREAMRNN_CUDA_STAGE", "pipe").lower() == "loop" else "pipe"
         #: run / push of an LSTM layer (no projection) over at most GRID_BMAX sequences:
         #: "block" = one block per few sequences (make_lstm_seq); "grid" = the persistent
-        #: kernel spread over the GPU with grid syncs (make_lstm_seq_grid; opt-in until it
-        #: has been checked on hardware, bench/gpu_check.py); "stepwise" = the same kernel
-        #: launched once per step (the simulator's multi-block check of it)
-        self.seq_mode = os.environ.get("STREAMRNN_CUDA_SEQ", "block").lower()
-        if self.seq_mode not in ("block", "grid", "stepwise"):
-            raise StreamRNNError(f"STREAMRNN_CUDA_SEQ: expected block, grid or stepwise, got {self.seq_mode!r}")
+        #: kernel spread over the GPU with grid syncs (make_lstm_seq_grid); "auto" (default) =
+        #: grid where the H200 measured it faster (``_grid_cfg``, NOTES entry 52); "stepwise" =
+        #: the grid kernel launched once per step (the simulator's multi-block check of it)
+        self.seq_mode = os.environ.get("STREAMRNN_CUDA_SEQ", "auto").lower()
+        if self.seq_mode not in ("auto", "block", "grid", "stepwise"):
+            raise StreamRNNError(f"STREAMRNN_CUDA_SEQ: expected auto, block, grid or stepwise, got {self.seq_mode!r}")
+        #: the persistent kernel's per-step barrier: "cg" (numba's grid sync) or "atomic" (a
+        #: counter in global memory; an A/B for bench/gpu_check.py, NOTES entry 53)
+        self.grid_barrier = os.environ.get("STREAMRNN_CUDA_GRIDSYNC", "cg").lower()
+        if self.grid_barrier not in ("cg", "atomic"):
+            raise StreamRNNError(f"STREAMRNN_CUDA_GRIDSYNC: expected cg or atomic, got {self.grid_barrier!r}")
         #: the last kernel writes the outputs straight into mapped pinned host memory
         #: (graph / driver paths; no device-to-host copy)
         self.mapped_out = os.environ.get("STREAMRNN_CUDA_MAPPED_OUT", "1") != "0" and mode != "numba"
+        #: calls of at most MAPPED_IN_MAX staged bytes: the kernels read ids and frames straight
+        #: from the mapped pinned staging rows (graph / driver paths; no copy-in node: a
+        #: host-to-device copy costs ~6-13 us on the H200 host, NOTES entry 51)
+        self.mapped_in = os.environ.get("STREAMRNN_CUDA_MAPPED_IN", "1") != "0" and mode != "numba"
         #: per-phase host timings of pool.step / stream.step (see CudaPool.profile)
         self.profile = os.environ.get("STREAMRNN_CUDA_PROFILE", "0") not in ("", "0")
         self._lock = threading.Lock()
@@ -484,6 +499,7 @@ class CudaEngine:
         for fn, sig in _pack_sigs(self.dtype):  # host packing kernels: compiled at load
             fn.compile(sig)
         self._dummy_i = cuda.to_device(np.zeros(1, np.int64))
+        self._zero_i = np.zeros(1, np.int64)
         self._dummy_2 = cuda.to_device(np.zeros((1, 1), self.dtype))
         self._step_layout()
 
@@ -533,9 +549,14 @@ class CudaEngine:
                 return k, t
             t = t._replace(UPT=t.UPT // 2) if t.UPT > 1 else t._replace(RPT=t.RPT // 2)
 
+    #: bytes of local memory per thread that ``_fitted_gemm`` accepts (ptxas spills a register
+    #: or two of the 128-register float32 tiles; 64 float accumulators would be 256 bytes)
+    SPILL_OK = 16
+
     def _fitted_gemm(self, make, gt, first, *args):
         """``make(dtype, gt, *args)`` with TM halved (threads doubled, same rows per block) until
-        ptxas keeps the accumulators in registers. Real GPU only."""
+        ptxas keeps the accumulators in registers (a spill of a few bytes, SPILL_OK, is not an
+        accumulator array in local memory). Real GPU only."""
         from ..layers.cuda_common import gemm_threads
 
         while True:
@@ -544,7 +565,7 @@ class CudaEngine:
                 return k, gt
             try:
                 kern = k.compile(self._sig(first))
-                if kern.local_mem_per_thread == 0:
+                if kern.local_mem_per_thread <= self.SPILL_OK:
                     return k, gt
                 log.debug("streamrnn cuda: %s spills (%d bytes local); halving TM", gt, kern.local_mem_per_thread)
             except Exception as e:  # pragma: no cover - real GPU only
@@ -597,9 +618,9 @@ class CudaEngine:
                          d["WT"], d["RT"], d["B"], d["PEEP"], d["CLIP"],
                          bool(L.flags & F_INPUT_FORGET), d["ACTS"][:9], d["HO"], d["CO"],
                          last and not proj)
-                gt = _gemm_tile(bucket, L.H, 4, self.isz) if self.use_gemm else None
+                gt = _gemm_tile(bucket, L.H, 4, self.isz, self.stage) if self.use_gemm else None
                 if gt is not None:
-                    k, gt = self._fitted_gemm(make_lstm_gemm, gt, first, *largs, self.fixed_stage)
+                    k, gt = self._fitted_gemm(make_lstm_gemm, gt, first, *largs, self.stage == "pipe")
                     gemm_op(k, gt, L.H, first)
                 else:
                     t = _tile(bucket, L.H, 4, self.isz)
@@ -669,6 +690,11 @@ class CudaEngine:
 
     #: at most this many sequences run with make_lstm_seq_grid ...
     GRID_BMAX = 64
+    #: ... and with seq_mode "auto" at most this many, unless H >= GRID_AUTO_H (H200, T=250,
+    #: us per step, grid vs block: H=128 B=1 13.6 vs 28.3, B=4 15.2 vs 31.1, B=64 51.3 vs
+    #: 46.3; H=512 B=1 13.2 vs 175.6, B=4 17.1 vs 180.8, B=64 146.9 vs 253.7)
+    GRID_AUTO_B = 16
+    GRID_AUTO_H = 256
     #: ... through shared memory in groups of at most this many
     GRID_GROUP = 8
     #: static shared memory of a block of make_lstm_seq_grid (bytes, numba's static limit 48 KiB)
@@ -681,9 +707,11 @@ class CudaEngine:
         memory)."""
         if self.seq_mode == "block" or L.kind != LSTM or L.dirs[0]["PROJ"] >= 0 or not 0 < B <= self.GRID_BMAX:
             return None
+        if self.seq_mode == "auto" and B > self.GRID_AUTO_B and L.H < self.GRID_AUTO_H:
+            return None
         H = L.H
         if self.sim:  # the simulator syncs grids of one block only; "stepwise" spreads over several
-            UPB = H if self.seq_mode == "grid" else 2
+            UPB = H if self.seq_mode in ("grid", "auto") else 2
         else:
             UPB = _cdiv(H, self.n_sm)
         C = 4 * UPB
@@ -706,12 +734,15 @@ class CudaEngine:
         from ..layers.lstm.cuda import make_lstm_seq_grid
 
         NT, UPB, BMAX, nblk = cfg
-        grid_sync = self.seq_mode == "grid"
+        grid_sync = self.seq_mode in ("grid", "auto")
         k = make_lstm_seq_grid(self.dts, NT, UPB, BMAX, L.H, dd["RT"], dd["PEEP"], dd["CLIP"],
-                               bool(L.flags & F_INPUT_FORGET), dd["ACTS"][:9], dd["HO"], dd["CO"], col0, rev, grid_sync)
+                               bool(L.flags & F_INPUT_FORGET), dd["ACTS"][:9], dd["HO"], dd["CO"], col0, rev,
+                               (2 if self.grid_barrier == "atomic" else 1) if grid_sync else 0)
         hbuf = self._buf("hbuf", (2, B, L.H))
         cbuf = self._buf("cbuf", (B, L.H))
-        args = (self.W, XW, Y, st_d, sidx_d, lens_d, hbuf, cbuf, B, T)
+        bar = self._buf("gbar", (1,), np.int64)
+        bar.copy_to_device(self._zero_i, stream=s)  # the counter barrier starts from zero
+        args = (self.W, XW, Y, st_d, sidx_d, lens_d, hbuf, cbuf, bar, B, T)
         if grid_sync:
             if not self.sim:  # pragma: no cover - real GPU only
                 fits = self._coop.get(k)  # once per kernel: compile + occupancy query
@@ -869,6 +900,7 @@ class _Core:
         self.last_n = -1
         self.mode = eng.mode
         self.mapped = eng.mapped_out
+        self.mapped_in = eng.mapped_in
         #: STREAMRNN_CUDA_PROFILE: (n, pack, launch, sync, copy-out) ns per call; _tl: launch done
         self.prof = [] if eng.profile else None
         self._tl = 0
@@ -895,7 +927,23 @@ class _Core:
         self.in_d = cuda.device_array((nmax, P), np.uint8)
         self.ids_d = self.in_d.view(np.int64)[:, 0]
         self.X_d = self.in_d.view(eng.dtype)[:, c0 : c0 + I]
-        self.hin = cuda.pinned_array((nmax, P), np.uint8)
+        self.hin = self.in_m = None
+        if self.mapped_in:
+            try:  # pinned and mapped: the copy-in reads it, and so can the kernels (small calls)
+                from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+                hin_m = cuda.mapped_array((nmax, P), np.uint8)
+                self.in_m = DeviceNDArray((nmax, P), (P, 1), np.uint8, gpu_data=hin_m.gpu_data)
+                self.hin = np.ndarray.view(hin_m, np.ndarray)  # plain host view (keeps hin_m alive)
+            except Exception as e:  # pragma: no cover - real GPU only
+                log.warning("streamrnn cuda: no mapped host memory for the frames (%s); copying them in", e)
+                self.mapped_in = False
+                self.hin = self.in_m = None
+        if self.hin is None:
+            self.hin = cuda.pinned_array((nmax, P), np.uint8)
+        src_in = self.in_m if self.in_m is not None else self.in_d
+        self.ids_m = src_in.view(np.int64)[:, 0]
+        self.X_m = src_in.view(eng.dtype)[:, c0 : c0 + I]
         self.hids = self.hin.view(np.int64)[:, 0]
         self.hX = self.hin.view(eng.dtype)[:, c0 : c0 + I]
         self.h64, self.hf, self.c0 = self.hin.view(np.int64), self.hin.view(eng.dtype), c0  # C-contiguous views
@@ -943,11 +991,17 @@ class _Core:
             except Exception:  # pragma: no cover
                 pass
 
-    def _args(self, first: bool):
-        """Kernel arguments of the driver / graph paths."""
+    def _args(self, first: bool, mi: bool = False):
+        """Kernel arguments of the driver / graph paths; mi: ids and frames read from the
+        mapped staging rows (``_mapped_in``)."""
         e = self.eng
         out = self.hout_m if (self.mapped and self.hout_m is not None) else self.out_d
-        return (e.W, self.ids_d, self.X_d if first else self.feat_d, self.feat_d, out, self.arena, 1)
+        ids, X = (self.ids_m, self.X_m) if mi else (self.ids_d, self.X_d)
+        return (e.W, ids, X if first else self.feat_d, self.feat_d, out, self.arena, 1)
+
+    def _mapped_in(self, n: int) -> bool:
+        """Whether a call of n rows skips the copy in (kernels read the mapped rows)."""
+        return self.mapped_in and self.in_m is not None and n * self.pitch <= MAPPED_IN_MAX
 
     def _ops(self, bucket):
         ops = self.ops.get(bucket)
@@ -955,18 +1009,18 @@ class _Core:
             ops = self.ops[bucket] = self.eng.step_ops(bucket)
         return ops
 
-    def _bound(self, bucket):
-        """Driver-launch form of the bucket's ops for the current buffers."""
-        b = self.bound.get(bucket)
+    def _bound(self, bucket, mi: bool = False):
+        """Driver-launch form of the bucket's ops for the current buffers (mi: ``_args``)."""
+        b = self.bound.get((bucket, mi))
         if b is not None and b[0] == self.gen:
             return b[1]
         drv = self.eng.drv
         out = []
         for disp, first, block, grid in self._ops(bucket):
-            args = self._args(first)
+            args = self._args(first, mi)
             kernel = disp.compile(tuple(disp.typeof_pyval(a) for a in args))
             out.append((drv.function(kernel), _Params(kernel, args), block, grid))
-        self.bound[bucket] = (self.gen, out)
+        self.bound[(bucket, mi)] = (self.gen, out)
         return out
 
     # -- the step --------------------------------------------------------------------------
@@ -1021,8 +1075,10 @@ class _Core:
     def _enqueue(self, n, bucket):
         drv = self.eng.drv
         cu, chk, hs = drv.cu, drv.check, self.cstream
-        bound = self._bound(bucket)
-        chk(cu.cuMemcpyHtoDAsync(_dptr(self.in_d), self.hin.ctypes.data, n * self.pitch, hs), "cuMemcpyHtoDAsync")
+        mi = self._mapped_in(n)
+        bound = self._bound(bucket, mi)
+        if not mi:
+            chk(cu.cuMemcpyHtoDAsync(_dptr(self.in_d), self.hin.ctypes.data, n * self.pitch, hs), "cuMemcpyHtoDAsync")
         for fn, params, block, grid in bound:
             params.n.value = n
             gx, gy = grid(n)
@@ -1034,7 +1090,7 @@ class _Core:
     def _capture(self, n, bucket):
         drv = self.eng.drv
         cu, hs = drv.cu, self.cstream
-        self._bound(bucket)  # compile outside the capture
+        self._bound(bucket, self._mapped_in(n))  # compile outside the capture
         drv.check(cu.cuStreamBeginCapture(hs, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
                   "cuStreamBeginCapture")
         try:

@@ -51,64 +51,84 @@ def gemm_smem(gt: GemmTile, G: int) -> int:
 
 @lru_cache(maxsize=None)
 def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, NU: int,
-                    FIXED: bool = False):
-    """``accum(acc, As, Bs, av, W, woff, A, ids, rbase, n, jb, tid)``:
+                    PIPE: bool = True):
+    """``accum(acc, As, Bs, av, va, vb, W, woff, A, ids, rbase, n, jb, tid)``:
 
     ``acc[(q*TU+u)*G + g] += sum_k A[row(rbase + ty + TY*q), COL0 + k] * W[woff + k*LDW + g*GS + j]``
     for this thread's rows q < TM, units j = jb + tx + TX*u (u < TU), gates g < G, k < K (its
     KS slice of every chunk). row(r) = ids[r] if USE_IDS else r; rows >= n and units >= NU
     contribute zeros (the caller ignores them). As: shared (BK, BM+1), Bs: shared (BK, G*BU),
-    av: local (TM,).
+    av: local (TM,), va / vb: local (gemm_stage_items(gt, G)) (the pipelined staging's registers).
 
-    FIXED (``STREAMRNN_CUDA_STAGE=fixed``, an experiment for a device session, NOTES entry 36):
-    where the thread count divides the tiles evenly, each thread stages the same k of rows RA
-    apart in A and the same column of B in every chunk (no division per element; the block's
-    source rows read once into shared memory): ~300 instead of ~900 instructions per chunk, but
-    ptxas gives 151-161 instead of 96-118 registers for the large tiles (half the blocks per SM).
+    Staging, ``accum.staging``:
+
+    * ``"pipe"`` (PIPE and the thread count divides both tiles evenly, ``gemm_pipelined``): each
+      thread stages the same k of rows NT/BK apart in A and the same column of B in every chunk
+      (no division per element; the block's source rows read once into shared memory), and loads
+      the *next* chunk from global memory into registers (va, vb) before it multiplies the
+      current one: the loads' latency hides behind the FMAs (register double buffering).
+      NOTES entry 50.
+    * ``"loop"``: load, store, synchronise, multiply, chunk after chunk, any thread count
+      (``STREAMRNN_CUDA_STAGE=loop`` selects it everywhere, for an A/B).
     """
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
     NT = TX * TY * KS
     GB = G * BU
-    FAST = FIXED and NT % BK == 0 and (BM * BK) % NT == 0 and NT % GB == 0 and (BK * GB) % NT == 0
+    FAST = PIPE and gemm_pipelined(gt, G)
     NA, RA = BM * BK // NT, NT // BK  # FAST: A items per thread, row step
     NB, RB = BK * GB // NT, NT // GB  # FAST: B items per thread, k step
 
     @jit(device=True)
-    def accum(acc, As, Bs, av, W, woff, A, ids, rbase, n, jb, tid):
+    def accum(acc, As, Bs, av, va, vb, W, woff, A, ids, rbase, n, jb, tid):
         # masked: LLVM then knows these are >= 0 and drops numba's negative-index tests
         tx = (tid % TX) & 0x3FFFFFFF
         ty = ((tid // TX) % TY) & 0x3FFFFFFF
-        ks = (tid // (TX * TY)) & 0x3FFFFFFF
+        ks = (tid // (TX * TY)) & 0x3FFFFFFF if KS > 1 else 0
         ka, ra = tid % BK, tid // BK  # FAST: this thread's k in the A tile, its first row
         cb, kb = tid % GB, tid // GB  # FAST: this thread's column in the B tile, its first k
         jbu = jb + cb % BU
         wcol = woff + (cb // BU) * GS + jbu
         if FAST:
             rows = cuda.shared.array(BM, nbt.int32)  # the block's source rows (-1: none)
+            cuda.syncthreads()  # the previous accum's last chunk may still read As / Bs
             for rr in range(tid, BM, NT):
                 r = rbase + rr
                 rows[rr] = -1
                 if r < n:
                     rows[rr] = ids[r] if USE_IDS else r
+            cuda.syncthreads()
+            for i in range(NA):  # chunk 0 into registers
+                g = rows[ra + RA * i]
+                va[i] = 0
+                if g >= 0 and ka < K:
+                    va[i] = A[g, COL0 + ka]
+            for i in range(NB):
+                kx = kb + RB * i
+                vb[i] = 0
+                if jbu < NU and kx < K:
+                    vb[i] = W[wcol + kx * LDW]
         for k0 in range(0, K, BK):
             cuda.syncthreads()
             if FAST:
-                kx = k0 + ka
                 for i in range(NA):
-                    rr = ra + RA * i
-                    g = rows[rr]
-                    v = As[0, 0] * 0
-                    if g >= 0 and kx < K:
-                        v = A[g, COL0 + kx]
-                    As[ka, rr] = v
+                    As[ka, ra + RA * i] = va[i]
                 for i in range(NB):
-                    kk = kb + RB * i
-                    kx = k0 + kk
-                    v = Bs[0, 0] * 0
-                    if jbu < NU and kx < K:
-                        v = W[wcol + kx * LDW]
-                    Bs[kk, cb] = v
+                    Bs[kb + RB * i, cb] = vb[i]
+                cuda.syncthreads()
+                k1 = k0 + BK
+                if k1 < K:  # the next chunk's loads, in flight during this chunk's FMAs
+                    kx = k1 + ka
+                    for i in range(NA):
+                        g = rows[ra + RA * i]
+                        va[i] = 0
+                        if g >= 0 and kx < K:
+                            va[i] = A[g, COL0 + kx]
+                    for i in range(NB):
+                        kx = k1 + kb + RB * i
+                        vb[i] = 0
+                        if jbu < NU and kx < K:
+                            vb[i] = W[wcol + kx * LDW]
             else:
                 # stage A: BM rows x BK columns (consecutive threads: consecutive k of one row)
                 for e in range(tid, BM * BK, NT):
@@ -135,11 +155,11 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
                         Bs[kk, c] = W[woff + kx * LDW + g * GS + j]
                     else:
                         Bs[kk, c] = 0
-            cuda.syncthreads()
+                cuda.syncthreads()
             # the whole chunk, also past K (staged as zeros): a constant trip count, and indices
             # LLVM can prove >= 0 (see tx / ty / ks above; NOTES entry 36)
             for k1 in range(BK // KS):
-                kk = ks + KS * k1
+                kk = (ks + KS * k1) & 0x3FFFFFFF
                 for q in range(TM):
                     av[q] = As[kk, ty + TY * q]
                 for u in range(TU):
@@ -148,8 +168,24 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
                         for q in range(TM):
                             acc[(q * TU + u) * G + g] += av[q] * w
 
-    accum.staging = "fixed" if FAST else "loop"  # which staging this tile got (tests, benchmarks)
+    accum.staging = "pipe" if FAST else "loop"  # which staging this tile got (tests, benchmarks)
     return accum
+
+
+def gemm_pipelined(gt: GemmTile, G: int) -> bool:
+    """Whether the tile's thread count divides both staged tiles evenly (the pipelined staging)."""
+    BM, BU, TM, TU, KS, BK = gt
+    NT = gemm_threads(gt)
+    GB = G * BU
+    return NT % BK == 0 and (BM * BK) % NT == 0 and NT % GB == 0 and (BK * GB) % NT == 0
+
+
+def gemm_stage_items(gt: GemmTile, G: int) -> tuple:
+    """Register items per thread of the pipelined staging: (A items, B items); (1, 1) if unused."""
+    if not gemm_pipelined(gt, G):
+        return 1, 1
+    NT = gemm_threads(gt)
+    return gt.BM * gt.BK // NT, gt.BK * G * gt.BU // NT
 
 
 @lru_cache(maxsize=None)

@@ -113,27 +113,46 @@ def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OU
 @lru_cache(maxsize=None)
 def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
                    WT: int, RT: int, BO: int, PEEP: int, CLIP: float, IFG: bool, ACTS: tuple,
-                   HO: int, CO: int, LAST: bool, FIXED: bool = False):
+                   HO: int, CO: int, LAST: bool, PIPE: bool = True):
     """``make_lstm_step`` as a shared-memory tiled GEMM (see :mod:`streamrnn.layers.cuda_common`):
     same arguments, same results; grid (ceil(n/BM), ceil(H/BU)), gemm_threads(gt) threads.
-    A block owns BM rows x BU units with all 4 gates, so the cell update is its epilogue."""
-    from ..cuda_common import gemm_red_size, make_gemm_accum, make_gemm_reduce
+    A block owns BM rows x BU units with all 4 gates, so the cell update is its epilogue.
+    PIPE: the pipelined staging where the tile allows it (``make_gemm_accum``)."""
+    from ..cuda_common import gemm_red_size, gemm_stage_items, gemm_threads, make_gemm_accum, make_gemm_reduce
 
     nbt = nbtype(dtype)
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
     G4 = 4 * H
-    acc_x = make_gemm_accum(gt, I, G4, H, 4, IN0, False, H, FIXED)
-    acc_h = make_gemm_accum(gt, HR, G4, H, 4, HO, True, H, FIXED)
+    acc_x = make_gemm_accum(gt, I, G4, H, 4, IN0, False, H, PIPE)
+    acc_h = make_gemm_accum(gt, HR, G4, H, 4, HO, True, H, PIPE)
     reduce = make_gemm_reduce(gt, 4)
     RED = gemm_red_size(gt, 4)
     NACC = TM * TU * 4
+    NA, NB = gemm_stage_items(gt, 4)
     cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
     # shared-array shapes must be compile-time constants: arithmetic inside the kernel (BM + 1)
     # types as a plain int64 on real hardware (the simulator does not type-check this)
     BM1, BU4 = int(BM) + 1, 4 * int(BU)
 
-    @jit()
+    @jit(device=True, forceinline=False)
+    def epilogue(W, ids, dst, out, arena, r, j, ai, ao, af, ac):
+        # a call, not inlined: the unrolled loop below then stays small, so every acc index is
+        # a constant and acc stays in registers (TM*TU cells inlined spill it to local memory)
+        sid = ids[r]
+        cp = arena[sid, CO + j]
+        cn, hn = cell(W, j, W[BO + j] + ai, W[BO + H + j] + ao, W[BO + 2 * H + j] + af,
+                      W[BO + 3 * H + j] + ac, cp)
+        arena[sid, CO + j] = cn
+        dst[r, OUT0 + j] = hn
+        if LAST:
+            out[r, j] = hn
+
+    NT = gemm_threads(gt)
+    # float32 tiles of <= 256 threads: at most 128 registers, two blocks per SM
+    MINB = 2 if (nbt.bitwidth == 32 and NT <= 256) else 1
+
+    @jit(launch_bounds=(NT, MINB))
     def lstm_gemm(W, ids, src, dst, out, arena, n):
         tid = cuda.threadIdx.x
         tx = tid % TX
@@ -146,30 +165,23 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
         red = cuda.shared.array(RED, nbt)
         acc = cuda.local.array(NACC, nbt)
         av = cuda.local.array(TM, nbt)
+        va = cuda.local.array(NA, nbt)
+        vb = cuda.local.array(NB, nbt)
         for a in range(NACC):
             acc[a] = 0
-        acc_x(acc, As, Bs, av, W, WT, src, ids, rbase, n, jb, tid)
-        acc_h(acc, As, Bs, av, W, RT, arena, ids, rbase, n, jb, tid)
+        acc_x(acc, As, Bs, av, va, vb, W, WT, src, ids, rbase, n, jb, tid)
+        acc_h(acc, As, Bs, av, va, vb, W, RT, arena, ids, rbase, n, jb, tid)
         reduce(acc, red, tid)
         if ks == 0:
             for q in range(TM):
                 r = rbase + ty + TY * q
-                if r < n:
-                    sid = ids[r]
-                    for u in range(TU):
-                        j = jb + tx + TX * u
-                        if j < H:
-                            a0 = (q * TU + u) * 4
-                            gi = W[BO + j] + acc[a0]
-                            go = W[BO + H + j] + acc[a0 + 1]
-                            gf = W[BO + 2 * H + j] + acc[a0 + 2]
-                            gc = W[BO + 3 * H + j] + acc[a0 + 3]
-                            cp = arena[sid, CO + j]
-                            cn, hn = cell(W, j, gi, go, gf, gc, cp)
-                            arena[sid, CO + j] = cn
-                            dst[r, OUT0 + j] = hn
-                            if LAST:
-                                out[r, j] = hn
+                for u in range(TU):
+                    j = jb + tx + TX * u
+                    if r < n and j < H:
+                        epilogue(W, ids, dst, out, arena, r, j, acc[4 * u], acc[4 * u + 1], acc[4 * u + 2],
+                                 acc[4 * u + 3])
+                for a in range(NACC - 4 * TU):  # row q+1's gates to the front: constant indices
+                    acc[a] = acc[a + 4 * TU]
 
     return lstm_gemm
 
@@ -289,19 +301,22 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
 @lru_cache(maxsize=None)
 def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int, PEEP: int,
                        CLIP: float, IFG: bool, ACTS: tuple, HO: int, CO: int, COL0: int, REV: bool,
-                       GRID_SYNC: bool):
+                       GRID_SYNC: int):
     """The recurrence of one LSTM direction (no projection) for few sequences, spread over the
     whole GPU in the persistent-RNN manner (Diamos et al., ICML 2016).
 
-    ``lstm_seq_grid(W, XW, Y, state, sidx, lens, hbuf, cbuf, B, T, s0, s1, fin)``: grid
+    ``lstm_seq_grid(W, XW, Y, state, sidx, lens, hbuf, cbuf, bar, B, T, s0, s1, fin)``: grid
     ceil(H / UPB) blocks of NT threads; sequences go through shared memory in groups of BMAX
     (hbuf (2, >= B, H) and cbuf (>= B, H) in global memory hold all of them). Block k owns units
     [k*UPB, (k+1)*UPB) with all four gates: it copies their columns of Rt (H x 4*UPB) into
     shared memory once and keeps them there for every step. A step: every block reads the
     whole previous h (B x H) from ``hbuf[s & 1]``, computes its units' gates, writes their new
-    h to ``hbuf[(s + 1) & 1]`` (and Y), then the grid synchronises (``GRID_SYNC``: one
-    cooperative launch runs steps s0..s1-1; without it the caller launches one step per call,
-    the kernel boundary being the barrier; the simulator runs grid syncs of one block only).
+    h to ``hbuf[(s + 1) & 1]`` (and Y), then the grid synchronises (``GRID_SYNC`` 1: numba's
+    cooperative-groups grid sync; 2: a counter in global memory, ``bar`` (zero at launch), that
+    every block increments once per step and waits on (``STREAMRNN_CUDA_GRIDSYNC=atomic``, an
+    A/B, NOTES entry 53); either way one cooperative launch runs steps s0..s1-1; 0: the caller
+    launches one step per call, the kernel boundary being the barrier; the simulator runs grid
+    syncs of one block only).
     c (B x H) lives in ``cbuf`` and is read and written only by the block owning the unit.
     Step 0 reads h and c from ``state[sidx[b]]``; ``fin`` writes the final h, c back to it after
     the steps (after the last grid sync; the stepwise caller passes it in a launch of its own,
@@ -318,8 +333,10 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
         raise ValueError(f"lstm_seq_grid: expected threads NT a multiple of 4*UPB, got NT={NT}, UPB={UPB}")
 
     @jit()
-    def lstm_seq_grid(W, XW, Y, state, sidx, lens, hbuf, cbuf, B, T, s0, s1, fin):
+    def lstm_seq_grid(W, XW, Y, state, sidx, lens, hbuf, cbuf, bar, B, T, s0, s1, fin):
         tid = cuda.threadIdx.x
+        if GRID_SYNC == 2 and T < 0:  # never runs: makes numba launch the kernel cooperatively
+            cuda.cg.this_grid().sync()  # (all blocks resident, which the counter barrier needs)
         j0 = cuda.blockIdx.x * UPB
         Ws = cuda.shared.array((H, C), nbt)  # Rt[:, gate g of unit j0 + u] at column g*UPB + u
         hs = cuda.shared.array((BMAX, H), nbt)  # the previous h of a group of sequences
@@ -380,9 +397,19 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                         cbuf[b, j] = cp
                         hbuf[1 - p, b, j] = hv
                 cuda.syncthreads()  # hs and part are reused by the next group
-            if GRID_SYNC:
+            if GRID_SYNC == 1:
                 cuda.threadfence()
                 cuda.cg.this_grid().sync()
+            elif GRID_SYNC == 2:
+                cuda.syncthreads()  # the block's h writes are done
+                if tid == 0:
+                    cuda.threadfence()
+                    cuda.atomic.add(bar, 0, 1)
+                    target = (s - s0 + 1) * cuda.gridDim.x
+                    while cuda.atomic.add(bar, 0, 0) < target:
+                        pass
+                    cuda.threadfence()
+                cuda.syncthreads()
             else:
                 cuda.syncthreads()
         if fin:
