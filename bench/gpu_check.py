@@ -476,8 +476,6 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
         variants.append(("unpipelined GEMM staging and tiles of before, STREAMRNN_CUDA_STAGE=loop", dict(STAGE="loop")))
     if B == 1 or B >= 16384:
         variants.append(("no mapped out, STREAMRNN_CUDA_MAPPED_OUT=0", dict(MAPPED_OUT="0")))
-    if B <= 64:
-        variants.append(("frames copied in, STREAMRNN_CUDA_MAPPED_IN=0", dict(MAPPED_IN="0")))
     for name, env_ in variants:
         try:
             mv = build(spec, "float32", "cuda", **env_)

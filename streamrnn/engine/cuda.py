@@ -89,9 +89,6 @@ _tls = threading.local()  # per thread: the CUDA context was made current
 #: frames of at least this many values per pool.step are staged by all threads (waking numba's
 #: workers costs tens of µs; staging 4 MiB costs ~300 µs on one core here; NOTES entry 35)
 PACK_PAR_MIN = 1 << 20
-#: largest call (staged bytes: rows x (8 + frame bytes)) whose kernels read the frames from
-#: mapped host memory instead of a copy in (every unit block of the first layer reads them)
-MAPPED_IN_MAX = 64 * 1024
 
 _NO_GPU = "device: expected a CUDA GPU for device='cuda', got none ({})"
 
@@ -486,10 +483,6 @@ class CudaEngine:
         #: the last kernel writes the outputs straight into mapped pinned host memory
         #: (graph / driver paths; no device-to-host copy)
         self.mapped_out = os.environ.get("STREAMRNN_CUDA_MAPPED_OUT", "1") != "0" and mode != "numba"
-        #: calls of at most MAPPED_IN_MAX staged bytes: the kernels read ids and frames straight
-        #: from the mapped pinned staging rows (graph / driver paths; no copy-in node: a
-        #: host-to-device copy costs ~6-13 us on the H200 host, NOTES entry 51)
-        self.mapped_in = os.environ.get("STREAMRNN_CUDA_MAPPED_IN", "1") != "0" and mode != "numba"
         #: per-phase host timings of pool.step / stream.step (see CudaPool.profile)
         self.profile = os.environ.get("STREAMRNN_CUDA_PROFILE", "0") not in ("", "0")
         self._lock = threading.Lock()
@@ -900,7 +893,6 @@ class _Core:
         self.last_n = -1
         self.mode = eng.mode
         self.mapped = eng.mapped_out
-        self.mapped_in = eng.mapped_in
         #: STREAMRNN_CUDA_PROFILE: (n, pack, launch, sync, copy-out) ns per call; _tl: launch done
         self.prof = [] if eng.profile else None
         self._tl = 0
@@ -927,23 +919,7 @@ class _Core:
         self.in_d = cuda.device_array((nmax, P), np.uint8)
         self.ids_d = self.in_d.view(np.int64)[:, 0]
         self.X_d = self.in_d.view(eng.dtype)[:, c0 : c0 + I]
-        self.hin = self.in_m = None
-        if self.mapped_in:
-            try:  # pinned and mapped: the copy-in reads it, and so can the kernels (small calls)
-                from numba.cuda.cudadrv.devicearray import DeviceNDArray
-
-                hin_m = cuda.mapped_array((nmax, P), np.uint8)
-                self.in_m = DeviceNDArray((nmax, P), (P, 1), np.uint8, gpu_data=hin_m.gpu_data)
-                self.hin = np.ndarray.view(hin_m, np.ndarray)  # plain host view (keeps hin_m alive)
-            except Exception as e:  # pragma: no cover - real GPU only
-                log.warning("streamrnn cuda: no mapped host memory for the frames (%s); copying them in", e)
-                self.mapped_in = False
-                self.hin = self.in_m = None
-        if self.hin is None:
-            self.hin = cuda.pinned_array((nmax, P), np.uint8)
-        src_in = self.in_m if self.in_m is not None else self.in_d
-        self.ids_m = src_in.view(np.int64)[:, 0]
-        self.X_m = src_in.view(eng.dtype)[:, c0 : c0 + I]
+        self.hin = cuda.pinned_array((nmax, P), np.uint8)
         self.hids = self.hin.view(np.int64)[:, 0]
         self.hX = self.hin.view(eng.dtype)[:, c0 : c0 + I]
         self.h64, self.hf, self.c0 = self.hin.view(np.int64), self.hin.view(eng.dtype), c0  # C-contiguous views
@@ -991,17 +967,11 @@ class _Core:
             except Exception:  # pragma: no cover
                 pass
 
-    def _args(self, first: bool, mi: bool = False):
-        """Kernel arguments of the driver / graph paths; mi: ids and frames read from the
-        mapped staging rows (``_mapped_in``)."""
+    def _args(self, first: bool):
+        """Kernel arguments of the driver / graph paths."""
         e = self.eng
         out = self.hout_m if (self.mapped and self.hout_m is not None) else self.out_d
-        ids, X = (self.ids_m, self.X_m) if mi else (self.ids_d, self.X_d)
-        return (e.W, ids, X if first else self.feat_d, self.feat_d, out, self.arena, 1)
-
-    def _mapped_in(self, n: int) -> bool:
-        """Whether a call of n rows skips the copy in (kernels read the mapped rows)."""
-        return self.mapped_in and self.in_m is not None and n * self.pitch <= MAPPED_IN_MAX
+        return (e.W, self.ids_d, self.X_d if first else self.feat_d, self.feat_d, out, self.arena, 1)
 
     def _ops(self, bucket):
         ops = self.ops.get(bucket)
@@ -1009,18 +979,18 @@ class _Core:
             ops = self.ops[bucket] = self.eng.step_ops(bucket)
         return ops
 
-    def _bound(self, bucket, mi: bool = False):
-        """Driver-launch form of the bucket's ops for the current buffers (mi: ``_args``)."""
-        b = self.bound.get((bucket, mi))
+    def _bound(self, bucket):
+        """Driver-launch form of the bucket's ops for the current buffers."""
+        b = self.bound.get(bucket)
         if b is not None and b[0] == self.gen:
             return b[1]
         drv = self.eng.drv
         out = []
         for disp, first, block, grid in self._ops(bucket):
-            args = self._args(first, mi)
+            args = self._args(first)
             kernel = disp.compile(tuple(disp.typeof_pyval(a) for a in args))
             out.append((drv.function(kernel), _Params(kernel, args), block, grid))
-        self.bound[(bucket, mi)] = (self.gen, out)
+        self.bound[bucket] = (self.gen, out)
         return out
 
     # -- the step --------------------------------------------------------------------------
@@ -1075,10 +1045,8 @@ class _Core:
     def _enqueue(self, n, bucket):
         drv = self.eng.drv
         cu, chk, hs = drv.cu, drv.check, self.cstream
-        mi = self._mapped_in(n)
-        bound = self._bound(bucket, mi)
-        if not mi:
-            chk(cu.cuMemcpyHtoDAsync(_dptr(self.in_d), self.hin.ctypes.data, n * self.pitch, hs), "cuMemcpyHtoDAsync")
+        bound = self._bound(bucket)
+        chk(cu.cuMemcpyHtoDAsync(_dptr(self.in_d), self.hin.ctypes.data, n * self.pitch, hs), "cuMemcpyHtoDAsync")
         for fn, params, block, grid in bound:
             params.n.value = n
             gx, gy = grid(n)
@@ -1090,7 +1058,7 @@ class _Core:
     def _capture(self, n, bucket):
         drv = self.eng.drv
         cu, hs = drv.cu, self.cstream
-        self._bound(bucket, self._mapped_in(n))  # compile outside the capture
+        self._bound(bucket)  # compile outside the capture
         drv.check(cu.cuStreamBeginCapture(hs, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
                   "cuStreamBeginCapture")
         try:
