@@ -54,6 +54,10 @@ def _args(argv=None):
                         "(results so far saved, exit status 3)")
     p.add_argument("--sizes", default="128,512", help="hidden sizes of the timing section")
     p.add_argument("--batches", default="1,64,1024,16384", help="stream counts of the timing section")
+    p.add_argument("--sections", default="parity,step,seq,more",
+                   help="sections to run, in this order: parity (LSTM stack), step (pool.step timings), "
+                        "seq (model.run timings), more (parity of the other layer types); the budget "
+                        "skips what comes last, so put first what this run is for")
     p.add_argument("--smoke", action="store_true",
                    help="tiny parity models (to try the script itself on NUMBA_ENABLE_CUDASIM=1)")
     return p.parse_args(argv)
@@ -476,18 +480,33 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
         variants.append(("unpipelined GEMM staging and tiles of before, STREAMRNN_CUDA_STAGE=loop", dict(STAGE="loop")))
     if B == 1 or B >= 16384:
         variants.append(("no mapped out, STREAMRNN_CUDA_MAPPED_OUT=0", dict(MAPPED_OUT="0")))
+    from streamrnn.engine import cuda as ce
+
+    if B == 1:  # the one-stream tile of before: the input staged 64 values at a time
+        variants.append(("one-stream tiles with 64-value chunks (before)", dict(TILES=(0, "KT", 64))))
     for name, env_ in variants:
+        env_ = dict(env_)
+        tiles = env_.pop("TILES", None)
+        old_tiles = ce.STEP_TILES
         try:
+            if tiles is not None:  # (bucket, field, value): kernels are built at the first step
+                bucket, field, value = tiles
+                tt = list(ce._tiles())
+                tt[bucket] = (tt[bucket][0], tt[bucket][1]._replace(**{field: value}))
+                ce.STEP_TILES = tt
             mv = build(spec, "float32", "cuda", **env_)
             pv = mv.pool(B)
             iv = pv.open(B)[perm]
             yv = pv.step(iv, X).copy()
+            ce.STEP_TILES = old_tiles
             okv = bool(np.allclose(yv, y, rtol=1e-4, atol=1e-5))
             record(H, B, f"streamrnn pool.step [{name}]",
                    timeit(lambda: pv.step(iv, X, out=out), iters, budget_s / 2), mode=pool_mode(pv), same_as_default=okv)
             del mv, pv
         except Exception as e:  # noqa: BLE001
             RESULT["errors"].append({"what": f"variant {name} B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
+        finally:
+            ce.STEP_TILES = old_tiles
     if B == 1:
         s = mg.stream()
         o1 = np.empty(O, np.float32)
@@ -727,13 +746,18 @@ def watchdog(limit_s: float) -> None:
 
 def main() -> int:
     watchdog(ARGS.budget + ARGS.grace)
+    sections = {"parity": parity, "step": step_section, "seq": seq_section, "more": parity_more}
+    names = [x.strip() for x in ARGS.sections.split(",") if x.strip()]
+    bad = [x for x in names if x not in sections]
+    if bad:
+        print(f"gpu_check: --sections: expected names among {sorted(sections)}, got {bad}", file=sys.stderr)
+        return 2
     guarded("env", env, need=0)
     save()
-    parity()
-    step_section()
-    seq_section()
-    if not ARGS.smoke:
-        parity_more()
+    for name in names:
+        if name == "more" and ARGS.smoke:
+            continue
+        sections[name]()
     save()
     report()
     return 0

@@ -251,7 +251,10 @@ def _tiles():
     if simulator():  # tiny blocks: several blocks even for H = 8, and fast to simulate
         return [(1, Tile(4, 2, 1, 1, 8, 1)), (None, Tile(2, 2, 2, 2, 8, 2))]
     return [
-        (1, Tile(8, 32, 1, 1, 64, 1)),  # one stream: split-K GEMV over many blocks
+        # one stream: split-K GEMV over many blocks; the whole input row staged at once (up to
+        # 1024 values): one load-and-barrier round per kernel instead of one per 64 values
+        # (NOTES entry 54; KT=64 before)
+        (1, Tile(8, 32, 1, 1, 1024, 1)),
         (64, Tile(16, 4, 2, 4, 32, 1)),
         (1024, Tile(32, 2, 4, 4, 32, 1)),
         (None, Tile(32, 1, 8, 4, 32, 2)),  # many streams: GEMM-like, 4 rows x 2 units per thread
