@@ -116,13 +116,16 @@ def _stack_core(x, out, st, scr, W, Wh, meta, rev):
                 g[j] = bias[j]
             # a reversed step reads Rt back to front first: the previous step ended on its last rows.
             # One call site per kernel (each inlined site is compiled again: NOTES entry 34)
-            zig = rev and _zig(W, Wh, m, 0, G)
+            # direction 0 as an int64, not a literal 0: the cell kernels then share one compiled
+            # specialisation with _recur_one's (d a variable); LLVM still folds it (NOTES 56)
+            d0 = kind * 0
+            zig = rev and _zig(W, Wh, m, d0, G)
             if zig:
-                _rec_rev(W, Wh, m, 0, g, st, scr, G)
+                _rec_rev(W, Wh, m, d0, g, st, scr, G)
             I = m[K_IN]
             back = zig and I * G * _wbytes(W, Wh) > ZIG_MIN_BYTES  # a large Wt: back to front too
             _matvec_h(W, Wh, m[K_DIR + O_WT], m[K_PAN], I, G, 0, G, cur, g, 0, back)  # g += x @ Wt
-            _cell(W, Wh, m, 0, g, st, scr, G, REC_DONE if zig else REC_FWD)
+            _cell(W, Wh, m, d0, g, st, scr, G, REC_DONE if zig else REC_FWD)
             ho = m[K_DIR + O_H]
             cur = st[ho : ho + m[K_REC]]  # the layer's output is its new h
         else:
