@@ -384,7 +384,8 @@ def _sigs(dt, group: str):
     f = types.float32 if dt == np.float32 else types.float64
     v, m2, m3 = f[::1], f[:, ::1], f[:, :, ::1]
     i1, i2 = types.int64[::1], types.int64[:, ::1]
-    u1, i64, h1 = types.uint8[::1], types.int64, types.uint16[::1]
+    # Wh (bfloat16 bits) read-only: the type of pack.py's arrays and of the in-kernel _NO_H
+    u1, i64, h1 = types.uint8[::1], types.int64, types.Array(types.uint16, 1, "C", readonly=True)
     im = types.int64[::1]
     groups = {
         # a model compiles "stream" and the one-stream step kernel it uses: "step_gil" (small
@@ -570,16 +571,17 @@ def _gates_row(sid, g, hr, y, arena, W, m):
     ho = m[K_DIR + O_H]
     st = arena[sid]
     h = st[ho : ho + Hr]
+    d0 = kind * 0  # direction 0 as an int64: the cells' specialisation of the stream path (NOTES 56)
     if kind == LSTM:
         co = m[K_DIR + O_C]
-        _lstm_gates(W, m, 0, g, h, st[co : co + H])
+        _lstm_gates(W, m, d0, g, h, st[co : co + H])
     elif kind == GRU:
         if m[K_FLAGS] & F_LBR:
-            _gru_gates(W, m, 0, g, h, hr)
+            _gru_gates(W, m, d0, g, h, hr)
         else:  # r multiplies h before Rh: the per-row cell does the recurrence
-            _gru_cell(W, _NO_H, m, 0, g, h, hr, REC_FWD)
+            _gru_cell(W, _NO_H, m, d0, g, h, hr, REC_FWD)
     else:
-        _rnn_gates(W, m, 0, g, h)
+        _rnn_gates(W, m, d0, g, h)
     for j in range(Hr):
         y[j] = h[j]
 
@@ -596,7 +598,7 @@ def _rec_rows(ids, X, Y, arena, W, m, P, pw, pr, r0, r1, A, G, HR, ch):
     lbr = kind == GRU and (m[K_FLAGS] & F_LBR) != 0
     ho, wt, rt, ob = m[K_DIR + O_H], m[K_DIR + O_WT], m[K_DIR + O_RT], m[K_DIR + O_B]
     # the common LSTM: its gates straight on the state, no per-row dispatch
-    plain = kind == LSTM and (m[K_FLAGS] & F_PROJ) == 0 and _lstm_plain(m, 0)
+    plain = kind == LSTM and (m[K_FLAGS] & F_PROJ) == 0 and _lstm_plain(m, kind * 0)
     co = m[K_DIR + O_C]
     bias = W[ob:][:Gw]
     lda = I + Hr

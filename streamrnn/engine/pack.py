@@ -225,6 +225,9 @@ def pack(spec: ModelSpec, dtype, weights: str = "float") -> Packed:
     W = _aligned(np.concatenate(chunks).astype(dtype) if chunks else np.zeros(1, dtype))
     cell, feat = int(meta[0, K_CELL]), int(meta[0, K_FEAT])
     Wh = (W.view(np.uint32) >> 16).astype(np.uint16) if bf16 else np.zeros(1, np.uint16)
+    # read-only, like the kernels' own dummy (a frozen global): numba then types every Wh the
+    # same and compiles the shared stack kernels once, not once per flag (NOTES entry 57)
+    Wh.setflags(write=False)
     return Packed(
         W=W,
         meta=meta,
