@@ -245,6 +245,8 @@ _CASES = {
             os.environ.pop("STREAMRNN_CUDA_GEMM")
             assert mr._cuda.step_ops(1)[0][0].py_func.__name__ == "lstm_step"
             pc, pg, pr = mc.pool(12), mg.pool(12), mr.pool(12)
+            # every size class's kernels are built with the pool, none at its first step
+            assert set(pg._cuda.core.ops) == {0, 1} and set(mg.pool(1)._cuda.core.ops) == {0}
             ic, ig, ir = pc.open(12), pg.open(12), pr.open(12)
             for s, n in enumerate((9, 12, 1, 9)):
                 sel = rng.permutation(12)[:n]
@@ -384,7 +386,7 @@ _CASES = {
             mo = srnn.Model(spec, dtype=dtype, device="cuda")
             assert ml._cuda.stage == "loop" and mo._cuda.stage == "pipe"
             for what, mg, tiles in (("loop staging", ml, None), ("odd tile", mo, [None, odd])):
-                ce.GEMM_TILES = tiles  # the kernels are built at a pool's first step
+                ce.GEMM_TILES = tiles  # the kernels are built when a pool is created
                 assert mg._cuda.step_ops(1)[0][0].py_func.__name__ == "lstm_gemm"
                 pc, pg = mc.pool(12), mg.pool(12)
                 ic, ig = pc.open(12), pg.open(12)

@@ -902,6 +902,22 @@ class _Core:
         self._grow(1)
         if self.mode != "numba":
             self._self_test()
+        self._warm()
+
+    def _warm(self) -> None:
+        """Build the kernels of every row bucket a call of at most ``cap`` rows can use (on a
+        GPU, compile them and pack their launch parameters): JIT compilation at load time, not
+        in a pool's first call of each size class."""
+        lo = 1
+        for b, (mx, _) in enumerate(STEP_TILES or _tiles()):
+            if lo > self.cap:
+                break
+            self._ops(b)
+            if self.mode != "numba":
+                self._bound(b)
+            if mx is None:
+                break
+            lo = mx + 1
 
     # -- buffers ---------------------------------------------------------------------------
     def _grow(self, n: int) -> None:
