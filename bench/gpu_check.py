@@ -19,9 +19,13 @@ Self-contained (run from the repository root; the package need not be installed)
    the benchmarked model itself. Also stream.step and the three launch paths at B=1.
 3. ``seq``     throughput of ``model.run`` (B in {1, 64}, T=250) vs torch ``nn.LSTM`` on the
    whole sequence (and their outputs compared); then the persistent LSTM kernel
-   (``STREAMRNN_CUDA_SEQ=grid``, B in {1, 4, 64}) against the per-block one: parity and timing.
+   (``STREAMRNN_CUDA_SEQ=grid``, with numba's grid sync and with the counter barrier,
+   ``STREAMRNN_CUDA_GRIDSYNC=atomic``; B in {1, 4, 16, 64}) against the per-block one
+   (``STREAMRNN_CUDA_SEQ=block``): parity and timing.
 4. ``parity`` again with what is left of the budget: GRU (both linear_before_reset) stack with a
    softmax head, RNN relu (float64), LSTM + head (float64, 2000 streams), bidirectional run.
+
+``--sections`` picks and orders them (default ``parity,step,seq,more``, where ``more`` is 4.).
 
 Prints markdown tables (progress lines flushed as it goes) and writes every number to ``--out``
 (JSON). Each measurement is wrapped: a failure is recorded and the rest goes on. A time budget

@@ -39,10 +39,11 @@ Design
   direction one GEMM-like kernel computes the input projection of every step (bias included),
   then one persistent kernel loops over time (a block owns a few sequences and keeps their h and c
   in shared memory; ragged lengths and reverse directions handled in the loop). Dense / activation
-  / softmax layers are row kernels over all B*T frames. With ``STREAMRNN_CUDA_SEQ=grid`` an LSTM
-  layer (no projection) over at most 64 sequences runs instead as one cooperative kernel spread
-  over the whole GPU (``make_lstm_seq_grid``: each block keeps its units' Rt columns in shared
-  memory, one grid sync per step); opt-in until checked on hardware (bench/NOTES.md entry 37).
+  / softmax layers are row kernels over all B*T frames. An LSTM layer (no projection) over at
+  most 16 sequences (64 once H >= 256) runs instead as one cooperative kernel spread over the
+  whole GPU (``make_lstm_seq_grid``: each block keeps its units' Rt columns in shared memory,
+  one grid sync per step; ``STREAMRNN_CUDA_SEQ`` = auto (default) / grid / block; measured on
+  an H200 in bench/NOTES.md entries 37, 52-53).
 * Host staging: ``pool.step`` validates ids and copies the frames into the pinned staging rows in
   one vectorised pass (the NaN / Inf test is an integer OR fused with the copy), over all threads
   for calls of at least ``PACK_PAR_MIN`` values (entry 35).
