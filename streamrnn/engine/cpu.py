@@ -579,7 +579,7 @@ def _gates_row(sid, g, hr, y, arena, W, m):
         if m[K_FLAGS] & F_LBR:
             _gru_gates(W, m, d0, g, h, hr)
         else:  # r multiplies h before Rh: the per-row cell does the recurrence
-            _gru_cell(W, _NO_H, m, d0, g, h, hr, REC_FWD)
+            _gru_cell(W, _NO_H, m, d0, g, h, hr, d0 + REC_FWD)  # an int64, as _cell passes it
     else:
         _rnn_gates(W, m, d0, g, h)
     for j in range(Hr):
@@ -646,7 +646,8 @@ def _gates_rows(ids, G, HR, Y, arena, W, m):
 def _gates_rows_par(ids, G, HR, Y, arena, W, m):
     """As ``_gates_rows``, parallel over rows (OpenMP workers wait passively: see config.py)."""
     for r in prange(ids.shape[0]):
-        _gates_one(r, ids, G, HR, Y, arena, W, m)
+        # prange's index is a uint64: cast, so _gates_rows' int64 specialisation serves both
+        _gates_one(np.int64(r), ids, G, HR, Y, arena, W, m)
 
 
 @njit(**NJIT)
