@@ -135,10 +135,9 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
     # types as a plain int64 on real hardware (the simulator does not type-check this)
     BM1, BU4 = int(BM) + 1, 4 * int(BU)
 
-    @jit(device=True, forceinline=False)
+    @jit(device=True)
     def epilogue(W, ids, dst, out, arena, r, j, ai, ao, af, ac):
-        # a call, not inlined: the unrolled loop below then stays small, so every acc index is
-        # a constant and acc stays in registers (TM*TU cells inlined spill it to local memory)
+        # the cell update of row r, unit j from its four accumulated gates
         sid = ids[r]
         cp = arena[sid, CO + j]
         cn, hn = cell(W, j, W[BO + j] + ai, W[BO + H + j] + ao, W[BO + 2 * H + j] + af,
@@ -180,7 +179,10 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
                     if r < n and j < H:
                         epilogue(W, ids, dst, out, arena, r, j, acc[4 * u], acc[4 * u + 1], acc[4 * u + 2],
                                  acc[4 * u + 3])
-                for a in range(NACC - 4 * TU):  # row q+1's gates to the front: constant indices
+                # row q+1's gates to the front: every acc index in this loop is then a constant
+                # and acc stays in registers (indexed by q, LLVM puts it in local memory and
+                # the K loop stores to it every k: NOTES entry 50)
+                for a in range(NACC - 4 * TU):
                     acc[a] = acc[a + 4 * TU]
 
     return lstm_gemm
