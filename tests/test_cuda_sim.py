@@ -397,6 +397,17 @@ _CASES = {
                 for sid in range(12):
                     close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"{what} state {sid}")
                 ce.GEMM_TILES = None
+        # an unknown setting is refused by name, not silently replaced by the default
+        for var in ("STREAMRNN_CUDA_STAGE", "STREAMRNN_CUDA_SEQ", "STREAMRNN_CUDA_GRIDSYNC"):
+            os.environ[var] = "bogus"
+            try:
+                srnn.Model(spec, device="cuda")
+            except srnn.StreamRNNError as e:
+                assert var in str(e) and "bogus" in str(e), e
+            else:
+                raise AssertionError(f"{var}=bogus did not raise")
+            finally:
+                os.environ.pop(var)
     """,
     # bidirectional LSTM + reverse GRU: run only; float32
     "bidir_run": """

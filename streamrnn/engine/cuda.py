@@ -470,7 +470,9 @@ class CudaEngine:
         self.use_gemm = os.environ.get("STREAMRNN_CUDA_GEMM", "1") != "0"
         #: staging of the GEMM tiles: "pipe" (default: next chunk's loads in flight during this
         #: chunk's FMAs, larger tiles) or "loop" (before; make_gemm_accum, an A/B for gpu_check)
-        self.stage = "loop" if os.environ.get("STREAMRNN_CUDA_STAGE", "pipe").lower() == "loop" else "pipe"
+        self.stage = os.environ.get("STREAMRNN_CUDA_STAGE", "pipe").lower()
+        if self.stage not in ("pipe", "loop"):
+            raise StreamRNNError(f"STREAMRNN_CUDA_STAGE: expected pipe or loop, got {self.stage!r}")
         #: run / push of an LSTM layer (no projection) over at most GRID_BMAX sequences:
         #: "block" = one block per few sequences (make_lstm_seq); "grid" = the persistent
         #: kernel spread over the GPU with grid syncs (make_lstm_seq_grid); "auto" (default) =
@@ -738,7 +740,8 @@ class CudaEngine:
         hbuf = self._buf("hbuf", (2, B, L.H))
         cbuf = self._buf("cbuf", (B, L.H))
         bar = self._buf("gbar", (1,), np.int64)
-        bar.copy_to_device(self._zero_i, stream=s)  # the counter barrier starts from zero
+        if grid_sync and self.grid_barrier == "atomic":  # the counter barrier starts from zero
+            bar.copy_to_device(self._zero_i, stream=s)
         args = (self.W, XW, Y, st_d, sidx_d, lens_d, hbuf, cbuf, bar, B, T)
         if grid_sync:
             if not self.sim:  # pragma: no cover - real GPU only

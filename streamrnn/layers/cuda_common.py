@@ -91,7 +91,7 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
         wcol = woff + (cb // BU) * GS + jbu
         if FAST:
             rows = cuda.shared.array(BM, nbt.int32)  # the block's source rows (-1: none)
-            cuda.syncthreads()  # the previous accum's last chunk may still read As / Bs
+            cuda.syncthreads()  # conservative: rows' writes after any earlier use of rows
             for rr in range(tid, BM, NT):
                 r = rbase + rr
                 rows[rr] = -1
