@@ -21,7 +21,7 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
 from .. import config
-from ..config import NJIT, NJIT_GIL, PARALLEL
+from ..config import NJIT, NJIT_GIL, NJIT_INLINE, PARALLEL
 from ..layers.cpu_common import ACC, BIAS, REC_DONE, REC_FWD, ZERO, _all_finite, _gemm_pan6, _matvec_acc, _matvec_h, _vact
 from ..layers.dense.cpu import _frame_layer, _frame_rows
 from ..layers.gru.cpu import _gru_cell, _gru_gates
@@ -42,7 +42,7 @@ _GATES = (4, 3, 1)  # LSTM, GRU, RNN
 _NO_H = np.zeros(1, np.uint16)  # "no bfloat16 weights": the mat-vecs read W
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _cell(W, Wh, m, d, g, st, scr, G, rec):
     """Run the cell of recurrent layer row ``m``, direction ``d``; g holds x @ Wt + b; ``rec``:
     whether the cell computes h @ Rt (``REC_FWD``) or it was added by ``_rec_rev`` (``REC_DONE``)."""
@@ -62,7 +62,7 @@ def _cell(W, Wh, m, d, g, st, scr, G, rec):
 ZIG_MIN_BYTES = 1 << 20
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _zig(W, Wh, m, d, G):
     """True where direction d's recurrent matrix is larger than ``ZIG_MIN_BYTES``: its steps
     may alternate the order in which they read it (``_matvec_h`` with ``rev``).
@@ -75,13 +75,13 @@ def _zig(W, Wh, m, d, G):
     return m[K_REC] * G * _wbytes(W, Wh) > ZIG_MIN_BYTES
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _wbytes(W, Wh):
     """Bytes per weight the mat-vecs read: 2 for bfloat16 weights, else W's item size."""
     return 2 if Wh.shape[0] > 1 else W.itemsize
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _rec_rev(W, Wh, m, d, g, st, scr, G):
     """The recurrent product of ``_cell`` read back to front: g += h @ Rt (LSTM, RNN) or
     scr[G : G+3H] = h @ Rt (GRU with linear_before_reset). Then ``_cell`` with ``REC_DONE``."""
@@ -97,7 +97,7 @@ def _rec_rev(W, Wh, m, d, g, st, scr, G):
         _matvec_h(W, Wh, m[base + O_RT], m[K_PAN + 2 * d + 1], m[K_REC], G, 0, G, h, g, 0, True)
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _stack_core(x, out, st, scr, W, Wh, meta, rev):
     """Every layer on one frame of one stream. st (S,) state, scr scratch (see pack.py).
     ``rev``: read the large matrices back to front in this step (see ``_zig``; callers
@@ -138,7 +138,7 @@ def _stack_core(x, out, st, scr, W, Wh, meta, rev):
         out[j] = cur[j]
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _check_frame(x, n):
     """OK, or E_NONFINITE | (index << 8) for the first NaN / Inf of x[:n]."""
     bad = 0
@@ -188,7 +188,7 @@ def step_context(sbuf: np.ndarray, W: np.ndarray, meta: np.ndarray) -> np.ndarra
                     np.int64)
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _stream_step_ctx(x, out, ctx):
     sbuf = _view(ctx[0], ctx[1], x)  # (S + scratch,) the stream's state and scratch
     W = _view(ctx[2], ctx[3], x)  # the model's packed weights
@@ -240,7 +240,7 @@ def _stream_step_gil_h(x, out, sbuf, W, Wh, meta):
     return _stream_step_impl(x, out, sbuf, W, Wh, meta)
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _stream_step_impl(x, out, sbuf, W, Wh, meta):
     I, O, S = meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT], meta[0, K_S]
     if x.shape[0] != I:
@@ -270,7 +270,7 @@ def _stream_push_h(X, Y, sbuf, W, Wh, meta):
     return _stream_push_impl(X, Y, sbuf, W, Wh, meta)
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _stream_push_impl(X, Y, sbuf, W, Wh, meta):
     I, O, S = meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT], meta[0, K_S]
     if X.shape[1] != I:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from numba import njit
 
-from ...config import NJIT
+from ...config import NJIT, NJIT_INLINE
 from ...engine.pack import F_CLIP, F_LBR, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, K_PAN, O_PAR, O_RBH, O_RT
 from ..cpu_common import REC_DONE, _matvec_acc, _rec_product, _vact, _vclip
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _gru_cell(W, Wh, m, d, g, h, hr, rec):
     """Advance one GRU direction by one step for one stream.
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from ...config import NJIT
+from ...config import NJIT, NJIT_INLINE
 from ...engine.pack import (
     F_CLIP, F_INPUT_FORGET, F_PEEP, F_PROJ, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, K_PAN, K_REC,
     O_PAR, O_PEEP, O_PROJ, O_RT,
@@ -13,7 +13,7 @@ import numpy as np
 from ..cpu_common import _lstm_gates_v, _matvec_acc, _rec_product, _tanh32, _vact, _vclip
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _lstm_cell(W, Wh, m, d, g, h, c, rec):
     """Advance one LSTM direction by one step for one stream.
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from numba import njit
 
-from ...config import NJIT
+from ...config import NJIT, NJIT_INLINE
 from ...engine.pack import F_CLIP, K_ACT, K_DIR, K_FAST, K_FLAGS, K_H, K_PAN, O_PAR, O_RT
 from ..cpu_common import _rec_product, _vact, _vclip
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _rnn_cell(W, Wh, m, d, g, h, rec):
     """Advance one RNN direction by one step: h = f(clip(g + h @ Rt)).
 
