@@ -396,17 +396,17 @@ class Pool:
     Closed, unknown and negative ids raise on every call. Thread-safe (serialised per pool).
     """
 
-    #: pool.step runs the parallel kernel from this many weight-floats x streams on
-    PARALLEL_WORK = 1 << 16
-    #: pool.step uses one BLAS GEMM per layer (instead of a mat-vec per stream) from this many
-    #: streams on (see bench/NOTES.md)
-    GEMM_MIN_STREAMS = 16
+    #: pool.step steps the listed streams as a batch (``cpu.BatchedStep``: float32 on column
+    #: panels, on the spinning team of threads; float64 on BLAS) from this many streams on, or
+    #: from two streams on where streams x weight-floats reach BATCH_MIN_WORK; below, one
+    #: whole-stack mat-vec kernel per stream, serially (bench/NOTES.md entry 60: the batch is
+    #: 1.7-6x faster than either per-stream kernel from 4-8 streams on)
+    GEMM_MIN_STREAMS = 8
+    BATCH_MIN_WORK = 1 << 18
 
     def __init__(self, model: Model, capacity: int):
         if not isinstance(capacity, (int, np.integer)) or capacity <= 0:
             raise StreamRNNError(f"capacity: expected a positive int, got {capacity!r}")
-        import numba
-
         self.model = model
         pk = model._packed
         self._capacity = int(capacity)
@@ -417,8 +417,7 @@ class Pool:
         self._alive = np.zeros(self._capacity, dtype=np.uint8)
         self._stamp = np.zeros(self._capacity, dtype=np.int64)
         self._epoch = 0
-        self._nthreads = numba.get_num_threads()
-        self._scr = np.zeros((self._nthreads, pk.scratch_size), dtype=model.dtype)
+        self._scr = np.zeros((1, pk.scratch_size), dtype=model.dtype)  # the serial kernel's scratch
         if model._cuda is None:
             cpu.compile_for(model.dtype, "pool")
         self._batched = cpu.BatchedStep(pk, self._arena, self._alive, self._stamp)
@@ -548,12 +547,11 @@ class Pool:
             return out
         with self._lock:
             self._epoch += 1
-            if n >= self.GEMM_MIN_STREAMS:
+            if n >= self.GEMM_MIN_STREAMS or n > 1 and n * self._W.size >= self.BATCH_MIN_WORK:
                 rc = self._batched.step(ids, X, out, self._epoch)
             else:
-                par = self._nthreads > 1 and n > 1 and n * self._W.size >= self.PARALLEL_WORK
-                fn = cpu._pool_step_par if par else cpu._pool_step
-                rc = fn(ids, X, out, self._arena, self._scr, self._W, self.model._packed.Wh, self._meta, self._alive, self._stamp, self._epoch)
+                rc = cpu._pool_step(ids, X, out, self._arena, self._scr, self._W, self.model._packed.Wh, self._meta,
+                                    self._alive, self._stamp, self._epoch)
         if rc:
             _raise_status(rc, self.model, "X", X, out, ids)
         return out

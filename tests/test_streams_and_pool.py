@@ -25,6 +25,8 @@ def pool_path(request, monkeypatch, use_team):
     from streamrnn.engine.cpu import BatchedStep
 
     monkeypatch.setattr(srnn.Pool, "GEMM_MIN_STREAMS", 10**9 if request.param == "matvec" else 1)
+    if request.param == "matvec":
+        monkeypatch.setattr(srnn.Pool, "BATCH_MIN_WORK", 1 << 62)
     if request.param.endswith("blocks"):
         monkeypatch.setattr(BatchedStep, "BLOCK", 3)
     if request.param.startswith("gemm-team"):
@@ -61,19 +63,35 @@ def test_pool_random_interleavings_equal_lone_streams(seed, dtype, pool_path):
     assert_close(got, expected, dtype)
 
 
-def test_pool_parallel_kernel_matches_serial():
-    model, rng = _model(3, np.float64)
-    pool = model.pool(capacity=300)
-    ids = rng.permutation(pool.open(300))
-    X = rng.standard_normal((300, 5, model.input_size))
-    old = srnn.Pool.PARALLEL_WORK
-    try:
-        srnn.Pool.PARALLEL_WORK = 0  # force the parallel kernel
-        Y = np.stack([pool.step(ids, X[:, t]) for t in range(5)], 1)
-    finally:
-        srnn.Pool.PARALLEL_WORK = old
-    # ids were permuted: stream ids[r] got X[r]
-    assert_close(Y, model.run(X), np.float64)
+def test_pool_step_picks_the_batch_from_a_few_streams(monkeypatch):
+    """pool.step runs one stream at a time below GEMM_MIN_STREAMS streams (or below BATCH_MIN_WORK
+    streams x weights), else the batch; every call's outputs equal the lone streams'."""
+    from streamrnn.benchutil import random_lstm_spec
+    from streamrnn.engine import cpu
+
+    rng = np.random.default_rng(5)
+    cases = []
+    for H, n_first_batch in ((8, srnn.Pool.GEMM_MIN_STREAMS), (128, 2)):
+        model = srnn.Model(random_lstm_spec(H, H, 4, seed=int(rng.integers(1 << 30))))
+        assert (model._packed.W.size * 2 >= srnn.Pool.BATCH_MIN_WORK) == (n_first_batch == 2)
+        cases.append((H, n_first_batch, model, model.pool(capacity=16)))  # kernels compiled here
+    calls = []
+    serial, batched = cpu._pool_step, cpu.BatchedStep.step
+    monkeypatch.setattr(cpu, "_pool_step", lambda *a: calls.append("serial") or serial(*a))
+    monkeypatch.setattr(cpu.BatchedStep, "step", lambda self, *a: calls.append("batch") or batched(self, *a))
+    for H, n_first_batch, model, pool in cases:
+        ids = pool.open(12)
+        for n in range(1, 13):
+            calls.clear()
+            pick = rng.permutation(ids)[:n]
+            X = rng.standard_normal((n, H)).astype(np.float32)
+            state = {int(i): pool.get_state(int(i)) for i in pick}
+            Y = pool.step(pick, X)
+            assert calls == ["serial" if n < n_first_batch else "batch"], (H, n, calls)
+            for r, sid in enumerate(pick):
+                lone = model.stream()
+                lone.state = state[int(sid)]
+                assert_close(Y[r], lone.step(X[r]), np.float32)
 
 
 def test_snapshot_restore_and_bytes(dtype):

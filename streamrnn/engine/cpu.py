@@ -1,7 +1,7 @@
 """CPU engine: whole-stack kernels built from the per-layer cells.
 
 * ``_stream_step``  one stream, one frame, every layer, in one compiled call (the real-time path);
-* ``_pool_step`` / ``_pool_step_par``  many streams of a state arena, serial / parallel over streams;
+* ``_pool_step``  a few streams of a state arena, one after the other (``BatchedStep`` below: many);
 * ``run_sequence``  a (B, T, I) chunk: per layer, the input projection of every step as one GEMM
   (numpy / BLAS), then the recurrence (``_recur_seq``), also serving ragged ``lengths`` and
   reverse / bidirectional layers (the ONNX Runtime / DeepCPU design).
@@ -322,21 +322,7 @@ def _pool_step(ids, X, out, arena, scr, W, Wh, meta, alive, stamp, epoch):
     return OK
 
 
-@njit(**PARALLEL)
-def _pool_step_par(ids, X, out, arena, scr, W, Wh, meta, alive, stamp, epoch):
-    """As ``_pool_step``, parallel over streams: one contiguous block of rows per thread."""
-    rc = _pool_check(ids, X, out, alive, stamp, epoch, meta[0, K_IN], meta[meta.shape[0] - 1, K_OUT])
-    if rc != OK:
-        return rc
-    n, nt = ids.shape[0], scr.shape[0]
-    chunk = (n + nt - 1) // nt
-    for t in prange(nt):
-        for r in range(t * chunk, min(n, (t + 1) * chunk)):
-            _stack_core(X[r], out[r], arena[ids[r]], scr[t], W, Wh, meta, False)
-    return OK
-
-
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _recur_one(b, XW, Y, col0, lengths, state, W, m, d, rev, scr):
     n = lengths[b]
     G = XW.shape[2]
@@ -399,7 +385,6 @@ def _sigs(dt, group: str):
         },
         "pool": {
             _pool_step: (i1, m2, m2, m2, m2, v, h1, i2, u1, i1, i64),
-            _pool_step_par: (i1, m2, m2, m2, m2, v, h1, i2, u1, i1, i64),
             _pool_validate: (i1, m2, m2, u1, i1, i64, i64, i64),
             _frame_rows: (v, im, m2, m2),
             _stream_push: (m2, m2, v, v, i2),
@@ -676,7 +661,7 @@ _F32 = np.zeros(1, np.float32)  # dtype witnesses for _view (the team runs float
 _U8 = np.zeros(1, np.uint8)
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _stack_rows(ctx, n, r0, r1, t, like):
     """Rows r0..r1 of a job: every layer of the stack on those rows (thread t's scratch)."""
     ids = _view(ctx[C_IDS], n, ctx)
@@ -704,7 +689,7 @@ def _stack_rows(ctx, n, r0, r1, t, like):
         Xa, F0 = Ya, F
 
 
-@njit(**NJIT)
+@njit(**NJIT_INLINE)
 def _team_part(ctl, t, seq, like):
     """Thread t takes chunks of job ``seq`` until none is left (guided: what remains divided by
     the thread count, in multiples of the 6-row GEMM tile, at least ``grain`` rows). Work starts
@@ -822,9 +807,10 @@ class BatchedStep:
     #: H=512 B=1024 17.0 -> 16.4 ms, H=128 B=1024 1.32 -> 1.28 ms (bench/NOTES.md, entry 28)
     CHUNK = 96
     #: the float32 path runs on the spinning team (engine/team.py) from this many multiply-adds
-    #: (~2 us serially; a job costs ~1 us to post and join) and this many rows per call
+    #: (~2 us serially; a job costs ~1 us to post and join) and this many rows per call (2 rows
+    #: of H=128 8.7 vs 11.6 us serially, 8 rows 12.0 vs 22.9: bench/NOTES.md entry 60)
     TEAM_MIN = 1 << 18
-    TEAM_MIN_ROWS = 12
+    TEAM_MIN_ROWS = 2
     #: threads of a step (None: numba's count when the pool is made; get_num_threads costs ~1 us)
     THREADS = None
     #: below this many weight bytes the team shares the rows of calls longer than threads x
