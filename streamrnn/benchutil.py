@@ -232,7 +232,9 @@ def fmt_us(v: float | None) -> str:
         return f"{v:.0f}"
     if v >= 10:
         return f"{v:.1f}"
-    return f"{v:.2f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"  # 0.0673, not 0.07 (the streams tables are in ms)
 
 
 # ---------------------------------------------------------------------------------------------
