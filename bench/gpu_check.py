@@ -16,11 +16,14 @@ Self-contained (run from the repository root; the package need not be installed)
    buffers; numpy in and out, like pool.step) eager and replayed as a CUDA graph, TF32 off (the
    fair float32 comparison) and on (reference). Before timing each size, the pool's outputs are
    checked against the CPU engine and against torch (TF32 off): every tile bucket is verified on
-   the benchmarked model itself. Also stream.step and the three launch paths at B=1.
+   the benchmarked model itself. Also stream.step and the three launch paths at B=1, and A/B
+   variants of the defaults in the same process (at B=1024: the frames staged by all host
+   threads from 2^16 values, ``PACK_PAR_MIN``).
 3. ``seq``     throughput of ``model.run`` (B in {1, 64}, T=250) vs torch ``nn.LSTM`` on the
    whole sequence (and their outputs compared); then the persistent LSTM kernel
    (``STREAMRNN_CUDA_SEQ=grid``, with numba's grid sync and with the counter barrier,
-   ``STREAMRNN_CUDA_GRIDSYNC=atomic``; B in {1, 4, 16, 64}) against the per-block one
+   ``STREAMRNN_CUDA_GRIDSYNC=atomic``, and with up to 32 sequences per pass through shared
+   memory, ``GRID_GROUP=32``; B in {1, 4, 16, 64}) against the per-block one
    (``STREAMRNN_CUDA_SEQ=block``): parity and timing.
 4. ``parity`` again with what is left of the budget: GRU (both linear_before_reset) stack with a
    softmax head, RNN relu (float64), LSTM + head (float64, 2000 streams), bidirectional run.
@@ -170,10 +173,18 @@ def lstm_head(I, H, O):
                       DenseLayer(U(k, O, H), U(k, O))))
 
 
-def build(spec, dtype, device, mode=None, **env):
+def build(spec, dtype, device, mode=None, ATTR=None, **env):
     """A model; mode sets STREAMRNN_CUDA_LAUNCH, env other STREAMRNN_CUDA_* variables
     (GEMM="0": row-tile LSTM kernels, MAPPED_OUT="0": copy the outputs out, PROFILE="1",
-    SEQ="grid": the persistent LSTM sequence kernel, STAGE="loop": the GEMM's unpipelined staging)."""
+    SEQ="grid": the persistent LSTM sequence kernel, STAGE="loop": the GEMM's unpipelined staging);
+    ATTR: attributes of this model's CUDA engine to override (e.g. {"GRID_GROUP": 32})."""
+    if ATTR:
+        m = build(spec, dtype, device, mode, **env)
+        for k, v in ATTR.items():
+            if not hasattr(m._cuda, k):
+                raise AttributeError(f"ATTR: expected an attribute of the CUDA engine, got {k!r}")
+            setattr(m._cuda, k, v)
+        return m
     env = {f"STREAMRNN_CUDA_{k}": v for k, v in env.items()}
     if mode is not None:
         env["STREAMRNN_CUDA_LAUNCH"] = mode
@@ -487,10 +498,14 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
 
     if B == 1:  # the one-stream tile of before: the input staged 64 values at a time
         variants.append(("one-stream tiles with 64-value chunks (before)", dict(TILES=(0, "KT", 64))))
+    if 1024 <= B < 16384:  # NOTES 55: H=512 B=1024 staged 2 MiB of frames serially (211 us)
+        variants.append(("frames staged by all host threads from 2^16 values, PACK_PAR_MIN",
+                          dict(PACK_PAR_MIN=1 << 16)))
     for name, env_ in variants:
         env_ = dict(env_)
         tiles = env_.pop("TILES", None)
-        old_tiles = ce.STEP_TILES
+        old_tiles, old_par = ce.STEP_TILES, ce.PACK_PAR_MIN
+        ce.PACK_PAR_MIN = env_.pop("PACK_PAR_MIN", old_par)
         try:
             if tiles is not None:  # (bucket, field, value), for this variant's whole life
                 bucket, field, value = tiles
@@ -508,7 +523,7 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
         except Exception as e:  # noqa: BLE001
             RESULT["errors"].append({"what": f"variant {name} B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
         finally:
-            ce.STEP_TILES = old_tiles
+            ce.STEP_TILES, ce.PACK_PAR_MIN = old_tiles, old_par
     if B == 1:
         s = mg.stream()
         o1 = np.empty(O, np.float32)
@@ -608,6 +623,10 @@ SEQ_VARIANTS = (
     ("streamrnn model.run [persistent grid, STREAMRNN_CUDA_SEQ=grid]", dict(SEQ="grid")),
     ("streamrnn model.run [persistent grid, counter barrier, STREAMRNN_CUDA_GRIDSYNC=atomic]",
      dict(SEQ="grid", GRIDSYNC="atomic")),
+    # 8 sequences per pass through shared memory (GRID_GROUP) cost ~4.5 us each at H=128 (B=64:
+    # 8 passes, 47 us per step): up to 32 per pass where shared memory allows (H=128; H=512 keeps 4)
+    ("streamrnn model.run [persistent grid, groups of up to 32 sequences, GRID_GROUP=32]",
+     dict(SEQ="grid", ATTR={"GRID_GROUP": 32})),
 )
 
 
