@@ -68,3 +68,30 @@ def test_lstm_vector_gates_against_float64(H):
     assert np.all(np.abs(c[:done] - c_ref[:done]) <= 5e-7 * (np.abs(cc[:done]) + 1))
     assert np.all(np.abs(h[:done] - h_ref[:done]) <= 5e-7)
     assert np.all(np.isnan(h[done:]))  # the tail is the caller's (scalar loop)
+
+
+def test_kernels_inlined_in_numba_ir_compile_with_the_njit_options():
+    """A kernel inlined into its callers in numba's IR (config.NJIT_INLINE) is compiled with its
+    caller's options, so only kernels whose own options equal NJIT's may be inlined (a kernel
+    with, e.g., reassociation would silently lose it). Also: the inlined set is what cuts the
+    cold compile (bench/NOTES.md entry 59), so it must not be empty."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import streamrnn
+    from streamrnn.config import NJIT
+
+    keys = ("fastmath", "error_model", "boundscheck", "_nrt")
+    inlined = []
+    for info in pkgutil.walk_packages(streamrnn.__path__, "streamrnn."):
+        if not (info.name.endswith(".cpu") or info.name.endswith("cpu_common")):
+            continue
+        mod = importlib.import_module(info.name)
+        for name, obj in vars(mod).items():
+            if isinstance(obj, CPUDispatcher) and obj.targetoptions.get("inline") == "always":
+                inlined.append(f"{info.name}.{name}")
+                got = {k: obj.targetoptions.get(k) for k in keys}
+                assert got == {k: NJIT[k] for k in keys}, (info.name, name, got)
+    assert "streamrnn.engine.cpu._stack_core" in inlined and len(inlined) >= 10, inlined
