@@ -399,8 +399,8 @@ class Pool:
     #: pool.step steps the listed streams as a batch (``cpu.BatchedStep``: float32 on column
     #: panels, on the spinning team of threads; float64 on BLAS) from this many streams on, or
     #: from two streams on where streams x weight-floats reach BATCH_MIN_WORK; below, one
-    #: whole-stack mat-vec kernel per stream, serially (bench/NOTES.md entry 60: the batch is
-    #: 1.7-6x faster than either per-stream kernel from 4-8 streams on)
+    #: whole-stack mat-vec kernel per stream, serially (bench/NOTES.md entry 60: at 8 streams the
+    #: batch is 1.2x (H=64) to 4.6x (H=512) faster than that kernel; at H=128 from 2 streams on)
     GEMM_MIN_STREAMS = 8
     BATCH_MIN_WORK = 1 << 18
 
