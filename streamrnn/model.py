@@ -13,7 +13,6 @@ import numpy as np
 
 from .engine import cpu
 from .engine.pack import pack
-from .config import GIL_STEP_MAX_WEIGHTS
 from .errors import CapacityError, NonFiniteError, ShapeError, StreamIdError, StreamRNNError
 from .spec import ModelSpec
 from .state import State, layout_key, state_from_bytes
@@ -279,9 +278,10 @@ class Stream:
         self._lock = threading.Lock()
         # small models: the kernel holds the GIL (it serialises calls, no lock needed); large
         # ones release it (other threads run) and take the lock
-        self._gil_step = pk.W.size <= GIL_STEP_MAX_WEIGHTS
+        group = cpu.step_group(pk)  # the step kernel the model compiled for its streams
+        self._gil_step = group in ("step_gil", "bfloat16_gil")
         self._cuda = model._cuda.stream() if model._cuda is not None else None
-        self._fast = self._cuda is None and cpu.step_group(pk) == "step_gil"
+        self._fast = self._cuda is None and group == "step_gil"
         # the fast step's buffers by address (one argument instead of three; see step_context)
         self._ctx = cpu.step_context(self._sbuf, pk.W, pk.meta) if self._fast else None
         self._kstep = cpu.stream_step_gil(model.dtype)

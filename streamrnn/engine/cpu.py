@@ -215,12 +215,14 @@ def _stream_step_gil64(x, out, ctx):
 
 
 def step_group(pk: Packed) -> str:
-    """The compile group of the one-stream step kernel a model's streams use: "bfloat16" for
-    bfloat16 weights, "step_gil" (``stream_step_gil``) for models of at most
-    ``config.GIL_STEP_MAX_WEIGHTS`` weights, "step" (``_stream_step``, GIL released) above."""
+    """The compile group of the one-stream step kernel a model's streams use: "step_gil"
+    (``stream_step_gil``) for models of at most ``config.GIL_STEP_MAX_WEIGHTS`` weights, "step"
+    (``_stream_step``, GIL released) above; with bfloat16 weights "bfloat16_gil" /
+    "bfloat16" (``_stream_step_gil_h`` / ``_stream_step_h``, and the push kernel)."""
+    gil = pk.W.size <= config.GIL_STEP_MAX_WEIGHTS
     if pk.Wh.shape[0] > 1:
-        return "bfloat16"
-    return "step_gil" if pk.W.size <= config.GIL_STEP_MAX_WEIGHTS else "step"
+        return "bfloat16_gil" if gil else "bfloat16"
+    return "step_gil" if gil else "step"
 
 
 def stream_step_gil(dtype):
@@ -374,21 +376,21 @@ def _sigs(dt, group: str):
     u1, i64, h1 = types.uint8[::1], types.int64, types.Array(types.uint16, 1, "C", readonly=True)
     im = types.int64[::1]
     groups = {
-        # a model compiles "stream" and the one-stream step kernel it uses: "step_gil" (small
-        # models), "step" (large ones) or "bfloat16" (each step kernel alone costs ~3 s cold)
-        "step_gil": {stream_step_gil(dt): (v, v, i1)},
-        "step": {_stream_step: (v, v, v, v, i2)},
+        # a model compiles "stream" (pushes of long chunks) and the group of its streams
+        # (``step_group``): the one-stream step kernel of its size and weights and the push
+        # kernel of short chunks with the same weights (each ~3 s with a cold cache)
+        "step_gil": {stream_step_gil(dt): (v, v, i1), _stream_push: (m2, m2, v, v, i2)},
+        "step": {_stream_step: (v, v, v, v, i2), _stream_push: (m2, m2, v, v, i2)},
+        "bfloat16": {_stream_step_h: (v, v, v, v, h1, i2), _stream_push_h: (m2, m2, v, v, h1, i2)},
+        "bfloat16_gil": {_stream_step_gil_h: (v, v, v, v, h1, i2), _stream_push_h: (m2, m2, v, v, h1, i2)},
         "stream": {
-            _stream_push: (m2, m2, v, v, i2),
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             _frame_rows: (v, im, m2, m2),
         },
+        # a pool's model has compiled its "stream" and step groups already (pool.push)
         "pool": {
             _pool_step: (i1, m2, m2, m2, m2, v, h1, i2, u1, i1, i64),
             _pool_validate: (i1, m2, m2, u1, i1, i64, i64, i64),
-            _frame_rows: (v, im, m2, m2),
-            _stream_push: (m2, m2, v, v, i2),
-            _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             # BatchedStep: float32 steps on the column panels (_rec_rows), float64 on BLAS + these
             # elementwise kernels; each dtype compiles only its own (a cold pool compiles ~10 s less)
             **({
@@ -404,11 +406,6 @@ def _sigs(dt, group: str):
                 _bias_act_rows: (m2, v, im),
             }),
         },
-        "bfloat16": {  # models with bfloat16 weights only (~8 s of compiling with a cold cache)
-            _stream_step_h: (v, v, v, v, h1, i2),
-            _stream_step_gil_h: (v, v, v, v, h1, i2),
-            _stream_push_h: (m2, m2, v, v, h1, i2),
-        },
         "run": {
             _recur_seq: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
             _recur_seq_par: (m3, m3, i64, i1, m2, v, im, i64, types.boolean, m2),
@@ -420,7 +417,7 @@ def _sigs(dt, group: str):
 
 def compile_for(dtype, group: str = "stream") -> None:
     """Compile (or load from numba's cache) the CPU kernels of ``group`` ("stream", "step_gil",
-    "step", "bfloat16", "pool", "run") for ``dtype``. Idempotent; called when a model, pool or
+    "step", "bfloat16", "bfloat16_gil", "pool", "run") for ``dtype``. Idempotent; called when a model, pool or
     first run is set up, so no real-time frame ever waits for the compiler."""
     dt = np.dtype(dtype).type
     if (dt, group) in _compiled:
