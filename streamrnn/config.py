@@ -32,10 +32,12 @@ def omp_passive() -> bool:
 # in the whole-stack step kernel): switching it off halved the H=32 step (bench/NOTES.md).
 NJIT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False, fastmath={"contract"}, _nrt=False)
 PARALLEL = dict(NJIT, parallel=True)
-#: thin wrappers over the whole stack: inlined into their callers in numba's IR, so they get no
-#: compiled library of their own (each library re-optimises and re-emits everything it inlines:
-#: ~1.5 s per wrapper level of the whole-stack kernels with a cold cache, bench/NOTES.md 59).
-#: Only for functions whose options equal NJIT's (an inlined body takes its caller's fastmath).
+#: wrappers and other kernels with one or two callers: inlined into their callers in numba's IR,
+#: so they get no compiled library of their own (each library re-optimises and re-emits everything
+#: it inlines: ~1.5 s per wrapper level of the whole-stack kernels with a cold cache,
+#: bench/NOTES.md 59). Not for kernels with many callers (each caller then types the whole tree:
+#: far slower), and only for functions whose options equal NJIT's (an inlined body takes its
+#: caller's fastmath; tests/test_kernels_math.py checks it).
 NJIT_INLINE = dict(NJIT, inline="always")
 #: for kernels that run in a microsecond or two: holding the GIL serialises them for free
 NJIT_GIL = dict(NJIT, nogil=False)

@@ -561,7 +561,9 @@ def _gates_row(sid, g, hr, y, arena, W, m):
         if m[K_FLAGS] & F_LBR:
             _gru_gates(W, m, d0, g, h, hr)
         else:  # r multiplies h before Rh: the per-row cell does the recurrence
-            _gru_cell(W, _NO_H, m, d0, g, h, hr, d0 + REC_FWD)  # an int64, as _cell passes it
+            # rec an int64, as the stream path's _cell passes it on to _rec_product (one
+            # specialisation of that kernel, not one more for a literal)
+            _gru_cell(W, _NO_H, m, d0, g, h, hr, d0 + REC_FWD)
     else:
         _rnn_gates(W, m, d0, g, h)
     for j in range(Hr):
