@@ -28,6 +28,12 @@ Self-contained (run from the repository root; the package need not be installed)
 4. ``parity`` again with what is left of the budget: GRU (both linear_before_reset) stack with a
    softmax head, RNN relu (float64), LSTM + head (float64, 2000 streams), bidirectional run.
 
+5. ``persist`` (not in the default order) one stream through the persistent step kernel
+   (``STREAMRNN_CUDA_PERSIST=1``, streamrnn/engine/persist.py) at each H: parity with the CPU
+   engine over one-row steps on two streams, a two-row step (the graph path, after stopping
+   the kernel), the relaunch after the idle exit; then pool.step / stream.step latency against
+   the graph path and torch + CUDA graph, back to back and 1 ms apart.
+
 ``--sections`` picks and orders them (default ``parity,step,seq,more``, where ``more`` is 4.).
 
 Prints markdown tables (progress lines flushed as it goes) and writes every number to ``--out``
@@ -63,7 +69,8 @@ def _args(argv=None):
     p.add_argument("--batches", default="1,64,1024,16384", help="stream counts of the timing section")
     p.add_argument("--sections", default="parity,step,seq,more",
                    help="sections to run, in this order: parity (LSTM stack), step (pool.step timings), "
-                        "seq (model.run timings), more (parity of the other layer types); the budget "
+                        "seq (model.run timings), more (parity of the other layer types), persist (the "
+                        "persistent one-row step kernel: parity and timings vs the graph path); the budget "
                         "skips what comes last, so put first what this run is for")
     p.add_argument("--smoke", action="store_true",
                    help="tiny parity models (to try the script itself on NUMBA_ENABLE_CUDASIM=1)")
@@ -579,6 +586,96 @@ def step_section() -> None:
     save()
 
 
+def persist_size(H, spec, tmods, iters, budget_s):
+    """One stream at hidden size H: the persistent step kernel (STREAMRNN_CUDA_PERSIST=1) vs the
+    graph path vs torch + CUDA graph; parity with the CPU engine over several steps; calls back
+    to back and 1 ms apart; the relaunch after the idle timeout."""
+    I, O = H, 32
+    mg = build(spec, "float32", "cuda")
+    mc = build(spec, "float32", "cpu")
+    mp = build(spec, "float32", "cuda", PERSIST="1")
+    X = RNG.standard_normal((8, I)).astype(np.float32)
+    out = np.empty((1, O), np.float32)
+    pp, pc = mp.pool(2), mc.pool(2)
+    ip, ic = pp.open(2), pc.open(2)
+    srv = pp._cuda.core.server
+    if srv is None:
+        RESULT["errors"].append({"what": f"persist H={H}", "error": "no persistent kernel (self-test failed?)"})
+        log(f"  H={H} persistent kernel NOT in use (see the warnings above)")
+        return
+    log(f"  H={H} persistent kernel: grid {srv.G} x {srv.NT}, idle exit {srv.idle_ns / 1e6:.0f} ms")
+    ok = True
+    for t in range(8):  # one-row steps on both streams, then a two-row step (the graph path)
+        sid = [t & 1]
+        y, yc = pp.step(ip[sid], X[t:t + 1]), pc.step(ic[sid], X[t:t + 1])
+        ok &= _cmp(f"persist H={H}", f"pool.step (1 row) t={t} vs cpu", y, yc, "float32")
+    y, yc = pp.step(ip, X[:2]), pc.step(ic, X[:2])
+    ok &= _cmp(f"persist H={H}", "pool.step (2 rows, after stop) vs cpu", y, yc, "float32")
+    y, yc = pp.step(ip[[1]], X[2:3]), pc.step(ic[[1]], X[2:3])
+    ok &= _cmp(f"persist H={H}", "pool.step (1 row, relaunched) vs cpu", y, yc, "float32")
+    for sid in range(2):
+        ok &= _cmp(f"persist H={H}", f"state {sid} vs cpu", pp.get_state(sid).data, pc.get_state(sid).data, "float32")
+    n0 = srv.launches
+    time.sleep(0.2)  # past the idle timeout: the kernel exits, the next step relaunches it
+    y, yc = pp.step(ip[[0]], X[3:4]), pc.step(ic[[0]], X[3:4])
+    ok &= _cmp(f"persist H={H}", "pool.step after the idle exit vs cpu", y, yc, "float32")
+    log(f"  H={H} parity {'ok' if ok else 'FAILED'}; launches {n0} -> {srv.launches} across the idle exit")
+    Xr = X[4:5]
+    i1 = ip[[0]]
+    st = timeit(lambda: pp.step(i1, Xr, out=out), iters, budget_s)
+    record(H, 1, "streamrnn pool.step [persistent kernel, STREAMRNN_CUDA_PERSIST=1]", st, launches=srv.launches)
+    sp = mp.stream()
+    o1 = np.empty(O, np.float32)
+    record(H, 1, "streamrnn stream.step [persistent kernel]", timeit(lambda: sp.step(Xr[0], out=o1), iters, budget_s))
+    del sp
+    pp._cuda.core.quiesce()
+    pg = mg.pool(1)
+    ig = pg.open(1)
+    record(H, 1, "streamrnn pool.step [graph, default]", timeit(lambda: pg.step(ig, Xr, out=out), iters, budget_s),
+           mode=pool_mode(pg))
+
+    def paced(fn):
+        ts = []
+        for _ in range(min(150, iters)):
+            time.sleep(0.001)
+            t0 = time.perf_counter_ns()
+            fn()
+            ts.append(time.perf_counter_ns() - t0)
+        a = np.array(ts[3:]) / 1e3
+        return {"p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
+                "mean_us": float(a.mean()), "iters": len(a)}
+
+    record(H, 1, "streamrnn pool.step [graph, calls 1 ms apart]", paced(lambda: pg.step(ig, Xr, out=out)))
+    record(H, 1, "streamrnn pool.step [persistent, calls 1 ms apart]", paced(lambda: pp.step(i1, Xr, out=out)))
+    pp._cuda.core.quiesce()
+    if tmods is not None:
+        import torch
+
+        eager, graph, _ = torch_step_fns(*tmods, 1, I, H, O, Xr, tf32=False)
+        if graph is not None:
+            record(H, 1, "torch nn.LSTM CUDA graph (TF32 off)", timeit(graph, iters, budget_s))
+            record(H, 1, "torch nn.LSTM CUDA graph (TF32 off), calls 1 ms apart", paced(graph))
+        del eager, graph
+        torch.cuda.synchronize()
+    del pp, pg
+
+
+def persist_section() -> None:
+    log("== persist: one stream through the persistent step kernel ==")
+    try:
+        import torch
+
+        have_torch = torch.cuda.is_available()
+    except Exception:
+        have_torch = False
+    for H in [int(s) for s in ARGS.sizes.split(",") if s]:
+        spec = lstm_head(H, H, 32)
+        tmods = guarded(f"torch modules H={H}", torch_modules, spec, H, H, 32) if have_torch else None
+        guarded(f"persist H={H}", persist_size, H, spec, tmods, 100 if ARGS.quick else 400,
+                0.5 if ARGS.quick else 1.5, need=10)
+    save()
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. sequences
 # ---------------------------------------------------------------------------------------------
@@ -767,7 +864,8 @@ def watchdog(limit_s: float) -> None:
 
 def main() -> int:
     watchdog(ARGS.budget + ARGS.grace)
-    sections = {"parity": parity, "step": step_section, "seq": seq_section, "more": parity_more}
+    sections = {"parity": parity, "step": step_section, "seq": seq_section, "more": parity_more,
+                "persist": persist_section}
     names = [x.strip() for x in ARGS.sections.split(",") if x.strip()]
     bad = [x for x in names if x not in sections]
     if bad:

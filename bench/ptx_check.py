@@ -122,6 +122,17 @@ def _kernels(H: int):
         t = ce._tile(b, 32, 1, 4)
         k = make_linear("float32", t, H, 32, 0, 0, BO + 4 * H, BO, -1, 0.0, 0.0, True)
         out.append((f"linear head n<={mx} {tuple(t)}", k, (v, ids, m, m, m, m, i64)))
+    # the persistent one-row step kernel (STREAMRNN_CUDA_PERSIST=1): both bodies of bucket 0
+    from streamrnn.engine.persist import make_server
+
+    t0, t1 = ce._tile(0, H, 4, 4), ce._tile(0, 32, 1, 4)
+    b0 = make_lstm_step("float32", t0, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False)
+    b1 = make_linear("float32", t1, H, 32, 0, H, BO + 4 * H, BO, -1, 0.0, 0.0, True, (0, HO, H))
+    srv = make_server(((b0.body, True, 1, -(-H // (t0.U * t0.UPT))), (b1.body, False, 1, -(-32 // (t1.U * t1.UPT)))),
+                      t0.U * t0.KS * t0.RS, 1 + H // 2)
+    w = nbt.Array(i64, 1, "C")
+    out.append(("persistent step (lstm_step + linear) n=1", srv,
+                (v, w, w, ids, A, m, m, m, w, w, w, i64, i64, nbt.boolean)))
     NT = min(256, max(32, -(-H // 32) * 32))
     seq_sig = (v, m, m, m, nbt.Array(i64, 1, "C"), nbt.Array(i64, 1, "C"), i64, i64)
     k = make_lstm_seq("float32", NT, 1, H, H, RT, -1, -1, 0.0, False, acts, HO, CO, 0, False)

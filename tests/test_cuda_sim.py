@@ -424,6 +424,75 @@ _CASES = {
         else:
             raise AssertionError("stream() of a bidirectional model did not raise")
     """,
+    # The persistent step kernel (STREAMRNN_CUDA_PERSIST=1, engine/persist.py): one-row steps
+    # served by one launch that runs every layer's row-tile body over that layer's grid (in the
+    # simulator one block runs them all in turn); steps of several rows, state access and push
+    # stop it and take the other path. Every layer kind the one-row step has: LSTM (projection,
+    # peepholes) + Dense; GRU (both variants) + Dense + Softmax; RNN + activation + Dense +
+    # LogSoftmax; a recurrent last layer (the commit kernel); float32 and float64.
+    "persist": """
+        os.environ["STREAMRNN_CUDA_PERSIST"] = "1"
+        from streamrnn.engine import persist as ps
+        specs = [
+            ("float32", ModelSpec((LSTMLayer(3, 8, R(1, 32, 3), R(1, 32, 5), R(1, 64), P=R(1, 24),
+                                             proj=R(1, 5, 8)), DenseLayer(R(2, 5), R(2))))),
+            ("float64", ModelSpec((GRULayer(3, 8, R(1, 24, 3), R(1, 24, 8), R(1, 48), linear_before_reset=True),
+                                   GRULayer(8, 5, R(1, 15, 8), R(1, 15, 5), R(1, 30)),
+                                   DenseLayer(R(4, 5), R(4)), SoftmaxLayer(4)))),
+            ("float32", ModelSpec((RNNLayer(4, 8, R(1, 8, 4), R(1, 8, 8), R(1, 16)),
+                                   ActivationLayer(8, Activation("LeakyRelu", 0.2)),
+                                   DenseLayer(R(3, 8), None), SoftmaxLayer(3, log=True)))),
+            ("float64", ModelSpec((GRULayer(2, 7, R(1, 21, 2), R(1, 21, 7), R(1, 42)),))),
+        ]
+        for dtype, spec in specs:
+            mc, mg = both(spec, dtype)
+            I = mc.input_size
+            sc, sg = mc.stream(), mg.stream()
+            srv = sg._cuda.core.server
+            assert srv is not None, "no persistent kernel"
+            n0 = srv.launches  # the self-test's
+            for t in range(3):
+                x = rng.standard_normal(I).astype(dtype)
+                close(sg.step(x), sc.step(x), dtype, f"persistent stream.step {t}")
+            assert srv.launches == n0 + 3 and srv.seq >= 3  # one simulated launch per command
+            close(sg.state.data, sc.state.data, dtype, "state after persistent steps")
+            X = rng.standard_normal((2, I)).astype(dtype)
+            close(sg.push(X), sc.push(X), dtype, "push after persistent steps")
+            x = rng.standard_normal(I).astype(dtype)
+            close(sg.step(x), sc.step(x), dtype, "persistent step after push")
+            # a pool: one-row steps (persistent) between steps of several rows (the other path)
+            pc, pg = mc.pool(4), mg.pool(4)
+            ic, ig = pc.open(3), pg.open(3)
+            assert pg._cuda.core.server is not None
+            for s, ids in enumerate(([1], [0, 2, 1], [2], [0], [1, 0])):
+                X = rng.standard_normal((len(ids), I)).astype(dtype)
+                close(pg.step(ig[ids], X), pc.step(ic[ids], X), dtype, f"pool step {s} {ids}")
+            pg.reset([0]); pc.reset([0])
+            pg.set_state(2, pc.get_state(1)); pc.set_state(2, pc.get_state(1))
+            for s in range(2):
+                X = rng.standard_normal((1, I)).astype(dtype)
+                close(pg.step(ig[[s * 2]], X), pc.step(ic[[s * 2]], X), dtype, f"pool step after reset {s}")
+            for sid in range(3):
+                close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"pool state {sid}")
+            # a refused one-row call changes nothing and sends no command
+            seq = pg._cuda.core.server.seq
+            bad = np.full((1, I), np.nan, dtype)
+            try:
+                pg.step(ig[[0]], bad)
+            except srnn.NonFiniteError:
+                pass
+            else:
+                raise AssertionError("NaN frame did not raise")
+            assert pg._cuda.core.server.seq == seq
+        # the idle timeout is validated
+        os.environ["STREAMRNN_CUDA_PERSIST_IDLE_MS"] = "0"
+        try:
+            srnn.Model(specs[0][1], device="cuda")
+        except srnn.StreamRNNError as e:
+            assert "STREAMRNN_CUDA_PERSIST_IDLE_MS" in str(e), e
+        else:
+            raise AssertionError("a zero idle timeout was accepted")
+    """,
 }
 
 

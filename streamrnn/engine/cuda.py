@@ -489,6 +489,17 @@ class CudaEngine:
         #: the last kernel writes the outputs straight into mapped pinned host memory
         #: (graph / driver paths; no device-to-host copy)
         self.mapped_out = os.environ.get("STREAMRNN_CUDA_MAPPED_OUT", "1") != "0" and mode != "numba"
+        #: one-row steps through a resident kernel fed by mapped host memory (persist.py);
+        #: it exits after STREAMRNN_CUDA_PERSIST_IDLE_MS without a step and is relaunched
+        self.persist = os.environ.get("STREAMRNN_CUDA_PERSIST", "0") not in ("", "0")
+        idle = os.environ.get("STREAMRNN_CUDA_PERSIST_IDLE_MS", "50")
+        try:
+            self.persist_idle_ms = float(idle)
+            if not self.persist_idle_ms > 0:
+                raise ValueError
+        except ValueError:
+            raise StreamRNNError(f"STREAMRNN_CUDA_PERSIST_IDLE_MS: expected a number of milliseconds > 0, "
+                                 f"got {idle!r}") from None
         #: per-phase host timings of pool.step / stream.step (see CudaPool.profile)
         self.profile = os.environ.get("STREAMRNN_CUDA_PROFILE", "0") not in ("", "0")
         self._lock = threading.Lock()
@@ -581,9 +592,11 @@ class CudaEngine:
         v, m = nbt.Array(f, 1, "C"), nbt.Array(f, 2, "C")
         return (v, nbt.Array(nbt.int64, 1, "A"), nbt.Array(f, 2, "A") if first else m, m, m, m, nbt.int64)
 
-    def step_ops(self, bucket: int):
+    def step_ops(self, bucket: int, row_nt: int = 0):
         """The kernels of one step for rows in ``bucket``: a list of
-        (dispatcher, src_is_X, block, grid(n) function)."""
+        (dispatcher, src_is_X, block, grid(n) function). ``row_nt``: threads of the one-block-
+        per-row kernels (activation, softmax, commit; default 32 / 64), so that the persistent
+        kernel can give every layer the same block size."""
         from ..layers.dense.cuda import make_commit_kernel, make_linear, make_rowwise
         from ..layers.gru.cuda import make_gru_step, make_gru_step2
         from ..layers.cuda_common import gemm_threads
@@ -652,14 +665,14 @@ class CudaEngine:
                 k = make_linear(dts, t, L.I, L.O, IN0, c["out"], L.WT, L.B, L.act, L.alpha, L.beta, last, commit)
                 tile_op(k, t, L.O, first)
             else:
-                NT = 32 if self.sim is False else 4
+                NT = row_nt or (32 if self.sim is False else 4)
                 sm = L.kind == SOFTMAX
                 k = make_rowwise(dts, NT, sm, sm and L.log, L.I, IN0, c["out"],
                                  -1 if sm else L.act, 0.0 if sm else L.alpha, 0.0 if sm else L.beta,
                                  last, commit)
                 row_op(k, NT, first)
         if self.layers[-1].recurrent and self.commit:
-            NT = 4 if self.sim else 64
+            NT = row_nt or (4 if self.sim else 64)
             row_op(make_commit_kernel(NT, self.commit), NT, False)
         return ops
 
@@ -900,6 +913,7 @@ class _Core:
         self.last_n = -1
         self.mode = eng.mode
         self.mapped = eng.mapped_out
+        self.server = None  # persist.Server of the one-row steps (STREAMRNN_CUDA_PERSIST=1)
         #: STREAMRNN_CUDA_PROFILE: (n, pack, launch, sync, copy-out) ns per call; _tl: launch done
         self.prof = [] if eng.profile else None
         self._tl = 0
@@ -907,6 +921,8 @@ class _Core:
         if self.mode != "numba":
             self._self_test()
         self._warm()
+        if eng.persist:
+            self._serve()
 
     def _warm(self) -> None:
         """Build the kernels of every row bucket a call of at most ``cap`` rows can use (on a
@@ -934,6 +950,7 @@ class _Core:
             return
         eng = self.eng
         nmax = min(self.cap, max(n, 2 * self.nmax, 1))
+        self.quiesce()
         self._drop_graphs()
         isz, I = eng.isz, eng.I
         P = 8 + _cdiv(I * isz, 8) * 8
@@ -942,20 +959,31 @@ class _Core:
         self.in_d = cuda.device_array((nmax, P), np.uint8)
         self.ids_d = self.in_d.view(np.int64)[:, 0]
         self.X_d = self.in_d.view(eng.dtype)[:, c0 : c0 + I]
-        self.hin = cuda.pinned_array((nmax, P), np.uint8)
+        if eng.persist:  # the resident kernel reads the staging rows and writes the outputs over PCIe
+            from .persist import mapped
+
+            self.hin_w, hw = mapped(nmax * P // 8, np.int64)
+            self.hin = hw.view(np.uint8).reshape(nmax, P)
+            self.in_w = self.in_d.view(np.int64).reshape(nmax * P // 8)
+        else:
+            self.hin = cuda.pinned_array((nmax, P), np.uint8)
         self.hids = self.hin.view(np.int64)[:, 0]
         self.hX = self.hin.view(eng.dtype)[:, c0 : c0 + I]
         self.h64, self.hf, self.c0 = self.hin.view(np.int64), self.hin.view(eng.dtype), c0  # C-contiguous views
         self.feat_d = cuda.device_array((nmax, eng.ftot), eng.dtype)
         self.out_d = cuda.device_array((nmax, eng.O), eng.dtype)
         self.hout_m = None
-        if self.mapped:
+        if eng.persist:
+            self.hout_m, self.hout = mapped((nmax, eng.O), eng.dtype)
+        elif self.mapped:
             try:
                 self.hout_m = cuda.mapped_array((nmax, eng.O), eng.dtype)
             except Exception as e:  # pragma: no cover - real GPU only
                 log.warning("streamrnn cuda: no mapped host memory (%s); copying outputs out", e)
                 self.mapped = False
-        if self.hout_m is not None:
+        if eng.persist:
+            pass
+        elif self.hout_m is not None:
             self.hout = np.ndarray.view(self.hout_m, np.ndarray)  # plain view: cheap slicing
         else:
             self.hout = cuda.pinned_array((nmax, eng.O), eng.dtype)
@@ -981,6 +1009,65 @@ class _Core:
             if r >= 0:
                 return _cpu.E_NONFINITE | (int(r) << 8)
         return _cpu.OK
+
+    # -- the persistent kernel (STREAMRNN_CUDA_PERSIST=1) -------------------------------------
+    def _serve(self) -> None:
+        """Serve one-row steps through the persistent kernel (persist.py) once it passes a
+        self-test against numba's launch path; else log why and keep the other paths."""
+        from .persist import Server
+
+        eng = self.eng
+        b1 = _bucket(1)
+        t = (STEP_TILES or _tiles())[b1][1]
+        ops = eng.step_ops(b1, row_nt=t.U * t.KS * t.RS)
+        NT = ops[0][2]
+        if any(b != NT or not hasattr(d, "body") for d, _, b, _ in ops):
+            log.warning("streamrnn cuda: STREAMRNN_CUDA_PERSIST: this model's one-row kernels differ in "
+                        "block size; not using the persistent kernel")
+            return
+        srv = None
+        try:
+            srv = Server(self, ops, eng.persist_idle_ms)
+            why = self._persist_test(srv)
+        except Exception as e:  # pragma: no cover - real GPU only
+            why = f"{type(e).__name__}: {e}"
+        if why:  # pragma: no cover - real GPU only
+            log.warning("streamrnn cuda: the persistent step kernel failed its self-test (%s); not using it", why)
+            if srv is not None:
+                try:
+                    srv.stop()
+                except Exception:
+                    pass
+            return
+        self.server = srv
+
+    def _persist_test(self, srv) -> str:
+        """One frame on arena row 0 through numba's launches, then through ``srv``: the outputs
+        and the new state must agree (relative 1e-5 in float32). Returns "" or why not."""
+        eng = self.eng
+        x = np.random.default_rng(1).standard_normal(eng.I).astype(eng.dtype)
+        zero = np.zeros((1, self.S1), eng.dtype)
+        got = []
+        for fn in (lambda: self._step_numba(1, _bucket(1)), lambda: srv.step(1)):
+            self.arena[0:1].copy_to_device(zero)
+            self.hids[0] = 0
+            self.hX[0] = x
+            self.hout[0] = np.nan  # a path that does not write its outputs fails
+            fn()
+            y = self.hout[0].copy()
+            srv.stop()
+            got.append((y, self.arena[0:1].copy_to_host()))
+        self.arena[0:1].copy_to_device(zero)
+        rtol = 1e-5 if eng.dtype == np.float32 else 1e-10
+        for a, b in zip(*got):
+            if not np.allclose(b, a, rtol=rtol, atol=rtol * max(1.0, float(np.abs(a).max()))):
+                return f"results differ from numba's launch path (max abs {float(np.abs(a - b).max()):.3g})"
+        return ""
+
+    def quiesce(self) -> None:
+        """Stop the persistent kernel (if running): before any other device work on the state."""
+        if self.server is not None:
+            self.server.stop()
 
     def _drop_graphs(self) -> None:
         while self.graphs:
@@ -1019,6 +1106,11 @@ class _Core:
     # -- the step --------------------------------------------------------------------------
     def step(self, n: int) -> None:
         """Advance rows hids[:n] with frames hX[:n]; outputs land in hout[:n]."""
+        if self.server is not None:
+            if n == 1:
+                self.server.step(1)
+                return
+            self.server.stop()
         bucket = _bucket(n)
         if self.mode == "numba":
             self._step_numba(n, bucket)
@@ -1154,6 +1246,7 @@ class _Core:
         drv = self.eng.drv
         if drv is None or n < 1 or n > self.nmax:
             return []
+        self.quiesce()
         if not getattr(_tls, "ctx", False):  # raw driver calls need the context current here
             cuda.current_context()
             _tls.ctx = True
@@ -1223,6 +1316,7 @@ class _Core:
         if k == 0:
             return
         self._grow(k)
+        self.quiesce()
         s = self.stream
         self.hids[:k] = ids
         self.in_d[:k].copy_to_device(self.hin[:k], stream=s)
@@ -1231,6 +1325,7 @@ class _Core:
         s.synchronize()
 
     def get_state(self, sid: int) -> np.ndarray:
+        self.quiesce()
         s = self.stream
         row = self.arena[sid : sid + 1].copy_to_host(stream=s)
         s.synchronize()
@@ -1239,12 +1334,14 @@ class _Core:
     def set_state(self, sid: int, data: np.ndarray) -> None:
         row = np.zeros((1, self.S1), self.eng.dtype)
         row[0, : self.eng.S] = data
+        self.quiesce()
         s = self.stream
         self.arena[sid : sid + 1].copy_to_device(row, stream=s)
         s.synchronize()
 
     def __del__(self):
         try:
+            self.quiesce()
             self._drop_graphs()
         except Exception:
             pass
@@ -1302,6 +1399,7 @@ class CudaPool:
 
     def push(self, sid: int, X: np.ndarray) -> np.ndarray:
         _check_frames(X, self.eng.model)
+        self.core.quiesce()
         return self.eng.push(self.core.arena, int(sid), X)
 
     def reset(self, ids) -> None:
@@ -1374,6 +1472,7 @@ class CudaStream:
     def push(self, X: np.ndarray) -> np.ndarray:
         _check_frames(X, self.eng.model)
         with self._lock:
+            self.core.quiesce()
             return self.eng.push(self.core.arena, 0, X)
 
     def reset(self) -> None:

@@ -59,6 +59,21 @@ def jit(device=False, **kw):
     return cuda.jit(device=device, **kw)
 
 
+def as_kernel(body, name: str):
+    """The kernel of a row-tile body ``body(bx, by, W, ids, src, dst, out, arena, n)`` (a device
+    function of one block (bx, by) of the grid). The body stays reachable as ``kernel.body``:
+    the persistent step kernel (:mod:`streamrnn.engine.persist`) calls it once per block of
+    each layer's grid, inside one resident launch."""
+
+    def kernel(W, ids, src, dst, out, arena, n):
+        body(cuda.blockIdx.x, cuda.blockIdx.y, W, ids, src, dst, out, arena, n)
+
+    kernel.__name__ = kernel.__qualname__ = name
+    k = jit()(kernel)
+    k.body = body
+    return k
+
+
 # ---------------------------------------------------------------------------------------------
 # Scalar device helpers (same formulae, same literal types as layers/cpu_common.py)
 # ---------------------------------------------------------------------------------------------
@@ -186,14 +201,14 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
     NC = len(COMMIT) // 3
     AAc, ABc = dt(AA), dt(AB)
 
-    @jit(fastmath=False)
-    def linear(W, ids, src, dst, out, arena, n):
+    @jit(device=True)
+    def linear(bx, by, W, ids, src, dst, out, arena, n):
         tid = cuda.threadIdx.x
         tx = tid % U
         ks = (tid // U) % KS
         ty = tid // (U * KS)
-        j0 = cuda.blockIdx.y * UU + tx
-        rbase = cuda.blockIdx.x * NR
+        j0 = by * UU + tx
+        rbase = bx * NR
         xs = cuda.shared.array((NR, KT), nbt)
         red = cuda.shared.array(RED, nbt)
         acc = cuda.local.array(NACC, nbt)
@@ -216,13 +231,13 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
                             dst[r, OUT0 + j] = y
                             if LAST:
                                 out[r, j] = y
-        if NC > 0 and cuda.blockIdx.y == 0:
+        if NC > 0 and by == 0:
             for rr in range(NR):
                 r = rbase + rr
                 if r < n:
                     commit(ids, dst, arena, r, tid)
 
-    return linear
+    return as_kernel(linear, "linear")
 
 
 @lru_cache(maxsize=None)
@@ -235,9 +250,9 @@ def make_rowwise(dtype: str, NT: int, SOFTMAX: bool, LOG: bool, SIZE: int, IN0: 
     NC = len(COMMIT) // 3
     AAc, ABc = dt(AA), dt(AB)
 
-    @jit()
-    def rowwise(W, ids, src, dst, out, arena, n):
-        r = cuda.blockIdx.x
+    @jit(device=True)
+    def rowwise(bx, by, W, ids, src, dst, out, arena, n):
+        r = bx
         tid = cuda.threadIdx.x
         if r < n:
             if SOFTMAX:
@@ -281,7 +296,7 @@ def make_rowwise(dtype: str, NT: int, SOFTMAX: bool, LOG: bool, SIZE: int, IN0: 
             if NC > 0:
                 commit(ids, dst, arena, r, tid)
 
-    return rowwise
+    return as_kernel(rowwise, "rowwise")
 
 
 @lru_cache(maxsize=None)
@@ -289,13 +304,13 @@ def make_commit_kernel(NT: int, COMMIT: tuple):
     """Standalone commit (when the last layer is recurrent): one block per row."""
     commit = make_commit(NT, COMMIT)
 
-    @jit()
-    def commit_kernel(W, ids, src, dst, out, arena, n):
-        r = cuda.blockIdx.x
+    @jit(device=True)
+    def commit_kernel(bx, by, W, ids, src, dst, out, arena, n):
+        r = bx
         if r < n:
             commit(ids, dst, arena, r, cuda.threadIdx.x)
 
-    return commit_kernel
+    return as_kernel(commit_kernel, "commit_kernel")
 
 
 @lru_cache(maxsize=None)

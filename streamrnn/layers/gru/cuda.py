@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda
 
-from ..dense.cuda import Tile, _act, _clip, jit, make_accum, make_reduce, nbtype, red_size
+from ..dense.cuda import Tile, _act, _clip, as_kernel, jit, make_accum, make_reduce, nbtype, red_size
 
 
 @lru_cache(maxsize=None)
@@ -42,14 +42,14 @@ def make_gru_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, S
     af, bf, ag, bg = dt(af), dt(bf), dt(ag), dt(bg)
     clip = dt(CLIP)
 
-    @jit()
-    def gru_step(W, ids, src, dst, out, arena, n):
+    @jit(device=True)
+    def gru_step(bx, by, W, ids, src, dst, out, arena, n):
         tid = cuda.threadIdx.x
         tx = tid % U
         ks = (tid // U) % KS
         ty = tid // (U * KS)
-        j0 = cuda.blockIdx.y * UU + tx
-        rbase = cuda.blockIdx.x * NR
+        j0 = by * UU + tx
+        rbase = bx * NR
         xs = cuda.shared.array((NR, KT), nbt)
         red = cuda.shared.array(RED, nbt)
         acc = cuda.local.array(NACC, nbt)
@@ -85,7 +85,7 @@ def make_gru_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, S
                                 dst[r, SCR0 + H + j] = gh
                                 dst[r, SCR0 + 2 * H + j] = rg * hp
 
-    return gru_step
+    return as_kernel(gru_step, "gru_step")
 
 
 @lru_cache(maxsize=None)
@@ -104,14 +104,14 @@ def make_gru_step2(dtype: str, tile: Tile, H: int, OUT0: int, SCR0: int, RT: int
     ag, bg = dt(ag), dt(bg)
     clip = dt(CLIP)
 
-    @jit()
-    def gru_step2(W, ids, src, dst, out, arena, n):
+    @jit(device=True)
+    def gru_step2(bx, by, W, ids, src, dst, out, arena, n):
         tid = cuda.threadIdx.x
         tx = tid % U
         ks = (tid // U) % KS
         ty = tid // (U * KS)
-        j0 = cuda.blockIdx.y * UU + tx
-        rbase = cuda.blockIdx.x * NR
+        j0 = by * UU + tx
+        rbase = bx * NR
         xs = cuda.shared.array((NR, KT), nbt)
         red = cuda.shared.array(RED, nbt)
         acc = cuda.local.array(NACC, nbt)
@@ -135,7 +135,7 @@ def make_gru_step2(dtype: str, tile: Tile, H: int, OUT0: int, SCR0: int, RT: int
                             if LAST:
                                 out[r, j] = hv
 
-    return gru_step2
+    return as_kernel(gru_step2, "gru_step2")
 
 
 @lru_cache(maxsize=None)

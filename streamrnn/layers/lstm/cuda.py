@@ -10,7 +10,7 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda
 
-from ..dense.cuda import Tile, _act, _clip, jit, make_accum, make_reduce, nbtype, red_size
+from ..dense.cuda import Tile, _act, _clip, as_kernel, jit, make_accum, make_reduce, nbtype, red_size
 
 
 @lru_cache(maxsize=None)
@@ -71,14 +71,14 @@ def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OU
     NACC = RPT * AWT
     cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
 
-    @jit()
-    def lstm_step(W, ids, src, dst, out, arena, n):
+    @jit(device=True)
+    def lstm_step(bx, by, W, ids, src, dst, out, arena, n):
         tid = cuda.threadIdx.x
         tx = tid % U
         ks = (tid // U) % KS
         ty = tid // (U * KS)
-        j0 = cuda.blockIdx.y * UU + tx
-        rbase = cuda.blockIdx.x * NR
+        j0 = by * UU + tx
+        rbase = bx * NR
         xs = cuda.shared.array((NR, KT), nbt)
         red = cuda.shared.array(RED, nbt)
         acc = cuda.local.array(NACC, nbt)
@@ -107,7 +107,7 @@ def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OU
                             if LAST:
                                 out[r, j] = hn
 
-    return lstm_step
+    return as_kernel(lstm_step, "lstm_step")
 
 
 @lru_cache(maxsize=None)

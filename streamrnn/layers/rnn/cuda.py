@@ -9,7 +9,7 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda
 
-from ..dense.cuda import Tile, _act, _clip, jit, make_accum, make_reduce, nbtype, red_size
+from ..dense.cuda import Tile, _act, _clip, as_kernel, jit, make_accum, make_reduce, nbtype, red_size
 
 
 @lru_cache(maxsize=None)
@@ -30,14 +30,14 @@ def make_rnn_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, W
     af, bf = dt(af), dt(bf)
     clip = dt(CLIP)
 
-    @jit()
-    def rnn_step(W, ids, src, dst, out, arena, n):
+    @jit(device=True)
+    def rnn_step(bx, by, W, ids, src, dst, out, arena, n):
         tid = cuda.threadIdx.x
         tx = tid % U
         ks = (tid // U) % KS
         ty = tid // (U * KS)
-        j0 = cuda.blockIdx.y * UU + tx
-        rbase = cuda.blockIdx.x * NR
+        j0 = by * UU + tx
+        rbase = bx * NR
         xs = cuda.shared.array((NR, KT), nbt)
         red = cuda.shared.array(RED, nbt)
         acc = cuda.local.array(NACC, nbt)
@@ -58,7 +58,7 @@ def make_rnn_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, W
                             if LAST:
                                 out[r, j] = hv
 
-    return rnn_step
+    return as_kernel(rnn_step, "rnn_step")
 
 
 @lru_cache(maxsize=None)

@@ -1,0 +1,320 @@
+"""Persistent step kernel: one resident launch serves a pool's one-row steps, fed through mapped
+host memory (``STREAMRNN_CUDA_PERSIST=1``; bench/NOTES.md entries 65-66).
+
+Why: a one-stream step through a replayed CUDA graph costs ~22-26 µs host to host on an H200,
+of which ~6 µs are the host side of ``cuGraphLaunch`` and most of the rest the graph's nodes
+each paying a launch on the device (copy in, one kernel per layer). Here the kernel is launched
+once and stays resident:
+
+* the host stages the row ``[id | frame]`` in mapped pinned memory (``_Core.pack``, as before),
+  writes the row count and then a new sequence number into the command words ``ctl`` (mapped),
+  and spins on the acknowledgement word ``ack[0]`` (mapped) until the kernel stores the same
+  number there; the outputs are then in the mapped output rows;
+* the kernel (a cooperative grid of G blocks of NT threads): thread 0 of block 0 polls ``ctl[0]``
+  with volatile loads (``ld.volatile``: numba's ``ldcv`` is a pure inline asm that LLVM hoists
+  out of the poll loop), copies the staging row into device memory, and the grid synchronises;
+  then every layer's row-tile body (``kernel.body``, the same code the graph path launches) runs
+  once per block of that layer's grid, the G blocks taking the layer's blocks in turn, with a
+  grid sync between layers; then every thread fences its output stores to system memory, the
+  grid synchronises, and thread 0 stores the acknowledgement;
+* after ``idle_ns`` without a command (``%globaltimer``) the kernel stores ``ack[1] = 0`` and
+  exits, so an idle pool does not hold SMs; the host relaunches it at the next step (and when
+  it sees ``ack[1] == 0`` with its command not served). Any other use of the pool's device
+  state (reset, get/set state, steps of several rows, the sequence path) first stops it
+  (``ctl[0] = -1``) and waits for it to exit.
+
+Under the CUDA simulator (no concurrent host and device) a launch serves exactly one command
+(``once``) in one block, which runs every layer's blocks in turn: the same code path, tested in
+CI for parity with the CPU engine.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from numba import cuda
+
+from ..layers.dense.cuda import SIM, jit
+
+log = logging.getLogger("streamrnn")
+
+# ---------------------------------------------------------------------------------------------
+# Device helpers: volatile loads / stores of int64 words, the global timer, fences
+# ---------------------------------------------------------------------------------------------
+if SIM:
+    @jit(device=True)
+    def ld_volatile(a, i):
+        return a[i]
+
+    @jit(device=True)
+    def st_volatile(a, i, v):
+        a[i] = v
+
+    @jit(device=True)
+    def now_ns():
+        return 0
+
+    @jit(device=True)
+    def fence_system():
+        pass
+else:  # pragma: no cover - compiled for a real GPU only (ptx_check compiles them without one)
+    from llvmlite import ir
+    from numba import types as _nt
+    from numba.cuda import cgutils
+    from numba.cuda.extending import intrinsic
+
+    def _word_ptr(context, builder, sig, args):
+        aty, ity = sig.args[0], sig.args[1]
+        ary = context.make_array(aty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], ity, _nt.intp)
+        return cgutils.get_item_pointer(context, builder, aty, ary, [idx], wraparound=False)
+
+    @intrinsic
+    def ld_volatile(typingctx, a, i):
+        """``a[i]`` (int64, 1-D) loaded with ``ld.volatile.global``: never cached, never hoisted
+        (an asm with side effects and a memory clobber)."""
+        sig = _nt.int64(a, i)
+
+        def codegen(context, builder, sig, args):
+            fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(64).as_pointer()])
+            asm = ir.InlineAsm(fnty, "ld.volatile.global.u64 $0, [$1];", "=l,l,~{memory}", side_effect=True)
+            return builder.call(asm, [_word_ptr(context, builder, sig, args)])
+
+        return sig, codegen
+
+    @intrinsic
+    def st_volatile(typingctx, a, i, v):
+        """``a[i] = v`` (int64, 1-D) with ``st.volatile.global`` (not merged, not sunk)."""
+        sig = _nt.void(a, i, _nt.int64)
+
+        def codegen(context, builder, sig, args):
+            fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(64).as_pointer(), ir.IntType(64)])
+            asm = ir.InlineAsm(fnty, "st.volatile.global.u64 [$0], $1;", "l,l,~{memory}", side_effect=True)
+            v = context.cast(builder, args[2], sig.args[2], _nt.int64)
+            builder.call(asm, [_word_ptr(context, builder, sig, args), v])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @intrinsic
+    def now_ns(typingctx):
+        """The GPU's global nanosecond timer (``%globaltimer``)."""
+        sig = _nt.int64()
+
+        def codegen(context, builder, sig, args):
+            fnty = ir.FunctionType(ir.IntType(64), [])
+            asm = ir.InlineAsm(fnty, "mov.u64 $0, %globaltimer;", "=l", side_effect=True)
+            return builder.call(asm, [])
+
+        return sig, codegen
+
+    @jit(device=True)
+    def fence_system():
+        cuda.threadfence_system()
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel: generated per model (one call of each layer body, unrolled in source)
+# ---------------------------------------------------------------------------------------------
+_SRC = '''
+def serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, cmd, seq0, idle_ns, once):
+    tid = cuda.threadIdx.x
+    bid = cuda.blockIdx.x
+    G = cuda.gridDim.x
+    grid = cuda.cg.this_grid()
+    seq = seq0
+    while True:
+        if bid == 0:
+            if tid == 0:
+                t0 = now_ns()
+                v = seq
+                while True:
+                    v = ld_volatile(ctl, 0)
+                    if v != seq or once:
+                        break
+                    if now_ns() - t0 > idle_ns:
+                        v = -2
+                        break
+                st_volatile(cmd, 0, v)
+                st_volatile(cmd, 1, ld_volatile(ctl, 1))
+            cuda.syncthreads()
+            v = ld_volatile(cmd, 0)
+            if v >= 0 and v != seq:
+                nw = ld_volatile(cmd, 1) * PW
+                for e in range(tid, nw, NT):
+                    ind[e] = ld_volatile(hin, e)
+            cuda.threadfence()
+        grid.sync()
+        v = ld_volatile(cmd, 0)
+        if v < 0 or v == seq:
+            break
+        n = ld_volatile(cmd, 1)
+{ops}        fence_system()
+        grid.sync()
+        if bid == 0 and tid == 0:
+            st_volatile(ack, 0, v)
+            fence_system()
+        seq = v
+        if once:
+            break
+    if bid == 0 and tid == 0:
+        st_volatile(ack, 1, 0)
+        fence_system()
+'''
+
+_OP = '''        for vb in range(bid, {nb}, G):
+            body{k}(vb % {gx}, vb // {gx}, W, ids, {src}, feat, out, arena, n)
+            cuda.syncthreads()
+        grid.sync()
+'''
+
+
+def make_server(bodies: tuple, NT: int, PW: int):
+    """The persistent kernel of one model's one-row step.
+
+    bodies: per layer op, ``(body, first, gx, gy)``: the row-tile body (``kernel.body``), whether
+    it reads the frames (else the feature buffer), and its grid for one row. NT threads per
+    block (every body's block size), PW int64 words per staging row.
+
+    ``serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, cmd, seq0, idle_ns, once)``: hin
+    (mapped) and ind (device) are the staging rows as flat int64 words, ``ids`` / ``X`` the
+    device views of ``ind`` the first layer reads, ``out`` the (mapped) output rows, ``ctl`` /
+    ``ack`` the mapped command and acknowledgement words, ``cmd`` two device words (the command
+    broadcast to every block), seq0 the last sequence number served.
+    """
+    ops = "".join(_OP.format(k=k, nb=gx * gy, gx=gx, src="X" if first else "feat")
+                  for k, (_, first, gx, gy) in enumerate(bodies))
+    g = {"cuda": cuda, "ld_volatile": ld_volatile, "st_volatile": st_volatile, "now_ns": now_ns,
+         "fence_system": fence_system, "NT": NT, "PW": PW}
+    g.update({f"body{k}": b for k, (b, _, _, _) in enumerate(bodies)})
+    exec(compile(_SRC.format(ops=ops), f"<streamrnn persistent step kernel, {len(bodies)} ops>", "exec"), g)
+    return jit()(g["serve"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side
+# ---------------------------------------------------------------------------------------------
+def mapped(shape, dtype):
+    """``(device_array, host_view)`` of one buffer of mapped pinned memory (the kernel reads and
+    writes it over PCIe while the host spins on it). Under the simulator a plain array, which
+    the simulated launch copies in and back."""
+    if SIM:
+        a = np.zeros(shape, dtype)
+        return a, a
+    m = cuda.mapped_array(shape, dtype)  # pragma: no cover - real GPU only
+    return m, np.ndarray.view(m, np.ndarray)  # pragma: no cover
+
+
+class PersistError(RuntimeError):
+    """The persistent kernel did not answer (see ``Server.step``)."""
+
+
+class Server:
+    """The persistent kernel of one ``_Core`` (pool or stream) and its command words.
+
+    ``step()`` serves one row staged in the core's mapped staging rows; ``stop()`` makes the
+    kernel exit and waits for it (before any other device work on the core's state).
+    """
+
+    #: seconds a step waits for the acknowledgement before it gives up (PersistError)
+    TIMEOUT = 5.0
+
+    def __init__(self, core, ops, idle_ms: float):
+        self.core = core
+        eng = core.eng
+        NT = ops[0][2]
+        bodies = tuple((disp.body, first, *grid(1)) for disp, first, _, grid in ops)
+        self.kernel = make_server(bodies, NT, core.pitch // 8)
+        self.NT = NT
+        self.G = max(gx * gy for _, _, gx, gy in bodies)
+        self.ctl, self.ctl_h = mapped(2, np.int64)
+        self.ack, self.ack_h = mapped(2, np.int64)
+        self.cmd = cuda.device_array(2, np.int64)
+        self.idle_ns = int(idle_ms * 1e6)
+        self.seq = 0
+        self.ctl_h[:] = 0
+        self.ack_h[:] = 0
+        self.running = False
+        self.launches = 0
+        self.sim = eng.sim
+        # a stream of its own that does not synchronise with the legacy default stream: a copy
+        # elsewhere on stream 0 does not wait for the resident kernel to exit
+        self.stream = cuda.stream()
+        if not self.sim and eng.drv is not None:  # pragma: no cover - real GPU only
+            h = eng.drv.check(eng.drv.cu.cuStreamCreate(eng.drv.cu.CUstream_flags.CU_STREAM_NON_BLOCKING),
+                              "cuStreamCreate")
+            self._hstream = h
+            self.stream = cuda.external_stream(int(h))
+        if self.sim:  # the simulator's grid sync spans one block: it runs every layer's blocks
+            self.G = 1
+        else:  # pragma: no cover - real GPU only
+            k = self.kernel.compile(self._sig())
+            self.G = min(self.G, k.max_cooperative_grid_blocks(NT))
+
+    def _args(self, once: bool):
+        c = self.core
+        return (c.eng.W, c.hin_w, c.in_w, c.ids_d, c.X_d, c.feat_d, c.hout_m, c.arena, self.ctl, self.ack,
+                self.cmd, self.seq, self.idle_ns, once)
+
+    def _sig(self):  # pragma: no cover - real GPU only
+        return tuple(self.kernel.typeof_pyval(a) for a in self._args(False))
+
+    def _launch(self, once: bool) -> None:
+        self.ack_h[1] = 1
+        self.ack_h[0] = self.seq
+        self.kernel[self.G, self.NT, self.stream](*self._args(once))
+        self.launches += 1
+        self.running = not once
+
+    def step(self, n: int) -> None:
+        """Serve rows [0, n) of the core's staging rows (n = 1)."""
+        ctl, ack = self.ctl_h, self.ack_h
+        s = self.seq + 1
+        ctl[1] = n
+        ctl[0] = s
+        if self.sim:
+            self._launch(True)
+            self.stream.synchronize()
+            if ack[0] != s:
+                raise PersistError("the persistent kernel did not serve its command (simulator)")
+            self.seq = s
+            return
+        if not self.running:  # pragma: no cover - real GPU only
+            self._launch(False)
+        self._wait(s)  # pragma: no cover - real GPU only
+
+    def _wait(self, s: int) -> None:  # pragma: no cover - real GPU only
+        ack = self.ack_h
+        i = 0
+        t0 = 0.0
+        relaunched = False
+        while ack[0] != s:
+            i += 1
+            if i & 1023:
+                continue
+            if ack[1] == 0 and ack[0] != s:  # exited (idle) before it saw the command
+                if relaunched:
+                    self._fail(s, "it exited twice without serving the command")
+                self.stream.synchronize()
+                self._launch(False)
+                relaunched = True
+            if t0 == 0.0:
+                t0 = time.perf_counter()
+            elif time.perf_counter() - t0 > self.TIMEOUT:
+                self._fail(s, f"no acknowledgement in {self.TIMEOUT} s")
+        self.seq = s
+
+    def _fail(self, s, why):  # pragma: no cover - real GPU only
+        self.ctl_h[0] = -1  # ask it to exit, if it is alive
+        self.running = False
+        raise PersistError(f"the persistent step kernel did not answer command {s}: {why}")
+
+    def stop(self) -> None:
+        """Make the kernel exit and wait for it; the next ``step`` relaunches it."""
+        if not self.running:
+            return
+        self.ctl_h[0] = -1
+        self.stream.synchronize()
+        self.ctl_h[0] = self.seq
+        self.running = False
