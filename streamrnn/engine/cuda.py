@@ -40,10 +40,13 @@ Design
   then one persistent kernel loops over time (a block owns a few sequences and keeps their h and c
   in shared memory; ragged lengths and reverse directions handled in the loop). Dense / activation
   / softmax layers are row kernels over all B*T frames. An LSTM layer (no projection) over at
-  most 16 sequences (64 once H >= 256) runs instead as one cooperative kernel spread over the
-  whole GPU (``make_lstm_seq_grid``: each block keeps its units' Rt columns in shared memory,
-  one grid sync per step; ``STREAMRNN_CUDA_SEQ`` = auto (default) / grid / block; measured on
-  an H200 in bench/NOTES.md entries 37, 52-53).
+  most 64 sequences runs instead as one cooperative kernel spread over the whole GPU
+  (``make_lstm_seq_grid``: each block keeps its units' Rt columns in shared memory, one grid
+  sync per step, sequences in groups of up to 32; ``STREAMRNN_CUDA_SEQ`` = auto (default) /
+  grid / block; measured on an H200 in bench/NOTES.md entries 37, 52-53, 65).
+* ``STREAMRNN_CUDA_PERSIST=1``: one-row steps (``stream.step``, ``pool.step`` of one stream) are
+  served by a resident kernel fed through mapped host memory instead of a graph launch per step
+  (:mod:`streamrnn.engine.persist`).
 * Host staging: ``pool.step`` validates ids and copies the frames into the pinned staging rows in
   one vectorised pass (the NaN / Inf test is an integer OR fused with the copy), over all threads
   for calls of at least ``PACK_PAR_MIN`` values (entry 35).
@@ -703,12 +706,13 @@ class CudaEngine:
     #: at most this many sequences run with make_lstm_seq_grid ...
     GRID_BMAX = 64
     #: ... and with seq_mode "auto" at most this many, unless H >= GRID_AUTO_H (H200, T=250,
-    #: us per step, grid vs block: H=128 B=1 13.6 vs 28.3, B=4 15.2 vs 31.1, B=64 51.3 vs
-    #: 46.3; H=512 B=1 13.2 vs 175.6, B=4 17.1 vs 180.8, B=64 146.9 vs 253.7)
-    GRID_AUTO_B = 16
+    #: us per step, grid with groups of 32 vs block: H=128 B=1 9.9 vs 26.6, B=16 15.1 vs
+    #: 29.7, B=64 31.2 vs 40.7; H=512 B=1 11.2 vs 173.9, B=64 143.9 vs 245.5; NOTES 65, 67)
+    GRID_AUTO_B = 64
     GRID_AUTO_H = 256
-    #: ... through shared memory in groups of at most this many
-    GRID_GROUP = 8
+    #: ... through shared memory in groups of at most this many (as many as fit GRID_SMEM:
+    #: 32 at H=128 in float32, 4 at H=512; each group costs a mostly fixed ~4.5 µs per step)
+    GRID_GROUP = 32
     #: static shared memory of a block of make_lstm_seq_grid (bytes, numba's static limit 48 KiB)
     GRID_SMEM = 46 * 1024
 

@@ -242,10 +242,13 @@ class Server:
         # elsewhere on stream 0 does not wait for the resident kernel to exit
         self.stream = cuda.stream()
         if not self.sim and eng.drv is not None:  # pragma: no cover - real GPU only
-            h = eng.drv.check(eng.drv.cu.cuStreamCreate(eng.drv.cu.CUstream_flags.CU_STREAM_NON_BLOCKING),
-                              "cuStreamCreate")
-            self._hstream = h
-            self.stream = cuda.external_stream(int(h))
+            cu = eng.drv.cu
+            try:
+                h = eng.drv.check(cu.cuStreamCreate(int(cu.CUstream_flags.CU_STREAM_NON_BLOCKING)), "cuStreamCreate")
+                self.stream = cuda.external_stream(int(h))
+                self._hstream = h  # (kept alive with the server)
+            except Exception as e:
+                log.debug("streamrnn cuda: no non-blocking stream for the persistent kernel (%s)", e)
         if self.sim:  # the simulator's grid sync spans one block: it runs every layer's blocks
             self.G = 1
         else:  # pragma: no cover - real GPU only
