@@ -10,13 +10,16 @@ once and stays resident:
   writes the row count and then a new sequence number into the command words ``ctl`` (mapped),
   and spins on the acknowledgement word ``ack[0]`` (mapped) until the kernel stores the same
   number there; the outputs are then in the mapped output rows;
-* the kernel (a cooperative grid of G blocks of NT threads): thread 0 of block 0 polls ``ctl[0]``
-  with volatile loads (``ld.volatile``: numba's ``ldcv`` is a pure inline asm that LLVM hoists
-  out of the poll loop), copies the staging row into device memory, and the grid synchronises;
-  then every layer's row-tile body (``kernel.body``, the same code the graph path launches) runs
-  once per block of that layer's grid, the G blocks taking the layer's blocks in turn, with a
-  grid sync between layers; then every thread fences its output stores to system memory, the
-  grid synchronises, and thread 0 stores the acknowledgement;
+* the kernel (G resident blocks of NT threads, launched cooperatively so that all are
+  resident): thread 0 of block 0 polls ``ctl[0]`` with volatile loads (``ld.volatile``: numba's
+  ``ldcv`` is a pure inline asm that LLVM hoists out of the poll loop), block 0 copies the
+  staging row into device memory and broadcasts the command through a word in device memory
+  that the other blocks poll (an L2 round trip, not a PCIe one); then every layer's row-tile
+  body (``kernel.body``, the same code the graph path launches) runs once per block of that
+  layer's grid, the G blocks taking the layer's blocks in turn, with a counter barrier between
+  layers (an atomic add and a poll in device memory: no grid sync, which cost ~1.8 µs each on
+  the H200, NOTES 67); after the last layer every block fences its output stores to system
+  memory and counts itself done, and the last one to arrive stores the acknowledgement;
 * after ``idle_ns`` without a command (``%globaltimer``) the kernel stores ``ack[1] = 0`` and
   exits, so an idle pool does not hold SMs; the host relaunches it at the next step (and when
   it sees ``ack[1] == 0`` with its command not served). Any other use of the pool's device
@@ -33,7 +36,7 @@ import logging
 import time
 
 import numpy as np
-from numba import cuda
+from numba import cuda, int64
 
 from ..layers.dense.cuda import SIM, jit
 
@@ -118,15 +121,19 @@ else:  # pragma: no cover - compiled for a real GPU only (ptx_check compiles the
 # The kernel: generated per model (one call of each layer body, unrolled in source)
 # ---------------------------------------------------------------------------------------------
 _SRC = '''
-def serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, cmd, seq0, idle_ns, once):
+def serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, sync, seq0, idle_ns, once):
     tid = cuda.threadIdx.x
     bid = cuda.blockIdx.x
     G = cuda.gridDim.x
-    grid = cuda.cg.this_grid()
+    if once and seq0 < -1:  # never runs: makes numba launch the kernel cooperatively, so that
+        cuda.cg.this_grid().sync()  # every block is resident (the counters below rely on it)
+    sh = cuda.shared.array(2, int64)  # the command and the row count, for the whole block
     seq = seq0
+    nb = 0  # layer barriers this block has passed: sync[2] counts the arrivals of all blocks
+    nd = 0  # commands this block has finished: sync[3] counts the blocks done
     while True:
-        if bid == 0:
-            if tid == 0:
+        if tid == 0:
+            if bid == 0:  # the only reader of the command word in host memory
                 t0 = now_ns()
                 v = seq
                 while True:
@@ -136,26 +143,30 @@ def serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, cmd, seq0, idle_ns, o
                     if now_ns() - t0 > idle_ns:
                         v = -2
                         break
-                st_volatile(cmd, 0, v)
-                st_volatile(cmd, 1, ld_volatile(ctl, 1))
-            cuda.syncthreads()
-            v = ld_volatile(cmd, 0)
-            if v >= 0 and v != seq:
-                nw = ld_volatile(cmd, 1) * PW
-                for e in range(tid, nw, NT):
+                sh[1] = ld_volatile(ctl, 1)
+            else:  # the others wait for block 0's broadcast in device memory
+                v = ld_volatile(sync, 0)
+                while v == seq:
+                    v = ld_volatile(sync, 0)
+                cuda.threadfence()
+                sh[1] = ld_volatile(sync, 1)
+            sh[0] = v
+        cuda.syncthreads()
+        v = sh[0]
+        n = sh[1]
+        if bid == 0:
+            if v >= 0 and v != seq:  # copy the staging rows in, then broadcast the command
+                for e in range(tid, n * PW, NT):
                     ind[e] = ld_volatile(hin, e)
             cuda.threadfence()
-        grid.sync()
-        v = ld_volatile(cmd, 0)
+            cuda.syncthreads()
+            if tid == 0:
+                st_volatile(sync, 1, n)
+                cuda.threadfence()
+                st_volatile(sync, 0, v)
         if v < 0 or v == seq:
             break
-        n = ld_volatile(cmd, 1)
-{ops}        fence_system()
-        grid.sync()
-        if bid == 0 and tid == 0:
-            st_volatile(ack, 0, v)
-            fence_system()
-        seq = v
+{ops}        seq = v
         if once:
             break
     if bid == 0 and tid == 0:
@@ -163,10 +174,33 @@ def serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, cmd, seq0, idle_ns, o
         fence_system()
 '''
 
+# one layer: its blocks taken in turn by the G resident blocks
 _OP = '''        for vb in range(bid, {nb}, G):
             body{k}(vb % {gx}, vb // {gx}, W, ids, {src}, feat, out, arena, n)
             cuda.syncthreads()
-        grid.sync()
+'''
+
+# between layers: a counter barrier (every block's writes before any block reads them)
+_BARRIER = '''        if tid == 0:
+            cuda.threadfence()
+            cuda.atomic.add(sync, 2, 1)
+            nb += 1
+            while ld_volatile(sync, 2) < nb * G:
+                pass
+            cuda.threadfence()
+        cuda.syncthreads()
+'''
+
+# after the last layer: each block fences its output stores (mapped memory) and counts itself
+# done; the last block to arrive stores the acknowledgement (no block waits for the others)
+_DONE = '''        fence_system()
+        cuda.syncthreads()
+        if tid == 0:
+            nd += 1
+            if cuda.atomic.add(sync, 3, 1) == nd * G - 1:
+                fence_system()
+                st_volatile(ack, 0, v)
+                fence_system()
 '''
 
 
@@ -177,16 +211,17 @@ def make_server(bodies: tuple, NT: int, PW: int):
     it reads the frames (else the feature buffer), and its grid for one row. NT threads per
     block (every body's block size), PW int64 words per staging row.
 
-    ``serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, cmd, seq0, idle_ns, once)``: hin
+    ``serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, sync, seq0, idle_ns, once)``: hin
     (mapped) and ind (device) are the staging rows as flat int64 words, ``ids`` / ``X`` the
     device views of ``ind`` the first layer reads, ``out`` the (mapped) output rows, ``ctl`` /
-    ``ack`` the mapped command and acknowledgement words, ``cmd`` two device words (the command
-    broadcast to every block), seq0 the last sequence number served.
+    ``ack`` the mapped command and acknowledgement words, ``sync`` four device words (the
+    command and row count block 0 broadcasts, the layer-barrier and done counters; the host
+    sets them to (seq0, 0, 0, 0) before a launch), seq0 the last sequence number served.
     """
-    ops = "".join(_OP.format(k=k, nb=gx * gy, gx=gx, src="X" if first else "feat")
-                  for k, (_, first, gx, gy) in enumerate(bodies))
+    ops = _BARRIER.join(_OP.format(k=k, nb=gx * gy, gx=gx, src="X" if first else "feat")
+                        for k, (_, first, gx, gy) in enumerate(bodies)) + _DONE
     g = {"cuda": cuda, "ld_volatile": ld_volatile, "st_volatile": st_volatile, "now_ns": now_ns,
-         "fence_system": fence_system, "NT": NT, "PW": PW}
+         "fence_system": fence_system, "NT": NT, "PW": PW, "int64": int64}
     g.update({f"body{k}": b for k, (b, _, _, _) in enumerate(bodies)})
     exec(compile(_SRC.format(ops=ops), f"<streamrnn persistent step kernel, {len(bodies)} ops>", "exec"), g)
     return jit()(g["serve"])
@@ -230,7 +265,7 @@ class Server:
         self.G = max(gx * gy for _, _, gx, gy in bodies)
         self.ctl, self.ctl_h = mapped(2, np.int64)
         self.ack, self.ack_h = mapped(2, np.int64)
-        self.cmd = cuda.device_array(2, np.int64)
+        self.sync = cuda.device_array(4, np.int64)
         self.idle_ns = int(idle_ms * 1e6)
         self.seq = 0
         self.ctl_h[:] = 0
@@ -258,7 +293,7 @@ class Server:
     def _args(self, once: bool):
         c = self.core
         return (c.eng.W, c.hin_w, c.in_w, c.ids_d, c.X_d, c.feat_d, c.hout_m, c.arena, self.ctl, self.ack,
-                self.cmd, self.seq, self.idle_ns, once)
+                self.sync, self.seq, self.idle_ns, once)
 
     def _sig(self):  # pragma: no cover - real GPU only
         return tuple(self.kernel.typeof_pyval(a) for a in self._args(False))
@@ -266,6 +301,7 @@ class Server:
     def _launch(self, once: bool) -> None:
         self.ack_h[1] = 1
         self.ack_h[0] = self.seq
+        self.sync.copy_to_device(np.array([self.seq, 0, 0, 0], np.int64), stream=self.stream)
         self.kernel[self.G, self.NT, self.stream](*self._args(once))
         self.launches += 1
         self.running = not once
@@ -274,6 +310,9 @@ class Server:
         """Serve rows [0, n) of the core's staging rows (n = 1)."""
         ctl, ack = self.ctl_h, self.ack_h
         s = self.seq + 1
+        if self.running and ack[1] == 0:  # it left after its idle timeout: relaunch at once
+            self.stream.synchronize()
+            self.running = False
         ctl[1] = n
         ctl[0] = s
         if self.sim:
@@ -285,7 +324,13 @@ class Server:
             return
         if not self.running:  # pragma: no cover - real GPU only
             self._launch(False)
-        self._wait(s)  # pragma: no cover - real GPU only
+        i = 0  # pragma: no cover - real GPU only
+        while ack[0] != s:  # pragma: no cover - real GPU only
+            i += 1
+            if i > 4096:  # (~0.3 ms) then the careful wait
+                self._wait(s)
+                return
+        self.seq = s  # pragma: no cover - real GPU only
 
     def _wait(self, s: int) -> None:  # pragma: no cover - real GPU only
         ack = self.ack_h
