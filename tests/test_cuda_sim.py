@@ -484,6 +484,24 @@ _CASES = {
             else:
                 raise AssertionError("NaN frame did not raise")
             assert pg._cuda.core.server.seq == seq
+        # a kernel that does not answer: the step is served by the other path (no state changed
+        # by the lost command), the core drops the kernel; a pool whose self-test gets no answer
+        # never uses one
+        pc2, pg2 = mc.pool(2), mg.pool(2)
+        ic2, ig2 = pc2.open(2), pg2.open(2)
+        core = pg2._cuda.core
+        assert core.server is not None
+        orig = ps.Server._launch
+        ps.Server._launch = lambda self, once: None
+        try:
+            for t in range(2):
+                X = rng.standard_normal((1, I)).astype(dtype)
+                close(pg2.step(ig2[[1]], X), pc2.step(ic2[[1]], X), dtype, f"step after a lost command {t}")
+            assert core.server is None
+            close(pg2.get_state(1).data, pc2.get_state(1).data, dtype, "state after a lost command")
+            assert mg.pool(1)._cuda.core.server is None
+        finally:
+            ps.Server._launch = orig
         # the idle timeout is validated
         os.environ["STREAMRNN_CUDA_PERSIST_IDLE_MS"] = "0"
         try:

@@ -918,6 +918,7 @@ class _Core:
         self.mode = eng.mode
         self.mapped = eng.mapped_out
         self.server = None  # persist.Server of the one-row steps (STREAMRNN_CUDA_PERSIST=1)
+        self._persist_error = ()  # persist.PersistError once a server exists
         #: STREAMRNN_CUDA_PROFILE: (n, pack, launch, sync, copy-out) ns per call; _tl: launch done
         self.prof = [] if eng.profile else None
         self._tl = 0
@@ -1018,8 +1019,9 @@ class _Core:
     def _serve(self) -> None:
         """Serve one-row steps through the persistent kernel (persist.py) once it passes a
         self-test against numba's launch path; else log why and keep the other paths."""
-        from .persist import Server
+        from .persist import PersistError, Server
 
+        self._persist_error = PersistError
         eng = self.eng
         b1 = _bucket(1)
         t = (STEP_TILES or _tiles())[b1][1]
@@ -1112,9 +1114,15 @@ class _Core:
         """Advance rows hids[:n] with frames hX[:n]; outputs land in hout[:n]."""
         if self.server is not None:
             if n == 1:
-                self.server.step(1)
-                return
-            self.server.stop()
+                try:
+                    self.server.step(1)
+                    return
+                except self._persist_error as e:  # not served: no state changed; the other paths from now on
+                    log.warning("streamrnn cuda: %s; using %s launches for this %s", e, self.mode,
+                                "stream" if self.cap == 1 else "pool")
+                    self.server = None
+            else:
+                self.server.stop()
         bucket = _bucket(n)
         if self.mode == "numba":
             self._step_numba(n, bucket)

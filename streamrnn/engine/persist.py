@@ -128,6 +128,8 @@ def serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, sync, seq0, idle_ns, 
     if once and seq0 < -1:  # never runs: makes numba launch the kernel cooperatively, so that
         cuda.cg.this_grid().sync()  # every block is resident (the counters below rely on it)
     sh = cuda.shared.array(2, int64)  # the command and the row count, for the whole block
+    if bid == 0 and tid == 0:
+        st_volatile(ack, 1, 2)  # resident (the host set 1 at the launch)
     seq = seq0
     nb = 0  # layer barriers this block has passed: sync[2] counts the arrivals of all blocks
     nd = 0  # commands this block has finished: sync[3] counts the blocks done
@@ -254,6 +256,9 @@ class Server:
 
     #: seconds a step waits for the acknowledgement before it gives up (PersistError)
     TIMEOUT = 5.0
+    #: seconds a launched kernel may take to become resident; a cooperative launch waits while
+    #: other resident kernels hold the SMs it needs (PersistError: the core falls back)
+    START_TIMEOUT = 0.02
 
     def __init__(self, core, ops, idle_ms: float):
         self.core = core
@@ -341,20 +346,25 @@ class Server:
             i += 1
             if i & 1023:
                 continue
-            if ack[1] == 0 and ack[0] != s:  # exited (idle) before it saw the command
+            a1 = ack[1]
+            if a1 == 0 and ack[0] != s:  # exited (idle) before it saw the command
                 if relaunched:
                     self._fail(s, "it exited twice without serving the command")
                 self.stream.synchronize()
                 self._launch(False)
                 relaunched = True
+                t0 = 0.0
             if t0 == 0.0:
                 t0 = time.perf_counter()
+            elif a1 == 1 and time.perf_counter() - t0 > self.START_TIMEOUT:
+                self._fail(s, f"it did not become resident within {self.START_TIMEOUT * 1e3:.0f} ms (the GPU "
+                              "has no room for it now: other resident kernels, e.g. other persistent streams?)")
             elif time.perf_counter() - t0 > self.TIMEOUT:
                 self._fail(s, f"no acknowledgement in {self.TIMEOUT} s")
         self.seq = s
 
     def _fail(self, s, why):  # pragma: no cover - real GPU only
-        self.ctl_h[0] = -1  # ask it to exit, if it is alive
+        self.ctl_h[0] = -1  # ask it to exit when (if) it runs: the command is never served
         self.running = False
         raise PersistError(f"the persistent step kernel did not answer command {s}: {why}")
 
