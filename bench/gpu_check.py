@@ -17,8 +17,7 @@ Self-contained (run from the repository root; the package need not be installed)
    fair float32 comparison) and on (reference). Before timing each size, the pool's outputs are
    checked against the CPU engine and against torch (TF32 off): every tile bucket is verified on
    the benchmarked model itself. Also stream.step and the three launch paths at B=1, and A/B
-   variants of the defaults in the same process (at B=1024: the frames staged by all host
-   threads from 2^16 values, ``PACK_PAR_MIN``).
+   variants of the defaults in the same process (at B=1024: the GEMM tile of many streams).
 3. ``seq``     throughput of ``model.run`` (B in {1, 64}, T=250) vs torch ``nn.LSTM`` on the
    whole sequence (and their outputs compared); then the persistent LSTM kernel
    (``STREAMRNN_CUDA_SEQ=grid``, with numba's grid sync and with the counter barrier,
@@ -506,20 +505,23 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
 
     if B == 1:  # the one-stream tile of before: the input staged 64 values at a time
         variants.append(("one-stream tiles with 64-value chunks (before)", dict(TILES=(0, "KT", 64))))
-    if 1024 <= B < 16384:  # NOTES 55: H=512 B=1024 staged 2 MiB of frames serially (211 us)
-        variants.append(("frames staged by all host threads from 2^16 values, PACK_PAR_MIN",
-                          dict(PACK_PAR_MIN=1 << 16)))
+    if 1024 <= B < 16384:  # NOTES 68: the many-streams tile (24.9 TFLOP/s at B=16384) at B=1024
+        variants.append(("the many-streams GEMM tile 128 x 32 (256 threads) at B=1024", dict(GEMM_BIG=True)))
     for name, env_ in variants:
         env_ = dict(env_)
         tiles = env_.pop("TILES", None)
-        old_tiles, old_par = ce.STEP_TILES, ce.PACK_PAR_MIN
-        ce.PACK_PAR_MIN = env_.pop("PACK_PAR_MIN", old_par)
+        big = env_.pop("GEMM_BIG", False)
+        old_tiles, old_gemm = ce.STEP_TILES, ce.GEMM_TILES
         try:
             if tiles is not None:  # (bucket, field, value), for this variant's whole life
                 bucket, field, value = tiles
                 tt = list(ce._tiles())
                 tt[bucket] = (tt[bucket][0], tt[bucket][1]._replace(**{field: value}))
                 ce.STEP_TILES = tt
+            if big:  # this size's bucket takes the last bucket's GEMM tile
+                gts = list(ce._gemm_tiles())
+                gts[ce._bucket(B)] = gts[-1]
+                ce.GEMM_TILES = gts
             mv = build(spec, "float32", "cuda", **env_)
             pv = mv.pool(B)
             iv = pv.open(B)[perm]
@@ -531,7 +533,7 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
         except Exception as e:  # noqa: BLE001
             RESULT["errors"].append({"what": f"variant {name} B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
         finally:
-            ce.STEP_TILES, ce.PACK_PAR_MIN = old_tiles, old_par
+            ce.STEP_TILES, ce.GEMM_TILES = old_tiles, old_gemm
     if B == 1:
         s = mg.stream()
         o1 = np.empty(O, np.float32)
