@@ -650,7 +650,23 @@ def persist_size(H, spec, tmods, iters, budget_s):
 
     record(H, 1, "streamrnn pool.step [graph, calls 1 ms apart]", paced(lambda: pg.step(ig, Xr, out=out)))
     record(H, 1, "streamrnn pool.step [persistent, calls 1 ms apart]", paced(lambda: pp.step(i1, Xr, out=out)))
-    pp._cuda.core.quiesce()
+    # where the time goes: the kernel's own step (no staging, no output copy, no Pool.step
+    # Python), and the same protocol with no layer at all (poll, row copy, broadcast, done count,
+    # acknowledgement): the layers cost the difference (NOTES 68)
+    from streamrnn.engine import cuda as ce
+    from streamrnn.engine.persist import Server
+
+    core = pp._cuda.core
+    pp.step(i1, Xr, out=out)  # stages row 0 (stream i1) for the bare steps below
+    record(H, 1, "persistent kernel alone (Server.step: command, layers, acknowledgement)",
+           timeit(lambda: core.server.step(1), iters, budget_s))
+    core.quiesce()
+    b1 = ce._bucket(1)
+    t = (ce.STEP_TILES or ce._tiles())[b1][1]
+    bare = Server(core, core.eng.step_ops(b1, row_nt=t.U * t.KS * t.RS), 50.0, layers=0)
+    record(H, 1, "persistent kernel with no layers (the protocol alone)", timeit(lambda: bare.step(1), iters, budget_s),
+           grid=bare.G)
+    bare.stop()
     if tmods is not None:
         import torch
 

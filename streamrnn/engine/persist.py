@@ -260,12 +260,14 @@ class Server:
     #: other resident kernels hold the SMs it needs (PersistError: the core falls back)
     START_TIMEOUT = 0.02
 
-    def __init__(self, core, ops, idle_ms: float):
+    def __init__(self, core, ops, idle_ms: float, layers: int | None = None):
+        """``ops``: the core's one-row step ops (``CudaEngine.step_ops``); ``layers``: serve only
+        the first so many (a benchmark of the protocol alone: ``layers=0``)."""
         self.core = core
         eng = core.eng
         NT = ops[0][2]
         bodies = tuple((disp.body, first, *grid(1)) for disp, first, _, grid in ops)
-        self.kernel = make_server(bodies, NT, core.pitch // 8)
+        self.kernel = make_server(bodies[:layers], NT, core.pitch // 8)
         self.NT = NT
         self.G = max(gx * gy for _, _, gx, gy in bodies)
         self.ctl, self.ctl_h = mapped(2, np.int64)
