@@ -667,6 +667,26 @@ def persist_size(H, spec, tmods, iters, budget_s):
     record(H, 1, "persistent kernel with no layers (the protocol alone)", timeit(lambda: bare.step(1), iters, budget_s),
            grid=bare.G)
     bare.stop()
+    core.quiesce()
+    # the LSTM layer's weights kept in shared memory for the kernel's life (NOTES 69)
+    mo = build(spec, "float32", "cuda", PERSIST="onchip")
+    so, sc = mo.stream(), mc.stream()
+    srv_o = so._cuda.core.server
+    if srv_o is None or not srv_o.onchip:
+        RESULT["errors"].append({"what": f"persist onchip H={H}", "error": "no on-chip persistent kernel"})
+        log(f"  H={H} on-chip persistent kernel NOT in use (see the warnings above)")
+    else:
+        ok = True
+        for t in range(6):
+            ok &= _cmp(f"persist onchip H={H}", f"stream.step t={t} vs cpu", so.step(X[t]), sc.step(X[t]), "float32")
+        log(f"  H={H} on-chip: grid {srv_o.G} x {srv_o.NT}, {srv_o.smem // 1024} KiB shared per block; "
+            f"parity {'ok' if ok else 'FAILED'}")
+        record(H, 1, "streamrnn stream.step [persistent kernel, LSTM weights on chip, STREAMRNN_CUDA_PERSIST=onchip]",
+               timeit(lambda: so.step(Xr[0], out=o1), iters, budget_s))
+        record(H, 1, "streamrnn stream.step [on chip, calls 1 ms apart]", paced(lambda: so.step(Xr[0], out=o1)))
+        record(H, 1, "persistent kernel alone, LSTM weights on chip (Server.step)",
+               timeit(lambda: srv_o.step(1), iters, budget_s))
+    del so, mo
     if tmods is not None:
         import torch
 

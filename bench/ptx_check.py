@@ -128,11 +128,20 @@ def _kernels(H: int):
     t0, t1 = ce._tile(0, H, 4, 4), ce._tile(0, 32, 1, 4)
     b0 = make_lstm_step("float32", t0, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False)
     b1 = make_linear("float32", t1, H, 32, 0, H, BO + 4 * H, BO, -1, 0.0, 0.0, True, (0, HO, H))
-    srv = make_server(((b0.body, True, 1, -(-H // (t0.U * t0.UPT))), (b1.body, False, 1, -(-32 // (t1.U * t1.UPT)))),
+    srv = make_server(((b0.body, True, 1, -(-H // (t0.U * t0.UPT)), None),
+                       (b1.body, False, 1, -(-32 // (t1.U * t1.UPT)), None)),
                       t0.U * t0.KS * t0.RS, 1 + H // 2)
     w = nbt.Array(i64, 1, "C")
-    out.append(("persistent step (lstm_step + linear) n=1", srv,
-                (v, w, w, ids, A, m, m, m, w, w, w, i64, i64, nbt.boolean)))
+    srv_sig = (v, w, w, ids, A, m, m, m, w, w, w, i64, i64, nbt.boolean)
+    out.append(("persistent step (lstm_step + linear) n=1", srv, srv_sig))
+    # ... with the LSTM weights in shared memory (STREAMRNN_CUDA_PERSIST=onchip)
+    from streamrnn.layers.lstm.cuda import make_lstm_onchip
+
+    oc = make_lstm_onchip("float32", t0.U, t0.KS, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False)
+    srv2 = make_server(((oc.body, True, 1, -(-H // t0.U), oc.init),
+                        (b1.body, False, 1, -(-32 // (t1.U * t1.UPT)), None)),
+                       t0.U * t0.KS * t0.RS, 1 + H // 2, (oc.words, 0))
+    out.append((f"persistent step, LSTM weights on chip ({oc.words * 4 // 1024} KiB per block) n=1", srv2, srv_sig))
     NT = min(256, max(32, -(-H // 32) * 32))
     seq_sig = (v, m, m, m, nbt.Array(i64, 1, "C"), nbt.Array(i64, 1, "C"), i64, i64)
     k = make_lstm_seq("float32", NT, 1, H, H, RT, -1, -1, 0.0, False, acts, HO, CO, 0, False)

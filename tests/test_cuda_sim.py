@@ -502,6 +502,38 @@ _CASES = {
             assert mg.pool(1)._cuda.core.server is None
         finally:
             ps.Server._launch = orig
+        # STREAMRNN_CUDA_PERSIST=onchip: LSTM layers without projection keep their weights in
+        # the kernel's shared memory (make_lstm_onchip); a projection LSTM stays a row-tile body
+        os.environ["STREAMRNN_CUDA_PERSIST"] = "onchip"
+        for dtype, spec, n_on in [
+            ("float32", ModelSpec((LSTMLayer(3, 8, R(1, 32, 3), R(1, 32, 8), R(1, 64)),
+                                   LSTMLayer(8, 6, R(1, 24, 8), R(1, 24, 6), R(1, 48), P=R(1, 18), clip=1.5),
+                                   DenseLayer(R(2, 6), R(2)))), 2),
+            ("float64", ModelSpec((LSTMLayer(4, 5, R(1, 20, 4), R(1, 20, 5), R(1, 40), input_forget=True),)), 1),
+            ("float32", specs[0][1], 0),
+        ]:
+            mc, mg = both(spec, dtype)
+            I = mc.input_size
+            sc, sg = mc.stream(), mg.stream()
+            srv = sg._cuda.core.server
+            assert srv is not None and srv.onchip == n_on, (srv, n_on)
+            for t in range(3):
+                x = rng.standard_normal(I).astype(dtype)
+                close(sg.step(x), sc.step(x), dtype, f"on-chip stream.step {t}")
+            close(sg.state.data, sc.state.data, dtype, "on-chip state")
+            pc, pg = mc.pool(3), mg.pool(3)
+            ic, ig = pc.open(3), pg.open(3)
+            for s, ids in enumerate(([2], [0, 2], [2], [1])):
+                X = rng.standard_normal((len(ids), I)).astype(dtype)
+                close(pg.step(ig[ids], X), pc.step(ic[ids], X), dtype, f"on-chip pool step {s}")
+        os.environ["STREAMRNN_CUDA_PERSIST"] = "maybe"
+        try:
+            srnn.Model(specs[0][1], device="cuda")
+        except srnn.StreamRNNError as e:
+            assert "STREAMRNN_CUDA_PERSIST" in str(e), e
+        else:
+            raise AssertionError("STREAMRNN_CUDA_PERSIST=maybe was accepted")
+        os.environ["STREAMRNN_CUDA_PERSIST"] = "1"
         # the idle timeout is validated
         os.environ["STREAMRNN_CUDA_PERSIST_IDLE_MS"] = "0"
         try:

@@ -494,7 +494,12 @@ class CudaEngine:
         self.mapped_out = os.environ.get("STREAMRNN_CUDA_MAPPED_OUT", "1") != "0" and mode != "numba"
         #: one-row steps through a resident kernel fed by mapped host memory (persist.py);
         #: it exits after STREAMRNN_CUDA_PERSIST_IDLE_MS without a step and is relaunched
-        self.persist = os.environ.get("STREAMRNN_CUDA_PERSIST", "0") not in ("", "0")
+        #: ("onchip": its LSTM layers keep their weights in shared memory, make_lstm_onchip)
+        pm = os.environ.get("STREAMRNN_CUDA_PERSIST", "0").strip().lower() or "0"
+        if pm not in ("0", "1", "onchip"):
+            raise StreamRNNError(f"STREAMRNN_CUDA_PERSIST: expected 0, 1 or onchip, got {pm!r}")
+        self.persist = pm != "0"
+        self.persist_onchip = pm == "onchip"
         idle = os.environ.get("STREAMRNN_CUDA_PERSIST_IDLE_MS", "50")
         try:
             self.persist_idle_ms = float(idle)
@@ -595,15 +600,18 @@ class CudaEngine:
         v, m = nbt.Array(f, 1, "C"), nbt.Array(f, 2, "C")
         return (v, nbt.Array(nbt.int64, 1, "A"), nbt.Array(f, 2, "A") if first else m, m, m, m, nbt.int64)
 
-    def step_ops(self, bucket: int, row_nt: int = 0):
+    def step_ops(self, bucket: int, row_nt: int = 0, onchip: int = 0):
         """The kernels of one step for rows in ``bucket``: a list of
         (dispatcher, src_is_X, block, grid(n) function). ``row_nt``: threads of the one-block-
         per-row kernels (activation, softmax, commit; default 32 / 64), so that the persistent
-        kernel can give every layer the same block size."""
+        kernel can give every layer the same block size. ``onchip``: for the persistent kernel,
+        items of dynamic shared memory per block that its LSTM layers (no projection) may keep
+        their weights in; such a layer's op is then an ``OnChip`` (make_lstm_onchip), not a
+        kernel, while the layers so far fit."""
         from ..layers.dense.cuda import make_commit_kernel, make_linear, make_rowwise
         from ..layers.gru.cuda import make_gru_step, make_gru_step2
         from ..layers.cuda_common import gemm_threads
-        from ..layers.lstm.cuda import make_lstm_gemm, make_lstm_step
+        from ..layers.lstm.cuda import make_lstm_gemm, make_lstm_onchip, make_lstm_step
         from ..layers.rnn.cuda import make_rnn_step
 
         dts = self.dts
@@ -621,6 +629,7 @@ class CudaEngine:
             ops.append((disp, first, NT, lambda n: (n, 1)))
 
         nl = len(self.layers)
+        soff = 0  # dynamic shared-memory items per block taken by on-chip LSTM layers so far
         for li, L in enumerate(self.layers):
             first, last = li == 0, li == nl - 1
             IN0 = 0 if first else self.cols[li - 1]["out"]
@@ -634,7 +643,16 @@ class CudaEngine:
                          bool(L.flags & F_INPUT_FORGET), d["ACTS"][:9], d["HO"], d["CO"],
                          last and not proj)
                 gt = _gemm_tile(bucket, L.H, 4, self.isz, self.stage) if self.use_gemm else None
-                if gt is not None:
+                t = _tile(bucket, L.H, 4, self.isz)
+                oc = None
+                if onchip and not proj and t.RS == 1 and t.UPT == 1:
+                    oc = make_lstm_onchip(self.dts, t.U, t.KS, *largs)
+                    if soff + oc.words > onchip:
+                        oc = None
+                if oc is not None:
+                    soff += oc.words
+                    ops.append((oc, first, t.U * t.KS, lambda n, ny=_cdiv(L.H, t.U): (1, ny)))
+                elif gt is not None:
                     k, gt = self._fitted_gemm(make_lstm_gemm, gt, first, *largs, self.stage == "pipe")
                     gemm_op(k, gt, L.H, first)
                 else:
@@ -1016,6 +1034,10 @@ class _Core:
         return _cpu.OK
 
     # -- the persistent kernel (STREAMRNN_CUDA_PERSIST=1) -------------------------------------
+    #: STREAMRNN_CUDA_PERSIST=onchip: bytes of shared memory per block for LSTM weights (an
+    #: H100 / H200 block may have 227 KiB; the rest is for the layers' static arrays)
+    ONCHIP_BYTES = 192 * 1024
+
     def _serve(self) -> None:
         """Serve one-row steps through the persistent kernel (persist.py) once it passes a
         self-test against numba's launch path; else log why and keep the other paths."""
@@ -1025,7 +1047,10 @@ class _Core:
         eng = self.eng
         b1 = _bucket(1)
         t = (STEP_TILES or _tiles())[b1][1]
-        ops = eng.step_ops(b1, row_nt=t.U * t.KS * t.RS)
+        onchip = 0
+        if eng.persist_onchip:  # dynamic shared memory per block for LSTM weights (items)
+            onchip = (1 << 22) if eng.sim else self.ONCHIP_BYTES // eng.isz
+        ops = eng.step_ops(b1, row_nt=t.U * t.KS * t.RS, onchip=onchip)
         NT = ops[0][2]
         if any(b != NT or not hasattr(d, "body") for d, _, b, _ in ops):
             log.warning("streamrnn cuda: STREAMRNN_CUDA_PERSIST: this model's one-row kernels differ in "

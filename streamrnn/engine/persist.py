@@ -26,6 +26,10 @@ once and stays resident:
   state (reset, get/set state, steps of several rows, the sequence path) first stops it
   (``ctl[0] = -1``) and waits for it to exit.
 
+``STREAMRNN_CUDA_PERSIST=onchip``: each LSTM layer without projection runs as an ``OnChip``
+op (``make_lstm_onchip``): the block that owns a unit block loads its weight columns into the
+kernel's dynamic shared memory once, at the start, and reads them from there every step.
+
 Under the CUDA simulator (no concurrent host and device) a launch serves exactly one command
 (``once``) in one block, which runs every layer's blocks in turn: the same code path, tested in
 CI for parity with the CPU engine.
@@ -130,6 +134,7 @@ def serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, sync, seq0, idle_ns, 
     sh = cuda.shared.array(2, int64)  # the command and the row count, for the whole block
     if bid == 0 and tid == 0:
         st_volatile(ack, 1, 2)  # resident (the host set 1 at the launch)
+{init}    cuda.syncthreads()
     seq = seq0
     nb = 0  # layer barriers this block has passed: sync[2] counts the arrivals of all blocks
     nd = 0  # commands this block has finished: sync[3] counts the blocks done
@@ -182,6 +187,18 @@ _OP = '''        for vb in range(bid, {nb}, G):
             cuda.syncthreads()
 '''
 
+# one LSTM layer with its weights on chip (make_lstm_onchip): block bid owns unit blocks bid,
+# bid + G, ...; the weights of its s-th one sit at item s * ST + LOFF of its dynamic shared
+# memory (ST: the items of one unit block of every on-chip layer, LOFF: this layer's offset)
+_OP_ONCHIP = '''        for vb in range(bid, {gy}, G):
+            body{k}(vb, (vb // G) * {st} + {loff}, W, ids, {src}, feat, out, arena, n)
+            cuda.syncthreads()
+'''
+
+_INIT = '''    for vb in range(bid, {gy}, G):
+        init{k}(vb, (vb // G) * {st} + {loff}, W)
+'''
+
 # between layers: a counter barrier (every block's writes before any block reads them)
 _BARRIER = '''        if tid == 0:
             cuda.threadfence()
@@ -206,12 +223,15 @@ _DONE = '''        fence_system()
 '''
 
 
-def make_server(bodies: tuple, NT: int, PW: int):
+def make_server(bodies: tuple, NT: int, PW: int, words: tuple = ()):
     """The persistent kernel of one model's one-row step.
 
-    bodies: per layer op, ``(body, first, gx, gy)``: the row-tile body (``kernel.body``), whether
-    it reads the frames (else the feature buffer), and its grid for one row. NT threads per
-    block (every body's block size), PW int64 words per staging row.
+    bodies: per layer op, ``(body, first, gx, gy, init)``: the row-tile body (``kernel.body``),
+    whether it reads the frames (else the feature buffer), its grid for one row, and None; or
+    for an LSTM layer with its weights on chip (``OnChip``) its body, ..., and its ``init``,
+    which runs once when the kernel starts. NT threads per block (every body's block size), PW
+    int64 words per staging row, ``words`` per op the shared-memory items of one unit block of
+    an on-chip layer (0 for the others).
 
     ``serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, sync, seq0, idle_ns, once)``: hin
     (mapped) and ind (device) are the staging rows as flat int64 words, ``ids`` / ``X`` the
@@ -220,12 +240,19 @@ def make_server(bodies: tuple, NT: int, PW: int):
     command and row count block 0 broadcasts, the layer-barrier and done counters; the host
     sets them to (seq0, 0, 0, 0) before a launch), seq0 the last sequence number served.
     """
-    ops = _BARRIER.join(_OP.format(k=k, nb=gx * gy, gx=gx, src="X" if first else "feat")
-                        for k, (_, first, gx, gy) in enumerate(bodies)) + _DONE
+    words = tuple(words) + (0,) * (len(bodies) - len(words))
+    st = sum(words)
+    loff = [sum(words[:k]) for k in range(len(bodies))]
+    ops = _BARRIER.join((_OP_ONCHIP if init is not None else _OP).format(
+        k=k, nb=gx * gy, gx=gx, gy=gy, st=st, loff=loff[k], src="X" if first else "feat")
+        for k, (_, first, gx, gy, init) in enumerate(bodies)) + _DONE
+    inits = "".join(_INIT.format(k=k, gy=gy, st=st, loff=loff[k])
+                    for k, (_, _, _, gy, init) in enumerate(bodies) if init is not None)
     g = {"cuda": cuda, "ld_volatile": ld_volatile, "st_volatile": st_volatile, "now_ns": now_ns,
          "fence_system": fence_system, "NT": NT, "PW": PW, "int64": int64}
-    g.update({f"body{k}": b for k, (b, _, _, _) in enumerate(bodies)})
-    exec(compile(_SRC.format(ops=ops), f"<streamrnn persistent step kernel, {len(bodies)} ops>", "exec"), g)
+    g.update({f"body{k}": b for k, (b, _, _, _, _) in enumerate(bodies)})
+    g.update({f"init{k}": i for k, (_, _, _, _, i) in enumerate(bodies) if i is not None})
+    exec(compile(_SRC.format(ops=ops, init=inits), f"<streamrnn persistent step kernel, {len(bodies)} ops>", "exec"), g)
     return jit()(g["serve"])
 
 
@@ -266,10 +293,15 @@ class Server:
         self.core = core
         eng = core.eng
         NT = ops[0][2]
-        bodies = tuple((disp.body, first, *grid(1)) for disp, first, _, grid in ops)
-        self.kernel = make_server(bodies[:layers], NT, core.pitch // 8)
+        bodies = tuple((disp.body, first, *grid(1), getattr(disp, "init", None)) for disp, first, _, grid in ops)
+        words = tuple(getattr(d, "words", 0) for d, _, _, _ in ops)[:layers]
+        self.kernel = make_server(bodies[:layers], NT, core.pitch // 8, words)
         self.NT = NT
-        self.G = max(gx * gy for _, _, gx, gy in bodies)
+        self.G = max(gx * gy for _, _, gx, gy, _ in bodies)
+        #: on-chip LSTM layers; their unit blocks at most; items of one unit block of each
+        self.onchip = sum(w > 0 for w in words)
+        self._gy = max([gy for (_, _, _, gy, _), w in zip(bodies, words) if w], default=1)
+        self._st = sum(words)
         self.ctl, self.ctl_h = mapped(2, np.int64)
         self.ack, self.ack_h = mapped(2, np.int64)
         self.sync = cuda.device_array(4, np.int64)
@@ -291,11 +323,24 @@ class Server:
                 self._hstream = h  # (kept alive with the server)
             except Exception as e:
                 log.debug("streamrnn cuda: no non-blocking stream for the persistent kernel (%s)", e)
-        if self.sim:  # the simulator's grid sync spans one block: it runs every layer's blocks
+        #: bytes of dynamic shared memory: on a GPU one unit block of each on-chip layer per
+        #: block (every unit block has a resident block of its own); in the simulator (one
+        #: block, whose barriers span only itself) all of them
+        self.smem = self._st * eng.isz
+        if self.sim:
             self.G = 1
+            self.smem *= self._gy
         else:  # pragma: no cover - real GPU only
             k = self.kernel.compile(self._sig())
-            self.G = min(self.G, k.max_cooperative_grid_blocks(NT))
+            if self.smem > 48 * 1024:  # beyond the default limit of dynamic shared memory
+                cu = eng.drv.cu
+                attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+                eng.drv.check(cu.cuFuncSetAttribute(eng.drv.function(k), attr, self.smem), "cuFuncSetAttribute")
+            G = k.max_cooperative_grid_blocks(NT, self.smem)
+            if G < self._gy:
+                raise PersistError(f"the on-chip LSTM weights need {self._gy} resident blocks of "
+                                   f"{self.smem} bytes of shared memory, {G} fit")
+            self.G = min(self.G, G)
 
     def _args(self, once: bool):
         c = self.core
@@ -309,7 +354,7 @@ class Server:
         self.ack_h[1] = 1
         self.ack_h[0] = self.seq
         self.sync.copy_to_device(np.array([self.seq, 0, 0, 0], np.int64), stream=self.stream)
-        self.kernel[self.G, self.NT, self.stream](*self._args(once))
+        self.kernel[self.G, self.NT, self.stream, self.smem](*self._args(once))
         self.launches += 1
         self.running = not once
 

@@ -423,3 +423,109 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                     state[sidx[b], CO + j] = cbuf[b, j]
 
     return lstm_seq_grid
+
+
+class OnChip:
+    """One LSTM layer of the resident one-row step kernel with its weights on chip (see
+    ``make_lstm_onchip``): ``init(vb, off, W)`` at the kernel's start, ``body(vb, off, W, ids,
+    src, dst, out, arena, n)`` per step, ``words`` dynamic shared-memory items per unit block."""
+
+    def __init__(self, init, body, words: int):
+        self.init, self.body, self.words = init, body, words
+
+
+@lru_cache(maxsize=None)
+def make_lstm_onchip(dtype: str, U: int, KS: int, I: int, H: int, HR: int, IN0: int, OUT0: int,
+                     WT: int, RT: int, BO: int, PEEP: int, CLIP: float, IFG: bool, ACTS: tuple,
+                     HO: int, CO: int, LAST: bool) -> OnChip:
+    """One step of one LSTM layer (no projection) for one row, in the resident step kernel
+    (:mod:`streamrnn.engine.persist`): unit block ``vb`` < ceil(H / U) computes units
+    [vb*U, vb*U + U) from their columns of ``[Wt ; Rt]`` (K = I + HR rows, 4*U columns: gate g
+    of unit u at column g*U + u, rows padded to 4*U + 1 items against bank conflicts), which
+    ``init`` loaded once into the kernel's dynamic shared memory at item ``off`` of the block
+    that owns ``vb`` for the kernel's life; the step's scratch (``[x | h_old]``, K items, and
+    the partial sums, KS*4*U) follows them (dynamic memory too: static shared arrays of two
+    such layers would alias in the CUDA simulator, which keys them by source line).
+
+    A step: the row's ``[x | h_old]`` staged in shared memory; thread (u, ks) of U*KS sums the
+    four gates of unit u over k = ks, ks + KS, ...; the KS partial sums are reduced through
+    shared memory and thread (u, 0) applies the cell (``make_lstm_cell``) as ``make_lstm_step``
+    does: c updated in the arena, the new h to ``dst[0, OUT0 + j]`` (and ``out`` if LAST).
+    Same results as ``make_lstm_step`` up to the order of the sums.
+    """
+    nbt = nbtype(dtype)
+    NT = U * KS
+    K = I + HR
+    C = 4 * U
+    LDS = C + 1
+    G4 = 4 * H
+    cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
+
+    @jit(device=True)
+    def init(vb, off, W):
+        Ws = cuda.shared.array(0, nbt)
+        tid = cuda.threadIdx.x
+        j0 = vb * U
+        for e in range(tid, K * C, NT):
+            k = e // C
+            cc = e - k * C
+            g = cc // U
+            j = j0 + cc - g * U
+            w = W[BO] * 0
+            if j < H:
+                if k < I:
+                    w = W[WT + k * G4 + g * H + j]
+                else:
+                    w = W[RT + (k - I) * G4 + g * H + j]
+            Ws[off + k * LDS + cc] = w
+
+    @jit(device=True)
+    def body(vb, off, W, ids, src, dst, out, arena, n):
+        Ws = cuda.shared.array(0, nbt)  # weights at off, then [x | h_old] at XO, partial sums at RO
+        XO = off + K * LDS
+        RO = XO + K
+        tid = cuda.threadIdx.x
+        tx = tid % U
+        ks = tid // U
+        sid = ids[0]
+        for k in range(tid, I, NT):
+            Ws[XO + k] = src[0, IN0 + k]
+        for k in range(tid, HR, NT):
+            Ws[XO + I + k] = arena[sid, HO + k]
+        cuda.syncthreads()
+        ai = W[BO] * 0
+        ao = ai
+        af = ai
+        ac = ai
+        for k in range(ks, K, KS):
+            x = Ws[XO + k]
+            b = off + k * LDS + tx
+            ai += x * Ws[b]
+            ao += x * Ws[b + U]
+            af += x * Ws[b + 2 * U]
+            ac += x * Ws[b + 3 * U]
+        r = RO + ks * C + tx
+        Ws[r] = ai
+        Ws[r + U] = ao
+        Ws[r + 2 * U] = af
+        Ws[r + 3 * U] = ac
+        cuda.syncthreads()
+        j = vb * U + tx
+        if ks == 0 and j < H:
+            gi = W[BO + j]
+            go = W[BO + H + j]
+            gf = W[BO + 2 * H + j]
+            gc = W[BO + 3 * H + j]
+            for q in range(KS):
+                r = RO + q * C + tx
+                gi += Ws[r]
+                go += Ws[r + U]
+                gf += Ws[r + 2 * U]
+                gc += Ws[r + 3 * U]
+            cn, hn = cell(W, j, gi, go, gf, gc, arena[sid, CO + j])
+            arena[sid, CO + j] = cn
+            dst[0, OUT0 + j] = hn
+            if LAST:
+                out[0, j] = hn
+
+    return OnChip(init, body, K * LDS + K + KS * C)
