@@ -80,7 +80,8 @@ ARGS = _args() if __name__ == "__main__" else _args([])
 
 import numpy as np  # noqa: E402
 
-RESULT: dict = {"env": {}, "parity": [], "step": [], "seq": [], "profile": [], "errors": [], "skipped": []}
+RESULT: dict = {"env": {}, "parity": [], "step": [], "seq": [], "profile": [], "phases": [], "errors": [],
+                "skipped": []}
 
 
 def log(msg: str) -> None:
@@ -663,10 +664,20 @@ def persist_size(H, spec, tmods, iters, budget_s):
     core.quiesce()
     b1 = ce._bucket(1)
     t = (ce.STEP_TILES or ce._tiles())[b1][1]
-    bare = Server(core, core.eng.step_ops(b1, row_nt=t.U * t.KS * t.RS), 50.0, layers=0)
+    ops1 = core.eng.step_ops(b1, row_nt=t.U * t.KS * t.RS)
+    bare = Server(core, ops1, 50.0, layers=0)
     record(H, 1, "persistent kernel with no layers (the protocol alone)", timeit(lambda: bare.step(1), iters, budget_s),
            grid=bare.G)
     bare.stop()
+    # the same step with %globaltimer stamps: device time from "block 0 saw the command" to the
+    # end of each phase (the host's share is the rest of "kernel alone")
+    stp = Server(core, ops1, 50.0, stamps=True)
+    st_ = timeit(lambda: stp.step(1), iters, budget_s)
+    ph = stp.phases()
+    RESULT["phases"].append({"H": H, "B": 1, "kernel_alone_p50_us": st_["p50_us"], **ph})
+    log(f"  H={H} device phases, mean us since the command was seen: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in ph.items() if k != "steps")
+        + f" (steps {ph.get('steps')}; the stamped step host to host p50 {st_['p50_us']:.1f})")
     core.quiesce()
     # the LSTM layer's weights kept in shared memory for the kernel's life (NOTES 69)
     mo = build(spec, "float32", "cuda", PERSIST="onchip")
@@ -866,6 +877,13 @@ def report() -> None:
                 for k in r["kernels"]:
                     print(f"| {r['H']} | {r['B']} | {k['op']} | {k['us']:.1f} | {k.get('grid', '')} | {k.get('block', '')} | "
                           f"{k.get('regs', '')} | {k.get('smem', '')} | {k.get('local', '')} |")
+    if RESULT["phases"]:
+        print("\n## Persistent kernel: device phases of a one-row step (%globaltimer, mean us since block 0 "
+              "saw the command)\n")
+        for r in RESULT["phases"]:
+            print(f"- H={r['H']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()
+                                                if k not in ("H", "B", "steps", "kernel_alone_p50_us"))
+                  + f"; host to host p50 {r['kernel_alone_p50_us']:.1f} ({r.get('steps')} steps)")
     if RESULT["seq"]:
         print("\n## model.run, host to host\n")
         print("| method | H | B | T | us / step | frames / s |\n|---|---|---|---|---|---|")

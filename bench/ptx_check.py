@@ -132,8 +132,12 @@ def _kernels(H: int):
                        (b1.body, False, 1, -(-32 // (t1.U * t1.UPT)), None)),
                       t0.U * t0.KS * t0.RS, 1 + H // 2)
     w = nbt.Array(i64, 1, "C")
-    srv_sig = (v, w, w, ids, A, m, m, m, w, w, w, i64, i64, nbt.boolean)
+    srv_sig = (v, w, w, ids, A, m, m, m, w, w, w, w, i64, i64, nbt.boolean)
     out.append(("persistent step (lstm_step + linear) n=1", srv, srv_sig))
+    srv_st = make_server(((b0.body, True, 1, -(-H // (t0.U * t0.UPT)), None),
+                          (b1.body, False, 1, -(-32 // (t1.U * t1.UPT)), None)),
+                         t0.U * t0.KS * t0.RS, 1 + H // 2, (), True)
+    out.append(("persistent step with phase stamps (benchmarks) n=1", srv_st, srv_sig))
     # ... with the LSTM weights in shared memory (STREAMRNN_CUDA_PERSIST=onchip)
     from streamrnn.layers.lstm.cuda import make_lstm_onchip
 

@@ -534,6 +534,22 @@ _CASES = {
         else:
             raise AssertionError("STREAMRNN_CUDA_PERSIST=maybe was accepted")
         os.environ["STREAMRNN_CUDA_PERSIST"] = "1"
+        # the device-side phase stamps of a benchmark kernel (the simulator's clock reads 0:
+        # only the count of steps is checked) and the protocol alone (no layer)
+        from streamrnn.engine import cuda as ce
+        core = mg.pool(1)._cuda.core
+        core.quiesce()
+        t = (ce.STEP_TILES or ce._tiles())[ce._bucket(1)][1]
+        ops = mg._cuda.step_ops(ce._bucket(1), row_nt=t.U * t.KS * t.RS)
+        st = ps.Server(core, ops, 50.0, stamps=True)
+        for _ in range(3):
+            st.step(1)
+        ph = st.phases()
+        assert ph["steps"] == 3 and set(ph) == {"steps", "staged", "all done"} | {
+            f"layer {k} done" for k in range(len(ops) - 1)}, ph
+        bare = ps.Server(core, ops, 50.0, layers=0)
+        bare.step(1)
+        assert bare.seq == 1 and st.phases()["steps"] == 3
         # the idle timeout is validated
         os.environ["STREAMRNN_CUDA_PERSIST_IDLE_MS"] = "0"
         try:

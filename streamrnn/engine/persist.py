@@ -125,7 +125,7 @@ else:  # pragma: no cover - compiled for a real GPU only (ptx_check compiles the
 # The kernel: generated per model (one call of each layer body, unrolled in source)
 # ---------------------------------------------------------------------------------------------
 _SRC = '''
-def serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, sync, seq0, idle_ns, once):
+def serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, sync, stamps, seq0, idle_ns, once):
     tid = cuda.threadIdx.x
     bid = cuda.blockIdx.x
     G = cuda.gridDim.x
@@ -151,6 +151,8 @@ def serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, sync, seq0, idle_ns, 
                         v = -2
                         break
                 sh[1] = ld_volatile(ctl, 1)
+                if STAMPS and v >= 0 and v != seq:
+                    stamps[0] = now_ns()
             else:  # the others wait for block 0's broadcast in device memory
                 v = ld_volatile(sync, 0)
                 while v == seq:
@@ -171,6 +173,8 @@ def serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, sync, seq0, idle_ns, 
                 st_volatile(sync, 1, n)
                 cuda.threadfence()
                 st_volatile(sync, 0, v)
+                if STAMPS and v >= 0 and v != seq:
+                    stamps[2] += now_ns() - stamps[0]
         if v < 0 or v == seq:
             break
 {ops}        seq = v
@@ -207,6 +211,8 @@ _BARRIER = '''        if tid == 0:
             while ld_volatile(sync, 2) < nb * G:
                 pass
             cuda.threadfence()
+            if STAMPS and bid == 0:
+                stamps[{j}] += now_ns() - stamps[0]
         cuda.syncthreads()
 '''
 
@@ -218,12 +224,15 @@ _DONE = '''        fence_system()
             nd += 1
             if cuda.atomic.add(sync, 3, 1) == nd * G - 1:
                 fence_system()
+                if STAMPS:
+                    stamps[1] += 1
+                    stamps[LAST] += now_ns() - stamps[0]
                 st_volatile(ack, 0, v)
                 fence_system()
 '''
 
 
-def make_server(bodies: tuple, NT: int, PW: int, words: tuple = ()):
+def make_server(bodies: tuple, NT: int, PW: int, words: tuple = (), stamps: bool = False):
     """The persistent kernel of one model's one-row step.
 
     bodies: per layer op, ``(body, first, gx, gy, init)``: the row-tile body (``kernel.body``),
@@ -231,7 +240,11 @@ def make_server(bodies: tuple, NT: int, PW: int, words: tuple = ()):
     for an LSTM layer with its weights on chip (``OnChip``) its body, ..., and its ``init``,
     which runs once when the kernel starts. NT threads per block (every body's block size), PW
     int64 words per staging row, ``words`` per op the shared-memory items of one unit block of
-    an on-chip layer (0 for the others).
+    an on-chip layer (0 for the others). ``stamps``: record where a step's time goes on the
+    device (``%globaltimer``), summed over steps into the ``stamps`` argument (len(bodies) + 3
+    int64): [time block 0 saw the command, steps, +staged and broadcast, +after each layer
+    barrier as block 0 leaves it..., +the last block done, just before the acknowledgement],
+    each "+" a sum of nanoseconds since the command was seen (``Server.phases``).
 
     ``serve(W, hin, ind, ids, X, feat, out, arena, ctl, ack, sync, seq0, idle_ns, once)``: hin
     (mapped) and ind (device) are the staging rows as flat int64 words, ``ids`` / ``X`` the
@@ -243,13 +256,14 @@ def make_server(bodies: tuple, NT: int, PW: int, words: tuple = ()):
     words = tuple(words) + (0,) * (len(bodies) - len(words))
     st = sum(words)
     loff = [sum(words[:k]) for k in range(len(bodies))]
-    ops = _BARRIER.join((_OP_ONCHIP if init is not None else _OP).format(
-        k=k, nb=gx * gy, gx=gx, gy=gy, st=st, loff=loff[k], src="X" if first else "feat")
+    ops = "".join(((_BARRIER.format(j=2 + k) if k else "") + (_OP_ONCHIP if init is not None else _OP).format(
+        k=k, nb=gx * gy, gx=gx, gy=gy, st=st, loff=loff[k], src="X" if first else "feat"))
         for k, (_, first, gx, gy, init) in enumerate(bodies)) + _DONE
     inits = "".join(_INIT.format(k=k, gy=gy, st=st, loff=loff[k])
                     for k, (_, _, _, gy, init) in enumerate(bodies) if init is not None)
     g = {"cuda": cuda, "ld_volatile": ld_volatile, "st_volatile": st_volatile, "now_ns": now_ns,
-         "fence_system": fence_system, "NT": NT, "PW": PW, "int64": int64}
+         "fence_system": fence_system, "NT": NT, "PW": PW, "int64": int64, "STAMPS": bool(stamps),
+         "LAST": max(len(bodies), 1) + 2}
     g.update({f"body{k}": b for k, (b, _, _, _, _) in enumerate(bodies)})
     g.update({f"init{k}": i for k, (_, _, _, _, i) in enumerate(bodies) if i is not None})
     exec(compile(_SRC.format(ops=ops, init=inits), f"<streamrnn persistent step kernel, {len(bodies)} ops>", "exec"), g)
@@ -287,15 +301,17 @@ class Server:
     #: other resident kernels hold the SMs it needs (PersistError: the core falls back)
     START_TIMEOUT = 0.02
 
-    def __init__(self, core, ops, idle_ms: float, layers: int | None = None):
+    def __init__(self, core, ops, idle_ms: float, layers: int | None = None, stamps: bool = False):
         """``ops``: the core's one-row step ops (``CudaEngine.step_ops``); ``layers``: serve only
-        the first so many (a benchmark of the protocol alone: ``layers=0``)."""
+        the first so many (a benchmark of the protocol alone: ``layers=0``); ``stamps``: record
+        the device-side phases of each step (benchmarks; ``phases()``)."""
         self.core = core
         eng = core.eng
         NT = ops[0][2]
         bodies = tuple((disp.body, first, *grid(1), getattr(disp, "init", None)) for disp, first, _, grid in ops)
         words = tuple(getattr(d, "words", 0) for d, _, _, _ in ops)[:layers]
-        self.kernel = make_server(bodies[:layers], NT, core.pitch // 8, words)
+        self.kernel = make_server(bodies[:layers], NT, core.pitch // 8, words, stamps)
+        self.stamps = cuda.to_device(np.zeros(max(len(bodies[:layers]), 1) + 3 if stamps else 1, np.int64))
         self.NT = NT
         self.G = max(gx * gy for _, _, gx, gy, _ in bodies)
         #: on-chip LSTM layers; their unit blocks at most; items of one unit block of each
@@ -345,7 +361,7 @@ class Server:
     def _args(self, once: bool):
         c = self.core
         return (c.eng.W, c.hin_w, c.in_w, c.ids_d, c.X_d, c.feat_d, c.hout_m, c.arena, self.ctl, self.ack,
-                self.sync, self.seq, self.idle_ns, once)
+                self.sync, self.stamps, self.seq, self.idle_ns, once)
 
     def _sig(self):  # pragma: no cover - real GPU only
         return tuple(self.kernel.typeof_pyval(a) for a in self._args(False))
@@ -414,6 +430,19 @@ class Server:
         self.ctl_h[0] = -1  # ask it to exit when (if) it runs: the command is never served
         self.running = False
         raise PersistError(f"the persistent step kernel did not answer command {s}: {why}")
+
+    def phases(self) -> dict:
+        """With ``stamps``: the mean device time (µs) from the moment block 0 saw a command to
+        the end of each phase, over the steps so far (stops the kernel to read them)."""
+        self.stop()
+        a = self.stamps.copy_to_host()
+        steps = int(a[1]) if a.size > 2 else 0
+        if steps == 0:
+            return {"steps": 0}
+        res = {"steps": steps, "staged": a[2] / steps / 1e3}
+        res.update({f"layer {k} done": a[3 + k] / steps / 1e3 for k in range(a.size - 4)})
+        res["all done"] = a[-1] / steps / 1e3
+        return res
 
     def stop(self) -> None:
         """Make the kernel exit and wait for it; the next ``step`` relaunches it."""
