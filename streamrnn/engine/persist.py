@@ -1,5 +1,5 @@
 """Persistent step kernel: one resident launch serves a pool's one-row steps, fed through mapped
-host memory (``STREAMRNN_CUDA_PERSIST=1``; bench/NOTES.md entries 65-66).
+host memory (``STREAMRNN_CUDA_PERSIST=1``; bench/NOTES.md entries 65-69).
 
 Why: a one-stream step through a replayed CUDA graph costs ~22-26 µs host to host on an H200,
 of which ~6 µs are the host side of ``cuGraphLaunch`` and most of the rest the graph's nodes
@@ -23,8 +23,12 @@ once and stays resident:
 * after ``idle_ns`` without a command (``%globaltimer``) the kernel stores ``ack[1] = 0`` and
   exits, so an idle pool does not hold SMs; the host relaunches it at the next step (and when
   it sees ``ack[1] == 0`` with its command not served). Any other use of the pool's device
-  state (reset, get/set state, steps of several rows, the sequence path) first stops it
-  (``ctl[0] = -1``) and waits for it to exit.
+  state (reset, get/set state, steps of several rows, ``push``) first stops it
+  (``ctl[0] = -1``) and waits for it to exit;
+* a launch that does not become resident within ``Server.START_TIMEOUT`` (the GPU's SMs held
+  by other resident kernels: cooperative launches wait for room) or a command never
+  acknowledged raises ``PersistError``; ``_Core.step`` then serves that step and every later
+  one through the graph path (the lost command changed no state).
 
 ``STREAMRNN_CUDA_PERSIST=onchip``: each LSTM layer without projection runs as an ``OnChip``
 op (``make_lstm_onchip``): the block that owns a unit block loads its weight columns into the
