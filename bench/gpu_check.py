@@ -21,8 +21,8 @@ Self-contained (run from the repository root; the package need not be installed)
 3. ``seq``     throughput of ``model.run`` (B in {1, 64}, T=250) vs torch ``nn.LSTM`` on the
    whole sequence (and their outputs compared); then the persistent LSTM kernel
    (``STREAMRNN_CUDA_SEQ=grid``, with numba's grid sync and with the counter barrier,
-   ``STREAMRNN_CUDA_GRIDSYNC=atomic``, and with up to 32 sequences per pass through shared
-   memory, ``GRID_GROUP=32``; B in {1, 4, 16, 64}) against the per-block one
+   ``STREAMRNN_CUDA_GRIDSYNC=atomic``, and with the device time of each phase of a step
+   stamped, ``GRID_STAMPS``; B in {1, 4, 16, 64}) against the per-block one
    (``STREAMRNN_CUDA_SEQ=block``): parity and timing.
 4. ``parity`` again with what is left of the budget: GRU (both linear_before_reset) stack with a
    softmax head, RNN relu (float64), LSTM + head (float64, 2000 streams), bidirectional run.
@@ -80,8 +80,8 @@ ARGS = _args() if __name__ == "__main__" else _args([])
 
 import numpy as np  # noqa: E402
 
-RESULT: dict = {"env": {}, "parity": [], "step": [], "seq": [], "profile": [], "phases": [], "errors": [],
-                "skipped": []}
+RESULT: dict = {"env": {}, "parity": [], "step": [], "seq": [], "profile": [], "phases": [], "seq_phases": [],
+                "errors": [], "skipped": []}
 
 
 def log(msg: str) -> None:
@@ -770,10 +770,9 @@ SEQ_VARIANTS = (
     ("streamrnn model.run [persistent grid, STREAMRNN_CUDA_SEQ=grid]", dict(SEQ="grid")),
     ("streamrnn model.run [persistent grid, counter barrier, STREAMRNN_CUDA_GRIDSYNC=atomic]",
      dict(SEQ="grid", GRIDSYNC="atomic")),
-    # 8 sequences per pass through shared memory (GRID_GROUP) cost ~4.5 us each at H=128 (B=64:
-    # 8 passes, 47 us per step): up to 32 per pass where shared memory allows (H=128; H=512 keeps 4)
-    ("streamrnn model.run [persistent grid, groups of up to 32 sequences, GRID_GROUP=32]",
-     dict(SEQ="grid", ATTR={"GRID_GROUP": 32})),
+    # where a step's ~10 us go (NOTES 53, 70): %globaltimer sums per phase, read after the run
+    ("streamrnn model.run [persistent grid, phase stamps, GRID_STAMPS]",
+     dict(SEQ="grid", ATTR={"GRID_STAMPS": True})),
 )
 
 
@@ -802,6 +801,11 @@ def seq_grid_case(H, B, T, models):
         RESULT["seq"].append(row)
         log(f"  H={H:4d} B={B:4d} T={T:4d} {name} {row['us_per_step']:8.2f} us/step (seq_mode {row['seq_mode']}, "
             f"parity {'ok' if ok else 'FAILED'}, max abs {d:.2g})")
+        if getattr(m._cuda, "GRID_STAMPS", False):
+            ph = m._cuda.grid_phases()
+            RESULT["seq_phases"].append({"H": H, "B": B, "T": T, "us_per_step": row["us_per_step"], **ph})
+            log(f"  H={H:4d} B={B:4d} device us per step, by phase (block 0): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in ph.items() if k != "steps") + f" ({ph.get('steps')} steps)")
     save()
 
 
@@ -889,6 +893,12 @@ def report() -> None:
         print("| method | H | B | T | us / step | frames / s |\n|---|---|---|---|---|---|")
         for r in RESULT["seq"]:
             print(f"| {r['method']} | {r['H']} | {r['B']} | {r['T']} | {r['us_per_step']:.2f} | {r['frames_per_s']:.0f} |")
+    if RESULT["seq_phases"]:
+        print("\n## Persistent sequence kernel: device us per step by phase (%globaltimer, block 0)\n")
+        for r in RESULT["seq_phases"]:
+            print(f"- H={r['H']} B={r['B']}: " + ", ".join(f"{k} {r[k]:.2f}" for k in ("load h", "products", "cell",
+                                                                                      "barrier") if k in r)
+                  + f"; host-timed {r['us_per_step']:.2f} us per step")
     if RESULT["errors"]:
         print("\n## Errors\n")
         for e in RESULT["errors"]:

@@ -1,7 +1,7 @@
 """Floor of a persistent kernel fed through mapped (pinned, host-mapped) memory (NOTES 65).
 
 A kernel stays resident and polls a command word in host memory with ``ld.volatile``
-(``streamrnn.engine.persist.ld_volatile``; numba's ``cuda.ldcv`` is an inline asm without side
+(``streamrnn.layers.cuda_sync.ld_volatile``; numba's ``cuda.ldcv`` is an inline asm without side
 effects, which LLVM hoists out of the poll loop: the first version of this probe hung on the
 H200 for that reason, NOTES 65); the host writes the word and spins on an acknowledgement the
 kernel stores back. Times, host clock, per round trip (p50 / p99 µs):
@@ -32,7 +32,7 @@ def _kernels():
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from numba import cuda
 
-    from streamrnn.engine.persist import fence_system, ld_volatile, st_volatile
+    from streamrnn.layers.cuda_sync import fence_system, ld_volatile, st_volatile
 
     def make(coop: bool, frame: bool):
         @cuda.jit

@@ -364,6 +364,13 @@ _CASES = {
             X = rng.standard_normal((B, 3, I)).astype("float32")
             close(mg.run(X), mc.run(X), "float32", f"auto run B={B} GRID_AUTO_H={auto_h}")
             assert (len(calls) > n0) == grid, (B, auto_h, calls)
+        # phase stamps (benchmarks): same results, the steps of the last launch counted (the
+        # simulator's clock reads 0, so only the count is checked)
+        eng.GRID_STAMPS = True
+        X = rng.standard_normal((2, 5, I)).astype("float32")
+        close(mg.run(X), mc.run(X), "float32", "run with phase stamps")
+        ph = eng.grid_phases()
+        assert ph["steps"] == 5 and set(ph) == {"steps", "load h", "products", "cell", "barrier"}, ph
     """,
     # the GEMM's unpipelined staging: STREAMRNN_CUDA_STAGE=loop on a tile that could pipeline,
     # and a tile whose thread count does not divide its staged tiles (loop staging whatever

@@ -731,6 +731,9 @@ class CudaEngine:
     #: ... through shared memory in groups of at most this many (as many as fit GRID_SMEM:
     #: 32 at H=128 in float32, 4 at H=512; each group costs a mostly fixed ~4.5 µs per step)
     GRID_GROUP = 32
+    #: benchmarks: the persistent sequence kernel sums the device time of each phase of a
+    #: step into the buffer ``grid_phases()`` reads (make_lstm_seq_grid's STAMPS)
+    GRID_STAMPS = False
     #: static shared memory of a block of make_lstm_seq_grid (bytes, numba's static limit 48 KiB)
     GRID_SMEM = 46 * 1024
 
@@ -771,12 +774,13 @@ class CudaEngine:
         grid_sync = self.seq_mode in ("grid", "auto")
         k = make_lstm_seq_grid(self.dts, NT, UPB, BMAX, L.H, dd["RT"], dd["PEEP"], dd["CLIP"],
                                bool(L.flags & F_INPUT_FORGET), dd["ACTS"][:9], dd["HO"], dd["CO"], col0, rev,
-                               (2 if self.grid_barrier == "atomic" else 1) if grid_sync else 0)
+                               (2 if self.grid_barrier == "atomic" else 1) if grid_sync else 0,
+                               self.GRID_STAMPS)
         hbuf = self._buf("hbuf", (2, B, L.H))
         cbuf = self._buf("cbuf", (B, L.H))
-        bar = self._buf("gbar", (1,), np.int64)
-        if grid_sync and self.grid_barrier == "atomic":  # the counter barrier starts from zero
-            bar.copy_to_device(self._zero_i, stream=s)
+        bar = self._buf("gbar", (8,), np.int64)
+        if grid_sync and (self.grid_barrier == "atomic" or self.GRID_STAMPS):  # counters from zero
+            bar.copy_to_device(np.zeros(8, np.int64), stream=s)
         args = (self.W, XW, Y, st_d, sidx_d, lens_d, hbuf, cbuf, bar, B, T)
         if grid_sync:
             if not self.sim:  # pragma: no cover - real GPU only
@@ -804,6 +808,16 @@ class CudaEngine:
                 self._launch(k, nblk, NT, s, *args, t, t + 1, 0)
             self._launch(k, nblk, NT, s, *args, T, T, 1)
         return True
+
+    def grid_phases(self) -> dict:
+        """With ``GRID_STAMPS``: mean device µs per step of each phase of the last persistent
+        sequence kernel launch (seen by its block 0): h loaded, products, cell, grid barrier."""
+        a = self._buf("gbar", (8,), np.int64).copy_to_host()
+        steps = int(a[1])
+        if steps == 0:
+            return {"steps": 0}
+        names = ("load h", "products", "cell", "barrier")
+        return {"steps": steps, **{k: a[2 + i] / steps / 1e3 for i, k in enumerate(names)}}
 
     def _buf(self, name, shape, dtype=None):
         """A grow-only device buffer viewed as ``shape``."""

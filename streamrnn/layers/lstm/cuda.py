@@ -10,6 +10,7 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda
 
+from ..cuda_sync import now_ns
 from ..dense.cuda import Tile, _act, _clip, as_kernel, jit, make_accum, make_reduce, nbtype, red_size
 
 
@@ -303,7 +304,7 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
 @lru_cache(maxsize=None)
 def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int, PEEP: int,
                        CLIP: float, IFG: bool, ACTS: tuple, HO: int, CO: int, COL0: int, REV: bool,
-                       GRID_SYNC: int):
+                       GRID_SYNC: int, STAMPS: bool = False):
     """The recurrence of one LSTM direction (no projection) for few sequences, spread over the
     whole GPU in the persistent-RNN manner (Diamos et al., ICML 2016).
 
@@ -325,6 +326,11 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
     s0 == s1 == T, so no block reads the state after another wrote it). XW (B*T, 4H) holds the input
     projections (row b*T + t, bias included); a sequence past its length carries h, c unchanged
     and writes zeros to Y, like ``make_lstm_seq``.
+
+    ``STAMPS`` (benchmarks): thread 0 of block 0 sums the device time of each phase of a step
+    (``%globaltimer``) into ``bar``: bar[1] steps, bar[2] loading h, bar[3] the products and
+    partial sums, bar[4] the cell updates, bar[5] the grid barrier (``bar`` of >= 6 items,
+    zero at launch; bar[0] stays the counter barrier's).
     """
     nbt = nbtype(dtype)
     G4 = 4 * H
@@ -352,6 +358,8 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
             Ws[k, cc] = W[RT + k * G4 + g * H + j] if j < H else W[RT] * 0
         ks = tid // C
         cc = tid - ks * C
+        stamp = STAMPS and cuda.blockIdx.x == 0 and tid == 0
+        tp = now_ns() if stamp else 0
         for s in range(s0, s1):
             p = s & 1
             for b0 in range(0, B, BMAX):  # groups of BMAX sequences share the shared arrays
@@ -362,6 +370,10 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                     b = b0 + i
                     hs[i, k] = state[sidx[b], HO + k] if s == 0 else hbuf[p, b, k]
                 cuda.syncthreads()
+                if stamp:
+                    t = now_ns()
+                    bar[2] += t - tp
+                    tp = t
                 for i in range(BMAX):
                     acc[i] = 0
                 for k in range(ks, H, KS):
@@ -371,6 +383,10 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                 for i in range(BMAX):
                     part[ks, i, cc] = acc[i]
                 cuda.syncthreads()
+                if stamp:
+                    t = now_ns()
+                    bar[3] += t - tp
+                    tp = t
                 for e in range(tid, nb * UPB, NT):
                     i = e // UPB
                     u = e - i * UPB
@@ -399,6 +415,10 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                         cbuf[b, j] = cp
                         hbuf[1 - p, b, j] = hv
                 cuda.syncthreads()  # hs and part are reused by the next group
+                if stamp:
+                    t = now_ns()
+                    bar[4] += t - tp
+                    tp = t
             if GRID_SYNC == 1:
                 cuda.threadfence()
                 cuda.cg.this_grid().sync()
@@ -414,6 +434,11 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                 cuda.syncthreads()
             else:
                 cuda.syncthreads()
+            if stamp:
+                t = now_ns()
+                bar[5] += t - tp
+                bar[1] += 1
+                tp = t
         if fin:
             for e in range(tid, B * UPB, NT):
                 b = e // UPB
