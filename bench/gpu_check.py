@@ -568,12 +568,7 @@ def step_section() -> None:
     log("== step: pool.step host-to-host latency vs torch cuDNN ==")
     sizes = [int(s) for s in ARGS.sizes.split(",") if s]
     batches = [int(b) for b in ARGS.batches.split(",") if b]
-    try:
-        import torch
-
-        have_torch = torch.cuda.is_available()
-    except Exception:
-        have_torch = False
+    have_torch = _have_torch()
     for H in sizes:
         I, O = H, 32
         spec = lstm_head(I, H, O)
@@ -588,6 +583,16 @@ def step_section() -> None:
             budget_s = 0.4 if ARGS.quick else 1.0
             guarded(f"step H={H} B={B}", step_size, H, B, mg, mc, spec, tmods, iters, budget_s, need=15 if big else 8)
     save()
+
+
+def _have_torch() -> bool:
+    """PyTorch with a CUDA device (the baselines), or not."""
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
 
 
 def persist_size(H, spec, tmods, iters, budget_s):
@@ -654,7 +659,6 @@ def persist_size(H, spec, tmods, iters, budget_s):
     # where the time goes: the kernel's own step (no staging, no output copy, no Pool.step
     # Python), and the same protocol with no layer at all (poll, row copy, broadcast, done count,
     # acknowledgement): the layers cost the difference (NOTES 68)
-    from streamrnn.engine import cuda as ce
     from streamrnn.engine.persist import Server
 
     core = pp._cuda.core
@@ -662,9 +666,7 @@ def persist_size(H, spec, tmods, iters, budget_s):
     record(H, 1, "persistent kernel alone (Server.step: command, layers, acknowledgement)",
            timeit(lambda: core.server.step(1), iters, budget_s))
     core.quiesce()
-    b1 = ce._bucket(1)
-    t = (ce.STEP_TILES or ce._tiles())[b1][1]
-    ops1 = core.eng.step_ops(b1, row_nt=t.U * t.KS * t.RS)
+    ops1 = core.eng.one_row_ops()
     bare = Server(core, ops1, 50.0, layers=0)
     record(H, 1, "persistent kernel with no layers (the protocol alone)", timeit(lambda: bare.step(1), iters, budget_s),
            grid=bare.G)
@@ -712,12 +714,7 @@ def persist_size(H, spec, tmods, iters, budget_s):
 
 def persist_section() -> None:
     log("== persist: one stream through the persistent step kernel ==")
-    try:
-        import torch
-
-        have_torch = torch.cuda.is_available()
-    except Exception:
-        have_torch = False
+    have_torch = _have_torch()
     for H in [int(s) for s in ARGS.sizes.split(",") if s]:
         spec = lstm_head(H, H, 32)
         tmods = guarded(f"torch modules H={H}", torch_modules, spec, H, H, 32) if have_torch else None
@@ -811,12 +808,7 @@ def seq_grid_case(H, B, T, models):
 
 def seq_section() -> None:
     log("== seq: model.run throughput ==")
-    try:
-        import torch
-
-        have_torch = torch.cuda.is_available()
-    except Exception:
-        have_torch = False
+    have_torch = _have_torch()
     T = 4 if ARGS.smoke else 100 if ARGS.quick else 250
     for H in [int(s) for s in ARGS.sizes.split(",") if s]:
         spec = lstm_head(H, H, 32)

@@ -533,21 +533,12 @@ _CASES = {
             for s, ids in enumerate(([2], [0, 2], [2], [1])):
                 X = rng.standard_normal((len(ids), I)).astype(dtype)
                 close(pg.step(ig[ids], X), pc.step(ic[ids], X), dtype, f"on-chip pool step {s}")
-        os.environ["STREAMRNN_CUDA_PERSIST"] = "maybe"
-        try:
-            srnn.Model(specs[0][1], device="cuda")
-        except srnn.StreamRNNError as e:
-            assert "STREAMRNN_CUDA_PERSIST" in str(e), e
-        else:
-            raise AssertionError("STREAMRNN_CUDA_PERSIST=maybe was accepted")
         os.environ["STREAMRNN_CUDA_PERSIST"] = "1"
         # the device-side phase stamps of a benchmark kernel (the simulator's clock reads 0:
         # only the count of steps is checked) and the protocol alone (no layer)
-        from streamrnn.engine import cuda as ce
         core = mg.pool(1)._cuda.core
         core.quiesce()
-        t = (ce.STEP_TILES or ce._tiles())[ce._bucket(1)][1]
-        ops = mg._cuda.step_ops(ce._bucket(1), row_nt=t.U * t.KS * t.RS)
+        ops = mg._cuda.one_row_ops()
         st = ps.Server(core, ops, 50.0, stamps=True)
         for _ in range(3):
             st.step(1)
@@ -557,14 +548,20 @@ _CASES = {
         bare = ps.Server(core, ops, 50.0, layers=0)
         bare.step(1)
         assert bare.seq == 1 and st.phases()["steps"] == 3
-        # the idle timeout is validated
-        os.environ["STREAMRNN_CUDA_PERSIST_IDLE_MS"] = "0"
-        try:
-            srnn.Model(specs[0][1], device="cuda")
-        except srnn.StreamRNNError as e:
-            assert "STREAMRNN_CUDA_PERSIST_IDLE_MS" in str(e), e
-        else:
-            raise AssertionError("a zero idle timeout was accepted")
+        # bad settings are refused, naming the variable
+        for var, bad in (("STREAMRNN_CUDA_PERSIST", "maybe"), ("STREAMRNN_CUDA_PERSIST_IDLE_MS", "0")):
+            old = os.environ.get(var)
+            os.environ[var] = bad
+            try:
+                srnn.Model(specs[0][1], device="cuda")
+            except srnn.StreamRNNError as e:
+                assert var in str(e), e
+            else:
+                raise AssertionError(f"{var}={bad} was accepted")
+            if old is None:
+                os.environ.pop(var)
+            else:
+                os.environ[var] = old
     """,
 }
 

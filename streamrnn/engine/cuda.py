@@ -656,7 +656,6 @@ class CudaEngine:
                     k, gt = self._fitted_gemm(make_lstm_gemm, gt, first, *largs, self.stage == "pipe")
                     gemm_op(k, gt, L.H, first)
                 else:
-                    t = _tile(bucket, L.H, 4, self.isz)
                     k, t = self._fitted(make_lstm_step, t, *largs, first=first)
                     tile_op(k, t, L.H, first)
                 if proj:
@@ -696,6 +695,12 @@ class CudaEngine:
             NT = row_nt or (4 if self.sim else 64)
             row_op(make_commit_kernel(NT, self.commit), NT, False)
         return ops
+
+    def one_row_ops(self, onchip: int = 0):
+        """``step_ops`` of a one-row step for the persistent kernel: every layer with the block
+        size of the one-row tile (see ``step_ops`` for ``onchip``)."""
+        t = (STEP_TILES or _tiles())[_bucket(1)][1]
+        return self.step_ops(_bucket(1), row_nt=t.U * t.KS * t.RS, onchip=onchip)
 
     # -- the sequence path -----------------------------------------------------------------
     def _seq_cfg(self, L, B):
@@ -1010,19 +1015,15 @@ class _Core:
         self.feat_d = cuda.device_array((nmax, eng.ftot), eng.dtype)
         self.out_d = cuda.device_array((nmax, eng.O), eng.dtype)
         self.hout_m = None
-        if eng.persist:
-            self.hout_m, self.hout = mapped((nmax, eng.O), eng.dtype)
-        elif self.mapped:
+        if self.mapped or eng.persist:  # hout: a plain view of the mapped rows (cheap slicing)
+            from .persist import mapped
+
             try:
-                self.hout_m = cuda.mapped_array((nmax, eng.O), eng.dtype)
+                self.hout_m, self.hout = mapped((nmax, eng.O), eng.dtype)
             except Exception as e:  # pragma: no cover - real GPU only
                 log.warning("streamrnn cuda: no mapped host memory (%s); copying outputs out", e)
                 self.mapped = False
-        if eng.persist:
-            pass
-        elif self.hout_m is not None:
-            self.hout = np.ndarray.view(self.hout_m, np.ndarray)  # plain view: cheap slicing
-        else:
+        if self.hout_m is None:
             self.hout = cuda.pinned_array((nmax, eng.O), eng.dtype)
         self.nmax = nmax
         self.gen += 1
@@ -1059,12 +1060,10 @@ class _Core:
 
         self._persist_error = PersistError
         eng = self.eng
-        b1 = _bucket(1)
-        t = (STEP_TILES or _tiles())[b1][1]
         onchip = 0
         if eng.persist_onchip:  # dynamic shared memory per block for LSTM weights (items)
             onchip = (1 << 22) if eng.sim else self.ONCHIP_BYTES // eng.isz
-        ops = eng.step_ops(b1, row_nt=t.U * t.KS * t.RS, onchip=onchip)
+        ops = eng.one_row_ops(onchip)
         NT = ops[0][2]
         if any(b != NT or not hasattr(d, "body") for d, _, b, _ in ops):
             log.warning("streamrnn cuda: STREAMRNN_CUDA_PERSIST: this model's one-row kernels differ in "
@@ -1091,23 +1090,26 @@ class _Core:
         and the new state must agree (relative 1e-5 in float32). Returns "" or why not."""
         eng = self.eng
         x = np.random.default_rng(1).standard_normal(eng.I).astype(eng.dtype)
-        zero = np.zeros((1, self.S1), eng.dtype)
-        got = []
-        for fn in (lambda: self._step_numba(1, _bucket(1)), lambda: srv.step(1)):
-            self.arena[0:1].copy_to_device(zero)
-            self.hids[0] = 0
-            self.hX[0] = x
-            self.hout[0] = np.nan  # a path that does not write its outputs fails
-            fn()
-            y = self.hout[0].copy()
-            srv.stop()
-            got.append((y, self.arena[0:1].copy_to_host()))
-        self.arena[0:1].copy_to_device(zero)
+        got = [self._row0(fn, x, srv.stop) for fn in (lambda: self._step_numba(1, _bucket(1)), lambda: srv.step(1))]
+        self.arena[0:1].copy_to_device(np.zeros((1, self.S1), eng.dtype))
         rtol = 1e-5 if eng.dtype == np.float32 else 1e-10
         for a, b in zip(*got):
             if not np.allclose(b, a, rtol=rtol, atol=rtol * max(1.0, float(np.abs(a).max()))):
                 return f"results differ from numba's launch path (max abs {float(np.abs(a - b).max()):.3g})"
         return ""
+
+    def _row0(self, fn, x, after=None):
+        """The self-tests' trial: arena row 0 zeroed, frame x staged for stream 0, ``fn()`` (one
+        step of one row by some path), ``after()``; returns (outputs, arena row 0)."""
+        self.arena[0:1].copy_to_device(np.zeros((1, self.S1), self.eng.dtype))
+        self.hids[0] = 0
+        self.hX[0] = x
+        self.hout[0] = np.nan  # a path that does not write its outputs fails
+        fn()
+        y = self.hout[0].copy()
+        if after is not None:
+            after()
+        return y, self.arena[0:1].copy_to_host()
 
     def quiesce(self) -> None:
         """Stop the persistent kernel (if running): before any other device work on the state."""
@@ -1245,16 +1247,10 @@ class _Core:
         """One frame on arena row 0 through the numba path, then the driver / graph paths:
         results must be bit-identical, else fall back. Leaves row 0 zero."""
         eng = self.eng
-        rng = np.random.default_rng(0)
-        self.hids[0] = 0
-        self.hX[0] = rng.standard_normal(eng.I).astype(eng.dtype)
-        zero = np.zeros((1, self.S1), eng.dtype)
+        x = np.random.default_rng(0).standard_normal(eng.I).astype(eng.dtype)
 
         def once(fn):
-            self.arena[0:1].copy_to_device(zero)
-            self.hout[0] = np.nan  # a path that does not write its outputs fails
-            fn()
-            return self.hout[0].copy(), self.arena[0:1].copy_to_host()
+            return self._row0(fn, x)
 
         b1 = _bucket(1)
         drv = eng.drv
@@ -1285,7 +1281,7 @@ class _Core:
                             name, why, fallback)
                 self.mode = fallback
         self._drop_graphs()
-        self.arena[0:1].copy_to_device(zero)
+        self.arena[0:1].copy_to_device(np.zeros((1, self.S1), eng.dtype))
         self.stream.synchronize()
 
     def kernel_times(self, n: int, reps: int = 50) -> list:  # pragma: no cover - real GPU only
