@@ -64,7 +64,12 @@ _OPS = {
 
 
 def _mix(ptx: str) -> dict:
-    return {k: len(re.findall(v, ptx)) for k, v in _OPS.items()}
+    res = {k: len(re.findall(v, ptx)) for k, v in _OPS.items()}
+    # global loads that come right after a global store in program order: each waits for the
+    # store where the compiler cannot rule out aliasing (a latency-bound chain; NOTES entry 71)
+    ops = re.findall(r"\b(ld|st)\.global\.", ptx)
+    res["ld_after_st"] = sum(1 for a, b in zip(ops, ops[1:]) if a == "st" and b == "ld")
+    return res
 
 
 def _ptxas(ptx: str, cc) -> dict:
@@ -119,9 +124,9 @@ def _kernels(H: int):
             t = ce._tile(b, H, 4, 4)
             k = make_lstm_step("float32", t, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False)
             out.append((f"lstm_step n<={mx} {tuple(t)}", k, step_sig))
-        t = ce._tile(b, 32, 1, 4)
-        k = make_linear("float32", t, H, 32, 0, 0, BO + 4 * H, BO, -1, 0.0, 0.0, True)
-        out.append((f"linear head n<={mx} {tuple(t)}", k, (v, ids, m, m, m, m, i64)))
+        t = ce._tile(b, 32, 1, 4)  # the head reads the LSTM's h (columns 0..H-1) and commits it
+        k = make_linear("float32", t, H, 32, 0, H, BO + 4 * H, BO, -1, 0.0, 0.0, True, (0, HO, H))
+        out.append((f"linear head + commit n<={mx} {tuple(t)}", k, (v, ids, m, m, m, m, i64)))
     # the persistent one-row step kernel (STREAMRNN_CUDA_PERSIST=1): both bodies of bucket 0
     from streamrnn.engine.persist import make_server
 
@@ -187,7 +192,8 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        cols = ["H", "kernel", "regs", "spill_stores", "smem", "fma", "ld.shared", "ld.global", "int64", "ptx_lines"]
+        cols = ["H", "kernel", "regs", "spill_stores", "smem", "fma", "ld.shared", "ld.global", "ld_after_st", "int64",
+                "ptx_lines"]
         print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
         for r in rows:
             print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")

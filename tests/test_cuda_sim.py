@@ -384,6 +384,8 @@ _CASES = {
                           DenseLayer(R(O, H), R(O))))
         odd = GemmTile(4, 2, 2, 1, 2, 6)  # 8 threads, 6-deep chunks: 8 does not divide 6
         assert make_gemm_accum(odd, I, 4 * H, H, 4, 0, False, H).staging == "loop"
+        # 4 rows x 4 units per thread: the epilogue loads the state of 2 rows at a time, twice
+        grouped = GemmTile(8, 8, 4, 4, 1, 4)
         assert make_gemm_accum(GemmTile(8, 4, 2, 2, 2, 4), I, 4 * H, H, 4, 0, False, H, False).staging == "loop"
         for dtype in ("float32", "float64"):
             mc = srnn.Model(spec, dtype=dtype, device="cpu")
@@ -392,9 +394,13 @@ _CASES = {
             os.environ.pop("STREAMRNN_CUDA_STAGE")
             mo = srnn.Model(spec, dtype=dtype, device="cuda")
             assert ml._cuda.stage == "loop" and mo._cuda.stage == "pipe"
-            for what, mg, tiles in (("loop staging", ml, None), ("odd tile", mo, [None, odd])):
+            for what, mg, tiles in (("loop staging", ml, None), ("odd tile", mo, [None, odd]),
+                                    ("epilogue in row groups", mo, [None, grouped])):
                 ce.GEMM_TILES = tiles  # the kernels are built when a pool is created
-                assert mg._cuda.step_ops(1)[0][0].py_func.__name__ == "lstm_gemm"
+                k0 = mg._cuda.step_ops(1)[0][0]
+                assert k0.py_func.__name__ == "lstm_gemm"
+                if tiles is not None:
+                    assert k0.epilogue_rows == (2 if tiles[1] is grouped else tiles[1].TM), k0.epilogue_rows
                 pc, pg = mc.pool(12), mg.pool(12)
                 ic, ig = pc.open(12), pg.open(12)
                 for s, n in enumerate((9, 12, 2, 7)):
@@ -415,6 +421,42 @@ _CASES = {
                 raise AssertionError(f"{var}=bogus did not raise")
             finally:
                 os.environ.pop(var)
+    """,
+    # the commit of new hidden states to the state arena (make_commit) on its own: rows in
+    # groups of NR over NY blocks each, one or two committed segments per row, batches of loads
+    # (several per thread where a group has more values than its threads), rows past n untouched
+    "commit": """
+        from numba import cuda
+        from streamrnn.layers.dense.cuda import COMMIT_BATCH, make_commit
+        cap, F = 11, 16
+        cases = (  # NT, NR, NY, flat (feature col, arena col, size) triples, rows n
+            (2, 3, 1, (1, 0, 4, 9, 5, 3), 7),   # 3 rows x 7 values over 2 threads: 2 batches of 8
+            (4, 3, 2, (1, 0, 5, 9, 5, 3), 8),
+            (2, 1, 1, (0, 2, 7), 4),
+            (3, 4, 3, (2, 1, 6), 9),
+            (8, 2, 1, (4, 3, 2), 3),            # fewer values than threads: a batch of 1
+        )
+        for dtype in ("float32", "float64"):
+            for NT, NR, NY, COMMIT, n in cases:
+                commit = make_commit(dtype, NT, NR, NY, COMMIT)
+
+                @cuda.jit
+                def kern(ids, dst, arena, n):
+                    commit(ids, dst, arena, cuda.blockIdx.x * NR, n, cuda.threadIdx.x, cuda.blockIdx.y)
+
+                ids = rng.permutation(cap)[:n].astype(np.int64)
+                dst = rng.standard_normal((n, F)).astype(dtype)
+                arena = rng.standard_normal((cap, 10)).astype(dtype)
+                want = arena.copy()
+                for r in range(n):
+                    for c in range(len(COMMIT) // 3):
+                        c0, h0, size = COMMIT[3 * c: 3 * c + 3]
+                        want[ids[r], h0:h0 + size] = dst[r, c0:c0 + size]
+                d_arena = cuda.to_device(arena)
+                kern[(-(-n // NR), NY), NT](cuda.to_device(ids), cuda.to_device(dst), d_arena, n)
+                got = d_arena.copy_to_host()
+                assert np.array_equal(got, want), (NT, NR, NY, COMMIT, n, dtype)
+        assert COMMIT_BATCH == 8
     """,
     # bidirectional LSTM + reverse GRU: run only; float32
     "bidir_run": """

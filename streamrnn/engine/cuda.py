@@ -693,7 +693,7 @@ class CudaEngine:
                 row_op(k, NT, first)
         if self.layers[-1].recurrent and self.commit:
             NT = row_nt or (4 if self.sim else 64)
-            row_op(make_commit_kernel(NT, self.commit), NT, False)
+            row_op(make_commit_kernel(dts, NT, self.commit), NT, False)
         return ops
 
     def one_row_ops(self, onchip: int = 0):

@@ -34,7 +34,7 @@ from collections import namedtuple
 from functools import lru_cache
 
 import numpy as np
-from numba import cuda, float32, float64
+from numba import cuda, float32, float64, int64
 from numba.cuda import config as _cuda_config
 
 from .. import formulas
@@ -157,22 +157,65 @@ def red_size(tile: Tile, AW: int) -> int:
     return max(1, KS * RS * RPT * AW * U) if KS > 1 else 1
 
 
+#: (id, value) pairs a thread of the commit loads before it stores them (loads in flight together)
+COMMIT_BATCH = 8
+
+
 @lru_cache(maxsize=None)
-def make_commit(NT: int, COMMIT: tuple):
-    """``commit(ids, dst, arena, r, tid)``: copy row r's new hidden states (feature-buffer
-    columns) into its state-arena row. COMMIT: flat (col0, h_offset, size) triples."""
+def make_commit(dtype: str, NT: int, NR: int, NY: int, COMMIT: tuple):
+    """``commit(ids, dst, arena, rbase, n, tid, by)``: copy the new hidden states (feature-buffer
+    columns) of rows rbase .. rbase+NR-1 (those < n) into their state-arena rows. The NY blocks
+    ``by`` = 0..NY-1 of a row group each call it and share the work (NT threads each).
+    COMMIT: flat (col0, h_offset, size) triples.
+
+    Loads before stores: a thread loads a batch of up to ``COMMIT_BATCH`` (id, value) pairs, then
+    stores them. To the compiler ``arena`` may alias ``dst`` and ``ids``, so a load issued after
+    a store waits for it: one memory round trip per value. Committed one value at a time, the
+    8-16 rows of 512 values of a head block would cost ~32 round trips per thread, by entry 71's
+    count most of the head kernel's time at 64-1024 streams (bench/NOTES.md)."""
     NC = len(COMMIT) // 3
     CF = COMMIT if NC else (0, 0, 0)
+    HT = max(1, sum(COMMIT[3 * c + 2] for c in range(NC)))  # committed values per row
+    E = NR * HT if NC else 0
+    NTT = NT * NY
+    CB = max(1, min(COMMIT_BATCH, -(-E // NTT)))
+    nbt = nbtype(dtype)
 
     @jit(device=True)
-    def commit(ids, dst, arena, r, tid):
-        sid = ids[r]
+    def locate(e):
+        """Item e (row-major over rows x committed values): (row in the group, feature column,
+        arena column)."""
+        rr = e // HT
+        k = e - rr * HT
+        sc = 0
+        dc = 0
         for c in range(NC):
-            c0 = CF[3 * c]
-            ho = CF[3 * c + 1]
             hr = CF[3 * c + 2]
-            for e in range(tid, hr, NT):
-                arena[sid, ho + e] = dst[r, c0 + e]
+            if k >= 0 and k < hr:
+                sc = CF[3 * c] + k
+                dc = CF[3 * c + 1] + k
+            k -= hr
+        return rr, sc, dc
+
+    @jit(device=True)
+    def commit(ids, dst, arena, rbase, n, tid, by):
+        if NC > 0:
+            sv = cuda.local.array(CB, int64)
+            vv = cuda.local.array(CB, nbt)
+            g = by * NT + tid
+            for e0 in range(0, E, NTT * CB):
+                for i in range(CB):
+                    e = e0 + i * NTT + g
+                    rr, sc, dc = locate(e)
+                    r = rbase + rr
+                    sv[i] = -1
+                    if e < E and r < n:
+                        sv[i] = ids[r]
+                        vv[i] = dst[r, sc]
+                for i in range(CB):
+                    rr, sc, dc = locate(e0 + i * NTT + g)
+                    if sv[i] >= 0:
+                        arena[sv[i], dc] = vv[i]
 
     return commit
 
@@ -187,7 +230,8 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
 
     Also serves as the GEMM of the sequence path (input projections ``X @ Wt + b`` of every
     step, ACT = -1) and as the LSTM projection (BOFF = -1). Grid (ceil(n/NR), ceil(N/(U*UPT))).
-    With COMMIT, blocks of unit tile 0 also commit the recurrent states of their rows.
+    With COMMIT, the blocks of a row group also commit the recurrent states of its rows (all
+    unit tiles sharing the work, ``make_commit``).
     """
     dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
@@ -197,7 +241,8 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
     reduce = make_reduce(tile, UPT)
     RED = red_size(tile, UPT)
     NACC = RPT * UPT
-    commit = make_commit(NT, COMMIT)
+    NY = -(-N // UU)
+    commit = make_commit(dtype, NT, NR, NY, COMMIT)
     NC = len(COMMIT) // 3
     AAc, ABc = dt(AA), dt(AB)
 
@@ -217,6 +262,9 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
         accum(acc, xs, W, WT, src, ids, rbase, n, j0, tid, ks, ty)
         reduce(acc, red, tx, ks, ty)
         if ks == 0:
+            bv = cuda.local.array(UPT, nbt)  # the biases, loaded before the first store
+            for u in range(UPT):
+                bv[u] = W[BOFF + min(j0 + u * U, N - 1)] if BOFF >= 0 else W[0] * 0
             for q in range(RPT):
                 r = rbase + ty + RS * q
                 if r < n:
@@ -225,17 +273,14 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
                         if j < N:
                             y = acc[q * UPT + u]
                             if BOFF >= 0:
-                                y = W[BOFF + j] + y
+                                y = bv[u] + y
                             if ACT >= 0:
                                 y = _act(y, ACT, AAc, ABc)
                             dst[r, OUT0 + j] = y
                             if LAST:
                                 out[r, j] = y
-        if NC > 0 and by == 0:
-            for rr in range(NR):
-                r = rbase + rr
-                if r < n:
-                    commit(ids, dst, arena, r, tid)
+        if NC > 0:
+            commit(ids, dst, arena, rbase, n, tid, by)
 
     return as_kernel(linear, "linear")
 
@@ -246,7 +291,7 @@ def make_rowwise(dtype: str, NT: int, SOFTMAX: bool, LOG: bool, SIZE: int, IN0: 
     """Activation or (log)softmax layer on rows; one block of NT threads per row (grid n)."""
     dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
-    commit = make_commit(NT, COMMIT)
+    commit = make_commit(dtype, NT, 1, 1, COMMIT)
     NC = len(COMMIT) // 3
     AAc, ABc = dt(AA), dt(AB)
 
@@ -294,21 +339,21 @@ def make_rowwise(dtype: str, NT: int, SOFTMAX: bool, LOG: bool, SIZE: int, IN0: 
                     if LAST:
                         out[r, j] = y
             if NC > 0:
-                commit(ids, dst, arena, r, tid)
+                commit(ids, dst, arena, r, n, tid, 0)
 
     return as_kernel(rowwise, "rowwise")
 
 
 @lru_cache(maxsize=None)
-def make_commit_kernel(NT: int, COMMIT: tuple):
+def make_commit_kernel(dtype: str, NT: int, COMMIT: tuple):
     """Standalone commit (when the last layer is recurrent): one block per row."""
-    commit = make_commit(NT, COMMIT)
+    commit = make_commit(dtype, NT, 1, 1, COMMIT)
 
     @jit(device=True)
     def commit_kernel(bx, by, W, ids, src, dst, out, arena, n):
         r = bx
         if r < n:
-            commit(ids, dst, arena, r, cuda.threadIdx.x)
+            commit(ids, dst, arena, r, n, cuda.threadIdx.x, 0)
 
     return as_kernel(commit_kernel, "commit_kernel")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from numba import cuda
+from numba import cuda, int32, int64
 
 from ..cuda_sync import now_ns
 from ..dense.cuda import Tile, _act, _clip, as_kernel, jit, make_accum, make_reduce, nbtype, red_size
@@ -135,14 +135,14 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
     # shared-array shapes must be compile-time constants: arithmetic inside the kernel (BM + 1)
     # types as a plain int64 on real hardware (the simulator does not type-check this)
     BM1, BU4 = int(BM) + 1, 4 * int(BU)
+    TU4 = 4 * int(TU)
+    QG = int(TM) if TM * TU <= 8 else max(1, 8 // int(TU))  # rows whose state the epilogue loads at once
+    QGU = QG * int(TU)
 
     @jit(device=True)
-    def epilogue(W, ids, dst, out, arena, r, j, ai, ao, af, ac):
-        # the cell update of row r, unit j from its four accumulated gates
-        sid = ids[r]
-        cp = arena[sid, CO + j]
-        cn, hn = cell(W, j, W[BO + j] + ai, W[BO + H + j] + ao, W[BO + 2 * H + j] + af,
-                      W[BO + 3 * H + j] + ac, cp)
+    def epilogue(W, dst, out, arena, sid, r, j, gi, go, gf, gc, cp):
+        # the cell update of row r (state row sid), unit j, from its four gate pre-activations
+        cn, hn = cell(W, j, gi, go, gf, gc, cp)
         arena[sid, CO + j] = cn
         dst[r, OUT0 + j] = hn
         if LAST:
@@ -167,25 +167,48 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
         av = cuda.local.array(TM, nbt)
         va = cuda.local.array(NA, nbt)
         vb = cuda.local.array(NB, nbt)
+        bv = cuda.local.array(TU4, nbt)  # the epilogue's biases, state rows and c
+        sv = cuda.local.array(QG, int32)
+        cv = cuda.local.array(QGU, nbt)
         for a in range(NACC):
             acc[a] = 0
         acc_x(acc, As, Bs, av, va, vb, W, WT, src, ids, rbase, n, jb, tid)
         acc_h(acc, As, Bs, av, va, vb, W, RT, arena, ids, rbase, n, jb, tid)
         reduce(acc, red, tid)
         if ks == 0:
-            for q in range(TM):
-                r = rbase + ty + TY * q
-                for u in range(TU):
-                    j = jb + tx + TX * u
-                    if r < n and j < H:
-                        epilogue(W, ids, dst, out, arena, r, j, acc[4 * u], acc[4 * u + 1], acc[4 * u + 2],
-                                 acc[4 * u + 3])
-                # row q+1's gates to the front: every acc index in this loop is then a constant
-                # and acc stays in registers (indexed by q, LLVM puts it in local memory and
-                # the K loop stores to it every k: NOTES entry 50)
-                for a in range(NACC - 4 * TU):
-                    acc[a] = acc[a + 4 * TU]
+            # every load of the epilogue before its first store: to the compiler a store may
+            # alias any later load, which would then wait for it (one round trip per row for the
+            # state row and c); loaded first, they are in flight together (NOTES entry 71).
+            # Rows in groups of QG (the registers of the many-streams tile hold 8 more values)
+            for u in range(TU):
+                j = min(jb + tx + TX * u, H - 1)
+                for g in range(4):
+                    bv[4 * u + g] = W[BO + g * H + j]
+            for q0 in range(0, TM, QG):
+                for qq in range(QG):
+                    sid = ids[min(rbase + ty + TY * (q0 + qq), n - 1)]
+                    sv[qq] = sid
+                    for u in range(TU):
+                        cv[qq * TU + u] = arena[sid, CO + min(jb + tx + TX * u, H - 1)]
+                for qq in range(QG):
+                    r = rbase + ty + TY * (q0 + qq)
+                    for u in range(TU):
+                        j = jb + tx + TX * u
+                        if r < n and j < H:
+                            epilogue(W, dst, out, arena, sv[0], r, j, bv[4 * u] + acc[4 * u],
+                                     bv[4 * u + 1] + acc[4 * u + 1], bv[4 * u + 2] + acc[4 * u + 2],
+                                     bv[4 * u + 3] + acc[4 * u + 3], cv[u])
+                    # the next row's gates (state row, c) to the front: every index in this loop
+                    # is then a constant and acc stays in registers (indexed by q, LLVM puts it
+                    # in local memory and the K loop stores to it every k: NOTES entry 50)
+                    for a in range(NACC - 4 * TU):
+                        acc[a] = acc[a + 4 * TU]
+                    for a in range(QGU - TU):
+                        cv[a] = cv[a + TU]
+                    for a in range(QG - 1):
+                        sv[a] = sv[a + 1]
 
+    lstm_gemm.epilogue_rows = QG  # rows per group of the epilogue's loads (tests)
     return lstm_gemm
 
 
