@@ -102,7 +102,7 @@ def _kernels(H: int):
     from numba import types as nbt
 
     from streamrnn.engine import cuda as ce
-    from streamrnn.layers.dense.cuda import make_linear
+    from streamrnn.layers.dense.cuda import make_linear, make_linear_gemm
     from streamrnn.layers.lstm.cuda import make_lstm_gemm, make_lstm_seq, make_lstm_seq_grid, make_lstm_step
 
     f, i64 = nbt.float32, nbt.int64
@@ -124,9 +124,16 @@ def _kernels(H: int):
             t = ce._tile(b, H, 4, 4)
             k = make_lstm_step("float32", t, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False)
             out.append((f"lstm_step n<={mx} {tuple(t)}", k, step_sig))
-        t = ce._tile(b, 32, 1, 4)  # the head reads the LSTM's h (columns 0..H-1) and commits it
-        k = make_linear("float32", t, H, 32, 0, H, BO + 4 * H, BO, -1, 0.0, 0.0, True, (0, HO, H))
-        out.append((f"linear head + commit n<={mx} {tuple(t)}", k, (v, ids, m, m, m, m, i64)))
+        # the head reads the LSTM's h (columns 0..H-1) and commits it: as a tiled GEMM where the
+        # bucket has a dense GemmTile (the default), and the row-tile kernel (STREAMRNN_CUDA_DENSE=tile)
+        hargs = (H, 32, 0, H, BO + 4 * H, BO, -1, 0.0, 0.0, True, (0, HO, H))
+        dgt = ce._gemm_tile(b, 32, 1, 4, dense=True)
+        if dgt is not None:
+            out.append((f"linear_gemm head + commit n<={mx} {tuple(dgt)}", make_linear_gemm("float32", dgt, *hargs),
+                        (v, ids, m, m, m, m, i64)))
+        t = ce._tile(b, 32, 1, 4)
+        out.append((f"linear head + commit n<={mx} {tuple(t)}{' tile' if dgt is not None else ''}",
+                    make_linear("float32", t, *hargs), (v, ids, m, m, m, m, i64)))
     # the persistent one-row step kernel (STREAMRNN_CUDA_PERSIST=1): both bodies of bucket 0
     from streamrnn.engine.persist import make_server
 

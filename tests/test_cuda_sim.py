@@ -223,7 +223,8 @@ _CASES = {
     # LSTM step as a tiled GEMM (simulator tile: 8 rows x 4 units, 2x2 units per thread, 2
     # k-slices, chunks of 4, pipelined staging): 2 row blocks x 3 unit blocks (H=10: a partial
     # one), I=5 and H=10 not multiples of the chunk; vs the CPU engine, vs the row-tile kernels
-    # (STREAMRNN_CUDA_GEMM=0), float32 and float64 (projection: GEMM then linear); profile on.
+    # (STREAMRNN_CUDA_GEMM=0), float32 and float64 (projection: GEMM then linear); the Dense head
+    # as a tiled GEMM vs as the row-tile kernel (STREAMRNN_CUDA_DENSE=tile); profile on.
     "lstm_gemm": """
         import os
         from streamrnn.engine import cuda as ce
@@ -236,14 +237,21 @@ _CASES = {
         for dtype in ("float32", "float64"):
             mc, mg = both(spec, dtype)
             names = [op[0].py_func.__name__ for op in mg._cuda.step_ops(1)]
-            assert names[0] == "lstm_gemm" and names[1] == "lstm_gemm", names
+            # LSTM, LSTM (its projection stays a row-tile linear), the head as a tiled GEMM
+            assert names == ["lstm_gemm", "lstm_gemm", "linear", "linear_gemm"], names
+            assert [op[0].py_func.__name__ for op in mg._cuda.step_ops(0)][-1] == "linear"  # one row
             gt = GemmTile(8, 4, 2, 2, 2, 4)
             assert ce._gemm_tile(1, H, 4, mg._cuda.isz) == gt
             assert make_gemm_accum(gt, I, 4 * H, H, 4, 0, False, H).staging == "pipe"
+            assert make_gemm_accum(ce._gemm_tile(1, O, 1, mg._cuda.isz, dense=True), 4, O, 0, 1, 0, False,
+                                   O).staging == "pipe"
             os.environ["STREAMRNN_CUDA_GEMM"] = "0"
+            os.environ["STREAMRNN_CUDA_DENSE"] = "tile"
             mr = srnn.Model(spec, dtype=dtype, device="cuda")
             os.environ.pop("STREAMRNN_CUDA_GEMM")
-            assert mr._cuda.step_ops(1)[0][0].py_func.__name__ == "lstm_step"
+            os.environ.pop("STREAMRNN_CUDA_DENSE")
+            assert [op[0].py_func.__name__ for op in mr._cuda.step_ops(1)] == ["lstm_step", "lstm_step", "linear",
+                                                                              "linear"]
             pc, pg, pr = mc.pool(12), mg.pool(12), mr.pool(12)
             # every size class's kernels are built with the pool, none at its first step
             assert set(pg._cuda.core.ops) == {0, 1} and set(mg.pool(1)._cuda.core.ops) == {0}
@@ -411,7 +419,7 @@ _CASES = {
                     close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"{what} state {sid}")
                 ce.GEMM_TILES = None
         # an unknown setting is refused by name, not silently replaced by the default
-        for var in ("STREAMRNN_CUDA_STAGE", "STREAMRNN_CUDA_SEQ", "STREAMRNN_CUDA_GRIDSYNC"):
+        for var in ("STREAMRNN_CUDA_STAGE", "STREAMRNN_CUDA_SEQ", "STREAMRNN_CUDA_GRIDSYNC", "STREAMRNN_CUDA_DENSE"):
             os.environ[var] = "bogus"
             try:
                 srnn.Model(spec, device="cuda")

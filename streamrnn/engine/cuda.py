@@ -18,7 +18,9 @@ Design
   many (see :mod:`streamrnn.layers.dense.cuda`); an LSTM layer with more than one stream
   runs as a shared-memory tiled GEMM over ``[x | h] @ [Wt ; Rt]`` with the cell update as its
   epilogue (:mod:`streamrnn.layers.cuda_common`, ``STREAMRNN_CUDA_GEMM=0`` turns it off;
-  ``STREAMRNN_CUDA_STAGE=loop`` selects the unpipelined staging and tiles of before, an A/B).
+  ``STREAMRNN_CUDA_STAGE=loop`` selects the unpipelined staging and tiles of before, an A/B);
+  a dense layer over more than one stream likewise (``make_linear_gemm``, one gate;
+  ``STREAMRNN_CUDA_DENSE=tile`` selects the row-tile kernel of before).
   ``STREAMRNN_CUDA_PROFILE=1`` records per-phase host times (``CudaPool.profile()``). New hidden states go to a per-row feature buffer
   and are committed to the arena by the last kernel, so no kernel reads a state another block of
   the same kernel writes.
@@ -283,10 +285,28 @@ def _gemm_tiles(stage: str = "pipe"):
     ]
 
 
+def _dense_gemm_tiles():
+    """Per bucket of ``_tiles()``: the tiled GEMM tile of a dense layer (one gate; N is often
+    a head of 8-64 outputs, so the tiles are narrow in rows and split K for few rows), or None
+    for the row-tile kernel (``make_linear``; one row: its split-K GEMV). NOTES entry 72."""
+    from ..layers.cuda_common import GemmTile
+
+    if simulator():
+        return [None, GemmTile(4, 4, 2, 2, 2, 4)]
+    return [
+        None,
+        GemmTile(8, 32, 2, 2, 4, 64),  # <= 64 rows: 256 threads, 4 k-slices, 64-deep chunks
+        GemmTile(16, 32, 2, 2, 2, 32),  # <= 1024 rows: 64 blocks at 1024 rows
+        GemmTile(64, 32, 4, 2, 1, 32),  # many rows: 256 threads, 8 sums per thread
+    ]
+
+
 #: (max rows, Tile) buckets; tests and benchmarks may replace it before building a model.
 STEP_TILES = None
 #: per bucket, a GemmTile or None (parallel to STEP_TILES / _tiles()); replaceable likewise
 GEMM_TILES = None
+#: per bucket, the dense layers' GemmTile or None (``_dense_gemm_tiles()``); replaceable likewise
+DENSE_GEMM_TILES = None
 #: accumulators per thread that stay in registers (ptxas, sm_90), by item size
 MAX_ACC = {4: 64, 8: 16}
 #: static shared memory budget of a row-tile block (bytes)
@@ -331,10 +351,14 @@ def _tile(bucket: int, N: int, AW: int = 1, isz: int = 4):
     return t
 
 
-def _gemm_tile(bucket: int, N: int, G: int, isz: int, stage: str = "pipe"):
+def _gemm_tile(bucket: int, N: int, G: int, isz: int, stage: str = "pipe", dense: bool = False):
     """The bucket's GEMM tile for N units of G gates (None: use the row-tile kernel), shrunk
-    for small N, for the accumulator budget of the item size and for shared memory."""
-    gts = GEMM_TILES if GEMM_TILES is not None else _gemm_tiles(stage)
+    for small N, for the accumulator budget of the item size and for shared memory.
+    ``dense``: the tiles of dense layers (``_dense_gemm_tiles``) instead of the LSTM's."""
+    if dense:
+        gts = DENSE_GEMM_TILES if DENSE_GEMM_TILES is not None else _dense_gemm_tiles()
+    else:
+        gts = GEMM_TILES if GEMM_TILES is not None else _gemm_tiles(stage)
     gt = gts[bucket] if bucket < len(gts) else None
     if gt is None:
         return None
@@ -471,6 +495,12 @@ class CudaEngine:
         self.mode = mode
         #: LSTM step as a shared-memory tiled GEMM where the bucket has a GemmTile
         self.use_gemm = os.environ.get("STREAMRNN_CUDA_GEMM", "1") != "0"
+        #: dense layers of more than one row as a tiled GEMM (``make_linear_gemm``, NOTES entry
+        #: 72); STREAMRNN_CUDA_DENSE=tile: the row-tile kernel of before (an A/B for gpu_check)
+        dense = os.environ.get("STREAMRNN_CUDA_DENSE", "gemm").lower()
+        if dense not in ("gemm", "tile"):
+            raise StreamRNNError(f"STREAMRNN_CUDA_DENSE: expected gemm or tile, got {dense!r}")
+        self.dense_gemm = dense == "gemm"
         #: staging of the GEMM tiles: "pipe" (default: next chunk's loads in flight during this
         #: chunk's FMAs, larger tiles) or "loop" (before; make_gemm_accum, an A/B for gpu_check)
         self.stage = os.environ.get("STREAMRNN_CUDA_STAGE", "pipe").lower()
@@ -608,7 +638,7 @@ class CudaEngine:
         items of dynamic shared memory per block that its LSTM layers (no projection) may keep
         their weights in; such a layer's op is then an ``OnChip`` (make_lstm_onchip), not a
         kernel, while the layers so far fit."""
-        from ..layers.dense.cuda import make_commit_kernel, make_linear, make_rowwise
+        from ..layers.dense.cuda import make_commit_kernel, make_linear, make_linear_gemm, make_rowwise
         from ..layers.gru.cuda import make_gru_step, make_gru_step2
         from ..layers.cuda_common import gemm_threads
         from ..layers.lstm.cuda import make_lstm_gemm, make_lstm_onchip, make_lstm_step
@@ -681,9 +711,14 @@ class CudaEngine:
                                   d["CLIP"], d["ACTS"][:3], d["HO"], last)
                 tile_op(k, t, L.H, first)
             elif L.kind == DENSE:
-                t = _tile(bucket, L.O, 1, self.isz)
-                k = make_linear(dts, t, L.I, L.O, IN0, c["out"], L.WT, L.B, L.act, L.alpha, L.beta, last, commit)
-                tile_op(k, t, L.O, first)
+                dargs = (L.I, L.O, IN0, c["out"], L.WT, L.B, L.act, L.alpha, L.beta, last, commit)
+                gt = _gemm_tile(bucket, L.O, 1, self.isz, dense=True) if self.dense_gemm else None
+                if gt is not None:
+                    k, gt = self._fitted_gemm(make_linear_gemm, gt, first, *dargs)
+                    gemm_op(k, gt, L.O, first)
+                else:
+                    t = _tile(bucket, L.O, 1, self.isz)
+                    tile_op(make_linear(dts, t, *dargs), t, L.O, first)
             else:
                 NT = row_nt or (32 if self.sim is False else 4)
                 sm = L.kind == SOFTMAX

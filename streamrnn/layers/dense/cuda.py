@@ -26,6 +26,8 @@ owns one unit, one slice of the reduction (KS slices, reduced through shared mem
 staged in shared memory in chunks of KT.
 Small ``n`` uses few rows per block and many K slices (a split-K GEMV: all SMs stream the
 weights once); large ``n`` uses many rows per block (a GEMM: weights re-used from registers).
+A dense layer over more than one row runs instead as a shared-memory tiled GEMM with the same
+arguments (``make_linear_gemm``).
 """
 from __future__ import annotations
 
@@ -283,6 +285,79 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
             commit(ids, dst, arena, rbase, n, tid, by)
 
     return as_kernel(linear, "linear")
+
+
+@lru_cache(maxsize=None)
+def make_linear_gemm(dtype: str, gt, K: int, N: int, IN0: int, OUT0: int, WT: int, BOFF: int,
+                     ACT: int, AA: float, AB: float, LAST: bool, COMMIT: tuple = ()):
+    """``make_linear`` for many rows as a shared-memory tiled GEMM (the LSTM GEMM's staging,
+    :mod:`streamrnn.layers.cuda_common`, with one gate): same arguments, same results up to the
+    order of the sums; grid (ceil(n/BM), ceil(N/BU)), ``gemm_threads(gt)`` threads.
+
+    Why (bench/NOTES.md entry 72): the row-tile kernel reads each weight from global memory
+    in the k loop, a few loads in flight per thread, and stages its input rows one value per
+    round trip, chunk after chunk (K/KT chunks): a head of 32 outputs over K=512 took 28 µs
+    at 64 rows on the H200 for 2 MFLOP. Here both operands go through shared memory and the
+    next chunk's loads are in flight while this chunk's products run."""
+    from ..cuda_common import gemm_red_size, gemm_stage_items, gemm_threads, make_gemm_accum, make_gemm_reduce
+
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    BM, BU, TM, TU, KS, BK = gt
+    TY, TX = BM // TM, BU // TU
+    NT = gemm_threads(gt)
+    accum = make_gemm_accum(gt, K, N, 0, 1, IN0, False, N)
+    reduce = make_gemm_reduce(gt, 1)
+    RED = gemm_red_size(gt, 1)
+    NACC = int(TM) * int(TU)
+    NA, NB = gemm_stage_items(gt, 1)
+    BM1, BUc, TUc, TMc = int(BM) + 1, int(BU), int(TU), int(TM)  # constant shapes (see make_lstm_gemm)
+    commit = make_commit(dtype, NT, BM, -(-N // BU), COMMIT)
+    NC = len(COMMIT) // 3
+    AAc, ABc = dt(AA), dt(AB)
+
+    @jit(device=True)
+    def linear_gemm(bx, by, W, ids, src, dst, out, arena, n):
+        tid = cuda.threadIdx.x
+        tx = tid % TX
+        ty = (tid // TX) % TY
+        ks = tid // (TX * TY)
+        jb = by * BU
+        rbase = bx * BM
+        As = cuda.shared.array((BK, BM1), nbt)
+        Bs = cuda.shared.array((BK, BUc), nbt)
+        red = cuda.shared.array(RED, nbt)
+        acc = cuda.local.array(NACC, nbt)
+        av = cuda.local.array(TMc, nbt)
+        va = cuda.local.array(NA, nbt)
+        vb = cuda.local.array(NB, nbt)
+        bv = cuda.local.array(TUc, nbt)
+        for a in range(NACC):
+            acc[a] = 0
+        accum(acc, As, Bs, av, va, vb, W, WT, src, ids, rbase, n, jb, tid)
+        reduce(acc, red, tid)
+        if ks == 0:
+            for u in range(TU):  # the biases, loaded before the first store
+                bv[u] = W[BOFF + min(jb + tx + TX * u, N - 1)] if BOFF >= 0 else W[0] * 0
+            for q in range(TM):
+                r = rbase + ty + TY * q
+                for u in range(TU):
+                    j = jb + tx + TX * u
+                    if r < n and j < N:
+                        y = acc[u]
+                        if BOFF >= 0:
+                            y = bv[u] + y
+                        if ACT >= 0:
+                            y = _act(y, ACT, AAc, ABc)
+                        dst[r, OUT0 + j] = y
+                        if LAST:
+                            out[r, j] = y
+                for a in range(NACC - TU):  # the next row's sums to the front (constant indices)
+                    acc[a] = acc[a + TU]
+        if NC > 0:
+            commit(ids, dst, arena, rbase, n, tid, by)
+
+    return as_kernel(linear_gemm, "linear_gemm")
 
 
 @lru_cache(maxsize=None)
