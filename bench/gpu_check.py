@@ -17,7 +17,8 @@ Self-contained (run from the repository root; the package need not be installed)
    fair float32 comparison) and on (reference). Before timing each size, the pool's outputs are
    checked against the CPU engine and against torch (TF32 off): every tile bucket is verified on
    the benchmarked model itself. Also stream.step and the three launch paths at B=1, and A/B
-   variants of the defaults in the same process (at B=1024: the GEMM tile of many streams).
+   variants of the defaults in the same process (B >= 64: the dense head as the row-tile kernel
+   of before; B=1024: the GEMM tile of many streams).
 3. ``seq``     throughput of ``model.run`` (B in {1, 64}, T=250) vs torch ``nn.LSTM`` on the
    whole sequence (and their outputs compared); then the persistent LSTM kernel
    (``STREAMRNN_CUDA_SEQ=grid``, with numba's grid sync and with the counter barrier,
@@ -183,7 +184,8 @@ def lstm_head(I, H, O):
 def build(spec, dtype, device, mode=None, ATTR=None, **env):
     """A model; mode sets STREAMRNN_CUDA_LAUNCH, env other STREAMRNN_CUDA_* variables
     (GEMM="0": row-tile LSTM kernels, MAPPED_OUT="0": copy the outputs out, PROFILE="1",
-    SEQ="grid": the persistent LSTM sequence kernel, STAGE="loop": the GEMM's unpipelined staging);
+    SEQ="grid": the persistent LSTM sequence kernel, STAGE="loop": the GEMM's unpipelined staging,
+    DENSE="tile": row-tile dense layers);
     ATTR: attributes of this model's CUDA engine to override (e.g. {"GRID_GROUP": 32})."""
     if ATTR:
         m = build(spec, dtype, device, mode, **env)
@@ -497,9 +499,8 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
         RESULT["errors"].append({"what": f"profile B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
     # A/B of this round's changes on the same machine
     variants = []
-    if B >= 64:
-        variants.append(("row-tile LSTM kernels, STREAMRNN_CUDA_GEMM=0", dict(GEMM="0")))
-        variants.append(("unpipelined GEMM staging and tiles of before, STREAMRNN_CUDA_STAGE=loop", dict(STAGE="loop")))
+    if B >= 64:  # NOTES 72 (GEMM=0 and STAGE=loop were decided in runs of stops 12 and 14: left out)
+        variants.append(("dense head as the row-tile kernel of before, STREAMRNN_CUDA_DENSE=tile", dict(DENSE="tile")))
     if B == 1 or B >= 16384:
         variants.append(("no mapped out, STREAMRNN_CUDA_MAPPED_OUT=0", dict(MAPPED_OUT="0")))
     from streamrnn.engine import cuda as ce
