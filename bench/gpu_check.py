@@ -509,6 +509,9 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
         variants.append(("one-stream tiles with 64-value chunks (before)", dict(TILES=(0, "KT", 64))))
     if 1024 <= B < 16384:  # NOTES 68: the many-streams tile (24.9 TFLOP/s at B=16384) at B=1024
         variants.append(("the many-streams GEMM tile 128 x 32 (256 threads) at B=1024", dict(GEMM_BIG=True)))
+    if B >= 1024:  # NOTES 73: the host stages chunk p + 1 while the device runs chunk p
+        for P in (2, 4):
+            variants.append((f"in {P} chunks, STREAMRNN_CUDA_CHUNKS={P}", dict(CHUNKS=str(P))))
     for name, env_ in variants:
         env_ = dict(env_)
         tiles = env_.pop("TILES", None)
@@ -529,8 +532,22 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
             iv = pv.open(B)[perm]
             yv = pv.step(iv, X).copy()
             okv = bool(np.allclose(yv, y, rtol=1e-4, atol=1e-5))
+            extra = {}
+            if "CHUNKS" in env_:  # a NaN in the last chunk: refused, and no state changed
+                Xn = X.copy()
+                Xn[-1, 0] = np.nan
+                sids = [int(iv[0]), int(iv[B // 2]), int(iv[-1])]
+                st0 = [pv.get_state(i).data.copy() for i in sids]
+                try:
+                    pv.step(iv, Xn)
+                    extra["refused_nan"] = False
+                except srnn.NonFiniteError:
+                    extra["refused_nan"] = True
+                extra["state_kept"] = all(np.array_equal(pv.get_state(i).data, a) for i, a in zip(sids, st0))
+                okv = okv and extra["refused_nan"] and extra["state_kept"]
             record(H, B, f"streamrnn pool.step [{name}]",
-                   timeit(lambda: pv.step(iv, X, out=out), iters, budget_s / 2), mode=pool_mode(pv), same_as_default=okv)
+                   timeit(lambda: pv.step(iv, X, out=out), iters, budget_s / 2), mode=pool_mode(pv),
+                   same_as_default=okv, **extra)
             del mv, pv
         except Exception as e:  # noqa: BLE001
             RESULT["errors"].append({"what": f"variant {name} B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
@@ -850,10 +867,13 @@ def report() -> None:
             cells = []
             for h, b in cols:
                 r = next((r for r in RESULT["step"] if r["method"] == m and r["H"] == h and r["B"] == b), None)
-                cells.append(f"{r['p50_us']:.0f} / {r['p99_us']:.0f}" if r else "")
+                cells.append((f"{r['p50_us']:.0f} / {r['p99_us']:.0f}" + (" ✗" if r.get("same_as_default") is False else ""))
+                             if r else "")
             print(f"| {m} | " + " | ".join(cells) + " |")
         modes = {(r["H"], r["B"]): r.get("mode") for r in RESULT["step"] if r["method"] == "streamrnn pool.step"}
         print(f"\nlaunch path of pool.step: {modes}")
+        print("✗: a variant's outputs differ from the default's (chunks: or a NaN in the last chunk was not "
+              "refused, or it changed a state)")
     if RESULT["profile"]:
         print("\n## pool.step phases, host times p50 us (STREAMRNN_CUDA_PROFILE=1)\n")
         print("pack = validation + staging (njit), launch = graph launch call (host), sync = wait for the "

@@ -301,6 +301,52 @@ _CASES = {
             X = rng.standard_normal((12, I)).astype(dtype)
             close(pg.step(ig, X), pc.step(ic, X), dtype, "parallel-staged pool.step after refusals")
     """,
+    # pool.step in chunks (STREAMRNN_CUDA_CHUNKS=3; chunks of at least 2 rows here): results
+    # and states vs the CPU engine for calls of 12, 9, 5 (2 chunks), 3 (not chunked) rows; a NaN
+    # in the first / second / last chunk refuses the call by its row and leaves every state as
+    # it was, though the chunks before it ran (restored from their backup); then it goes on
+    "chunks": """
+        import os
+        os.environ["STREAMRNN_CUDA_CHUNKS"] = "3"
+        I, H, O = 3, 6, 2
+        spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H)),
+                          GRULayer(H, 5, R(1, 15, H), R(1, 15, 5), R(1, 30)),
+                          DenseLayer(R(O, 5), R(O))))
+        for dtype in ("float32", "float64"):
+            mc, mg = both(spec, dtype)
+            assert mg._cuda.chunks == 3
+            pc, pg = mc.pool(12), mg.pool(12)
+            ic, ig = pc.open(12), pg.open(12)
+            core = pg._cuda.core
+            assert [core.chunk_count(n) for n in (12, 9, 5, 3, 1)] == [3, 3, 2, 1, 1]
+            for s, n in enumerate((12, 9, 5, 3, 12)):
+                sel = rng.permutation(12)[:n]
+                X = rng.standard_normal((n, I)).astype(dtype)
+                close(pg.step(ig[sel], X), pc.step(ic[sel], X), dtype, f"chunked pool.step {s} n={n}")
+            for sid in range(12):
+                close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"chunked state {sid}")
+            before = np.stack([pg.get_state(i).data for i in range(12)])
+            for row in (1, 5, 11):  # chunks of rows 0-3, 4-7, 8-11
+                X = rng.standard_normal((12, I)).astype(dtype)
+                X[row, 2] = np.nan
+                try:
+                    pg.step(ig[::-1], X)
+                except srnn.NonFiniteError as e:
+                    assert f"row {row}" in str(e), e
+                else:
+                    raise AssertionError("a NaN in a chunk did not raise")
+                after = np.stack([pg.get_state(i).data for i in range(12)])
+                assert np.array_equal(after, before), f"a refused chunked call (NaN in row {row}) changed a state"
+            X = rng.standard_normal((12, I)).astype(dtype)
+            close(pg.step(ig[::-1], X), pc.step(ic[::-1], X), dtype, "chunked pool.step after refusals")
+        os.environ["STREAMRNN_CUDA_CHUNKS"] = "0"
+        try:
+            srnn.Model(spec, device="cuda")
+        except srnn.StreamRNNError as e:
+            assert "STREAMRNN_CUDA_CHUNKS" in str(e) and "'0'" in str(e), e
+        else:
+            raise AssertionError("STREAMRNN_CUDA_CHUNKS=0 did not raise")
+    """,
     # the persistent LSTM sequence kernel (STREAMRNN_CUDA_SEQ=grid: one block under the
     # simulator, grid syncs, of numba's or the counter barrier) and the same kernel launched
     # per step over several blocks ("stepwise"): run with ragged lengths (0 included) and an initial state, push, a

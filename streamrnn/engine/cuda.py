@@ -92,6 +92,8 @@ except Exception as e:  # pragma: no cover - depends on the install
 
 _now = time.perf_counter_ns
 _tls = threading.local()  # per thread: the CUDA context was made current
+#: rows per chunk at least, for a pool.step in chunks (STREAMRNN_CUDA_CHUNKS; the simulator: 2)
+CHUNK_MIN = 256
 #: frames of at least this many values per pool.step are staged by all threads (waking numba's
 #: workers costs tens of µs; staging 4 MiB costs ~300 µs on one core here; NOTES entry 35)
 PACK_PAR_MIN = 1 << 20
@@ -189,6 +191,7 @@ def _pack_sigs(dtype) -> tuple:
     X, hf = f[:, ::1], f[:, ::1]
     return (
         (_stage_par, (i1, X, i2, hf, nt.int64, i1)),
+        (_stage_rows, (i1, X, i2, hf, nt.int64, nt.int64, nt.int64)),
         (_pack_rows, (i1, X, u1, i1, nt.int64, nt.int64, i2, hf, nt.int64, nt.boolean)),
     )
 
@@ -501,6 +504,12 @@ class CudaEngine:
         if dense not in ("gemm", "tile"):
             raise StreamRNNError(f"STREAMRNN_CUDA_DENSE: expected gemm or tile, got {dense!r}")
         self.dense_gemm = dense == "gemm"
+        #: pool.step of at least 2 * CHUNK_MIN rows in up to this many chunks (step_chunked:
+        #: the host stages chunk p + 1 while the device runs chunk p; NOTES entry 73); 1 = off
+        ch = os.environ.get("STREAMRNN_CUDA_CHUNKS", "1").strip() or "1"
+        if not ch.isdigit() or not 1 <= int(ch) <= 16:
+            raise StreamRNNError(f"STREAMRNN_CUDA_CHUNKS: expected a whole number of chunks from 1 to 16, got {ch!r}")
+        self.chunks = int(ch)
         #: staging of the GEMM tiles: "pipe" (default: next chunk's loads in flight during this
         #: chunk's FMAs, larger tiles) or "loop" (before; make_gemm_accum, an A/B for gpu_check)
         self.stage = os.environ.get("STREAMRNN_CUDA_STAGE", "pipe").lower()
@@ -967,7 +976,7 @@ class CudaEngine:
 # A device state arena and its step (shared by pools and single streams)
 # ---------------------------------------------------------------------------------------------
 class _Core:
-    GRAPHS = 8
+    GRAPHS = 16  # n -> the graph of a step of n rows; (r0, r1) -> one chunk's (step_chunked)
 
     def __init__(self, eng: CudaEngine, capacity: int):
         self.eng = eng
@@ -985,7 +994,9 @@ class _Core:
         self.gen = 0
         self.ops: dict = {}  # bucket -> ops
         self.bound: dict = {}  # bucket -> (gen, [(fn, params, block, grid)])
-        self.graphs: OrderedDict = OrderedDict()  # n -> graph exec
+        self.graphs: OrderedDict = OrderedDict()  # n or (r0, r1) -> graph exec
+        self.cbound: dict = {}  # (r0, r1) -> (gen, the chunk's driver launches)
+        self.stream2 = self.cstream2 = None  # the chunks' second stream (step_chunked)
         self.last_n = -1
         self.mode = eng.mode
         self.mapped = eng.mapped_out
@@ -1048,6 +1059,8 @@ class _Core:
         self.hX = self.hin.view(eng.dtype)[:, c0 : c0 + I]
         self.h64, self.hf, self.c0 = self.hin.view(np.int64), self.hin.view(eng.dtype), c0  # C-contiguous views
         self.feat_d = cuda.device_array((nmax, eng.ftot), eng.dtype)
+        if eng.chunks > 1:  # step_chunked: the old state rows of a call, restored if it is refused
+            self.bk_d = cuda.device_array((nmax, self.S1), eng.dtype)
         self.out_d = cuda.device_array((nmax, eng.O), eng.dtype)
         self.hout_m = None
         if self.mapped or eng.persist:  # hout: a plain view of the mapped rows (cheap slicing)
@@ -1245,6 +1258,151 @@ class _Core:
         self.out_d[:n].copy_to_host(self.hout[:n], stream=s)
         s.synchronize()
 
+    # -- large calls in chunks (STREAMRNN_CUDA_CHUNKS) ----------------------------------------
+    def chunk_count(self, n: int) -> int:
+        """How many chunks ``step_chunked`` splits a call of n rows into (1: not chunked)."""
+        P = self.eng.chunks
+        return 1 if P <= 1 or n > self.nmax else max(1, min(P, n // (2 if self.eng.sim else CHUNK_MIN)))
+
+    def step_chunked(self, ids: np.ndarray, X: np.ndarray, alive: np.ndarray) -> int:
+        """``pack`` + ``step`` of one call in ``chunk_count(n)`` chunks of rows, so that the
+        device works on chunk p (copy in, kernels, copy out; on two streams in turn) while the
+        host validates and stages chunk p + 1 (bench/NOTES.md entry 73). The ids are checked
+        first, for the whole call; a chunk whose frames hold a NaN / Inf refuses the call: the
+        device first copies the state rows of every chunk already launched back from their
+        backup (each chunk's first kernel saves them), so a refused call changes no state.
+        Returns a status of engine.cpu (0 = ok; outputs in hout[:n])."""
+        n = ids.shape[0]
+        self.epoch += 1
+        rc = _pack_rows(ids, X, alive, self.stamp, self.epoch, self.eng.I, self.h64, self.hf, self.c0, False)
+        if rc:
+            return rc
+        self.quiesce()
+        P = self.chunk_count(n)
+        m = _cdiv(n, P)
+        streams = None
+        if self.mode != "numba":
+            if not getattr(_tls, "ctx", False):  # raw driver calls need the context current here
+                cuda.current_context()
+                _tls.ctx = True
+            if self.stream2 is None:
+                self.stream2 = cuda.stream()
+                self.cstream2 = self.eng.drv.cu.CUstream(int(self.stream2.handle))
+            streams = (self.cstream, self.cstream2)
+        graph = self.mode == "graph" and n == self.last_n  # captured on a size's second call
+        self.last_n = n
+        for p in range(P):
+            r0, r1 = p * m, min(n, (p + 1) * m)
+            bad = self._stage_range(ids, X, r0, r1)
+            if bad >= 0:
+                self._restore(r0)
+                return _cpu.E_NONFINITE | (bad << 8)
+            if streams is None:
+                self._chunk_numba(r0, r1)
+            else:
+                self._chunk_launch(r0, r1, streams[p & 1], graph)
+        if self.prof is not None:
+            self._tl = _now()
+        if streams is None:
+            self.stream.synchronize()
+        else:
+            drv = self.eng.drv
+            for hs in streams:
+                drv.check(drv.cu.cuStreamSynchronize(hs), "cuStreamSynchronize")
+        return _cpu.OK
+
+    def _stage_range(self, ids, X, r0, r1) -> int:
+        """Stage rows r0..r1-1 (all threads from ``PACK_PAR_MIN`` values); the first row with a
+        NaN / Inf, or -1."""
+        if (r1 - r0) * X.shape[1] < PACK_PAR_MIN:
+            return _stage_rows(ids, X, self.h64, self.hf, self.c0, r0, r1)
+        bad = self.bad
+        _stage_par(ids[r0:r1], X[r0:r1], self.h64[r0:r1], self.hf[r0:r1], self.c0, bad)
+        for r in bad:
+            if r >= 0:
+                return r0 + int(r)
+        return -1
+
+    def _chunk_args(self, r0, r1, first):
+        e = self.eng
+        src = self.X_d if first else self.feat_d
+        return (e.W, self.ids_d[r0:r1], src[r0:r1], self.feat_d[r0:r1], self.out_d[r0:r1], self.arena, r1 - r0)
+
+    def _backup_op(self):
+        from ..layers.dense.cuda import make_copy_rows
+
+        NT = 4 if self.eng.sim else 256
+        return make_copy_rows(NT, False), NT
+
+    def _chunk_numba(self, r0, r1):
+        s, m = self.stream, r1 - r0
+        self.in_d[r0:r1].copy_to_device(self.hin[r0:r1], stream=s)
+        k, NT = self._backup_op()
+        k[m, NT, s](self.ids_d[r0:r1], self.bk_d[r0:r1], self.arena, m)
+        for disp, first, block, grid in self._ops(_bucket(m)):
+            disp[grid(m), block, s](*self._chunk_args(r0, r1, first))
+        self.out_d[r0:r1].copy_to_host(self.hout[r0:r1], stream=s)
+
+    def _chunk_bound(self, r0, r1):
+        """Driver-launch form of one chunk's ops (backup first) for the current buffers."""
+        b = self.cbound.get((r0, r1))
+        if b is not None and b[0] == self.gen:
+            return b[1]
+        drv, m = self.eng.drv, r1 - r0
+        k, NT = self._backup_op()
+        ops = [(k, True, NT, lambda n: (n, 1))] + list(self._ops(_bucket(m)))
+        out = []
+        for i, (disp, first, block, grid) in enumerate(ops):
+            if i == 0:
+                args = (self.ids_d[r0:r1], self.bk_d[r0:r1], self.arena, m)
+            else:
+                args = self._chunk_args(r0, r1, first)
+            kernel = disp.compile(tuple(disp.typeof_pyval(a) for a in args))
+            out.append((drv.function(kernel), _Params(kernel, args), block, grid(m)))
+        self.cbound[(r0, r1)] = (self.gen, out)
+        return out
+
+    def _chunk_enqueue(self, r0, r1, hs):
+        drv = self.eng.drv
+        cu, chk, m = drv.cu, drv.check, r1 - r0
+        P, OB = self.pitch, self.eng.O * self.eng.isz
+        bound = self._chunk_bound(r0, r1)
+        chk(cu.cuMemcpyHtoDAsync(_dptr(self.in_d) + r0 * P, self.hin.ctypes.data + r0 * P, m * P, hs),
+            "cuMemcpyHtoDAsync")
+        for fn, params, block, (gx, gy) in bound:
+            chk(cu.cuLaunchKernel(fn, gx, gy, 1, block, 1, 1, 0, hs, params.ptr, 0), "cuLaunchKernel")
+        chk(cu.cuMemcpyDtoHAsync(self.hout.ctypes.data + r0 * OB, _dptr(self.out_d) + r0 * OB, m * OB, hs),
+            "cuMemcpyDtoHAsync")
+
+    def _chunk_launch(self, r0, r1, hs, graph):
+        if graph:
+            g = self.graphs.get((r0, r1))
+            if g is None:
+                try:
+                    self._chunk_bound(r0, r1)  # compile outside the capture
+                    g = self._capture_as((r0, r1), lambda: self._chunk_enqueue(r0, r1, self.cstream))
+                except Exception as e:  # pragma: no cover - real GPU only
+                    log.warning("streamrnn cuda: CUDA graph capture failed (%s); using driver launches", e)
+                    self.mode = "driver"
+            if g is not None:
+                self.graphs.move_to_end((r0, r1))
+                self.eng.drv.check(self.eng.drv.cu.cuGraphLaunch(g, hs), "cuGraphLaunch")
+                return
+        self._chunk_enqueue(r0, r1, hs)
+
+    def _restore(self, nrows: int) -> None:
+        """After a refused chunked call: wait for the chunks launched (rows < nrows), then copy
+        their state rows back from the backup."""
+        from ..layers.dense.cuda import make_copy_rows
+
+        if self.stream2 is not None:
+            self.stream2.synchronize()
+        self.stream.synchronize()
+        if nrows > 0:
+            NT = 4 if self.eng.sim else 256
+            make_copy_rows(NT, True)[nrows, NT, self.stream](self.ids_d[:nrows], self.bk_d[:nrows], self.arena, nrows)
+            self.stream.synchronize()
+
     def _enqueue(self, n, bucket):
         drv = self.eng.drv
         cu, chk, hs = drv.cu, drv.check, self.cstream
@@ -1259,20 +1417,24 @@ class _Core:
                 "cuMemcpyDtoHAsync")
 
     def _capture(self, n, bucket):
+        self._bound(bucket)  # compile outside the capture
+        return self._capture_as(n, lambda: self._enqueue(n, bucket))
+
+    def _capture_as(self, key, enqueue):
+        """``enqueue()`` (work on ``cstream``) captured as a CUDA graph, kept as graphs[key]."""
         drv = self.eng.drv
         cu, hs = drv.cu, self.cstream
-        self._bound(bucket)  # compile outside the capture
         drv.check(cu.cuStreamBeginCapture(hs, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
                   "cuStreamBeginCapture")
         try:
-            self._enqueue(n, bucket)
+            enqueue()
         finally:
             graph = drv.check(cu.cuStreamEndCapture(hs), "cuStreamEndCapture")
         try:
             g = drv.check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
         finally:
             cu.cuGraphDestroy(graph)
-        self.graphs[n] = g
+        self.graphs[key] = g
         while len(self.graphs) > self.GRAPHS:
             _, old = self.graphs.popitem(last=False)
             cu.cuGraphExecDestroy(old)
@@ -1454,6 +1616,15 @@ class CudaPool:
         prof = core.prof
         if prof is not None:
             t0 = _now()
+        if core.chunk_count(n) > 1:  # validation, staging and launches interleaved by chunk
+            rc = core.step_chunked(ids, X, alive)
+            if rc:
+                _raise(rc, eng.model, "X", X, out, ids)
+            t3 = _now() if prof is not None else 0
+            out[...] = core.hout[:n]
+            if prof is not None:
+                core.record(n, t0, t0, t3, _now())
+            return out
         rc = core.pack(ids, X, alive)
         if rc:
             _raise(rc, eng.model, "X", X, out, ids)

@@ -446,3 +446,22 @@ def make_zero_rows(NT: int):
                 arena[sid, e] = 0
 
     return zero_rows
+
+
+@lru_cache(maxsize=None)
+def make_copy_rows(NT: int, TO_ARENA: bool):
+    """``copy_rows(ids, rows, arena, n)`` (grid n): ``rows[r] = arena[ids[r]]`` (a backup of the
+    state rows a call is about to change), or with TO_ARENA the other way (its restore)."""
+
+    @jit()
+    def copy_rows(ids, rows, arena, n):
+        r = cuda.blockIdx.x
+        if r < n:
+            sid = ids[r]
+            for e in range(cuda.threadIdx.x, arena.shape[1], NT):
+                if TO_ARENA:
+                    arena[sid, e] = rows[r, e]
+                else:
+                    rows[r, e] = arena[sid, e]
+
+    return copy_rows
