@@ -301,6 +301,31 @@ _CASES = {
             X = rng.standard_normal((12, I)).astype(dtype)
             close(pg.step(ig, X), pc.step(ic, X), dtype, "parallel-staged pool.step after refusals")
     """,
+    # the row-tile multiply with its weights loaded in batches of 3 k values (ACCUM_KB; 8 on a
+    # GPU): several batches per chunk, the last one partly past the chunk's end (masked), for
+    # every row-tile kernel (one-row LSTM step, GRU, RNN, projection, dense head as row tiles)
+    "accum_batches": """
+        import os
+        from streamrnn.layers.dense import cuda as dc
+        dc.ACCUM_KB = 3
+        os.environ["STREAMRNN_CUDA_DENSE"] = "tile"
+        I, H, O = 7, 10, 3
+        spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, 6), R(1, 8 * H), proj=R(1, 6, H)),
+                          GRULayer(6, 9, R(1, 27, 6), R(1, 27, 9), R(1, 54), linear_before_reset=True),
+                          RNNLayer(9, 7, R(1, 7, 9), R(1, 7, 7), R(1, 14)),
+                          DenseLayer(R(O, 7), R(O))))
+        mc, mg = both(spec, "float32")
+        assert mg._cuda.step_ops(1)[-1][0].py_func.__name__ == "linear"
+        check_stream(mc, mg, "float32")
+        pc, pg = mc.pool(8), mg.pool(8)
+        ic, ig = pc.open(8), pg.open(8)
+        for s, n in enumerate((7, 1, 8)):
+            sel = rng.permutation(8)[:n]
+            X = rng.standard_normal((n, I)).astype("float32")
+            close(pg.step(ig[sel], X), pc.step(ic[sel], X), "float32", f"batched-k pool.step {s} n={n}")
+        for sid in range(8):
+            close(pg.get_state(sid).data, pc.get_state(sid).data, "float32", f"batched-k state {sid}")
+    """,
     # pool.step in chunks (STREAMRNN_CUDA_CHUNKS=3; chunks of at least 2 rows here): results
     # and states vs the CPU engine for calls of 12, 9, 5 (2 chunks), 3 (not chunked) rows; a NaN
     # in the first / second / last chunk refuses the call by its row and leaves every state as

@@ -86,6 +86,11 @@ _clip = jit(device=True)(formulas.clip)
 # ---------------------------------------------------------------------------------------------
 # The tiled multiply-accumulate shared by every row-tile kernel
 # ---------------------------------------------------------------------------------------------
+#: k values per thread whose weights the row-tile multiply loads before it multiplies them
+#: (at most 32 weights per batch in registers): the loads of a batch are in flight together
+ACCUM_KB = 8
+
+
 @lru_cache(maxsize=None)
 def make_accum(tile: Tile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, A0: int,
                AW: int, NU: int):
@@ -95,37 +100,64 @@ def make_accum(tile: Tile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS
     the caller ignores units past NU), RPT rows q and K slice,
     ``acc[(q*UPT + u)*AW + A0 + g] += sum_k A[row(r), COL0 + k] * W[woff + k*LDW + g*GS + j]``
     for g < G, k < K; row(r) = ids[r] if USE_IDS (state arena) else r. xs: shared (NR, KT).
+
+    Loads before use (bench/NOTES.md entry 74): a thread loads its staged values of a chunk
+    into registers (before the barrier that ends the previous chunk's products), then stores
+    them to shared memory; in the k loop it loads the weights of ``ACCUM_KB`` k values (all
+    units and gates) before their FMAs. Each step of the chain otherwise waited a memory round
+    trip for one value (``ld; st.shared`` per staged value, two weight loads in flight).
+    The FMAs run in the same order as before: same results.
     """
     U, KS, RS, RPT, KT, UPT = tile
     NT, NR = U * KS * RS, RS * RPT
     AWT = UPT * AW
+    NRK = NR * KT
+    NI = -(-NRK // NT)  # staged values per thread per chunk
+    NKT = -(-min(KT, K) // KS)  # k values per thread per chunk (at most)
+    KB = max(1, min(ACCUM_KB, NKT, 32 // max(1, UPT * G)))
+    NW = KB * UPT * G
 
     @jit(device=True)
     def accum(acc, xs, W, woff, A, ids, rbase, n, j0, tid, ks, ty):
+        sv = cuda.local.array(NI, xs.dtype)
+        wv = cuda.local.array(NW, xs.dtype)
         for k0 in range(0, K, KT):
-            cuda.syncthreads()
-            for e in range(tid, NR * KT, NT):
+            for i in range(NI):
+                e = tid + i * NT
                 rr = e // KT
                 kk = e - rr * KT
                 r = rbase + rr
                 kx = k0 + kk
-                if r < n and kx < K:
+                sv[i] = 0
+                if e < NRK and r < n and kx < K:
                     if USE_IDS:
-                        xs[rr, kk] = A[ids[r], COL0 + kx]
+                        sv[i] = A[ids[r], COL0 + kx]
                     else:
-                        xs[rr, kk] = A[r, COL0 + kx]
-                else:
-                    xs[rr, kk] = 0
+                        sv[i] = A[r, COL0 + kx]
+            cuda.syncthreads()  # the previous chunk's products are done with xs
+            for i in range(NI):
+                e = tid + i * NT
+                if e < NRK:
+                    rr = e // KT
+                    xs[rr, e - rr * KT] = sv[i]
             cuda.syncthreads()
             kend = min(KT, K - k0)
-            for kk in range(ks, kend, KS):
-                wb = woff + (k0 + kk) * LDW
-                for u in range(UPT):
-                    ju = min(j0 + u * U, NU - 1)
-                    for g in range(G):
-                        w = W[wb + g * GS + ju]
-                        for q in range(RPT):
-                            acc[q * AWT + u * AW + A0 + g] += xs[ty + RS * q, kk] * w
+            for b0 in range(0, NKT, KB):
+                for b in range(KB):
+                    kc = min(ks + (b0 + b) * KS, kend - 1)  # past kend: a valid address, unused
+                    wb = woff + (k0 + kc) * LDW
+                    for u in range(UPT):
+                        ju = min(j0 + u * U, NU - 1)
+                        for g in range(G):
+                            wv[(b * UPT + u) * G + g] = W[wb + g * GS + ju]
+                for b in range(KB):
+                    kk = ks + (b0 + b) * KS
+                    if kk < kend:
+                        for u in range(UPT):
+                            for g in range(G):
+                                w = wv[(b * UPT + u) * G + g]
+                                for q in range(RPT):
+                                    acc[q * AWT + u * AW + A0 + g] += xs[ty + RS * q, kk] * w
 
     return accum
 
