@@ -6,10 +6,12 @@
 For an LSTM + Linear head model (float32) of each hidden size H, compiles the kernels the CUDA
 engine would build on a real GPU, through numba-cuda to PTX for the chosen compute capability,
 then with ``ptxas -v`` to machine code, and prints per kernel: registers, spills, static shared
-memory, and the instruction mix of the PTX (FMAs, shared and global loads, integer ops). What it
-answers before a device session: does a change keep the accumulators in registers (no local
-memory), how many registers (occupancy), and how much of the instruction stream is arithmetic
-(bench/NOTES.md entries 36-37). It needs numba-cuda, libNVVM and ``ptxas`` (a CUDA toolkit;
+memory, and the instruction mix of the PTX (FMAs, shared and global loads, integer ops, and
+``ld_after_st``: global loads right after a global store, each of which waits for it where the
+compiler cannot rule out aliasing; a static count, so a loop body shows once). What it answers
+before a device session: does a change keep the accumulators in registers (no local memory),
+how many registers (occupancy), how much of the instruction stream is arithmetic (bench/NOTES.md
+entries 36-37), which loads form a latency chain (entries 71-74). It needs numba-cuda, libNVVM and ``ptxas`` (a CUDA toolkit;
 ``CUDA_HOME`` pointing at it), not a GPU or a driver: numba-cuda's two device queries on the
 compile path (the current device's compute capability, the architectures NVRTC supports) are
 answered by stand-ins. Timings need a GPU: ``bench/gpu_check.py``.
@@ -170,6 +172,9 @@ def _kernels(H: int):
     for sync, name in ((1, "cg"), (2, "atomic")):
         k = make_lstm_seq_grid("float32", C * KS, UPB, 1, H, RT, -1, 0.0, False, acts, HO, CO, 0, False, sync)
         out.append((f"lstm_seq_grid UPB={UPB} NT={C * KS} barrier={name}", k, grid_sig))
+    BM = 32 if H <= 128 else 4  # the largest group of sequences the engine gives this H (GRID_GROUP, shared memory)
+    k = make_lstm_seq_grid("float32", C * KS, UPB, BM, H, RT, -1, 0.0, False, acts, HO, CO, 0, False, 1)
+    out.append((f"lstm_seq_grid UPB={UPB} NT={C * KS} groups of {BM} barrier=cg", k, grid_sig))
     del np
     return out
 

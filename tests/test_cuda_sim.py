@@ -376,9 +376,12 @@ _CASES = {
     # simulator, grid syncs, of numba's or the counter barrier) and the same kernel launched
     # per step over several blocks ("stepwise"): run with ragged lengths (0 included) and an initial state, push, a
     # bidirectional layer with sequences in groups of 2, peepholes + clip + input_forget,
-    # float32 and float64, vs the CPU engine
+    # float32 and float64, vs the CPU engine; the previous h loaded in batches of one value
+    # (GRID_HB; 8 on a GPU), so that "stepwise" has two batches, the last one partly masked
     "lstm_seq_grid": """
         import os
+        from streamrnn.layers.lstm import cuda as lc
+        lc.GRID_HB = 1  # the previous h loaded one value per batch: "stepwise" (16 threads) runs 2
         I, H, O = 3, 6, 2
         specs = {
             "peep": ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H), clip=1.2,

@@ -324,6 +324,10 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
     return lstm_seq
 
 
+#: values of h a thread of ``make_lstm_seq_grid`` loads before it stores them to shared memory
+GRID_HB = 8
+
+
 @lru_cache(maxsize=None)
 def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int, PEEP: int,
                        CLIP: float, IFG: bool, ACTS: tuple, HO: int, CO: int, COL0: int, REV: bool,
@@ -362,6 +366,8 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
     cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
     if NT % C or KS < 1:
         raise ValueError(f"lstm_seq_grid: expected threads NT a multiple of 4*UPB, got NT={NT}, UPB={UPB}")
+    NIH = -(-(int(BMAX) * int(H)) // int(NT))  # values of h per thread for a group
+    HB = min(GRID_HB, NIH)  # ... loaded HB at a time (NOTES entry 75)
 
     @jit()
     def lstm_seq_grid(W, XW, Y, state, sidx, lens, hbuf, cbuf, bar, B, T, s0, s1, fin):
@@ -373,6 +379,7 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
         hs = cuda.shared.array((BMAX, H), nbt)  # the previous h of a group of sequences
         part = cuda.shared.array((KS, BMAX, C), nbt)  # per k slice: partial gate sums
         acc = cuda.local.array(BMAX, nbt)
+        hl = cuda.local.array(HB, nbt)  # values of the previous h in flight together
         for e in range(tid, H * C, NT):
             k = e // C
             cc = e - k * C
@@ -387,11 +394,24 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
             p = s & 1
             for b0 in range(0, B, BMAX):  # groups of BMAX sequences share the shared arrays
                 nb = min(BMAX, B - b0)
-                for e in range(tid, nb * H, NT):
-                    i = e // H
-                    k = e - i * H
-                    b = b0 + i
-                    hs[i, k] = state[sidx[b], HO + k] if s == 0 else hbuf[p, b, k]
+                if s == 0:
+                    for e in range(tid, nb * H, NT):
+                        i = e // H
+                        k = e - i * H
+                        hs[i, k] = state[sidx[b0 + i], HO + k]
+                else:  # HB loads first, then their shared stores: one round trip per HB values,
+                    # not one per value (a group of 32 sequences at H=128 is 32 values per thread)
+                    for q0 in range(0, NIH, HB):
+                        for q in range(HB):
+                            e = tid + (q0 + q) * NT
+                            if e < nb * H:
+                                i = e // H
+                                hl[q] = hbuf[p, b0 + i, e - i * H]
+                        for q in range(HB):
+                            e = tid + (q0 + q) * NT
+                            if e < nb * H:
+                                i = e // H
+                                hs[i, e - i * H] = hl[q]
                 cuda.syncthreads()
                 if stamp:
                     t = now_ns()
