@@ -21,9 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _PRELUDE = textwrap.dedent(
     """
-    import os, sys
+    import logging, os, sys
     assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     sys.path.insert(0, %r)
+    logging.basicConfig(level=logging.WARNING)  # the engine's warnings (fallbacks) in a failure's stderr
     import numpy as np
     import streamrnn as srnn
     from streamrnn.spec import (Activation, ActivationLayer, DenseLayer, GRULayer, LSTMLayer,
