@@ -25,6 +25,37 @@ _PRELUDE = textwrap.dedent(
     assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     sys.path.insert(0, %r)
     logging.basicConfig(level=logging.WARNING)  # the engine's warnings (fallbacks) in a failure's stderr
+
+    # numba's simulator creates a block's shared array at a source line's first call with a
+    # check-then-set on a dict, without a lock: when Python switches threads in between, two
+    # threads of the block get different arrays and the kernel computes garbage (a rare CI
+    # failure of the "persist" case; with sys.setswitchinterval(1e-6) every run of it failed,
+    # and none with this lock). The same function, the dict update under a lock.
+    import threading, traceback
+    from numba.core import types as _types
+    from numba.cuda.simulator import kernelapi as _kernelapi
+    from numba.np import numpy_support as _npsup
+    _shared_lock = threading.Lock()
+
+    def _shared_array(self, shape, dtype, alignment=None):
+        if alignment is not None:
+            raise RuntimeError("Array alignment is not supported in cudasim")
+        if isinstance(dtype, _types.Type):
+            dtype = _npsup.as_dtype(dtype)
+        if shape == 0:
+            return np.frombuffer(self._dynshared.data, dtype=dtype, count=self._dynshared_size // dtype.itemsize)
+        caller = traceback.extract_stack(sys._getframe())[-2][0:2]  # keyed by the caller's line
+        with _shared_lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    _kernelapi.FakeCUDAShared.array = _shared_array
+    # the simulated threads switch as often as Python allows: a data race between threads of
+    # a kernel shows up here rather than once in a while (and the cases run faster: a thread
+    # waiting at a barrier no longer holds the interpreter for 5 ms)
+    sys.setswitchinterval(1e-6)
     import numpy as np
     import streamrnn as srnn
     from streamrnn.spec import (Activation, ActivationLayer, DenseLayer, GRULayer, LSTMLayer,
@@ -330,17 +361,21 @@ _CASES = {
     # pool.step in chunks (STREAMRNN_CUDA_CHUNKS=3; chunks of at least 2 rows here): results
     # and states vs the CPU engine for calls of 12, 9, 5 (2 chunks), 3 (not chunked) rows; a NaN
     # in the first / second / last chunk refuses the call by its row and leaves every state as
-    # it was, though the chunks before it ran (restored from their backup); then it goes on
+    # it was, though the chunks before it ran (restored from their backup); then it goes on.
+    # The head of 9 outputs spans 3 unit blocks of its GEMM tile, which share the commit of the
+    # LSTM's and the GRU's new states
     "chunks": """
         import os
         os.environ["STREAMRNN_CUDA_CHUNKS"] = "3"
-        I, H, O = 3, 6, 2
+        I, H, O = 3, 6, 9
         spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H)),
                           GRULayer(H, 5, R(1, 15, H), R(1, 15, 5), R(1, 30)),
                           DenseLayer(R(O, 5), R(O))))
         for dtype in ("float32", "float64"):
             mc, mg = both(spec, dtype)
             assert mg._cuda.chunks == 3
+            head = mg._cuda.step_ops(1)[-1]
+            assert head[0].py_func.__name__ == "linear_gemm" and head[3](4)[1] == 3, head
             pc, pg = mc.pool(12), mg.pool(12)
             ic, ig = pc.open(12), pg.open(12)
             core = pg._cuda.core
