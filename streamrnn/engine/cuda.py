@@ -1023,9 +1023,24 @@ class _Core:
             self._ops(b)
             if self.mode != "numba":
                 self._bound(b)
+                if self.eng.chunks > 1:
+                    self._warm_chunks(b)
             if mx is None:
                 break
             lo = mx + 1
+
+    def _warm_chunks(self, bucket) -> None:
+        """With STREAMRNN_CUDA_CHUNKS: compile the bucket's kernels for a chunk's arguments (views
+        of the buffers; outputs in device memory, not mapped) and the backup / restore kernels,
+        so that a pool's first chunked call compiles nothing."""
+        from ..layers.dense.cuda import make_copy_rows
+
+        for disp, first, _, _ in self._ops(bucket):
+            disp.compile(tuple(disp.typeof_pyval(a) for a in self._chunk_args(0, 1, first)))
+        NT = 256
+        for to_arena in (False, True):
+            k = make_copy_rows(NT, to_arena)
+            k.compile(tuple(k.typeof_pyval(a) for a in (self.ids_d[:1], self.bk_d[:1], self.arena, 1)))
 
     # -- buffers ---------------------------------------------------------------------------
     def _grow(self, n: int) -> None:
