@@ -38,6 +38,7 @@ def make_gru_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, S
     reduce = make_reduce(tile, AWT)
     RED = red_size(tile, AWT)
     NACC = RPT * AWT
+    UPT4, NACC1 = 4 * int(UPT), int(RPT) * int(UPT)  # the epilogue's biases, h_old per (row, unit)
     kf, af, bf, kg, ag, bg = ACTS
     af, bf, ag, bg = dt(af), dt(bf), dt(ag), dt(bg)
     clip = dt(CLIP)
@@ -59,22 +60,35 @@ def make_gru_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, S
         acc_h(acc, xs, W, RT, arena, ids, rbase, n, j0, tid, ks, ty)
         reduce(acc, red, tx, ks, ty)
         if ks == 0:
+            # the biases and every row's h_old first, then the cells and their stores (a load
+            # after a store waits for it: NOTES entry 71)
+            bv = cuda.local.array(UPT4, nbt)
+            hpv = cuda.local.array(NACC1, nbt)
+            for u in range(UPT):
+                j = min(j0 + u * U, H - 1)
+                bv[4 * u] = W[BO + j]
+                bv[4 * u + 1] = W[BO + H + j]
+                bv[4 * u + 2] = W[BO + 2 * H + j]
+                bv[4 * u + 3] = W[RBH + j] if LBR else bv[4 * u]
+            for q in range(RPT):
+                sid = ids[min(rbase + ty + RS * q, n - 1)]
+                for u in range(UPT):
+                    hpv[q * UPT + u] = arena[sid, HO + min(j0 + u * U, H - 1)]
             for q in range(RPT):
                 r = rbase + ty + RS * q
                 if r < n:
-                    sid = ids[r]
                     for u in range(UPT):
                         j = j0 + u * U
                         if j < H:
                             a0 = q * AWT + u * AW
-                            hp = arena[sid, HO + j]
-                            gz = W[BO + j] + acc[a0]
-                            gr = W[BO + H + j] + acc[a0 + 1]
-                            gh = W[BO + 2 * H + j] + acc[a0 + 2]
+                            hp = hpv[q * UPT + u]
+                            gz = bv[4 * u] + acc[a0]
+                            gr = bv[4 * u + 1] + acc[a0 + 1]
+                            gh = bv[4 * u + 2] + acc[a0 + 2]
                             z = _act(_clip(gz + acc[a0 + 3], clip), kf, af, bf)
                             rg = _act(_clip(gr + acc[a0 + 4], clip), kf, af, bf)
                             if LBR:
-                                gh += rg * (acc[a0 + 5] + W[RBH + j])
+                                gh += rg * (acc[a0 + 5] + bv[4 * u + 3])
                                 hc = _act(_clip(gh, clip), kg, ag, bg)
                                 hv = (1.0 - z) * hc + z * hp
                                 dst[r, OUT0 + j] = hv
@@ -120,16 +134,27 @@ def make_gru_step2(dtype: str, tile: Tile, H: int, OUT0: int, SCR0: int, RT: int
         acc_rh(acc, xs, W, RT + 2 * H, dst, ids, rbase, n, j0, tid, ks, ty)
         reduce(acc, red, tx, ks, ty)
         if ks == 0:
+            # h_old, z and the input part of every (row, unit) first, then the stores
+            hpv = cuda.local.array(NACC, nbt)
+            zv = cuda.local.array(NACC, nbt)
+            av = cuda.local.array(NACC, nbt)
+            for q in range(RPT):
+                rc = min(rbase + ty + RS * q, n - 1)
+                sid = ids[rc]
+                for u in range(UPT):
+                    jc = min(j0 + u * U, H - 1)
+                    hpv[q * UPT + u] = arena[sid, HO + jc]
+                    zv[q * UPT + u] = dst[rc, SCR0 + jc]
+                    av[q * UPT + u] = dst[rc, SCR0 + H + jc]
             for q in range(RPT):
                 r = rbase + ty + RS * q
                 if r < n:
-                    sid = ids[r]
                     for u in range(UPT):
                         j = j0 + u * U
                         if j < H:
-                            hp = arena[sid, HO + j]
-                            z = dst[r, SCR0 + j]
-                            hc = _act(_clip(dst[r, SCR0 + H + j] + acc[q * UPT + u], clip), kg, ag, bg)
+                            hp = hpv[q * UPT + u]
+                            z = zv[q * UPT + u]
+                            hc = _act(_clip(av[q * UPT + u] + acc[q * UPT + u], clip), kg, ag, bg)
                             hv = (1.0 - z) * hc + z * hp
                             dst[r, OUT0 + j] = hv
                             if LAST:

@@ -26,6 +26,7 @@ def make_rnn_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, W
     reduce = make_reduce(tile, UPT)
     RED = red_size(tile, UPT)
     NACC = RPT * UPT
+    UPTc = int(UPT)
     kf, af, bf = ACTS
     af, bf = dt(af), dt(bf)
     clip = dt(CLIP)
@@ -47,13 +48,16 @@ def make_rnn_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, W
         acc_h(acc, xs, W, RT, arena, ids, rbase, n, j0, tid, ks, ty)
         reduce(acc, red, tx, ks, ty)
         if ks == 0:
+            bv = cuda.local.array(UPTc, nbt)  # the biases, loaded before the first store
+            for u in range(UPT):
+                bv[u] = W[BO + min(j0 + u * U, H - 1)]
             for q in range(RPT):
                 r = rbase + ty + RS * q
                 if r < n:
                     for u in range(UPT):
                         j = j0 + u * U
                         if j < H:
-                            hv = _act(_clip(W[BO + j] + acc[q * UPT + u], clip), kf, af, bf)
+                            hv = _act(_clip(bv[u] + acc[q * UPT + u], clip), kf, af, bf)
                             dst[r, OUT0 + j] = hv
                             if LAST:
                                 out[r, j] = hv
