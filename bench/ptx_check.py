@@ -7,8 +7,9 @@ For an LSTM + Linear head model (float32) of each hidden size H, compiles the ke
 engine would build on a real GPU, through numba-cuda to PTX for the chosen compute capability,
 then with ``ptxas -v`` to machine code, and prints per kernel: registers, spills, static shared
 memory, and the instruction mix of the PTX (FMAs, shared and global loads, integer ops, and
-``ld_after_st``: global loads right after a global store, each of which waits for it where the
-compiler cannot rule out aliasing; a static count, so a loop body shows once). What it answers
+``ld_after_st``: global loads right after a global store, which the compiler may not move above
+it where it cannot rule out aliasing: a chain of round trips when the store waits for the load
+before it; a static count, so a loop body shows once). What it answers
 before a device session: does a change keep the accumulators in registers (no local memory),
 how many registers (occupancy), how much of the instruction stream is arithmetic (bench/NOTES.md
 entries 36-37), which loads form a latency chain (entries 71-74). It needs numba-cuda, libNVVM and ``ptxas`` (a CUDA toolkit;

@@ -203,8 +203,9 @@ def make_commit(dtype: str, NT: int, NR: int, NY: int, COMMIT: tuple):
     COMMIT: flat (col0, h_offset, size) triples.
 
     Loads before stores: a thread loads a batch of up to ``COMMIT_BATCH`` (id, value) pairs, then
-    stores them. To the compiler ``arena`` may alias ``dst`` and ``ids``, so a load issued after
-    a store waits for it: one memory round trip per value. Committed one value at a time, the
+    stores them. To the compiler ``arena`` may alias ``dst`` and ``ids``, so no load moves above
+    an earlier store, and each store waits for its own load's value: one memory round trip per
+    value. Committed one value at a time, the
     8-16 rows of 512 values of a head block would cost ~32 round trips per thread, by entry 71's
     count most of the head kernel's time at 64-1024 streams (bench/NOTES.md)."""
     NC = len(COMMIT) // 3

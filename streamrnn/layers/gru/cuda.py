@@ -60,8 +60,8 @@ def make_gru_step(dtype: str, tile: Tile, I: int, H: int, IN0: int, OUT0: int, S
         acc_h(acc, xs, W, RT, arena, ids, rbase, n, j0, tid, ks, ty)
         reduce(acc, red, tx, ks, ty)
         if ks == 0:
-            # the biases and every row's h_old first, then the cells and their stores (a load
-            # after a store waits for it: NOTES entry 71)
+            # the biases and every row's h_old first, then the cells and their stores (no load
+            # moves above a store that may alias it: one round trip per row otherwise; NOTES 71)
             bv = cuda.local.array(UPT4, nbt)
             hpv = cuda.local.array(NACC1, nbt)
             for u in range(UPT):

@@ -177,8 +177,9 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
         reduce(acc, red, tid)
         if ks == 0:
             # every load of the epilogue before its first store: to the compiler a store may
-            # alias any later load, which would then wait for it (one round trip per row for the
-            # state row and c); loaded first, they are in flight together (NOTES entry 71).
+            # alias any later load, so a row's loads would be issued only after the previous
+            # row's stores, which wait for its loads (two round trips per row: the state row,
+            # then c); loaded first, they are in flight together (NOTES entry 71).
             # Rows in groups of QG (the registers of the many-streams tile hold 8 more values)
             for u in range(TU):
                 j = min(jb + tx + TX * u, H - 1)
