@@ -68,8 +68,8 @@ _OPS = {
 
 def _mix(ptx: str) -> dict:
     res = {k: len(re.findall(v, ptx)) for k, v in _OPS.items()}
-    # global loads that come right after a global store in program order: each waits for the
-    # store where the compiler cannot rule out aliasing (a latency-bound chain; NOTES entry 71)
+    # global loads that come right after a global store in program order: none may move above
+    # it where the compiler cannot rule out aliasing (a latency-bound chain; NOTES entry 71)
     ops = re.findall(r"\b(ld|st)\.global\.", ptx)
     res["ld_after_st"] = sum(1 for a, b in zip(ops, ops[1:]) if a == "st" and b == "ld")
     return res
