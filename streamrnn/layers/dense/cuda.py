@@ -259,6 +259,32 @@ def make_commit(dtype: str, NT: int, NR: int, NY: int, COMMIT: tuple):
 # Kernels
 # ---------------------------------------------------------------------------------------------
 @lru_cache(maxsize=None)
+def make_dense_out(dtype: str, N: int, OUT0: int, BOFF: int, ACT: int, AA: float, AB: float, LAST: bool):
+    """The output side of a dense layer (both ``make_linear`` and ``make_linear_gemm``):
+    ``bias(W, j)`` the bias of unit j (clamped to N - 1, zero without one: loaded before any
+    store, NOTES entry 71) and ``emit(dst, out, r, j, y, b)``: ``act(b + y)`` to
+    ``dst[r, OUT0 + j]`` (and ``out[r, j]`` if LAST)."""
+    dt = np.dtype(dtype).type
+    AAc, ABc = dt(AA), dt(AB)
+
+    @jit(device=True)
+    def bias(W, j):
+        return W[BOFF + min(j, N - 1)] if BOFF >= 0 else W[0] * 0
+
+    @jit(device=True)
+    def emit(dst, out, r, j, y, b):
+        if BOFF >= 0:
+            y = b + y
+        if ACT >= 0:
+            y = _act(y, ACT, AAc, ABc)
+        dst[r, OUT0 + j] = y
+        if LAST:
+            out[r, j] = y
+
+    return bias, emit
+
+
+@lru_cache(maxsize=None)
 def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT: int, BOFF: int,
                 ACT: int, AA: float, AB: float, LAST: bool, COMMIT: tuple = ()):
     """Dense layer on rows: ``dst[r, OUT0 + j] = act(b[j] + src[r, IN0:IN0+K] @ Wt[:, j])``.
@@ -268,7 +294,6 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
     With COMMIT, the blocks of a row group also commit the recurrent states of its rows (all
     unit tiles sharing the work, ``make_commit``).
     """
-    dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
     U, KS, RS, RPT, KT, UPT = tile
     NT, NR, UU = U * KS * RS, RS * RPT, U * UPT
@@ -279,7 +304,7 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
     NY = -(-N // UU)
     commit = make_commit(dtype, NT, NR, NY, COMMIT)
     NC = len(COMMIT) // 3
-    AAc, ABc = dt(AA), dt(AB)
+    bias, emit = make_dense_out(dtype, N, OUT0, BOFF, ACT, AA, AB, LAST)
 
     @jit(device=True)
     def linear(bx, by, W, ids, src, dst, out, arena, n):
@@ -299,21 +324,14 @@ def make_linear(dtype: str, tile: Tile, K: int, N: int, IN0: int, OUT0: int, WT:
         if ks == 0:
             bv = cuda.local.array(UPT, nbt)  # the biases, loaded before the first store
             for u in range(UPT):
-                bv[u] = W[BOFF + min(j0 + u * U, N - 1)] if BOFF >= 0 else W[0] * 0
+                bv[u] = bias(W, j0 + u * U)
             for q in range(RPT):
                 r = rbase + ty + RS * q
                 if r < n:
                     for u in range(UPT):
                         j = j0 + u * U
                         if j < N:
-                            y = acc[q * UPT + u]
-                            if BOFF >= 0:
-                                y = bv[u] + y
-                            if ACT >= 0:
-                                y = _act(y, ACT, AAc, ABc)
-                            dst[r, OUT0 + j] = y
-                            if LAST:
-                                out[r, j] = y
+                            emit(dst, out, r, j, acc[q * UPT + u], bv[u])
         if NC > 0:
             commit(ids, dst, arena, rbase, n, tid, by)
 
@@ -334,7 +352,6 @@ def make_linear_gemm(dtype: str, gt, K: int, N: int, IN0: int, OUT0: int, WT: in
     next chunk's loads are in flight while this chunk's products run."""
     from ..cuda_common import gemm_red_size, gemm_stage_items, gemm_threads, make_gemm_accum, make_gemm_reduce
 
-    dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
@@ -347,7 +364,7 @@ def make_linear_gemm(dtype: str, gt, K: int, N: int, IN0: int, OUT0: int, WT: in
     BM1, BUc, TUc, TMc = int(BM) + 1, int(BU), int(TU), int(TM)  # constant shapes (see make_lstm_gemm)
     commit = make_commit(dtype, NT, BM, -(-N // BU), COMMIT)
     NC = len(COMMIT) // 3
-    AAc, ABc = dt(AA), dt(AB)
+    bias, emit = make_dense_out(dtype, N, OUT0, BOFF, ACT, AA, AB, LAST)
 
     @jit(device=True)
     def linear_gemm(bx, by, W, ids, src, dst, out, arena, n):
@@ -371,20 +388,13 @@ def make_linear_gemm(dtype: str, gt, K: int, N: int, IN0: int, OUT0: int, WT: in
         reduce(acc, red, tid)
         if ks == 0:
             for u in range(TU):  # the biases, loaded before the first store
-                bv[u] = W[BOFF + min(jb + tx + TX * u, N - 1)] if BOFF >= 0 else W[0] * 0
+                bv[u] = bias(W, jb + tx + TX * u)
             for q in range(TM):
                 r = rbase + ty + TY * q
                 for u in range(TU):
                     j = jb + tx + TX * u
                     if r < n and j < N:
-                        y = acc[u]
-                        if BOFF >= 0:
-                            y = bv[u] + y
-                        if ACT >= 0:
-                            y = _act(y, ACT, AAc, ABc)
-                        dst[r, OUT0 + j] = y
-                        if LAST:
-                            out[r, j] = y
+                        emit(dst, out, r, j, acc[u], bv[u])
                 for a in range(NACC - TU):  # the next row's sums to the front (constant indices)
                     acc[a] = acc[a + TU]
         if NC > 0:
