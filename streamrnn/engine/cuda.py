@@ -1033,13 +1033,10 @@ class _Core:
         """With STREAMRNN_CUDA_CHUNKS: compile the bucket's kernels for a chunk's arguments (views
         of the buffers; outputs in device memory, not mapped) and the backup / restore kernels,
         so that a pool's first chunked call compiles nothing."""
-        from ..layers.dense.cuda import make_copy_rows
-
         for disp, first, _, _ in self._ops(bucket):
             disp.compile(tuple(disp.typeof_pyval(a) for a in self._chunk_args(0, 1, first)))
-        NT = 256
         for to_arena in (False, True):
-            k = make_copy_rows(NT, to_arena)
+            k, _ = self._copy_rows_op(to_arena)
             k.compile(tuple(k.typeof_pyval(a) for a in (self.ids_d[:1], self.bk_d[:1], self.arena, 1)))
 
     # -- buffers ---------------------------------------------------------------------------
@@ -1104,12 +1101,8 @@ class _Core:
                         not big and n <= self.nmax)
         if rc or not big:
             return rc
-        bad = self.bad
-        _stage_par(ids, X, self.h64, self.hf, self.c0, bad)
-        for r in bad:  # parts in row order: the first bad part holds the first bad row
-            if r >= 0:
-                return _cpu.E_NONFINITE | (int(r) << 8)
-        return _cpu.OK
+        r = self._stage_range(ids, X, 0, n)
+        return _cpu.E_NONFINITE | (r << 8) if r >= 0 else _cpu.OK
 
     # -- the persistent kernel (STREAMRNN_CUDA_PERSIST=1) -------------------------------------
     #: STREAMRNN_CUDA_PERSIST=onchip: bytes of shared memory per block for LSTM weights (an
@@ -1333,7 +1326,7 @@ class _Core:
             return _stage_rows(ids, X, self.h64, self.hf, self.c0, r0, r1)
         bad = self.bad
         _stage_par(ids[r0:r1], X[r0:r1], self.h64[r0:r1], self.hf[r0:r1], self.c0, bad)
-        for r in bad:
+        for r in bad:  # parts in row order: the first bad part holds the first bad row
             if r >= 0:
                 return r0 + int(r)
         return -1
@@ -1343,16 +1336,17 @@ class _Core:
         src = self.X_d if first else self.feat_d
         return (e.W, self.ids_d[r0:r1], src[r0:r1], self.feat_d[r0:r1], self.out_d[r0:r1], self.arena, r1 - r0)
 
-    def _backup_op(self):
+    def _copy_rows_op(self, to_arena: bool):
+        """(kernel, threads) that saves a chunk's state rows (or, ``to_arena``, restores them)."""
         from ..layers.dense.cuda import make_copy_rows
 
         NT = 4 if self.eng.sim else 256
-        return make_copy_rows(NT, False), NT
+        return make_copy_rows(NT, to_arena), NT
 
     def _chunk_numba(self, r0, r1):
         s, m = self.stream, r1 - r0
         self.in_d[r0:r1].copy_to_device(self.hin[r0:r1], stream=s)
-        k, NT = self._backup_op()
+        k, NT = self._copy_rows_op(False)
         k[m, NT, s](self.ids_d[r0:r1], self.bk_d[r0:r1], self.arena, m)
         for disp, first, block, grid in self._ops(_bucket(m)):
             disp[grid(m), block, s](*self._chunk_args(r0, r1, first))
@@ -1364,7 +1358,7 @@ class _Core:
         if b is not None and b[0] == self.gen:
             return b[1]
         drv, m = self.eng.drv, r1 - r0
-        k, NT = self._backup_op()
+        k, NT = self._copy_rows_op(False)
         ops = [(k, True, NT, lambda n: (n, 1))] + list(self._ops(_bucket(m)))
         out = []
         for i, (disp, first, block, grid) in enumerate(ops):
@@ -1408,14 +1402,12 @@ class _Core:
     def _restore(self, nrows: int) -> None:
         """After a refused chunked call: wait for the chunks launched (rows < nrows), then copy
         their state rows back from the backup."""
-        from ..layers.dense.cuda import make_copy_rows
-
         if self.stream2 is not None:
             self.stream2.synchronize()
         self.stream.synchronize()
         if nrows > 0:
-            NT = 4 if self.eng.sim else 256
-            make_copy_rows(NT, True)[nrows, NT, self.stream](self.ids_d[:nrows], self.bk_d[:nrows], self.arena, nrows)
+            k, NT = self._copy_rows_op(True)
+            k[nrows, NT, self.stream](self.ids_d[:nrows], self.bk_d[:nrows], self.arena, nrows)
             self.stream.synchronize()
 
     def _enqueue(self, n, bucket):
