@@ -723,6 +723,158 @@ _CASES = {
             else:
                 os.environ[var] = old
     """,
+    # The host half of the persistent step kernel's protocol (engine/persist.py: the fused
+    # host step ``row_step``, Server.step / _wait, the fallback), which the simulator's one
+    # launch per command never runs: a thread (njit, GIL released) stands in for the resident
+    # kernel. It serves a command by writing f(frame, command) to the mapped output row, and
+    # can answer late, exit when idle, exit before serving, or never answer.
+    "persist_host": """
+        os.environ["STREAMRNN_CUDA_PERSIST"] = "1"
+        import threading, time
+        from numba import njit
+        from streamrnn.engine import persist as ps
+        from streamrnn.engine.hostsync import load_acquire, store_release
+
+        @njit(nogil=True)
+        def device(ctl, ack, h64, hf, off, I, hout, delay, serve_max, skip):
+            last = ack[0]
+            served = 0
+            store_release(ack, 1, 2)  # resident
+            while True:
+                v = load_acquire(ctl, 0)
+                if v == -1:
+                    break
+                if v > last:
+                    if skip:  # leaves before it serves this command
+                        break
+                    for _ in range(delay):  # answers late (loads the compiler keeps)
+                        load_acquire(ctl, 1)
+                    if serve_max == 0:  # never answers
+                        continue
+                    ok = ctl[1] == 1 and h64[0, 0] == 0  # one row, stream 0
+                    tot = 0.0
+                    for k in range(I):
+                        tot += hf[0, off + k]
+                    for k in range(hout.shape[1]):
+                        hout[0, k] = (tot * (k + 1) + v) if ok else np.nan
+                    last = v
+                    store_release(ack, 0, v)
+                    served += 1
+                    if served == serve_max:
+                        break  # idle exit
+            store_release(ack, 1, 0)
+
+        class Sync:  # the kernel's stream: synchronize() waits for the thread
+            t = None
+            def synchronize(self):
+                if self.t is not None:
+                    self.t.join()
+
+        spec = ModelSpec((LSTMLayer(3, 8, R(1, 32, 3), R(1, 32, 8), R(1, 64)), DenseLayer(R(2, 8), R(2))))
+        mc, mg = both(spec, "float32")
+        sg = mg.stream()
+        core = sg._cuda.core
+        srv = core.server
+        assert srv is not None and sg._cuda._row is not None
+        plan = {"delay": 0, "serve_max": -1, "skip": 0}
+
+        def launch(self, once):  # Server._launch with the thread for the kernel
+            self.ack_h[1] = 1
+            self.ack_h[0] = self.seq
+            t = threading.Thread(target=device, args=(self.ctl_h, self.ack_h, core.h64, core.hf, core.c0, 3,
+                                                      core.hout, plan["delay"], plan["serve_max"], plan["skip"]),
+                                 daemon=True)
+            plan["skip"] = 0
+            self.stream.t = t
+            t.start()
+            self.launches += 1
+            self.running = True
+
+        c = np.array([-1, 0], np.int64)  # compile it here: a launch must become resident in 20 ms
+        device(c, np.zeros(2, np.int64), core.h64, core.hf, core.c0, 3, core.hout, 0, -1, 0)
+        srv.sim = False
+        srv.stream = Sync()
+        srv._launch = launch.__get__(srv)
+        O, I = 2, 3
+
+        def step(what, launches):
+            x = rng.standard_normal(I).astype(np.float32)
+            s = srv.seq + 1
+            y = sg.step(x)
+            want = np.array([x.sum(dtype=np.float32) * (k + 1) + s for k in range(O)], np.float32)
+            close(y, want, "float32", what)
+            assert srv.seq == s and srv.launches == launches, (what, srv.seq, s, srv.launches, launches)
+
+        n0 = srv.launches
+        step("first step: launches the kernel", n0 + 1)
+        for t in range(5):  # served by the fused step alone: no launch
+            step(f"served {t}", n0 + 1)
+        out = np.empty(O, np.float32)
+        x = rng.standard_normal(I).astype(np.float32)
+        assert sg.step(x, out=out) is out
+        # late answers: the fused step hands the wait to Server._wait
+        srv.SPIN = 4
+        srv.bind()
+        srv.stop()
+        plan["delay"] = 20000
+        step("late answer", n0 + 2)
+        step("late answer again", n0 + 2)
+        # idle exit after two commands: the next step relaunches
+        srv.stop()
+        plan.update(delay=0, serve_max=2)
+        step("after stop", n0 + 3)
+        step("second", n0 + 3)
+        srv.stream.synchronize()  # it has left
+        plan["serve_max"] = -1
+        step("relaunched after the idle exit", n0 + 4)
+        # it leaves after the command was sent, before serving it: _wait relaunches
+        srv.stop()
+        plan["skip"] = 1
+        # the fused step finds no kernel: Server.step launches one, which leaves; relaunched
+        step("first launch leaves at once", n0 + 6)
+        srv.stop()
+        plan["skip"] = 1
+        srv.running = True  # as if the kernel were serving: the fused step sends the command
+        srv.ack_h[1] = 2
+        srv.stream.t = None
+        seq = srv.seq
+        t0 = threading.Thread(target=device, args=(srv.ctl_h, srv.ack_h, core.h64, core.hf, core.c0, 3,
+                                                   core.hout, 0, -1, 1), daemon=True)
+        srv.stream.t = t0
+        t0.start()
+        plan["skip"] = 0
+        step("sent, then the kernel left: relaunched", n0 + 7)
+        # refused frames send nothing and change nothing
+        for bad, err in ((np.array([0.0, np.nan, 1.0], np.float32), srnn.NonFiniteError),
+                         (np.zeros(4, np.float32), srnn.StreamRNNError)):
+            ctl0 = int(srv.ctl_h[0])
+            try:
+                sg.step(bad)
+            except err as e:
+                assert "x" in str(e), e
+            else:
+                raise AssertionError("refused frame accepted")
+            assert srv.seq == ctl0 == int(srv.ctl_h[0])
+        # another dtype and a list are converted (the general path), then served
+        x64 = rng.standard_normal(I)
+        s = srv.seq + 1
+        close(sg.step(x64), [np.float32(x64).sum(dtype=np.float32) * (k + 1) + s for k in range(O)], "float32", "float64 x")
+        s += 1
+        close(sg.step([1.0, 2.0, 3.0]), [6.0 * (k + 1) + s for k in range(O)], "float32", "list x")
+        # a kernel that never answers: the step is served by numba's launches instead, with the
+        # state the lost command never touched (the thread wrote no state: zero), and the core
+        # drops the kernel
+        srv.stop()
+        plan["serve_max"] = 0
+        srv.TIMEOUT = 0.2
+        sc = mc.stream()
+        for t in range(2):
+            x = rng.standard_normal(I).astype(np.float32)
+            close(sg.step(x), sc.step(x), "float32", f"after a lost command {t}")
+        assert core.server is None and sg._cuda._row is None
+        srv.ctl_h[0] = -1
+        srv.stream.synchronize()
+    """,
 }
 
 

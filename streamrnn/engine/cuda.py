@@ -1087,6 +1087,8 @@ class _Core:
             self.hout = cuda.pinned_array((nmax, eng.O), eng.dtype)
         self.nmax = nmax
         self.gen += 1
+        if self.server is not None:  # the fused host step writes to the new rows
+            self.server.bind()
 
     def pack(self, ids: np.ndarray, X: np.ndarray, alive: np.ndarray) -> int:
         """Validate ids (range, open, distinct) and frames (shape, finite) and stage them in the
@@ -1215,9 +1217,7 @@ class _Core:
                     self.server.step(1)
                     return
                 except self._persist_error as e:  # not served: no state changed; the other paths from now on
-                    log.warning("streamrnn cuda: %s; using %s launches for this %s", e, self.mode,
-                                "stream" if self.cap == 1 else "pool")
-                    self.server = None
+                    self._drop_server(e)
             else:
                 self.server.stop()
         bucket = _bucket(n)
@@ -1253,6 +1253,29 @@ class _Core:
         if self.prof is not None:
             self._tl = _now()
         drv.check(drv.cu.cuStreamSynchronize(self.cstream), "cuStreamSynchronize")
+
+    def _drop_server(self, e) -> None:
+        log.warning("streamrnn cuda: %s; using %s launches for this %s", e, self.mode,
+                    "stream" if self.cap == 1 else "pool")
+        self.server = None
+
+    def finish_row(self, rc: int) -> None:
+        """Serve the one-row step the fused host step (``persist.row_step``) staged and left
+        unfinished: ``ROW_STAGED`` (no kernel serving: ``Server.step`` launches one) or
+        ``ROW_SENT`` (sent, not yet acknowledged: ``Server._wait``). A kernel that does not
+        answer changed no state; the step then takes the other path, as in ``step``."""
+        from .persist import ROW_SENT
+
+        srv = self.server
+        try:
+            if rc == ROW_SENT:
+                srv._wait(srv.seq + 1)
+            else:
+                srv.step(1)
+            return
+        except self._persist_error as e:
+            self._drop_server(e)
+        self.step(1)
 
     def _step_numba(self, n, bucket):
         s = self.stream
@@ -1682,12 +1705,39 @@ class CudaStream:
         self.eng = eng
         self.core = _Core(eng, 1)
         self._lock = threading.Lock()
+        self._row = None  # the fused host step of the persistent kernel (STREAMRNN_CUDA_PERSIST)
+        if self.core.server is not None and not eng.profile:
+            from .persist import ROW_SENT, ROW_STAGED, row_step
+
+            self._row, self._unfinished = row_step(eng.dtype), (ROW_STAGED, ROW_SENT)
 
     @property
     def mode(self) -> str:
         return self.core.mode
 
     def step(self, x, out=None) -> np.ndarray:
+        if self._row is not None:  # one njit call: check, stage, command, spin, copy out
+            if out is None:
+                out = np.empty(self.eng.O, self.eng.dtype)
+            with self._lock:
+                core = self.core
+                if core.server is not None:
+                    try:
+                        rc = self._row(x, out, core.server.ctx)
+                    except TypeError:  # not C-contiguous 1-D arrays of the model dtype
+                        rc = -1
+                    if rc == 0:
+                        return out
+                    if rc in self._unfinished:
+                        core.finish_row(rc)
+                        out[...] = core.hout[0]
+                        return out
+                else:
+                    self._row = None
+            # refused, or to convert: the general path below checks again and says why
+        return self._step(x, out)
+
+    def _step(self, x, out) -> np.ndarray:
         eng = self.eng
         dt, I, O = eng.dtype, eng.I, eng.O
         if not (isinstance(x, np.ndarray) and x.dtype == dt and x.flags.c_contiguous):

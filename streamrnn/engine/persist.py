@@ -41,11 +41,16 @@ CI for parity with the CPU engine.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import numpy as np
-from numba import cuda, int64
+from numba import cuda, int64, njit
 
+from ..config import NJIT_GIL
+from . import cpu as _cpu
+from .cpu import _view
+from .hostsync import load_acquire, store_release
 from ..layers.cuda_sync import fence_system, ld_volatile, now_ns, st_volatile
 from ..layers.dense.cuda import SIM, jit
 
@@ -203,6 +208,81 @@ def make_server(bodies: tuple, NT: int, PW: int, words: tuple = (), stamps: bool
 # ---------------------------------------------------------------------------------------------
 # Host side
 # ---------------------------------------------------------------------------------------------
+#: the fused host step's context (``Server.ctx``, int64): the last command served, whether a
+#: launched kernel may be serving (host-kept), the staging row's address, the frame's offset in
+#: it (items of the model dtype), I, the command / acknowledgement / output rows' addresses, O,
+#: spins before the fused step hands the wait to Python
+C_SEQ, C_RUN, C_ROW, C_OFF, C_I, C_CTL, C_ACK, C_OUT, C_O, C_SPIN, C_LEN = range(11)
+#: statuses of ``_row_step`` beside engine.cpu's: the row is staged but no command was sent
+#: (no kernel is serving: ``Server.step`` launches one); the command was sent, not yet answered
+#: (``Server.wait``)
+ROW_STAGED, ROW_SENT = 16, 17
+
+
+def _row_step_impl(x, out, ctx):
+    """One frame of a stream through the resident kernel, in one call (bench/NOTES.md entry
+    79): check x (length, finite) and stage it as row 0 (id 0) of the mapped staging rows, send
+    the command (row count 1, then the sequence number, released after the row), spin on the
+    acknowledgement (acquire loads: never hoisted out of the loop) for at most ``ctx[C_SPIN]``
+    polls, then copy the outputs out. Returns 0 (served, ``out`` written), a status of
+    engine.cpu (nothing sent), ``ROW_STAGED`` or ``ROW_SENT``. The GIL stays held: the caller's
+    lock and this call keep a stream's commands in order, and the spin is ~20 µs."""
+    I = ctx[C_I]
+    O = ctx[C_O]
+    if x.shape[0] != I:
+        return _cpu.E_XLEN
+    if out.shape[0] != O:
+        return _cpu.E_OUTLEN
+    off = ctx[C_OFF]
+    row = _view(ctx[C_ROW], off + I, x)  # [id | frame]: the frame from item off
+    bad = 0
+    for k in range(I):
+        v = x[k]
+        bad |= (v - v) != 0  # NaN or Inf
+        row[off + k] = v
+    if bad:
+        for k in range(I):
+            if (x[k] - x[k]) != 0:
+                return _cpu.E_NONFINITE | (k << 8)
+    _view(ctx[C_ROW], 1, ctx)[0] = 0  # the id: row 0 of the arena
+    ack = _view(ctx[C_ACK], 2, ctx)
+    if ctx[C_RUN] == 0 or load_acquire(ack, 1) == 0:  # none launched, or it left (idle)
+        return ROW_STAGED
+    ctl = _view(ctx[C_CTL], 2, ctx)
+    s = ctx[C_SEQ] + 1
+    ctl[1] = 1
+    store_release(ctl, 0, s)  # after the row and the row count
+    for _ in range(ctx[C_SPIN]):
+        if load_acquire(ack, 0) == s:
+            ctx[C_SEQ] = s
+            y = _view(ctx[C_OUT], O, out)
+            for k in range(O):
+                out[k] = y[k]
+            return _cpu.OK
+    return ROW_SENT
+
+
+# one dispatcher per dtype, each compiled for its own only: x or out of another dtype is refused
+# by the dispatcher (TypeError; the caller converts and takes the general path), never written
+# into the staging row as the wrong type
+_row_step32 = njit(**NJIT_GIL)(_row_step_impl)
+_row_step64 = njit(**NJIT_GIL)(_row_step_impl)
+_row_lock = threading.Lock()
+
+
+def row_step(dtype):
+    """``_row_step_impl`` compiled for models of ``dtype`` only (at the first call: model load)."""
+    from numba import types as nt
+
+    f32 = np.dtype(dtype) == np.float32
+    fn, f = (_row_step32, nt.float32) if f32 else (_row_step64, nt.float64)
+    with _row_lock:
+        if fn.signatures == []:
+            fn.compile((f[::1], f[::1], nt.int64[::1]))
+            fn.disable_compile()
+    return fn
+
+
 def mapped(shape, dtype):
     """``(device_array, host_view)`` of one buffer of mapped pinned memory (the kernel reads and
     writes it over PCIe while the host spins on it). Under the simulator a plain array, which
@@ -230,6 +310,8 @@ class Server:
     #: seconds a launched kernel may take to become resident; a cooperative launch waits while
     #: other resident kernels hold the SMs it needs (PersistError: the core falls back)
     START_TIMEOUT = 0.02
+    #: polls of the acknowledgement before a step hands the wait to ``_wait`` (~0.3 ms)
+    SPIN = 4096
 
     def __init__(self, core, ops, idle_ms: float, layers: int | None = None, stamps: bool = False):
         """``ops``: the core's one-row step ops (``CudaEngine.step_ops``); ``layers``: serve only
@@ -252,6 +334,10 @@ class Server:
         self.ack, self.ack_h = mapped(2, np.int64)
         self.sync = cuda.device_array(4, np.int64)
         self.idle_ns = int(idle_ms * 1e6)
+        #: the fused host step's context (``C_*``; ``row_step``), which also holds the last
+        #: command served (``seq``) and whether a launched kernel may be serving (``running``)
+        self.ctx = np.zeros(C_LEN, np.int64)
+        self.bind()
         self.seq = 0
         self.ctl_h[:] = 0
         self.ack_h[:] = 0
@@ -287,6 +373,37 @@ class Server:
                 raise PersistError(f"the on-chip LSTM weights need {self._gy} resident blocks of "
                                    f"{self.smem} bytes of shared memory, {G} fit")
             self.G = min(self.G, G)
+
+    @property
+    def seq(self) -> int:
+        """The last command served (a sequence number)."""
+        return int(self.ctx[C_SEQ])
+
+    @seq.setter
+    def seq(self, v: int) -> None:
+        self.ctx[C_SEQ] = v
+
+    @property
+    def running(self) -> bool:
+        """A kernel was launched to serve commands and has not been seen to exit."""
+        return bool(self.ctx[C_RUN])
+
+    @running.setter
+    def running(self, v: bool) -> None:
+        self.ctx[C_RUN] = int(bool(v))
+
+    def bind(self) -> None:
+        """Point the fused host step's context at the core's current staging and output rows
+        (``_Core._grow`` replaces them; it calls this)."""
+        c, x = self.core, self.ctx
+        x[C_ROW] = c.hin.ctypes.data
+        x[C_OFF] = c.c0
+        x[C_I] = c.eng.I
+        x[C_CTL] = self.ctl_h.ctypes.data
+        x[C_ACK] = self.ack_h.ctypes.data
+        x[C_OUT] = c.hout.ctypes.data
+        x[C_O] = c.eng.O
+        x[C_SPIN] = self.SPIN
 
     def _args(self, once: bool):
         c = self.core
@@ -325,7 +442,7 @@ class Server:
         i = 0  # pragma: no cover - real GPU only
         while ack[0] != s:  # pragma: no cover - real GPU only
             i += 1
-            if i > 4096:  # (~0.3 ms) then the careful wait
+            if i > self.SPIN:  # (~0.3 ms) then the careful wait
                 self._wait(s)
                 return
         self.seq = s  # pragma: no cover - real GPU only
