@@ -652,8 +652,16 @@ def persist_size(H, spec, tmods, iters, budget_s):
     st = timeit(lambda: pp.step(i1, Xr, out=out), iters, budget_s)
     record(H, 1, "streamrnn pool.step [persistent kernel, STREAMRNN_CUDA_PERSIST=1]", st, launches=srv.launches)
     sp = mp.stream()
+    sc = mc.stream()
+    for t in range(4):  # the fused host step (entry 79) on hardware: outputs and state
+        ok &= _cmp(f"persist H={H}", f"stream.step t={t} vs cpu", sp.step(X[t]), sc.step(X[t]), "float32")
+    ok &= _cmp(f"persist H={H}", "stream state vs cpu", sp.state.data, sc.state.data, "float32")
     o1 = np.empty(O, np.float32)
     record(H, 1, "streamrnn stream.step [persistent kernel]", timeit(lambda: sp.step(Xr[0], out=o1), iters, budget_s))
+    row, sp._cuda._row = sp._cuda._row, None  # A/B: the host side in Python, as before entry 79
+    record(H, 1, "streamrnn stream.step [persistent, host side in Python (before NOTES 79)]",
+           timeit(lambda: sp.step(Xr[0], out=o1), iters, budget_s))
+    sp._cuda._row = row
     del sp
     pp._cuda.core.quiesce()
     pg = mg.pool(1)
