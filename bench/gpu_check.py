@@ -651,6 +651,10 @@ def persist_size(H, spec, tmods, iters, budget_s):
     i1 = ip[[0]]
     st = timeit(lambda: pp.step(i1, Xr, out=out), iters, budget_s)
     record(H, 1, "streamrnn pool.step [persistent kernel, STREAMRNN_CUDA_PERSIST=1]", st, launches=srv.launches)
+    row, pp._cuda._row = pp._cuda._row, None  # A/B: the host side in Python, as before entry 79
+    record(H, 1, "streamrnn pool.step [persistent, host side in Python (before NOTES 79)]",
+           timeit(lambda: pp.step(i1, Xr, out=out), iters, budget_s))
+    pp._cuda._row = row
     sp = mp.stream()
     sc = mc.stream()
     for t in range(4):  # the fused host step (entry 79) on hardware: outputs and state

@@ -9,9 +9,12 @@ one cache-line round trip between two cores, not a GPU's.
 
 Two paths, in alternating blocks of calls (p50 / p99 µs per call):
 
-* ``python``: the step as before entry 79: ``CudaStream.step`` checks, ``_Core.pack`` (njit),
-  ``Server.step`` (Python: command words, spin on a numpy read), the copy out;
+* ``python``: the step as before entry 79: ``CudaStream.step`` (or ``CudaPool.step``) checks,
+  ``_Core.pack`` (njit), ``Server.step`` (Python: command words, spin on a numpy read), the
+  copy out;
 * ``fused``: one njit call (``persist.row_step``): check, stage, command, spin, copy out.
+
+for ``stream.step`` and for a pool's step of one stream.
 
 Usage: ``python bench/persist_host.py [--calls 20000] [--rounds 5] [--json out.json]``.
 """
@@ -66,51 +69,58 @@ def main(argv=None) -> int:
     spec = random_lstm_spec(a.H, a.H, 32)
     model = srnn.Model(spec, device="cuda")
     s = model.stream()
-    core = s._cuda.core
-    srv = core.server
-    if srv is None or s._cuda._row is None:
-        print("no persistent server was built", file=sys.stderr)
-        return 2
-    fused = s._cuda._row
-    # the thread is the kernel: already resident, serving from the current sequence number
-    srv.sim = False
-    srv.running = True
-    srv.ack_h[0] = srv.seq
-    srv.ctl_h[0] = srv.seq
-    c = np.array([-1, 0], np.int64)
-    _device(c, np.zeros(2, np.int64), core.hout)  # compile before the thread starts
-    t = threading.Thread(target=_device, args=(srv.ctl_h, srv.ack_h, core.hout), daemon=True)
-    t.start()
+    pool = model.pool(1)
+    ids = pool.open(1)
     x = np.random.default_rng(0).standard_normal(model.input_size).astype(np.float32)
-    out = np.empty(model.output_size, np.float32)
-    times = {"python": [], "fused": []}
-    buf = np.empty(a.calls, np.int64)
+    X = x.reshape(1, -1)
+    out, Y = np.empty(model.output_size, np.float32), np.empty((1, model.output_size), np.float32)
+    c = np.array([-1, 0], np.int64)
+    _device(c, np.zeros(2, np.int64), Y)  # compile before a thread starts
+    times = {}
     clock = time.perf_counter_ns
-    try:
-        for r in range(a.rounds):
-            for name in times:
-                s._cuda._row = fused if name == "fused" else None
-                for _ in range(200):
-                    s.step(x, out)
-                for i in range(a.calls):
-                    t0 = clock()
-                    s.step(x, out)
-                    buf[i] = clock() - t0
-                times[name].append(buf.copy())
-                want = np.arange(model.output_size) + srv.seq
-                if not np.array_equal(out, want.astype(np.float32)):
-                    print(f"{name}: wrong outputs {out[:3]} (want {want[:3]})", file=sys.stderr)
-                    return 1
-    finally:
-        srv.ctl_h[0] = -1
-        t.join()
+    buf = np.empty(a.calls, np.int64)
+    for what, dev, call in (("stream.step", s._cuda, lambda: s.step(x, out)),
+                            ("pool.step (1 row)", pool._cuda, lambda: pool.step(ids, X, out=Y))):
+        core = dev.core
+        srv = core.server
+        if srv is None or dev._row is None:
+            print(f"{what}: no persistent server was built", file=sys.stderr)
+            return 2
+        fused = dev._row
+        # the thread is the kernel: already resident, serving from the current sequence number
+        srv.sim = False
+        srv.running = True
+        srv.ack_h[0] = srv.seq
+        srv.ctl_h[0] = srv.seq
+        t = threading.Thread(target=_device, args=(srv.ctl_h, srv.ack_h, core.hout), daemon=True)
+        t.start()
+        for name in ("python", "fused"):
+            times[f"{what} {name}"] = []
+        try:
+            for r in range(a.rounds):
+                for name in ("python", "fused"):
+                    dev._row = fused if name == "fused" else None
+                    for _ in range(200):
+                        call()
+                    for i in range(a.calls):
+                        t0 = clock()
+                        call()
+                        buf[i] = clock() - t0
+                    times[f"{what} {name}"].append(buf.copy())
+                    got = out if what == "stream.step" else Y[0]
+                    want = (np.arange(model.output_size) + srv.seq).astype(np.float32)
+                    if not np.array_equal(got, want):
+                        print(f"{what} {name}: wrong outputs {got[:3]} (want {want[:3]})", file=sys.stderr)
+                        return 1
+        finally:
+            srv.ctl_h[0] = -1
+            t.join()
     res = {"machine": machine_info(("numpy", "numba")), "H": a.H, "calls": a.calls, "rounds": a.rounds}
     for name, blocks in times.items():
         res[name] = summarize(np.concatenate(blocks))
-    print(f"stream.step host side with an instant stand-in kernel, H={a.H}, µs per call (p50 / p99):")
+    print(f"host side of a persistent step with an instant stand-in kernel, H={a.H}, µs per call (p50 / p99):")
     for name in times:
-        print(f"  {name:7s} {res[name]['p50_us']:6.2f} / {res[name]['p99_us']:6.2f}")
-    print(f"  saved   {res['python']['p50_us'] - res['fused']['p50_us']:6.2f} (p50)")
+        print(f"  {name:26s} {res[name]['p50_us']:6.2f} / {res[name]['p99_us']:6.2f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -751,8 +751,8 @@ _CASES = {
                         load_acquire(ctl, 1)
                     if serve_max == 0:  # never answers
                         continue
-                    ok = ctl[1] == 1 and h64[0, 0] == 0  # one row, stream 0
-                    tot = 0.0
+                    ok = ctl[1] == 1  # one row
+                    tot = 1000.0 * h64[0, 0]  # the stream id staged with it
                     for k in range(I):
                         tot += hf[0, off + k]
                     for k in range(hout.shape[1]):
@@ -781,8 +781,9 @@ _CASES = {
         def launch(self, once):  # Server._launch with the thread for the kernel
             self.ack_h[1] = 1
             self.ack_h[0] = self.seq
-            t = threading.Thread(target=device, args=(self.ctl_h, self.ack_h, core.h64, core.hf, core.c0, 3,
-                                                      core.hout, plan["delay"], plan["serve_max"], plan["skip"]),
+            c = self.core
+            t = threading.Thread(target=device, args=(self.ctl_h, self.ack_h, c.h64, c.hf, c.c0, 3,
+                                                      c.hout, plan["delay"], plan["serve_max"], plan["skip"]),
                                  daemon=True)
             plan["skip"] = 0
             self.stream.t = t
@@ -790,11 +791,14 @@ _CASES = {
             self.launches += 1
             self.running = True
 
+        def patch(srv):
+            srv.sim = False
+            srv.stream = Sync()
+            srv._launch = launch.__get__(srv)
+
         c = np.array([-1, 0], np.int64)  # compile it here: a launch must become resident in 20 ms
         device(c, np.zeros(2, np.int64), core.h64, core.hf, core.c0, 3, core.hout, 0, -1, 0)
-        srv.sim = False
-        srv.stream = Sync()
-        srv._launch = launch.__get__(srv)
+        patch(srv)
         O, I = 2, 3
 
         def step(what, launches):
@@ -861,6 +865,32 @@ _CASES = {
         close(sg.step(x64), [np.float32(x64).sum(dtype=np.float32) * (k + 1) + s for k in range(O)], "float32", "float64 x")
         s += 1
         close(sg.step([1.0, 2.0, 3.0]), [6.0 * (k + 1) + s for k in range(O)], "float32", "list x")
+        # a pool's one-row steps: the stream id staged with the frame; refused ids send nothing
+        pg = mg.pool(4)
+        ig = pg.open(3)
+        pg.close(ig[1])
+        ps_ = pg._cuda.core.server
+        assert ps_ is not None and pg._cuda._row is not None
+        patch(ps_)
+        for t, sid in enumerate((0, 2, 2, 0)):
+            X = rng.standard_normal((1, I)).astype(np.float32)
+            s = ps_.seq + 1
+            want = [(1000.0 * ig[sid] + X.sum(dtype=np.float32)) * (k + 1) + s for k in range(O)]
+            close(pg.step(ig[[sid]], X), [want], "float32", f"pool one-row step {t}")
+            assert ps_.seq == s and ps_.launches == 2, (ps_.seq, s, ps_.launches)
+        for ids, err in (([ig[1]], srnn.StreamIdError), ([7], srnn.StreamIdError), ([-1], srnn.StreamIdError)):
+            try:
+                pg.step(np.array(ids), rng.standard_normal((1, I)))
+            except err as e:
+                assert "ids" in str(e), e
+            else:
+                raise AssertionError(f"ids {ids} accepted")
+            assert ps_.seq == s == int(ps_.ctl_h[0])
+        X = rng.standard_normal((1, I))  # float64 frames for a float32 pool: converted first
+        s += 1
+        want = [(1000.0 * ig[2] + X.astype(np.float32).sum(dtype=np.float32)) * (k + 1) + s for k in range(O)]
+        close(pg.step(ig[[2]], X), [want], "float32", "pool one-row step, float64 frames")
+        ps_.stop()
         # a kernel that never answers: the step is served by numba's launches instead, with the
         # state the lost command never touched (the thread wrote no state: zero), and the core
         # drops the kernel

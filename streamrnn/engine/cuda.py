@@ -1630,6 +1630,11 @@ class CudaPool:
     def __init__(self, eng: CudaEngine, capacity: int):
         self.eng = eng
         self.core = _Core(eng, capacity)
+        self._row = None  # the fused host step of one-row steps (STREAMRNN_CUDA_PERSIST)
+        if self.core.server is not None and not eng.profile:
+            from .persist import ROW_SENT, ROW_STAGED, row_step
+
+            self._row, self._unfinished = row_step(eng.dtype, "pool"), (ROW_STAGED, ROW_SENT)
 
     @property
     def mode(self) -> str:
@@ -1639,6 +1644,21 @@ class CudaPool:
     def step(self, ids: np.ndarray, X: np.ndarray, out: np.ndarray, alive: np.ndarray) -> np.ndarray:
         eng, core = self.eng, self.core
         n = ids.shape[0]
+        if n == 1 and self._row is not None:  # one njit call: check, stage, command, spin, copy out
+            if core.server is not None:
+                try:
+                    rc = self._row(ids, X, out, alive, core.server.ctx)
+                except TypeError:  # (the caller passes the model's types: not expected)
+                    rc = -1
+                if rc == 0:
+                    return out
+                if rc in self._unfinished:
+                    core.finish_row(rc)
+                    out[...] = core.hout[:1]
+                    return out
+            else:
+                self._row = None
+            # refused: the general path below checks again and says why
         if out.shape != (n, eng.O):
             _raise(_cpu.E_OUTLEN, eng.model, "X", X, out, ids)
         if core.cap >= n > core.nmax:

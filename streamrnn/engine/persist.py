@@ -47,7 +47,7 @@ import time
 import numpy as np
 from numba import cuda, int64, njit
 
-from ..config import NJIT_GIL
+from ..config import NJIT_GIL, NJIT_INLINE
 from . import cpu as _cpu
 from .cpu import _view
 from .hostsync import load_acquire, store_release
@@ -219,20 +219,12 @@ C_SEQ, C_RUN, C_ROW, C_OFF, C_I, C_CTL, C_ACK, C_OUT, C_O, C_SPIN, C_LEN = range
 ROW_STAGED, ROW_SENT = 16, 17
 
 
-def _row_step_impl(x, out, ctx):
-    """One frame of a stream through the resident kernel, in one call (bench/NOTES.md entry
-    79): check x (length, finite) and stage it as row 0 (id 0) of the mapped staging rows, send
-    the command (row count 1, then the sequence number, released after the row), spin on the
-    acknowledgement (acquire loads: never hoisted out of the loop) for at most ``ctx[C_SPIN]``
-    polls, then copy the outputs out. Returns 0 (served, ``out`` written), a status of
-    engine.cpu (nothing sent), ``ROW_STAGED`` or ``ROW_SENT``. The GIL stays held: the caller's
-    lock and this call keep a stream's commands in order, and the spin is ~20 µs."""
+@njit(**NJIT_INLINE)
+def _serve_row(x, out, sid, ctx):
+    """Stage frame x (checked: finite) for stream ``sid`` as staging row 0, send the command,
+    spin, copy the outputs to ``out`` (see ``_row_step_impl``)."""
     I = ctx[C_I]
     O = ctx[C_O]
-    if x.shape[0] != I:
-        return _cpu.E_XLEN
-    if out.shape[0] != O:
-        return _cpu.E_OUTLEN
     off = ctx[C_OFF]
     row = _view(ctx[C_ROW], off + I, x)  # [id | frame]: the frame from item off
     bad = 0
@@ -244,7 +236,7 @@ def _row_step_impl(x, out, ctx):
         for k in range(I):
             if (x[k] - x[k]) != 0:
                 return _cpu.E_NONFINITE | (k << 8)
-    _view(ctx[C_ROW], 1, ctx)[0] = 0  # the id: row 0 of the arena
+    _view(ctx[C_ROW], 1, ctx)[0] = sid  # the id: the stream's arena row
     ack = _view(ctx[C_ACK], 2, ctx)
     if ctx[C_RUN] == 0 or load_acquire(ack, 1) == 0:  # none launched, or it left (idle)
         return ROW_STAGED
@@ -262,23 +254,55 @@ def _row_step_impl(x, out, ctx):
     return ROW_SENT
 
 
-# one dispatcher per dtype, each compiled for its own only: x or out of another dtype is refused
-# by the dispatcher (TypeError; the caller converts and takes the general path), never written
-# into the staging row as the wrong type
-_row_step32 = njit(**NJIT_GIL)(_row_step_impl)
-_row_step64 = njit(**NJIT_GIL)(_row_step_impl)
+def _row_step_impl(x, out, ctx):
+    """One frame of a stream through the resident kernel, in one call (bench/NOTES.md entry
+    79): check x (length, finite) and stage it as row 0 (id 0) of the mapped staging rows, send
+    the command (row count 1, then the sequence number, released after the row), spin on the
+    acknowledgement (acquire loads: never hoisted out of the loop) for at most ``ctx[C_SPIN]``
+    polls, then copy the outputs out. Returns 0 (served, ``out`` written), a status of
+    engine.cpu (nothing sent), ``ROW_STAGED`` or ``ROW_SENT``. The GIL stays held: the caller's
+    lock and this call keep a stream's commands in order, and the spin is ~20 µs."""
+    if x.shape[0] != ctx[C_I]:
+        return _cpu.E_XLEN
+    if out.shape[0] != ctx[C_O]:
+        return _cpu.E_OUTLEN
+    return _serve_row(x, out, 0, ctx)
+
+
+def _pool_row_impl(ids, X, out, alive, ctx):
+    """``_row_step_impl`` for a pool's step of one stream: ids (1,), X (1, I), out (1, O); the
+    id checked (range, open) as ``_Core.pack`` does (one row has no duplicates)."""
+    if ids.shape[0] != 1 or X.shape[0] != 1 or X.shape[1] != ctx[C_I]:
+        return _cpu.E_XLEN
+    if out.shape[0] != 1 or out.shape[1] != ctx[C_O]:
+        return _cpu.E_OUTLEN
+    sid = ids[0]
+    if sid < 0 or sid >= alive.shape[0]:
+        return _cpu.E_ID_RANGE
+    if alive[sid] == 0:
+        return _cpu.E_ID_CLOSED
+    return _serve_row(X[0], out[0], sid, ctx)
+
+
+# one dispatcher per dtype, each compiled for its own only: frames or outputs of another dtype
+# are refused by the dispatcher (TypeError; the caller converts and takes the general path),
+# never written into the staging row as the wrong type
+_ROW = {(k, f32): njit(**NJIT_GIL)(fn) for k, fn in (("stream", _row_step_impl), ("pool", _pool_row_impl))
+        for f32 in (True, False)}
 _row_lock = threading.Lock()
 
 
-def row_step(dtype):
-    """``_row_step_impl`` compiled for models of ``dtype`` only (at the first call: model load)."""
+def row_step(dtype, kind: str = "stream"):
+    """The fused host step of a stream (``_row_step_impl``) or of a pool's one-row step
+    (``_pool_row_impl``), compiled for models of ``dtype`` only (at its first call: model load)."""
     from numba import types as nt
 
     f32 = np.dtype(dtype) == np.float32
-    fn, f = (_row_step32, nt.float32) if f32 else (_row_step64, nt.float64)
+    fn, f = _ROW[kind, f32], nt.float32 if f32 else nt.float64
     with _row_lock:
         if fn.signatures == []:
-            fn.compile((f[::1], f[::1], nt.int64[::1]))
+            i1 = nt.int64[::1]
+            fn.compile((f[::1], f[::1], i1) if kind == "stream" else (i1, f[:, ::1], f[:, ::1], nt.uint8[::1], i1))
             fn.disable_compile()
     return fn
 
