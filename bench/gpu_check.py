@@ -33,6 +33,10 @@ Self-contained (run from the repository root; the package need not be installed)
    engine over one-row steps on two streams, a two-row step (the graph path, after stopping
    the kernel), the relaunch after the idle exit; then pool.step / stream.step latency against
    the graph path and torch + CUDA graph, back to back and 1 ms apart.
+6. ``hostcall`` (not in the default order; run it last: a broken driver call would crash the
+   process, results of the sections before it are saved) ``STREAMRNN_CUDA_HOSTCALL=njit`` (a
+   pool's graph step as one njit call that calls cuGraphLaunch / cuStreamSynchronize itself,
+   bench/NOTES.md entry 80) vs the default at B in {1, 64, 1024}: parity, a refused call, latency.
 
 ``--sections`` picks and orders them (default ``parity,step,seq,more``, where ``more`` is 4.).
 
@@ -954,10 +958,58 @@ def watchdog(limit_s: float) -> None:
     threading.Thread(target=fire, daemon=True).start()
 
 
+def hostcall_size(H, B, spec, mc):
+    """STREAMRNN_CUDA_HOSTCALL=njit (NOTES 80): a pool's graph step as one njit call that calls
+    the driver itself, vs the default (cuda-bindings' calls from Python), side by side: parity
+    with the CPU engine over steps that use the fused path, a refused call, then latency."""
+    I = H
+    X = RNG.standard_normal((6, B, I)).astype(np.float32)
+    pools = {}
+    for name, env_ in (("default", {}), ("njit", {"HOSTCALL": "njit"})):
+        m = build(spec, "float32", "cuda", **env_)
+        p = m.pool(B)
+        pools[name] = (m, p, p.open(B))
+    pc = mc.pool(B)
+    ic = pc.open(B)
+    core = pools["njit"][1]._cuda.core
+    log(f"  H={H} B={B} njit graph step {'in use' if core.fused is not None else 'NOT in use (see warnings)'}")
+    ok = core.fused is not None
+    for t in range(4):  # the second call captures the graph, the later ones take the fused call
+        yc = pc.step(ic, X[t])
+        for name, (_, p, ids) in pools.items():
+            ok &= _cmp(f"hostcall H={H} B={B}", f"{name} pool.step t={t} vs cpu", p.step(ids, X[t]), yc, "float32")
+    _, pn, idn = pools["njit"]
+    bad = X[4].copy()
+    bad[-1, 0] = np.nan
+    st0 = pn.get_state(int(idn[-1])).data.copy()
+    try:
+        pn.step(idn, bad)
+        ok = False
+    except srnn.NonFiniteError:
+        ok &= bool(np.array_equal(pn.get_state(int(idn[-1])).data, st0))
+    out = np.empty((B, 32), np.float32)
+    iters = 400 if B <= 1024 else 30
+    for name, (_, p, ids) in pools.items():
+        label = "graph, default" if name == "default" else "one njit call with the driver calls, STREAMRNN_CUDA_HOSTCALL=njit"
+        record(H, B, f"streamrnn pool.step [{label}]", timeit(lambda: p.step(ids, X[5], out=out), iters, 1.0),
+               mode=pool_mode(p), parity_ok=bool(ok) if name == "njit" else None)
+    pools.clear()
+
+
+def hostcall_section() -> None:
+    log("== hostcall: STREAMRNN_CUDA_HOSTCALL=njit vs the default (run last: a broken driver call would crash) ==")
+    for H in [int(s) for s in ARGS.sizes.split(",") if s]:
+        spec = lstm_head(H, H, 32)
+        mc = build(spec, "float32", "cpu")
+        for B in ((1, 3) if ARGS.smoke else (1, 64, 1024)):
+            guarded(f"hostcall H={H} B={B}", hostcall_size, H, B, spec, mc, need=6)
+    save()
+
+
 def main() -> int:
     watchdog(ARGS.budget + ARGS.grace)
     sections = {"parity": parity, "step": step_section, "seq": seq_section, "more": parity_more,
-                "persist": persist_section}
+                "persist": persist_section, "hostcall": hostcall_section}
     names = [x.strip() for x in ARGS.sections.split(",") if x.strip()]
     bad = [x for x in names if x not in sections]
     if bad:
@@ -969,7 +1021,7 @@ def main() -> int:
         if name == "more" and ARGS.smoke:
             continue
         sections[name]()
-    save()
+        save()  # after each section: a crash in a later one keeps these
     report()
     return 0
 

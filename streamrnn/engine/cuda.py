@@ -69,9 +69,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..config import NJIT, PARALLEL
+from ..config import NJIT, NJIT_GIL, PARALLEL
 from ..errors import ShapeError, StreamRNNError
 from . import cpu as _cpu
+from .cpu import _view
+from .hostsync import call_ptr1, call_ptr2
 from .pack import (
     ACT, DENSE, F_CLIP, F_INPUT_FORGET, F_LBR, F_LOG, F_PEEP, F_PROJ, GRU, K_ACT, K_DIR,
     K_FLAGS, K_H, K_IN, K_KIND, K_NDIR, K_OUT, K_REC, K_REV, LSTM, O_B, O_C, O_H, O_PAR,
@@ -179,6 +181,67 @@ def _pack_rows(ids, X, alive, stamp, epoch, I, hin64, hinf, c0, stage):
         if r >= 0:
             return _cpu.E_NONFINITE | (r << 8)
     return _cpu.OK
+
+
+#: the fused graph step's context (``_Core.gctx``, int64; STREAMRNN_CUDA_HOSTCALL=njit): the
+#: staging rows' address, their count and int64 words per row, the frame's offset in a row
+#: (items), I, the id stamps' address and count, the output rows' address (mapped), O, the
+#: driver's cuGraphLaunch and cuStreamSynchronize, the stream, the call counter (``epoch``) and
+#: items of the model dtype per row
+(G_ROWS_AT, G_ROWS, G_P8, G_C0, G_I, G_STAMP, G_CAP, G_OUT, G_O, G_LAUNCH, G_SYNC, G_STREAM, G_EPOCH,
+ G_PF, G_LEN) = range(15)
+#: status of ``_graph_step_impl``: a driver call failed (its CUresult in the bits above 8;
+#: E_SYNC: cuStreamSynchronize's)
+E_LAUNCH, E_SYNC = 32, 33
+
+
+def _graph_step_impl(ids, X, out, alive, gexec, ctx):
+    """A pool's step through its captured graph ``gexec`` in one call (bench/NOTES.md entry
+    80): ``_pack_rows`` (ids and frames checked, frames staged), cuGraphLaunch, then
+    cuStreamSynchronize, through the driver's entry points (``call_ptr2`` / ``call_ptr1``),
+    then the outputs copied from the mapped rows. Returns a status of engine.cpu, or
+    ``E_LAUNCH`` / ``E_SYNC`` with the CUresult above the low 8 bits."""
+    n = ids.shape[0]
+    rows, P8, PF, O = ctx[G_ROWS], ctx[G_P8], ctx[G_PF], ctx[G_O]
+    if n > rows or out.shape[0] != n or out.shape[1] != O:
+        return _cpu.E_OUTLEN
+    h64 = _view(ctx[G_ROWS_AT], rows * P8, ctx).reshape(rows, P8)  # (rows, P8) [id | frame | pad]
+    hf = _view(ctx[G_ROWS_AT], rows * PF, X).reshape(rows, PF)  # the same rows as model items
+    stamp = _view(ctx[G_STAMP], ctx[G_CAP], ctx)  # (cap,)
+    ctx[G_EPOCH] += 1
+    rc = _pack_rows(ids, X, alive, stamp, ctx[G_EPOCH], ctx[G_I], h64, hf, ctx[G_C0], True)
+    if rc:
+        return rc
+    err = call_ptr2(ctx[G_LAUNCH], gexec, ctx[G_STREAM])
+    if err:
+        return E_LAUNCH | (err << 8)
+    err = call_ptr1(ctx[G_SYNC], ctx[G_STREAM])
+    if err:
+        return E_SYNC | (err << 8)
+    y = _view(ctx[G_OUT], rows * O, out).reshape(rows, O)  # (rows, O) mapped outputs
+    for r in range(n):
+        for k in range(O):
+            out[r, k] = y[r, k]
+    return _cpu.OK
+
+
+# one dispatcher per dtype, compiled for it alone (see persist.row_step)
+_GRAPH_STEP = {f32: njit(**NJIT_GIL)(_graph_step_impl) for f32 in (True, False)}
+_graph_lock = threading.Lock()
+
+
+def graph_step(dtype):
+    """``_graph_step_impl`` compiled for models of ``dtype`` only (at pool creation)."""
+    from numba import types as nt
+
+    f32 = np.dtype(dtype) == np.float32
+    fn, f = _GRAPH_STEP[f32], nt.float32 if f32 else nt.float64
+    with _graph_lock:
+        if fn.signatures == []:
+            i1 = nt.int64[::1]
+            fn.compile((i1, f[:, ::1], f[:, ::1], nt.uint8[::1], nt.int64, i1))
+            fn.disable_compile()
+    return fn
 
 
 def _pack_sigs(dtype) -> tuple:
@@ -547,6 +610,20 @@ class CudaEngine:
         except ValueError:
             raise StreamRNNError(f"STREAMRNN_CUDA_PERSIST_IDLE_MS: expected a number of milliseconds > 0, "
                                  f"got {idle!r}") from None
+        #: STREAMRNN_CUDA_HOSTCALL=njit: a pool's step through a captured graph is one njit call
+        #: (checks, staging, cuGraphLaunch, cuStreamSynchronize, outputs; NOTES entry 80);
+        #: "python" (default until timed on a GPU): the driver calls through cuda-bindings
+        hc = os.environ.get("STREAMRNN_CUDA_HOSTCALL", "python").strip().lower() or "python"
+        if hc not in ("python", "njit"):
+            raise StreamRNNError(f"STREAMRNN_CUDA_HOSTCALL: expected python or njit, got {hc!r}")
+        self.entry = None  # (cuGraphLaunch, cuStreamSynchronize) addresses
+        if hc == "njit" and mode == "graph":  # pragma: no cover - real GPU only
+            try:
+                lib = ctypes.CDLL("libcuda.so.1")
+                self.entry = tuple(ctypes.cast(getattr(lib, f), ctypes.c_void_p).value
+                                   for f in ("cuGraphLaunch", "cuStreamSynchronize"))
+            except Exception as e:
+                log.warning("streamrnn cuda: STREAMRNN_CUDA_HOSTCALL=njit: no driver entry points (%s)", e)
         #: per-phase host timings of pool.step / stream.step (see CudaPool.profile)
         self.profile = os.environ.get("STREAMRNN_CUDA_PROFILE", "0") not in ("", "0")
         self._lock = threading.Lock()
@@ -987,7 +1064,9 @@ class _Core:
         self.hstream = int(self.stream.handle) if not eng.sim else 0
         self.cstream = eng.drv.cu.CUstream(self.hstream) if eng.drv is not None else None
         self.stamp = np.zeros(self.cap, np.int64)
-        self.epoch = 0
+        self.gctx = np.zeros(G_LEN, np.int64)  # the fused graph step's context (also holds epoch)
+        self.ghandles: dict = {}  # n -> int handle of graphs[n] (the fused graph step)
+        self.fused = None  # graph_step(dtype) once it passed the self-test (HOSTCALL=njit)
         self.nmax = 0
         self.h64, self.hf, self.c0 = np.zeros((1, 1), np.int64), np.zeros((1, 1), eng.dtype), 0  # until _grow
         self.bad = np.full(max(1, numba.get_num_threads()), -1, np.int64)  # per part of _stage_par
@@ -1011,6 +1090,32 @@ class _Core:
         self._warm()
         if eng.persist:
             self._serve()
+
+    @property
+    def epoch(self) -> int:
+        """Calls so far: a stream id's stamp equal to it marks the id as seen in this call."""
+        return int(self.gctx[G_EPOCH])
+
+    @epoch.setter
+    def epoch(self, v: int) -> None:
+        self.gctx[G_EPOCH] = v
+
+    def _bind_fused(self) -> None:
+        """Point ``gctx`` at the current staging and output rows (after ``_grow``)."""
+        x, eng = self.gctx, self.eng
+        x[G_ROWS_AT] = self.hin.ctypes.data
+        x[G_ROWS] = self.nmax
+        x[G_P8] = self.pitch // 8
+        x[G_PF] = self.pitch // eng.isz
+        x[G_C0] = self.c0
+        x[G_I] = eng.I
+        x[G_STAMP] = self.stamp.ctypes.data
+        x[G_CAP] = self.cap
+        x[G_OUT] = self.hout.ctypes.data
+        x[G_O] = eng.O
+        x[G_STREAM] = self.hstream
+        if eng.entry is not None:  # pragma: no cover - real GPU only
+            x[G_LAUNCH], x[G_SYNC] = eng.entry
 
     def _warm(self) -> None:
         """Build the kernels of every row bucket a call of at most ``cap`` rows can use (on a
@@ -1087,6 +1192,7 @@ class _Core:
             self.hout = cuda.pinned_array((nmax, eng.O), eng.dtype)
         self.nmax = nmax
         self.gen += 1
+        self._bind_fused()
         if self.server is not None:  # the fused host step writes to the new rows
             self.server.bind()
 
@@ -1175,6 +1281,7 @@ class _Core:
             self.server.stop()
 
     def _drop_graphs(self) -> None:
+        self.ghandles.clear()
         while self.graphs:
             _, g = self.graphs.popitem()
             try:
@@ -1465,8 +1572,11 @@ class _Core:
         finally:
             cu.cuGraphDestroy(graph)
         self.graphs[key] = g
+        if isinstance(key, int):
+            self.ghandles[key] = int(g)
         while len(self.graphs) > self.GRAPHS:
-            _, old = self.graphs.popitem(last=False)
+            k, old = self.graphs.popitem(last=False)
+            self.ghandles.pop(k, None)
             cu.cuGraphExecDestroy(old)
         return g
 
@@ -1507,6 +1617,28 @@ class _Core:
                 log.warning("streamrnn cuda: the %s launch path failed its self-test (%s); using %s launches",
                             name, why, fallback)
                 self.mode = fallback
+        if self.mode == "graph" and eng.entry is not None:  # STREAMRNN_CUDA_HOSTCALL=njit
+            fn = graph_step(eng.dtype)
+            ids1, alive = np.zeros(1, np.int64), np.ones(self.cap, np.uint8)
+            o = np.empty((1, eng.O), eng.dtype)
+
+            def fused():
+                g = self._capture(1, b1)
+                rc = fn(ids1, x.reshape(1, -1), o, alive, int(g), self.gctx)
+                if rc:
+                    raise RuntimeError(f"status {rc & 255}, CUresult {rc >> 8}")
+
+            try:
+                got = once(fused)
+                ok = same(got) and np.array_equal(o[0], got[0], equal_nan=True)
+                why = "results differ from numba's launch path"
+            except Exception as e:
+                ok, why = False, f"{type(e).__name__}: {e}"
+            if ok:
+                self.fused = fn
+            else:
+                log.warning("streamrnn cuda: the njit graph step (STREAMRNN_CUDA_HOSTCALL=njit) failed its "
+                            "self-test (%s); using cuda-bindings' calls", why)
         self._drop_graphs()
         self.arena[0:1].copy_to_device(np.zeros((1, self.S1), eng.dtype))
         self.stream.synchronize()
@@ -1675,6 +1807,19 @@ class CudaPool:
             if prof is not None:
                 core.record(n, t0, t0, t3, _now())
             return out
+        if core.fused is not None and prof is None and core.server is None:  # pragma: no cover - real GPU only
+            h = core.ghandles.get(n)  # a graph of this n was captured (its second call)
+            if h is not None and n * eng.I < PACK_PAR_MIN:
+                if not getattr(_tls, "ctx", False):  # driver calls need the context current here
+                    cuda.current_context()
+                    _tls.ctx = True
+                rc = core.fused(ids, X, out, alive, h, core.gctx)
+                if rc == 0:
+                    return out
+                if rc & 255 in (E_LAUNCH, E_SYNC):
+                    raise RuntimeError(f"{'cuGraphLaunch' if rc & 255 == E_LAUNCH else 'cuStreamSynchronize'} "
+                                       f"failed: CUresult {rc >> 8}")
+                _raise(rc, eng.model, "X", X, out, ids)
         rc = core.pack(ids, X, alive)
         if rc:
             _raise(rc, eng.model, "X", X, out, ids)

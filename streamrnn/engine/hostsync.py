@@ -56,3 +56,35 @@ def store_release(typingctx, arr, i, v):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+
+def _call_codegen(context, builder, sig, llargs):
+    """Call the C function at integer address llargs[0] with the other arguments as 64-bit
+    integers; its ``int`` (32-bit) result widened to int64."""
+    from llvmlite import ir
+
+    i64 = ir.IntType(64)
+    fnty = ir.FunctionType(ir.IntType(32), [i64] * (len(llargs) - 1))
+    fn = builder.inttoptr(context.cast(builder, llargs[0], sig.args[0], types.int64), fnty.as_pointer())
+    vals = [context.cast(builder, v, t, types.int64) for v, t in zip(llargs[1:], sig.args[1:])]
+    return builder.sext(builder.call(fn, vals), i64)
+
+
+@intrinsic
+def call_ptr1(typingctx, addr, a):
+    """``int f(a)`` for the C function at integer address ``addr`` (pointer or 64-bit integer
+    argument; x86-64 C ABI). For CUDA driver entry points from njit code (bench/NOTES.md entry
+    80: ``cuStreamSynchronize``)."""
+    if not (isinstance(addr, types.Integer) and isinstance(a, types.Integer)):
+        return None
+    return types.int64(addr, a), _call_codegen
+
+
+@intrinsic
+def call_ptr2(typingctx, addr, a, b):
+    """``int f(a, b)`` for the C function at integer address ``addr`` (see ``call_ptr1``;
+    ``cuGraphLaunch``)."""
+    if not all(isinstance(t, types.Integer) for t in (addr, a, b)):
+        return None
+    return types.int64(addr, a, b), _call_codegen
