@@ -59,6 +59,7 @@ same errors and messages as the CPU engine; a refused call changes no state.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -69,7 +70,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..config import NJIT, NJIT_GIL, PARALLEL
+from ..config import NJIT, NJIT_GIL, NJIT_INLINE, PARALLEL
 from ..errors import ShapeError, StreamRNNError
 from . import cpu as _cpu
 from .cpu import _view
@@ -195,6 +196,24 @@ def _pack_rows(ids, X, alive, stamp, epoch, I, hin64, hinf, c0, stage):
 E_LAUNCH, E_SYNC = 32, 33
 
 
+@njit(**NJIT_INLINE)
+def _pack_ctx(ids, X, alive, ctx):
+    """``_pack_rows`` (a new call: epoch + 1; ids checked, frames checked and staged) on the
+    buffers of context ``ctx`` (``_Core.gctx``); the caller checked that n <= ctx[G_ROWS]."""
+    rows, P8, PF = ctx[G_ROWS], ctx[G_P8], ctx[G_PF]
+    h64 = _view(ctx[G_ROWS_AT], rows * P8, ctx).reshape(rows, P8)  # (rows, P8) [id | frame | pad]
+    hf = _view(ctx[G_ROWS_AT], rows * PF, X).reshape(rows, PF)  # the same rows as model items
+    stamp = _view(ctx[G_STAMP], ctx[G_CAP], ctx)  # (cap,)
+    ctx[G_EPOCH] += 1
+    return _pack_rows(ids, X, alive, stamp, ctx[G_EPOCH], ctx[G_I], h64, hf, ctx[G_C0], True)
+
+
+def _pack_fast_impl(ids, X, alive, ctx):
+    """``_Core.pack`` of a call of at most ``ctx[G_ROWS]`` rows, in one call of 4 arguments
+    (numba's dispatcher types and unboxes each argument: 10 of them cost ~1 µs per step)."""
+    return _pack_ctx(ids, X, alive, ctx)
+
+
 def _graph_step_impl(ids, X, out, alive, gexec, ctx):
     """A pool's step through its captured graph ``gexec`` in one call (bench/NOTES.md entry
     80): ``_pack_rows`` (ids and frames checked, frames staged), cuGraphLaunch, then
@@ -202,14 +221,10 @@ def _graph_step_impl(ids, X, out, alive, gexec, ctx):
     then the outputs copied from the mapped rows. Returns a status of engine.cpu, or
     ``E_LAUNCH`` / ``E_SYNC`` with the CUresult above the low 8 bits."""
     n = ids.shape[0]
-    rows, P8, PF, O = ctx[G_ROWS], ctx[G_P8], ctx[G_PF], ctx[G_O]
+    rows, O = ctx[G_ROWS], ctx[G_O]
     if n > rows or out.shape[0] != n or out.shape[1] != O:
         return _cpu.E_OUTLEN
-    h64 = _view(ctx[G_ROWS_AT], rows * P8, ctx).reshape(rows, P8)  # (rows, P8) [id | frame | pad]
-    hf = _view(ctx[G_ROWS_AT], rows * PF, X).reshape(rows, PF)  # the same rows as model items
-    stamp = _view(ctx[G_STAMP], ctx[G_CAP], ctx)  # (cap,)
-    ctx[G_EPOCH] += 1
-    rc = _pack_rows(ids, X, alive, stamp, ctx[G_EPOCH], ctx[G_I], h64, hf, ctx[G_C0], True)
+    rc = _pack_ctx(ids, X, alive, ctx)
     if rc:
         return rc
     err = call_ptr2(ctx[G_LAUNCH], gexec, ctx[G_STREAM])
@@ -228,6 +243,23 @@ def _graph_step_impl(ids, X, out, alive, gexec, ctx):
 # one dispatcher per dtype, compiled for it alone (see persist.row_step)
 _GRAPH_STEP = {f32: njit(**NJIT_GIL)(_graph_step_impl) for f32 in (True, False)}
 _graph_lock = threading.Lock()
+
+
+_PACK_FAST = {f32: njit(**NJIT_GIL)(_pack_fast_impl) for f32 in (True, False)}
+
+
+def pack_fast(dtype):
+    """``_pack_fast_impl`` compiled for models of ``dtype`` only (at pool creation)."""
+    from numba import types as nt
+
+    f32 = np.dtype(dtype) == np.float32
+    fn, f = _PACK_FAST[f32], nt.float32 if f32 else nt.float64
+    with _graph_lock:
+        if fn.signatures == []:
+            i1 = nt.int64[::1]
+            fn.compile((i1, f[:, ::1], nt.uint8[::1], i1))
+            fn.disable_compile()
+    return fn
 
 
 def graph_step(dtype):
@@ -318,11 +350,19 @@ class _Layer:
 # Tiles (see streamrnn/layers/dense/cuda.py): chosen by the number of rows n
 # ---------------------------------------------------------------------------------------------
 def _tiles():
+    """Per row bucket: (most rows, or None for the last; the row-tile kernels' Tile). Built
+    once per mode: ``_bucket`` runs in every step (rebuilding this table cost ~2 µs of a ~26
+    µs one-row step; bench/NOTES.md entry 80)."""
+    return _tiles_for(simulator())
+
+
+@functools.lru_cache(maxsize=2)
+def _tiles_for(sim: bool) -> tuple:
     from ..layers.dense.cuda import Tile
 
-    if simulator():  # tiny blocks: several blocks even for H = 8, and fast to simulate
-        return [(1, Tile(4, 2, 1, 1, 8, 1)), (None, Tile(2, 2, 2, 2, 8, 2))]
-    return [
+    if sim:  # tiny blocks: several blocks even for H = 8, and fast to simulate
+        return ((1, Tile(4, 2, 1, 1, 8, 1)), (None, Tile(2, 2, 2, 2, 8, 2)))
+    return (
         # one stream: split-K GEMV over many blocks; the whole input row staged at once (up to
         # 1024 values): one load-and-barrier round per kernel instead of one per 64 values
         # (NOTES entry 54; KT=64 before)
@@ -330,7 +370,7 @@ def _tiles():
         (64, Tile(16, 4, 2, 4, 32, 1)),
         (1024, Tile(32, 2, 4, 4, 32, 1)),
         (None, Tile(32, 1, 8, 4, 32, 2)),  # many streams: GEMM-like, 4 rows x 2 units per thread
-    ]
+    )
 
 
 def _gemm_tiles(stage: str = "pipe"):
@@ -1067,6 +1107,7 @@ class _Core:
         self.gctx = np.zeros(G_LEN, np.int64)  # the fused graph step's context (also holds epoch)
         self.ghandles: dict = {}  # n -> int handle of graphs[n] (the fused graph step)
         self.fused = None  # graph_step(dtype) once it passed the self-test (HOSTCALL=njit)
+        self._packf = pack_fast(eng.dtype)
         self.nmax = 0
         self.h64, self.hf, self.c0 = np.zeros((1, 1), np.int64), np.zeros((1, 1), eng.dtype), 0  # until _grow
         self.bad = np.full(max(1, numba.get_num_threads()), -1, np.int64)  # per part of _stage_par
@@ -1201,6 +1242,11 @@ class _Core:
         pinned rows for ``step(n)``; a status of engine.cpu (0 = ok). Frames of at least
         ``PACK_PAR_MIN`` values are staged by all of numba's threads."""
         n = ids.shape[0]
+        if n <= self.nmax and n * X.shape[1] < PACK_PAR_MIN:
+            try:
+                return self._packf(ids, X, alive, self.gctx)
+            except TypeError:  # (alive of another type: not from a Pool)
+                pass
         self.epoch += 1
         big = n * X.shape[1] >= PACK_PAR_MIN and n <= self.nmax
         # n > nmax only when n > capacity: then the ids repeat or are unknown and the id check
