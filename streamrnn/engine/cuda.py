@@ -74,7 +74,7 @@ from ..config import NJIT, NJIT_GIL, NJIT_INLINE, PARALLEL
 from ..errors import ShapeError, StreamRNNError
 from . import cpu as _cpu
 from .cpu import _view
-from .hostsync import call_ptr1, call_ptr2
+from .hostsync import call_ptr1, call_ptr2, compile_only
 from .pack import (
     ACT, DENSE, F_CLIP, F_INPUT_FORGET, F_LBR, F_LOG, F_PEEP, F_PROJ, GRU, K_ACT, K_DIR,
     K_FLAGS, K_H, K_IN, K_KIND, K_NDIR, K_OUT, K_REC, K_REV, LSTM, O_B, O_C, O_H, O_PAR,
@@ -242,9 +242,6 @@ def _graph_step_impl(ids, X, out, alive, gexec, ctx):
 
 # one dispatcher per dtype, compiled for it alone (see persist.row_step)
 _GRAPH_STEP = {f32: njit(**NJIT_GIL)(_graph_step_impl) for f32 in (True, False)}
-_graph_lock = threading.Lock()
-
-
 _PACK_FAST = {f32: njit(**NJIT_GIL)(_pack_fast_impl) for f32 in (True, False)}
 
 
@@ -253,13 +250,8 @@ def pack_fast(dtype):
     from numba import types as nt
 
     f32 = np.dtype(dtype) == np.float32
-    fn, f = _PACK_FAST[f32], nt.float32 if f32 else nt.float64
-    with _graph_lock:
-        if fn.signatures == []:
-            i1 = nt.int64[::1]
-            fn.compile((i1, f[:, ::1], nt.uint8[::1], i1))
-            fn.disable_compile()
-    return fn
+    f, i1 = nt.float32 if f32 else nt.float64, nt.int64[::1]
+    return compile_only(_PACK_FAST[f32], (i1, f[:, ::1], nt.uint8[::1], i1))
 
 
 def graph_step(dtype):
@@ -267,13 +259,8 @@ def graph_step(dtype):
     from numba import types as nt
 
     f32 = np.dtype(dtype) == np.float32
-    fn, f = _GRAPH_STEP[f32], nt.float32 if f32 else nt.float64
-    with _graph_lock:
-        if fn.signatures == []:
-            i1 = nt.int64[::1]
-            fn.compile((i1, f[:, ::1], f[:, ::1], nt.uint8[::1], nt.int64, i1))
-            fn.disable_compile()
-    return fn
+    f, i1 = nt.float32 if f32 else nt.float64, nt.int64[::1]
+    return compile_only(_GRAPH_STEP[f32], (i1, f[:, ::1], f[:, ::1], nt.uint8[::1], nt.int64, i1))
 
 
 def _pack_sigs(dtype) -> tuple:

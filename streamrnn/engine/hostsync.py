@@ -12,9 +12,25 @@ keeps, not a fence.
 """
 from __future__ import annotations
 
+import threading
+
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+_compile_lock = threading.Lock()
+
+
+def compile_only(fn, sig):
+    """Compile the njit dispatcher ``fn`` for ``sig`` (once; at model load), then forbid other
+    compilations: a call with other types raises TypeError (the callers convert their
+    arguments and take their general path) instead of compiling in a real-time step or
+    writing values of another dtype through an address. Returns ``fn``."""
+    with _compile_lock:
+        if not fn.signatures:
+            fn.compile(sig)
+            fn.disable_compile()
+    return fn
 
 
 def _item_ptr(context, builder, aryty, ary_val, idx):

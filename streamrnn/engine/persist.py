@@ -41,7 +41,6 @@ CI for parity with the CPU engine.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import numpy as np
@@ -50,7 +49,7 @@ from numba import cuda, int64, njit
 from ..config import NJIT_GIL, NJIT_INLINE
 from . import cpu as _cpu
 from .cpu import _view
-from .hostsync import load_acquire, store_release
+from .hostsync import compile_only, load_acquire, store_release
 from ..layers.cuda_sync import fence_system, ld_volatile, now_ns, st_volatile
 from ..layers.dense.cuda import SIM, jit
 
@@ -289,22 +288,17 @@ def _pool_row_impl(ids, X, out, alive, ctx):
 # never written into the staging row as the wrong type
 _ROW = {(k, f32): njit(**NJIT_GIL)(fn) for k, fn in (("stream", _row_step_impl), ("pool", _pool_row_impl))
         for f32 in (True, False)}
-_row_lock = threading.Lock()
 
 
 def row_step(dtype, kind: str = "stream"):
     """The fused host step of a stream (``_row_step_impl``) or of a pool's one-row step
-    (``_pool_row_impl``), compiled for models of ``dtype`` only (at its first call: model load)."""
+    (``_pool_row_impl``), compiled for models of ``dtype`` only (at model load)."""
     from numba import types as nt
 
     f32 = np.dtype(dtype) == np.float32
-    fn, f = _ROW[kind, f32], nt.float32 if f32 else nt.float64
-    with _row_lock:
-        if fn.signatures == []:
-            i1 = nt.int64[::1]
-            fn.compile((f[::1], f[::1], i1) if kind == "stream" else (i1, f[:, ::1], f[:, ::1], nt.uint8[::1], i1))
-            fn.disable_compile()
-    return fn
+    f, i1 = nt.float32 if f32 else nt.float64, nt.int64[::1]
+    sig = (f[::1], f[::1], i1) if kind == "stream" else (i1, f[:, ::1], f[:, ::1], nt.uint8[::1], i1)
+    return compile_only(_ROW[kind, f32], sig)
 
 
 def mapped(shape, dtype):
