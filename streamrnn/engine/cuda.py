@@ -1360,19 +1360,18 @@ class _Core:
                     self._drop_server(e)
             else:
                 self.server.stop()
-        bucket = _bucket(n)
         if self.mode == "numba":
-            self._step_numba(n, bucket)
+            self._step_numba(n, _bucket(n))
             return
         if not getattr(_tls, "ctx", False):  # raw driver calls need the context current here
             cuda.current_context()
             _tls.ctx = True
         drv = self.eng.drv
-        if self.mode == "graph":
+        if self.mode == "graph":  # (the bucket is needed only to capture or enqueue)
             g = self.graphs.get(n)
             if g is None and n == self.last_n:
                 try:
-                    g = self._capture(n, bucket)
+                    g = self._capture(n, _bucket(n))
                 except Exception as e:  # pragma: no cover - real GPU only
                     log.warning("streamrnn cuda: CUDA graph capture failed (%s); using driver launches", e)
                     self.mode = "driver"
@@ -1389,7 +1388,7 @@ class _Core:
                     drv.check(err, "cuGraphLaunch")
                     drv.check(err2, "cuStreamSynchronize")
                 return
-        self._enqueue(n, bucket)
+        self._enqueue(n, _bucket(n))
         if self.prof is not None:
             self._tl = _now()
         drv.check(drv.cu.cuStreamSynchronize(self.cstream), "cuStreamSynchronize")
