@@ -816,26 +816,40 @@ _CASES = {
         out = np.empty(O, np.float32)
         x = rng.standard_normal(I).astype(np.float32)
         assert sg.step(x, out=out) is out
+        # an answer that takes as long as a real step (~50 µs here) is awaited by the fused
+        # call itself (it spins for SPIN_CYCLES, not for a count of ~1 ns polls)
+        waits = []
+        wait0 = srv._wait
+        srv._wait = lambda s_: (waits.append(s_), wait0(s_))[1]
+        srv.stop()
+        plan["delay"] = 50000
+        step("an answer after ~50 µs", n0 + 2)  # (launched by Server.step: the Python spin)
+        waits.clear()
+        step("again", n0 + 2)
+        step("and again", n0 + 2)
+        assert waits == [], waits
         # late answers: the fused step hands the wait to Server._wait
-        srv.SPIN = 4
+        srv.SPIN, srv.SPIN_CYCLES = 4, 1000
         srv.bind()
         srv.stop()
         plan["delay"] = 20000
-        step("late answer", n0 + 2)
-        step("late answer again", n0 + 2)
+        step("late answer", n0 + 3)  # (relaunched by Server.step)
+        waits.clear()
+        step("late answer again", n0 + 3)  # the fused call gives up, Server._wait gets it
+        assert waits == [srv.seq], waits
         # idle exit after two commands: the next step relaunches
         srv.stop()
         plan.update(delay=0, serve_max=2)
-        step("after stop", n0 + 3)
-        step("second", n0 + 3)
+        step("after stop", n0 + 4)
+        step("second", n0 + 4)
         srv.stream.synchronize()  # it has left
         plan["serve_max"] = -1
-        step("relaunched after the idle exit", n0 + 4)
+        step("relaunched after the idle exit", n0 + 5)
         # it leaves after the command was sent, before serving it: _wait relaunches
         srv.stop()
         plan["skip"] = 1
         # the fused step finds no kernel: Server.step launches one, which leaves; relaunched
-        step("first launch leaves at once", n0 + 6)
+        step("first launch leaves at once", n0 + 7)
         srv.stop()
         plan["skip"] = 1
         srv.running = True  # as if the kernel were serving: the fused step sends the command
@@ -847,7 +861,7 @@ _CASES = {
         srv.stream.t = t0
         t0.start()
         plan["skip"] = 0
-        step("sent, then the kernel left: relaunched", n0 + 7)
+        step("sent, then the kernel left: relaunched", n0 + 8)
         # refused frames send nothing and change nothing
         for bad, err in ((np.array([0.0, np.nan, 1.0], np.float32), srnn.NonFiniteError),
                          (np.zeros(4, np.float32), srnn.StreamRNNError)):

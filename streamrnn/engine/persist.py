@@ -49,7 +49,7 @@ from numba import cuda, int64, njit
 from ..config import NJIT_GIL, NJIT_INLINE
 from . import cpu as _cpu
 from .cpu import _view
-from .hostsync import compile_only, load_acquire, store_release
+from .hostsync import compile_only, cycles, load_acquire, store_release
 from ..layers.cuda_sync import fence_system, ld_volatile, now_ns, st_volatile
 from ..layers.dense.cuda import SIM, jit
 
@@ -210,7 +210,7 @@ def make_server(bodies: tuple, NT: int, PW: int, words: tuple = (), stamps: bool
 #: the fused host step's context (``Server.ctx``, int64): the last command served, whether a
 #: launched kernel may be serving (host-kept), the staging row's address, the frame's offset in
 #: it (items of the model dtype), I, the command / acknowledgement / output rows' addresses, O,
-#: spins before the fused step hands the wait to Python
+#: CPU cycles the fused step spins before it hands the wait to Python
 C_SEQ, C_RUN, C_ROW, C_OFF, C_I, C_CTL, C_ACK, C_OUT, C_O, C_SPIN, C_LEN = range(11)
 #: statuses of ``_row_step`` beside engine.cpu's: the row is staged but no command was sent
 #: (no kernel is serving: ``Server.step`` launches one); the command was sent, not yet answered
@@ -243,14 +243,15 @@ def _serve_row(x, out, sid, ctx):
     s = ctx[C_SEQ] + 1
     ctl[1] = 1
     store_release(ctl, 0, s)  # after the row and the row count
-    for _ in range(ctx[C_SPIN]):
-        if load_acquire(ack, 0) == s:
-            ctx[C_SEQ] = s
-            y = _view(ctx[C_OUT], O, out)
-            for k in range(O):
-                out[k] = y[k]
-            return _cpu.OK
-    return ROW_SENT
+    t0 = cycles()
+    while load_acquire(ack, 0) != s:
+        if cycles() - t0 > ctx[C_SPIN]:
+            return ROW_SENT
+    ctx[C_SEQ] = s
+    y = _view(ctx[C_OUT], O, out)
+    for k in range(O):
+        out[k] = y[k]
+    return _cpu.OK
 
 
 def _row_step_impl(x, out, ctx):
@@ -258,7 +259,7 @@ def _row_step_impl(x, out, ctx):
     79): check x (length, finite) and stage it as row 0 (id 0) of the mapped staging rows, send
     the command (row count 1, then the sequence number, released after the row), spin on the
     acknowledgement (acquire loads: never hoisted out of the loop) for at most ``ctx[C_SPIN]``
-    polls, then copy the outputs out. Returns 0 (served, ``out`` written), a status of
+    CPU cycles, then copy the outputs out. Returns 0 (served, ``out`` written), a status of
     engine.cpu (nothing sent), ``ROW_STAGED`` or ``ROW_SENT``. The GIL stays held: the caller's
     lock and this call keep a stream's commands in order, and the spin is ~20 µs."""
     if x.shape[0] != ctx[C_I]:
@@ -328,8 +329,12 @@ class Server:
     #: seconds a launched kernel may take to become resident; a cooperative launch waits while
     #: other resident kernels hold the SMs it needs (PersistError: the core falls back)
     START_TIMEOUT = 0.02
-    #: polls of the acknowledgement before a step hands the wait to ``_wait`` (~0.3 ms)
+    #: polls of the acknowledgement before ``step`` (Python) hands the wait to ``_wait`` (~0.3 ms)
     SPIN = 4096
+    #: CPU cycles the fused host step (``row_step``) spins before it hands the wait to
+    #: ``_wait`` (~0.4 ms at 2.6 GHz). Cycles, not polls: a poll of the cached acknowledgement
+    #: word costs ~1 ns, so 4096 of them (8 µs) would give up before most steps are done
+    SPIN_CYCLES = 1 << 20
 
     def __init__(self, core, ops, idle_ms: float, layers: int | None = None, stamps: bool = False):
         """``ops``: the core's one-row step ops (``CudaEngine.step_ops``); ``layers``: serve only
@@ -421,7 +426,7 @@ class Server:
         x[C_ACK] = self.ack_h.ctypes.data
         x[C_OUT] = c.hout.ctypes.data
         x[C_O] = c.eng.O
-        x[C_SPIN] = self.SPIN
+        x[C_SPIN] = self.SPIN_CYCLES
 
     def _args(self, once: bool):
         c = self.core
