@@ -1604,8 +1604,8 @@ class _Core:
         finally:
             cu.cuGraphDestroy(graph)
         self.graphs[key] = g
-        if isinstance(key, int):
-            self.ghandles[key] = int(g)
+        if isinstance(key, int) and self.eng.entry is not None:  # for the njit graph step
+            self.ghandles[key] = int(g)  # (the CUgraphExec handle's value)
         while len(self.graphs) > self.GRAPHS:
             k, old = self.graphs.popitem(last=False)
             self.ghandles.pop(k, None)
