@@ -793,6 +793,7 @@ _CASES = {
 
         def patch(srv):
             srv.sim = False
+            srv.START_TIMEOUT = 5.0  # a loaded CI machine may start a thread late
             srv.stream = Sync()
             srv._launch = launch.__get__(srv)
 
@@ -816,14 +817,18 @@ _CASES = {
         out = np.empty(O, np.float32)
         x = rng.standard_normal(I).astype(np.float32)
         assert sg.step(x, out=out) is out
-        # an answer that takes as long as a real step (~50 µs here) is awaited by the fused
-        # call itself (it spins for SPIN_CYCLES, not for a count of ~1 ns polls)
+        # an answer that takes as long as a real step (~6 µs here) is awaited by the fused
+        # call itself: it spins for SPIN_CYCLES, not for a count of ~1 ns polls (4096 of them
+        # gave up after ~2 µs). A budget of seconds: on a loaded CI machine the stand-in
+        # thread may wait for a core for milliseconds
         waits = []
         wait0 = srv._wait
         srv._wait = lambda s_: (waits.append(s_), wait0(s_))[1]
+        srv.SPIN_CYCLES = 1 << 33
+        srv.bind()
         srv.stop()
         plan["delay"] = 50000
-        step("an answer after ~50 µs", n0 + 2)  # (launched by Server.step: the Python spin)
+        step("an answer after ~6 µs", n0 + 2)  # (launched by Server.step: the Python spin)
         waits.clear()
         step("again", n0 + 2)
         step("and again", n0 + 2)
