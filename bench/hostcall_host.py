@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before numba is imported
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,14 +66,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import streamrnn as srnn
-    from streamrnn.benchutil import machine_info, random_lstm_spec, summarize
+    from streamrnn.benchutil import interleave, machine_info, random_lstm_spec, summarize
     from streamrnn.engine import cuda as ec
 
     model = srnn.Model(random_lstm_spec(a.H, a.H, 32), device="cuda")
     rng = np.random.default_rng(0)
     res = {"machine": machine_info(("numpy", "numba")), "H": a.H, "calls": a.calls, "rounds": a.rounds}
-    clock = time.perf_counter_ns
-    buf = np.empty(a.calls, np.int64)
     print(f"host side of pool.step through a graph, the driver replaced by no-ops, H={a.H}, "
           "µs per call (p50 / p99):")
     for B in [int(b) for b in a.batches.split(",") if b]:
@@ -89,21 +86,18 @@ def main(argv=None) -> int:
         ec._tls.ctx = True
         core.gctx[ec.G_LAUNCH], core.gctx[ec.G_SYNC] = _nop2.address, _nop1.address
         fused = ec.graph_step(model.dtype)
-        times = {"python": [], "njit": []}
-        for _ in range(a.rounds):
-            for name in times:
-                core.fused = fused if name == "njit" else None
-                for _ in range(200):
-                    pool.step(ids, X, out=out)
-                for i in range(a.calls):
-                    t0 = clock()
-                    pool.step(ids, X, out=out)
-                    buf[i] = clock() - t0
-                times[name].append(buf.copy())
+        call = lambda: pool.step(ids, X, out=out)  # noqa: E731
+        # each path sets its switch, then steps (the same store in both timings)
+        paths = {"python": lambda: (setattr(core, "fused", None), call()),
+                 "njit": lambda: (setattr(core, "fused", fused), call())}
+        for fn in paths.values():
+            for _ in range(200):
+                fn()
+        times = interleave(paths, a.calls * a.rounds, rounds=a.rounds)
         core.graphs.clear()
         core.eng.drv = None
-        for name, blocks in times.items():
-            r = res[f"B={B} {name}"] = summarize(np.concatenate(blocks))
+        for name, ns in times.items():
+            r = res[f"B={B} {name}"] = summarize(ns)
             print(f"  B={B:5d} {name:7s} {r['p50_us']:6.2f} / {r['p99_us']:6.2f}")
     if a.json:
         with open(a.json, "w") as f:

@@ -7,7 +7,7 @@ outputs. This script measures that part alone: the stream is built on numba's CU
 answers each command at once, writing the output row. So the times are the host's cost plus
 one cache-line round trip between two cores, not a GPU's.
 
-Two paths, in alternating blocks of calls (p50 / p99 µs per call):
+Two paths, in alternating blocks of calls (``benchutil.interleave``; p50 / p99 µs per call):
 
 * ``python``: the step as before entry 79: ``CudaStream.step`` (or ``CudaPool.step``) checks,
   ``_Core.pack`` (njit), ``Server.step`` (Python: command words, spin on a numpy read), the
@@ -25,7 +25,6 @@ import json
 import os
 import sys
 import threading
-import time
 
 os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before numba is imported
 os.environ["STREAMRNN_CUDA_PERSIST"] = "1"
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import streamrnn as srnn
-    from streamrnn.benchutil import machine_info, random_lstm_spec, summarize
+    from streamrnn.benchutil import interleave, machine_info, random_lstm_spec, summarize
 
     spec = random_lstm_spec(a.H, a.H, 32)
     model = srnn.Model(spec, device="cuda")
@@ -77,8 +76,6 @@ def main(argv=None) -> int:
     c = np.array([-1, 0], np.int64)
     _device(c, np.zeros(2, np.int64), Y)  # compile before a thread starts
     times = {}
-    clock = time.perf_counter_ns
-    buf = np.empty(a.calls, np.int64)
     for what, dev, call in (("stream.step", s._cuda, lambda: s.step(x, out)),
                             ("pool.step (1 row)", pool._cuda, lambda: pool.step(ids, X, out=Y))):
         core = dev.core
@@ -94,30 +91,25 @@ def main(argv=None) -> int:
         srv.ctl_h[0] = srv.seq
         t = threading.Thread(target=_device, args=(srv.ctl_h, srv.ack_h, core.hout), daemon=True)
         t.start()
-        for name in ("python", "fused"):
-            times[f"{what} {name}"] = []
+        # each path sets its switch, then steps (the same store in both timings)
+        paths = {f"{what} python": lambda: (setattr(dev, "_row", None), call()),
+                 f"{what} fused": lambda: (setattr(dev, "_row", fused), call())}
         try:
-            for r in range(a.rounds):
-                for name in ("python", "fused"):
-                    dev._row = fused if name == "fused" else None
-                    for _ in range(200):
-                        call()
-                    for i in range(a.calls):
-                        t0 = clock()
-                        call()
-                        buf[i] = clock() - t0
-                    times[f"{what} {name}"].append(buf.copy())
-                    got = out if what == "stream.step" else Y[0]
-                    want = (np.arange(model.output_size) + srv.seq).astype(np.float32)
-                    if not np.array_equal(got, want):
-                        print(f"{what} {name}: wrong outputs {got[:3]} (want {want[:3]})", file=sys.stderr)
-                        return 1
+            for name, fn in paths.items():
+                for _ in range(200):
+                    fn()
+                got = out if what == "stream.step" else Y[0]
+                want = (np.arange(model.output_size) + srv.seq).astype(np.float32)
+                if not np.array_equal(got, want):
+                    print(f"{name}: wrong outputs {got[:3]} (want {want[:3]})", file=sys.stderr)
+                    return 1
+            times.update(interleave(paths, a.calls * a.rounds, rounds=a.rounds))
         finally:
             srv.ctl_h[0] = -1
             t.join()
     res = {"machine": machine_info(("numpy", "numba")), "H": a.H, "calls": a.calls, "rounds": a.rounds}
-    for name, blocks in times.items():
-        res[name] = summarize(np.concatenate(blocks))
+    for name, ns in times.items():
+        res[name] = summarize(ns)
     print(f"host side of a persistent step with an instant stand-in kernel, H={a.H}, µs per call (p50 / p99):")
     for name in times:
         print(f"  {name:26s} {res[name]['p50_us']:6.2f} / {res[name]['p99_us']:6.2f}")

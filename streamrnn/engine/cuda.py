@@ -1229,18 +1229,13 @@ class _Core:
         pinned rows for ``step(n)``; a status of engine.cpu (0 = ok). Frames of at least
         ``PACK_PAR_MIN`` values are staged by all of numba's threads."""
         n = ids.shape[0]
-        if n <= self.nmax and n * X.shape[1] < PACK_PAR_MIN:
-            try:
-                return self._packf(ids, X, alive, self.gctx)
-            except TypeError:  # (alive of another type: not from a Pool)
-                pass
-        self.epoch += 1
-        big = n * X.shape[1] >= PACK_PAR_MIN and n <= self.nmax
+        if n <= self.nmax and n * X.shape[1] < PACK_PAR_MIN:  # checked and staged in one call
+            return self._packf(ids, X, alive, self.gctx)
         # n > nmax only when n > capacity: then the ids repeat or are unknown and the id check
-        # refuses the call before anything is staged
-        rc = _pack_rows(ids, X, alive, self.stamp, self.epoch, self.eng.I, self.h64, self.hf, self.c0,
-                        not big and n <= self.nmax)
-        if rc or not big:
+        # refuses the call before anything is staged; else the frames are staged in parallel
+        self.epoch += 1
+        rc = _pack_rows(ids, X, alive, self.stamp, self.epoch, self.eng.I, self.h64, self.hf, self.c0, False)
+        if rc or n > self.nmax:
             return rc
         r = self._stage_range(ids, X, 0, n)
         return _cpu.E_NONFINITE | (r << 8) if r >= 0 else _cpu.OK
