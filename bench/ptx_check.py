@@ -7,7 +7,8 @@ For an LSTM + Linear head model (float32) of each hidden size H, compiles the ke
 engine would build on a real GPU, through numba-cuda to PTX for the chosen compute capability,
 then with ``ptxas -v`` to machine code, and prints per kernel: registers, spills, static shared
 memory, and the instruction mix of the PTX (FMAs, shared and global loads, integer ops, and
-``ld_after_st``: global loads right after a global store, which the compiler may not move above
+``ld.shared.vec``: vector shared loads (``ld.shared.v2`` / ``.v4``, the GEMM's vector layout,
+entry 83), ``ld_after_st``: global loads right after a global store, which the compiler may not move above
 it where it cannot rule out aliasing: a chain of round trips when the store waits for the load
 before it; a static count, so a loop body shows once). What it answers
 before a device session: does a change keep the accumulators in registers (no local memory),
@@ -59,6 +60,7 @@ def _stand_ins(cc):
 _OPS = {
     "fma": r"\bfma\.rn\.f(32|64)",
     "ld.shared": r"\bld\.shared\.",
+    "ld.shared.vec": r"\bld\.shared\.v[24]\.",
     "ld.global": r"\bld\.global\.",
     "ld.generic": r"\bld\.(f32|f64|u64|s64)\b",
     "int64": r"\b(add|sub|mul\.lo|shl|shr|and|or|selp)\.[sub]64\b",
@@ -98,7 +100,19 @@ def _ptxas(ptx: str, cc) -> dict:
     return res
 
 
-def _kernels(H: int):
+def _compile(k, sig, cc) -> str:
+    from numba import cuda
+
+    ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=cc, launch_bounds=k.targetoptions.get("launch_bounds"))
+    return ptx
+
+
+def _spills(k, sig, cc) -> bool:
+    r = _ptxas(_compile(k, sig, cc), cc)
+    return bool(r["spill_stores"] or r["spill_loads"] or r["stack"])
+
+
+def _kernels(H: int, cc=(9, 0)):
     """(name, dispatcher, argument types) of the kernels a float32 LSTM(H) + Linear(32) model
     uses: the pool step of every tile bucket, and the sequence kernels of run."""
     import numpy as np
@@ -118,11 +132,18 @@ def _kernels(H: int):
     tiles = ce._tiles()
     for b, (mx, _) in enumerate(tiles):
         if ce._gemm_tile(b, H, 4, 4) is not None:
-            for stage in ("pipe", "loop"):
-                gt = ce._gemm_tile(b, H, 4, 4, stage)
-                k = make_lstm_gemm("float32", gt, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False,
-                                   stage == "pipe")
-                out.append((f"lstm_gemm n<={mx} {tuple(gt)} {stage}", k, step_sig))
+            for stage, vec in (("pipe", False), ("pipe", True), ("loop", False)):
+                gt = ce._gemm_tile(b, H, 4, 4, stage, vec=vec)
+                while True:
+                    k = make_lstm_gemm("float32", gt, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO,
+                                       False, stage == "pipe", vec)
+                    # as the engine's _fitted_gemm: a vector-layout tile that spills gets half the chunk
+                    if not (vec and k.vec and gt.BK > 8 and _spills(k, step_sig, cc)):
+                        break
+                    gt = gt._replace(BK=gt.BK // 2)
+                if vec and not k.vec:
+                    continue  # the tile cannot take the vector layout (TM < 4)
+                out.append((f"lstm_gemm n<={mx} {tuple(gt)} {stage}{' vec' if vec else ''}", k, step_sig))
         else:
             t = ce._tile(b, H, 4, 4)
             k = make_lstm_step("float32", t, H, H, H, 0, 0, WT, RT, BO, -1, 0.0, False, acts, HO, CO, False)
@@ -195,9 +216,9 @@ def main(argv=None) -> int:
         return 2
     rows = []
     for H in [int(h) for h in args.H.split(",") if h]:
-        for name, k, sig in _kernels(H):
+        for name, k, sig in _kernels(H, cc):
             try:
-                ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=cc, launch_bounds=k.targetoptions.get("launch_bounds"))
+                ptx = _compile(k, sig, cc)
             except Exception as e:  # noqa: BLE001
                 print(f"ptx_check: could not compile {name} (H={H}): {type(e).__name__}: {e}", file=sys.stderr)
                 return 2
@@ -205,8 +226,8 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        cols = ["H", "kernel", "regs", "spill_stores", "smem", "fma", "ld.shared", "ld.global", "ld_after_st", "int64",
-                "ptx_lines"]
+        cols = ["H", "kernel", "regs", "spill_stores", "smem", "fma", "ld.shared", "ld.shared.vec", "ld.global",
+                "ld_after_st", "int64", "ptx_lines"]
         print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
         for r in rows:
             print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")

@@ -540,6 +540,59 @@ _CASES = {
             finally:
                 os.environ.pop(var)
     """,
+    # the LSTM GEMM in the vector layout (STREAMRNN_CUDA_GEMM_VEC=1, NOTES entry 83: a thread's
+    # rows in runs of 4, B unit-major, A's pitch BM + 4): pipelined staging (4 rows per thread)
+    # and loop staging (8 rows per thread, two runs of 4), 2-3 row blocks and a partial unit
+    # block, float32 / float64, vs the CPU engine; a tile of 2 rows per thread keeps the old layout
+    "gemm_vec": """
+        import os
+        from streamrnn.engine import cuda as ce
+        from streamrnn.layers.cuda_common import GemmTile, gemm_a_pitch, make_gemm_accum, make_gemm_row
+        I, H, O = 5, 10, 3
+        spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H), clip=2.0),
+                          DenseLayer(R(O, H), R(O))))
+        pipe4, loop8, two = GemmTile(8, 2, 4, 1, 2, 4), GemmTile(16, 2, 8, 1, 1, 4), GemmTile(8, 4, 2, 2, 2, 4)
+        assert make_gemm_accum(pipe4, I, 4 * H, H, 4, 0, False, H, True, True).staging == "pipe"
+        assert make_gemm_accum(loop8, I, 4 * H, H, 4, 0, False, H, True, True).staging == "loop"
+        assert gemm_a_pitch(loop8, True) == 20 and gemm_a_pitch(loop8) == 17
+        # rows of thread ty = 1 of 2 (TY = 2): runs of 4 from 4 ty, the second run 4 TY further
+        row = make_gemm_row(loop8, True)
+        assert [row(1, q) for q in range(8)] == [4, 5, 6, 7, 12, 13, 14, 15]
+        try:
+            make_gemm_accum(two, I, 4 * H, H, 4, 0, False, H, True, True)
+        except ValueError as e:
+            assert "TM a multiple of 4" in str(e), e
+        else:
+            raise AssertionError("VEC with TM = 2 did not raise")
+        for dtype in ("float32", "float64"):
+            mc = srnn.Model(spec, dtype=dtype, device="cpu")
+            os.environ["STREAMRNN_CUDA_GEMM_VEC"] = "1"
+            mv = srnn.Model(spec, dtype=dtype, device="cuda")
+            os.environ.pop("STREAMRNN_CUDA_GEMM_VEC")
+            assert mv._cuda.gemm_vec and not srnn.Model(spec, dtype=dtype, device="cuda")._cuda.gemm_vec
+            for gt, vec in ((pipe4, True), (loop8, True), (two, False)):
+                ce.GEMM_TILES = [None, gt]  # the kernels are built when a pool is created
+                k0 = mv._cuda.step_ops(1)[0][0]
+                assert k0.py_func.__name__ == "lstm_gemm" and k0.vec == vec, (gt, k0.vec)
+                pc, pv = mc.pool(24), mv.pool(24)
+                ic, iv = pc.open(24), pv.open(24)
+                for s, n in enumerate((19, 24, 3, 17)):
+                    sel = rng.permutation(24)[:n]
+                    X = rng.standard_normal((n, I)).astype(dtype)
+                    close(pv.step(iv[sel], X), pc.step(ic[sel], X), dtype, f"vec {gt} pool.step {s} n={n}")
+                for sid in range(24):
+                    close(pv.get_state(sid).data, pc.get_state(sid).data, dtype, f"vec {gt} state {sid}")
+                ce.GEMM_TILES = None
+        os.environ["STREAMRNN_CUDA_GEMM_VEC"] = "yes"
+        try:
+            srnn.Model(spec, device="cuda")
+        except srnn.StreamRNNError as e:
+            assert "STREAMRNN_CUDA_GEMM_VEC" in str(e) and "yes" in str(e), e
+        else:
+            raise AssertionError("STREAMRNN_CUDA_GEMM_VEC=yes did not raise")
+        finally:
+            os.environ.pop("STREAMRNN_CUDA_GEMM_VEC")
+    """,
     # the commit of new hidden states to the state arena (make_commit) on its own: rows in
     # groups of NR over NY blocks each, one or two committed segments per row, batches of loads
     # (several per thread where a group has more values than its threads), rows past n untouched

@@ -18,7 +18,8 @@ Design
   many (see :mod:`streamrnn.layers.dense.cuda`); an LSTM layer with more than one stream
   runs as a shared-memory tiled GEMM over ``[x | h] @ [Wt ; Rt]`` with the cell update as its
   epilogue (:mod:`streamrnn.layers.cuda_common`, ``STREAMRNN_CUDA_GEMM=0`` turns it off;
-  ``STREAMRNN_CUDA_STAGE=loop`` selects the unpipelined staging and tiles of before, an A/B);
+  ``STREAMRNN_CUDA_STAGE=loop`` selects the unpipelined staging and tiles of before, an A/B;
+  ``STREAMRNN_CUDA_GEMM_VEC=1``, opt-in, lays its tiles out for vector shared loads);
   a dense layer over more than one stream likewise (``make_linear_gemm``, one gate;
   ``STREAMRNN_CUDA_DENSE=tile`` selects the row-tile kernel of before).
   ``STREAMRNN_CUDA_PROFILE=1`` records per-phase host times (``CudaPool.profile()``). New hidden states go to a per-row feature buffer
@@ -444,10 +445,12 @@ def _tile(bucket: int, N: int, AW: int = 1, isz: int = 4):
     return t
 
 
-def _gemm_tile(bucket: int, N: int, G: int, isz: int, stage: str = "pipe", dense: bool = False):
+def _gemm_tile(bucket: int, N: int, G: int, isz: int, stage: str = "pipe", dense: bool = False,
+               vec: bool = False):
     """The bucket's GEMM tile for N units of G gates (None: use the row-tile kernel), shrunk
-    for small N, for the accumulator budget of the item size and for shared memory.
-    ``dense``: the tiles of dense layers (``_dense_gemm_tiles``) instead of the LSTM's."""
+    for small N, for the accumulator budget of the item size and for shared memory (``vec``:
+    of the vector layout). ``dense``: the tiles of dense layers (``_dense_gemm_tiles``)
+    instead of the LSTM's."""
     if dense:
         gts = DENSE_GEMM_TILES if DENSE_GEMM_TILES is not None else _dense_gemm_tiles()
     else:
@@ -465,7 +468,7 @@ def _gemm_tile(bucket: int, N: int, G: int, isz: int, stage: str = "pipe", dense
             gt = gt._replace(TM=gt.TM // 2)
         while gt.BU > 4 * gt.TU and gt.BU // 2 >= N:
             gt = gt._replace(BU=gt.BU // 2)
-    while gemm_smem(gt, G) * isz > MAX_SMEM:
+    while gemm_smem(gt, G, vec) * isz > MAX_SMEM:
         if gt.BK > 16:
             gt = gt._replace(BK=gt.BK // 2)
         elif gt.KS > 1:
@@ -605,6 +608,12 @@ class CudaEngine:
         self.stage = os.environ.get("STREAMRNN_CUDA_STAGE", "pipe").lower()
         if self.stage not in ("pipe", "loop"):
             raise StreamRNNError(f"STREAMRNN_CUDA_STAGE: expected pipe or loop, got {self.stage!r}")
+        #: the LSTM GEMM tiles in the vector layout (a thread's operands of one k contiguous:
+        #: vector shared loads; layers/cuda_common.py, NOTES entry 83); opt-in until measured
+        vec = os.environ.get("STREAMRNN_CUDA_GEMM_VEC", "0").strip()
+        if vec not in ("0", "1"):
+            raise StreamRNNError(f"STREAMRNN_CUDA_GEMM_VEC: expected 0 or 1, got {vec!r}")
+        self.gemm_vec = vec == "1"
         #: run / push of an LSTM layer (no projection) over at most GRID_BMAX sequences:
         #: "block" = one block per few sequences (make_lstm_seq); "grid" = the persistent
         #: kernel spread over the GPU with grid syncs (make_lstm_seq_grid); "auto" (default) =
@@ -717,7 +726,10 @@ class CudaEngine:
     def _fitted_gemm(self, make, gt, first, *args):
         """``make(dtype, gt, *args)`` with TM halved (threads doubled, same rows per block) until
         ptxas keeps the accumulators in registers (a spill of a few bytes, SPILL_OK, is not an
-        accumulator array in local memory). Real GPU only."""
+        accumulator array in local memory). A tile in the vector layout that spills at all has
+        its chunk halved first, down to 8 (fewer staging registers: the many-streams tile
+        spills 16 bytes with BK = 16 and none with 8 under ptxas 13.0; NOTES entry 83). Real
+        GPU only."""
         from ..layers.cuda_common import gemm_threads
 
         while True:
@@ -726,7 +738,12 @@ class CudaEngine:
                 return k, gt
             try:
                 kern = k.compile(self._sig(first))
-                if kern.local_mem_per_thread <= self.SPILL_OK:
+                lm = kern.local_mem_per_thread
+                if getattr(k, "vec", False) and lm > 0 and gt.BK > 8:
+                    log.debug("streamrnn cuda: %s (vector layout) spills %d bytes; halving BK", gt, lm)
+                    gt = gt._replace(BK=gt.BK // 2)
+                    continue
+                if lm <= self.SPILL_OK:
                     return k, gt
                 log.debug("streamrnn cuda: %s spills (%d bytes local); halving TM", gt, kern.local_mem_per_thread)
             except Exception as e:  # pragma: no cover - real GPU only
@@ -785,7 +802,7 @@ class CudaEngine:
                          d["WT"], d["RT"], d["B"], d["PEEP"], d["CLIP"],
                          bool(L.flags & F_INPUT_FORGET), d["ACTS"][:9], d["HO"], d["CO"],
                          last and not proj)
-                gt = _gemm_tile(bucket, L.H, 4, self.isz, self.stage) if self.use_gemm else None
+                gt = _gemm_tile(bucket, L.H, 4, self.isz, self.stage, vec=self.gemm_vec) if self.use_gemm else None
                 t = _tile(bucket, L.H, 4, self.isz)
                 oc = None
                 if onchip and not proj and t.RS == 1 and t.UPT == 1:
@@ -796,7 +813,8 @@ class CudaEngine:
                     soff += oc.words
                     ops.append((oc, first, t.U * t.KS, lambda n, ny=_cdiv(L.H, t.U): (1, ny)))
                 elif gt is not None:
-                    k, gt = self._fitted_gemm(make_lstm_gemm, gt, first, *largs, self.stage == "pipe")
+                    k, gt = self._fitted_gemm(make_lstm_gemm, gt, first, *largs, self.stage == "pipe",
+                                              self.gemm_vec)
                     gemm_op(k, gt, L.H, first)
                 else:
                     k, t = self._fitted(make_lstm_step, t, *largs, first=first)

@@ -18,6 +18,13 @@ many streams step together. The helpers here build the classic tiled GEMM instea
 
 Threads per block: TX * TY * KS. Grid: (ceil(n / BM), ceil(N / BU)). Accumulator index of
 (row q, unit u, gate g): ``(q * TU + u) * G + g``.
+
+The vector layout (``VEC``, ``STREAMRNN_CUDA_GEMM_VEC=1``; LSTM tiles with G = 4 and TM a
+multiple of 4; bench/NOTES.md entry 83) lays the tiles out so that a thread's operands of one k
+are contiguous and 16-byte aligned, and the compiler emits vector shared loads (``ld.shared.v4``
+in float32) in the k loop: a thread's rows are ``make_gemm_row``'s ``row(ty, q)`` = 4 ty + (q mod 4) +
+4 TY floor(q / 4) (runs of 4; the two runs of a warp's two ty are 16 bytes apart), A's row
+pitch is BM + 4, and B is unit-major, ``Bs[k, u * G + g]`` (the 4 gates of a unit side by side).
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ from functools import lru_cache
 from numba import cuda
 from numba import types as nbt
 
-from .dense.cuda import jit
+from .dense.cuda import SIM, jit
 
 #: BM rows x BU units per block, TM rows x TU units per thread, KS k-slices, BK chunk length
 GemmTile = namedtuple("GemmTile", "BM BU TM TU KS BK")
@@ -44,21 +51,54 @@ def gemm_red_size(gt: GemmTile, G: int) -> int:
     return (gt.KS - 1) * (gt.BM // gt.TM) * (gt.BU // gt.TU) * gt.TM * gt.TU * G
 
 
-def gemm_smem(gt: GemmTile, G: int) -> int:
+def gemm_vec(gt: GemmTile, G: int) -> bool:
+    """Whether the tile can take the vector layout (a thread's rows in runs of 4, 4 gates)."""
+    return gt.TM % 4 == 0 and G == 4
+
+
+def gemm_a_pitch(gt: GemmTile, vec: bool = False) -> int:
+    """Row pitch of the staged A tile: BM + 1 (conflict-free stores), or BM + 4 in the vector
+    layout (every row of a k starts 16-byte aligned)."""
+    return gt.BM + (4 if vec else 1)
+
+
+#: ``alignment=`` of the shared tiles in the vector layout (the simulator refuses the argument)
+SMEM_ALIGN = None if SIM else 16
+
+
+def gemm_smem(gt: GemmTile, G: int, vec: bool = False) -> int:
     """Static shared memory of a GEMM block, in items."""
-    return gt.BK * (gt.BM + 1) + gt.BK * G * gt.BU + gemm_red_size(gt, G)
+    return gt.BK * gemm_a_pitch(gt, vec) + gt.BK * G * gt.BU + gemm_red_size(gt, G)
+
+
+@lru_cache(maxsize=None)
+def make_gemm_row(gt: GemmTile, VEC: bool = False):
+    """``row(ty, q)``: the tile row of a thread's q-th row: ``ty + TY q``, or in the vector
+    layout ``4 ty + (q mod 4) + 4 TY floor(q / 4)`` (the epilogue uses the same map)."""
+    TY = gt.BM // gt.TM
+    TY4 = 4 * TY
+
+    @jit(device=True)
+    def row(ty, q):
+        if VEC:
+            return (q >> 2) * TY4 + 4 * ty + (q & 3)
+        return ty + TY * q
+
+    return row
 
 
 @lru_cache(maxsize=None)
 def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, NU: int,
-                    PIPE: bool = True):
+                    PIPE: bool = True, VEC: bool = False):
     """``accum(acc, As, Bs, av, va, vb, W, woff, A, ids, rbase, n, jb, tid)``:
 
     ``acc[(q*TU+u)*G + g] += sum_k A[row(rbase + ty + TY*q), COL0 + k] * W[woff + k*LDW + g*GS + j]``
     for this thread's rows q < TM, units j = jb + tx + TX*u (u < TU), gates g < G, k < K (its
     KS slice of every chunk). row(r) = ids[r] if USE_IDS else r; rows >= n and units >= NU
-    contribute zeros (the caller ignores them). As: shared (BK, BM+1), Bs: shared (BK, G*BU),
-    av: local (TM,), va / vb: local (gemm_stage_items(gt, G)) (the pipelined staging's registers).
+    contribute zeros (the caller ignores them). As: shared (BK, gemm_a_pitch(gt, VEC)), Bs: shared
+    (BK, G*BU), av: local (TM,), va / vb: local (gemm_stage_items(gt, G)) (the pipelined staging's
+    registers). VEC (``gemm_vec(gt, G)`` must hold): the vector layout of the module docstring;
+    the thread's rows are then ``make_gemm_row(gt, True)``, not ty + TY*q.
 
     Staging, ``accum.staging``:
 
@@ -75,6 +115,9 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
     TY, TX = BM // TM, BU // TU
     NT = TX * TY * KS
     GB = G * BU
+    if VEC and not gemm_vec(gt, G):
+        raise ValueError(f"VEC: expected a tile with TM a multiple of 4 and G = 4, got {gt} with G = {G}")
+    row = make_gemm_row(gt, VEC)
     FAST = PIPE and gemm_pipelined(gt, G)
     NA, RA = BM * BK // NT, NT // BK  # FAST: A items per thread, row step
     NB, RB = BK * GB // NT, NT // GB  # FAST: B items per thread, k step
@@ -87,8 +130,12 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
         ks = (tid // (TX * TY)) & 0x3FFFFFFF if KS > 1 else 0
         ka, ra = tid % BK, tid // BK  # FAST: this thread's k in the A tile, its first row
         cb, kb = tid % GB, tid // GB  # FAST: this thread's column in the B tile, its first k
-        jbu = jb + cb % BU
-        wcol = woff + (cb // BU) * GS + jbu
+        if VEC:  # column cb = unit cb // G, gate cb % G (unit-major)
+            jbu = jb + cb // G
+            wcol = woff + (cb % G) * GS + jbu
+        else:  # column cb = gate cb // BU, unit cb % BU (gate-major)
+            jbu = jb + cb % BU
+            wcol = woff + (cb // BU) * GS + jbu
         if FAST:
             rows = cuda.shared.array(BM, nbt.int32)  # the block's source rows (-1: none)
             cuda.syncthreads()  # conservative: rows' writes after any earlier use of rows
@@ -147,8 +194,12 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
                 for e in range(tid, BK * GB, NT):
                     kk = e // GB
                     c = e - kk * GB
-                    g = c // BU
-                    u = c - g * BU
+                    if VEC:
+                        u = c // G
+                        g = c - u * G
+                    else:
+                        g = c // BU
+                        u = c - g * BU
                     j = jb + u
                     kx = k0 + kk
                     if j < NU and kx < K:
@@ -161,14 +212,18 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
             for k1 in range(BK // KS):
                 kk = (ks + KS * k1) & 0x3FFFFFFF
                 for q in range(TM):
-                    av[q] = As[kk, ty + TY * q]
+                    av[q] = As[kk, row(ty, q)]
                 for u in range(TU):
                     for g in range(G):
-                        w = Bs[kk, g * BU + tx + TX * u]
+                        if VEC:
+                            w = Bs[kk, (tx + TX * u) * G + g]
+                        else:
+                            w = Bs[kk, g * BU + tx + TX * u]
                         for q in range(TM):
                             acc[(q * TU + u) * G + g] += av[q] * w
 
     accum.staging = "pipe" if FAST else "loop"  # which staging this tile got (tests, benchmarks)
+    accum.vec = VEC
     return accum
 
 

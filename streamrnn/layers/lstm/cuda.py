@@ -114,19 +114,24 @@ def make_lstm_step(dtype: str, tile: Tile, I: int, H: int, HR: int, IN0: int, OU
 @lru_cache(maxsize=None)
 def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
                    WT: int, RT: int, BO: int, PEEP: int, CLIP: float, IFG: bool, ACTS: tuple,
-                   HO: int, CO: int, LAST: bool, PIPE: bool = True):
+                   HO: int, CO: int, LAST: bool, PIPE: bool = True, VEC: bool = False):
     """``make_lstm_step`` as a shared-memory tiled GEMM (see :mod:`streamrnn.layers.cuda_common`):
     same arguments, same results; grid (ceil(n/BM), ceil(H/BU)), gemm_threads(gt) threads.
     A block owns BM rows x BU units with all 4 gates, so the cell update is its epilogue.
-    PIPE: the pipelined staging where the tile allows it (``make_gemm_accum``)."""
-    from ..cuda_common import gemm_red_size, gemm_stage_items, gemm_threads, make_gemm_accum, make_gemm_reduce
+    PIPE: the pipelined staging where the tile allows it (``make_gemm_accum``). VEC: the vector
+    layout where the tile allows it (``gemm_vec``; the kernel's ``vec`` attribute says which)."""
+    from ..cuda_common import (SMEM_ALIGN, gemm_a_pitch, gemm_red_size, gemm_stage_items, gemm_threads, gemm_vec,
+                               make_gemm_accum, make_gemm_reduce, make_gemm_row)
 
     nbt = nbtype(dtype)
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
     G4 = 4 * H
-    acc_x = make_gemm_accum(gt, I, G4, H, 4, IN0, False, H, PIPE)
-    acc_h = make_gemm_accum(gt, HR, G4, H, 4, HO, True, H, PIPE)
+    VEC = bool(VEC) and gemm_vec(gt, 4)
+    ALIGN = SMEM_ALIGN if VEC else None
+    row = make_gemm_row(gt, VEC)
+    acc_x = make_gemm_accum(gt, I, G4, H, 4, IN0, False, H, PIPE, VEC)
+    acc_h = make_gemm_accum(gt, HR, G4, H, 4, HO, True, H, PIPE, VEC)
     reduce = make_gemm_reduce(gt, 4)
     RED = gemm_red_size(gt, 4)
     NACC = TM * TU * 4
@@ -134,7 +139,7 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
     cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
     # shared-array shapes must be compile-time constants: arithmetic inside the kernel (BM + 1)
     # types as a plain int64 on real hardware (the simulator does not type-check this)
-    BM1, BU4 = int(BM) + 1, 4 * int(BU)
+    BM1, BU4 = int(gemm_a_pitch(gt, VEC)), 4 * int(BU)
     TU4 = 4 * int(TU)
     QG = int(TM) if TM * TU <= 8 else max(1, 8 // int(TU))  # rows whose state the epilogue loads at once
     QGU = QG * int(TU)
@@ -160,8 +165,8 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
         ks = tid // (TX * TY)
         jb = cuda.blockIdx.y * BU
         rbase = cuda.blockIdx.x * BM
-        As = cuda.shared.array((BK, BM1), nbt)
-        Bs = cuda.shared.array((BK, BU4), nbt)
+        As = cuda.shared.array((BK, BM1), nbt, alignment=ALIGN)
+        Bs = cuda.shared.array((BK, BU4), nbt, alignment=ALIGN)
         red = cuda.shared.array(RED, nbt)
         acc = cuda.local.array(NACC, nbt)
         av = cuda.local.array(TM, nbt)
@@ -187,12 +192,12 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
                     bv[4 * u + g] = W[BO + g * H + j]
             for q0 in range(0, TM, QG):
                 for qq in range(QG):
-                    sid = ids[min(rbase + ty + TY * (q0 + qq), n - 1)]
+                    sid = ids[min(rbase + row(ty, q0 + qq), n - 1)]
                     sv[qq] = sid
                     for u in range(TU):
                         cv[qq * TU + u] = arena[sid, CO + min(jb + tx + TX * u, H - 1)]
                 for qq in range(QG):
-                    r = rbase + ty + TY * (q0 + qq)
+                    r = rbase + row(ty, q0 + qq)
                     for u in range(TU):
                         j = jb + tx + TX * u
                         if r < n and j < H:
@@ -210,6 +215,7 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
                         sv[a] = sv[a + 1]
 
     lstm_gemm.epilogue_rows = QG  # rows per group of the epilogue's loads (tests)
+    lstm_gemm.vec = VEC  # whether the tile took the vector layout (tests, benchmarks)
     return lstm_gemm
 
 
