@@ -18,7 +18,8 @@ Self-contained (run from the repository root; the package need not be installed)
    checked against the CPU engine and against torch (TF32 off): every tile bucket is verified on
    the benchmarked model itself. Also stream.step and the three launch paths at B=1, and A/B
    variants of the defaults in the same process (B >= 64: the dense head as the row-tile kernel
-   of before; B=1024: the GEMM tile of many streams).
+   of before, the LSTM GEMM in the vector layout with its kernel times; B=1024: the GEMM tile of
+   many streams).
 3. ``seq``     throughput of ``model.run`` (B in {1, 64}, T=250) vs torch ``nn.LSTM`` on the
    whole sequence (and their outputs compared); then the persistent LSTM kernel
    (``STREAMRNN_CUDA_SEQ=grid``, with numba's grid sync and with the counter barrier,
@@ -513,6 +514,8 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
         variants.append(("one-stream tiles with 64-value chunks (before)", dict(TILES=(0, "KT", 64))))
     if 1024 <= B < 16384:  # NOTES 68: the many-streams tile (24.9 TFLOP/s at B=16384) at B=1024
         variants.append(("the many-streams GEMM tile 128 x 32 (256 threads) at B=1024", dict(GEMM_BIG=True)))
+    if B >= 64:  # NOTES 83: vector shared loads in the LSTM GEMM's k loop
+        variants.append(("LSTM GEMM tiles in the vector layout, STREAMRNN_CUDA_GEMM_VEC=1", dict(GEMM_VEC="1")))
     if B >= 1024:  # NOTES 73: the host stages chunk p + 1 while the device runs chunk p
         for P in (2, 4):
             variants.append((f"in {P} chunks, STREAMRNN_CUDA_CHUNKS={P}", dict(CHUNKS=str(P))))
@@ -549,6 +552,16 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
                     extra["refused_nan"] = True
                 extra["state_kept"] = all(np.array_equal(pv.get_state(i).data, a) for i, a in zip(sids, st0))
                 okv = okv and extra["refused_nan"] and extra["state_kept"]
+            if "GEMM_VEC" in env_:  # the tile each bucket got, and the device time of each op alone
+                try:
+                    k0 = pv._cuda.core._ops(ce._bucket(B))[0][0]
+                    extra["lstm_kernel"] = {"name": k0.py_func.__name__, "vec": bool(getattr(k0, "vec", False))}
+                    extra["kernels"] = pv._cuda.kernel_times(B, reps=10 if B * H >= 16384 * 128 else 50)
+                    log(f"  H={H:4d} B={B:6d} vector layout, device us per op: " + ", ".join(
+                        f"{k['op']} {k['us']:.1f} ({k.get('regs')} regs, {k.get('local')} B local)"
+                        for k in extra["kernels"]))
+                except Exception as e:  # noqa: BLE001
+                    extra["kernels_error"] = f"{type(e).__name__}: {e}"
             record(H, B, f"streamrnn pool.step [{name}]",
                    timeit(lambda: pv.step(iv, X, out=out), iters, budget_s / 2), mode=pool_mode(pv),
                    same_as_default=okv, **extra)
