@@ -23,8 +23,9 @@ Self-contained (run from the repository root; the package need not be installed)
 3. ``seq``     throughput of ``model.run`` (B in {1, 64}, T=250) vs torch ``nn.LSTM`` on the
    whole sequence (and their outputs compared); then the persistent LSTM kernel
    (``STREAMRNN_CUDA_SEQ=grid``, with numba's grid sync and with the counter barrier,
-   ``STREAMRNN_CUDA_GRIDSYNC=atomic``, and with the device time of each phase of a step
-   stamped, ``GRID_STAMPS``; B in {1, 4, 16, 64}) against the per-block one
+   ``STREAMRNN_CUDA_GRIDSYNC=atomic``, with the device time of each phase of a step
+   stamped, ``GRID_STAMPS``, and with its shared arrays in dynamic shared memory,
+   ``STREAMRNN_CUDA_GRID_DYN=1``; B in {1, 4, 16, 64}) against the per-block one
    (``STREAMRNN_CUDA_SEQ=block``): parity and timing.
 4. ``parity`` again with what is left of the budget: GRU (both linear_before_reset) stack with a
    softmax head, RNN relu (float64), LSTM + head (float64, 2000 streams), bidirectional run.
@@ -817,6 +818,11 @@ SEQ_VARIANTS = (
     # where a step's ~10 us go (NOTES 53, 70): %globaltimer sums per phase, read after the run
     ("streamrnn model.run [persistent grid, phase stamps, GRID_STAMPS]",
      dict(SEQ="grid", ATTR={"GRID_STAMPS": True})),
+    # NOTES 84: groups of up to 32 sequences at H=512 (4 in static shared memory)
+    ("streamrnn model.run [persistent grid, dynamic shared memory, STREAMRNN_CUDA_GRID_DYN=1]",
+     dict(SEQ="grid", GRID_DYN="1")),
+    ("streamrnn model.run [persistent grid, dynamic shared memory, phase stamps]",
+     dict(SEQ="grid", GRID_DYN="1", ATTR={"GRID_STAMPS": True})),
 )
 
 
@@ -847,7 +853,8 @@ def seq_grid_case(H, B, T, models):
             f"parity {'ok' if ok else 'FAILED'}, max abs {d:.2g})")
         if getattr(m._cuda, "GRID_STAMPS", False):
             ph = m._cuda.grid_phases()
-            RESULT["seq_phases"].append({"H": H, "B": B, "T": T, "us_per_step": row["us_per_step"], **ph})
+            RESULT["seq_phases"].append({"H": H, "B": B, "T": T, "method": name, "us_per_step": row["us_per_step"],
+                                         **ph})
             log(f"  H={H:4d} B={B:4d} device us per step, by phase (block 0): "
                 + ", ".join(f"{k} {v:.2f}" for k, v in ph.items() if k != "steps") + f" ({ph.get('steps')} steps)")
     save()
@@ -938,7 +945,8 @@ def report() -> None:
     if RESULT["seq_phases"]:
         print("\n## Persistent sequence kernel: device us per step by phase (%globaltimer, block 0)\n")
         for r in RESULT["seq_phases"]:
-            print(f"- H={r['H']} B={r['B']}: " + ", ".join(f"{k} {r[k]:.2f}" for k in ("load h", "products", "cell",
+            dyn = " (dynamic shared memory)" if "dynamic" in r.get("method", "") else ""
+            print(f"- H={r['H']} B={r['B']}{dyn}: " + ", ".join(f"{k} {r[k]:.2f}" for k in ("load h", "products", "cell",
                                                                                       "barrier") if k in r)
                   + f"; host-timed {r['us_per_step']:.2f} us per step")
     if RESULT["errors"]:

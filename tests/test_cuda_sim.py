@@ -489,6 +489,38 @@ _CASES = {
         close(mg.run(X), mc.run(X), "float32", "run with phase stamps")
         ph = eng.grid_phases()
         assert ph["steps"] == 5 and set(ph) == {"steps", "load h", "products", "cell", "barrier"}, ph
+        # the shared arrays in dynamic shared memory (STREAMRNN_CUDA_GRID_DYN=1, NOTES entry 84):
+        # with a static limit that allows groups of 1 sequence, the dynamic limit groups of 4
+        # (B=5: a full group and a partial one), persistent and stepwise, vs the CPU engine
+        for mode in ("grid", "stepwise"):
+            for dtype in ("float32", "float64"):
+                for dyn in ("0", "1"):
+                    os.environ["STREAMRNN_CUDA_SEQ"] = mode
+                    os.environ["STREAMRNN_CUDA_GRID_DYN"] = dyn
+                    mg = srnn.Model(spec, dtype=dtype, device="cuda")
+                    os.environ.pop("STREAMRNN_CUDA_SEQ")
+                    os.environ.pop("STREAMRNN_CUDA_GRID_DYN")
+                    mc = srnn.Model(spec, dtype=dtype, device="cpu")
+                    eng = mg._cuda
+                    assert eng.grid_dyn == (dyn == "1")
+                    isz = np.dtype(dtype).itemsize
+                    UPB = H if mode == "grid" else 2
+                    KS = 1 if mode == "grid" else 2
+                    eng.GRID_SMEM = (H * 4 * UPB + H + KS * 4 * UPB) * isz  # room for 1 sequence
+                    eng.GRID_DYN_SMEM = (H * 4 * UPB + 4 * H + 4 * KS * 4 * UPB) * isz  # for 4
+                    calls = []
+                    orig = eng._seq_grid
+                    eng._seq_grid = lambda *a: calls.append(a[0]) or orig(*a)
+                    B, T = 5, 3
+                    X = rng.standard_normal((B, T, I)).astype(dtype)
+                    L = np.array([T, 0, 2, 1, T])
+                    st0 = rng.standard_normal((B, mc.state_size)) * 0.5
+                    Yc, sc = mc.run(X, state=st0, lengths=L, return_state=True)
+                    Yg, sg = mg.run(X, state=st0, lengths=L, return_state=True)
+                    close(Yg, Yc, dtype, f"{mode} dyn={dyn} run Y")
+                    close(sg.data, sc.data, dtype, f"{mode} dyn={dyn} run state")
+                    want = (4, eng.GRID_DYN_SMEM) if dyn == "1" else (1, 0)
+                    assert calls and all((c[2], c[4]) == want for c in calls), (mode, dyn, calls)
     """,
     # the GEMM's unpipelined staging: STREAMRNN_CUDA_STAGE=loop on a tile that could pipeline,
     # and a tile whose thread count does not divide its staged tiles (loop staging whatever
@@ -529,7 +561,8 @@ _CASES = {
                     close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"{what} state {sid}")
                 ce.GEMM_TILES = None
         # an unknown setting is refused by name, not silently replaced by the default
-        for var in ("STREAMRNN_CUDA_STAGE", "STREAMRNN_CUDA_SEQ", "STREAMRNN_CUDA_GRIDSYNC", "STREAMRNN_CUDA_DENSE"):
+        for var in ("STREAMRNN_CUDA_STAGE", "STREAMRNN_CUDA_SEQ", "STREAMRNN_CUDA_GRIDSYNC", "STREAMRNN_CUDA_DENSE",
+                    "STREAMRNN_CUDA_GRID_DYN"):
             os.environ[var] = "bogus"
             try:
                 srnn.Model(spec, device="cuda")

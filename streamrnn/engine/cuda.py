@@ -627,6 +627,12 @@ class CudaEngine:
         self.grid_barrier = os.environ.get("STREAMRNN_CUDA_GRIDSYNC", "cg").lower()
         if self.grid_barrier not in ("cg", "atomic"):
             raise StreamRNNError(f"STREAMRNN_CUDA_GRIDSYNC: expected cg or atomic, got {self.grid_barrier!r}")
+        #: the persistent sequence kernel's shared arrays in dynamic shared memory: groups of
+        #: more sequences at large H (NOTES entry 84); opt-in until measured
+        gd = os.environ.get("STREAMRNN_CUDA_GRID_DYN", "0").strip()
+        if gd not in ("0", "1"):
+            raise StreamRNNError(f"STREAMRNN_CUDA_GRID_DYN: expected 0 or 1, got {gd!r}")
+        self.grid_dyn = gd == "1"
         #: the last kernel writes the outputs straight into mapped pinned host memory
         #: (graph / driver paths; no device-to-host copy)
         self.mapped_out = os.environ.get("STREAMRNN_CUDA_MAPPED_OUT", "1") != "0" and mode != "numba"
@@ -907,12 +913,16 @@ class CudaEngine:
     GRID_STAMPS = False
     #: static shared memory of a block of make_lstm_seq_grid (bytes, numba's static limit 48 KiB)
     GRID_SMEM = 46 * 1024
+    #: ... and its dynamic shared memory with ``STREAMRNN_CUDA_GRID_DYN=1`` (bytes; within the
+    #: 227 KiB a block of an H100 / H200 may opt in to; NOTES entry 84)
+    GRID_DYN_SMEM = 200 * 1024
 
     def _grid_cfg(self, L, B):
-        """(threads, units per block, sequences per group, blocks) of ``make_lstm_seq_grid`` for
-        layer L and B sequences, or None where the per-block kernel runs (seq_mode "block", a GRU
-        / RNN, a projection, more than GRID_BMAX sequences, or Rt columns too large for shared
-        memory)."""
+        """(threads, units per block, sequences per group, blocks, bytes of dynamic shared memory)
+        of ``make_lstm_seq_grid`` for layer L and B sequences, or None where the per-block kernel
+        runs (seq_mode "block", a GRU / RNN, a projection, more than GRID_BMAX sequences, or Rt
+        columns too large for shared memory). The shared arrays are static (0 bytes dynamic)
+        unless ``grid_dyn`` (then groups may be larger, up to GRID_DYN_SMEM)."""
         if self.seq_mode == "block" or L.kind != LSTM or L.dirs[0]["PROJ"] >= 0 or not 0 < B <= self.GRID_BMAX:
             return None
         if self.seq_mode == "auto" and B > self.GRID_AUTO_B and L.H < self.GRID_AUTO_H:
@@ -927,26 +937,27 @@ class CudaEngine:
         def smem(bm):  # Rt columns + h of a group + partial sums, bytes
             return (H * C + bm * H + KS * bm * C) * self.isz
 
+        lim = self.GRID_DYN_SMEM if self.grid_dyn else self.GRID_SMEM
         BMAX = 1  # sequences per group: a power of two, as few as B needs, as many as fit
         while BMAX < min(B, self.GRID_GROUP):
             BMAX *= 2
-        while BMAX > 1 and smem(BMAX) > self.GRID_SMEM:
+        while BMAX > 1 and smem(BMAX) > lim:
             BMAX //= 2
-        if smem(BMAX) > self.GRID_SMEM or C * KS > 1024:
+        if smem(BMAX) > lim or C * KS > 1024:
             return None
-        return C * KS, UPB, BMAX, _cdiv(H, UPB)
+        return C * KS, UPB, BMAX, _cdiv(H, UPB), smem(BMAX) if self.grid_dyn else 0
 
     def _seq_grid(self, cfg, L, dd, col0, rev, XW, Y, st_d, sidx_d, lens_d, B, T, s):
         """One LSTM direction over the chunk with ``make_lstm_seq_grid``; False if the persistent
         launch is refused on this device (then the caller runs the per-block kernel)."""
         from ..layers.lstm.cuda import make_lstm_seq_grid
 
-        NT, UPB, BMAX, nblk = cfg
+        NT, UPB, BMAX, nblk, dyn = cfg
         grid_sync = self.seq_mode in ("grid", "auto")
         k = make_lstm_seq_grid(self.dts, NT, UPB, BMAX, L.H, dd["RT"], dd["PEEP"], dd["CLIP"],
                                bool(L.flags & F_INPUT_FORGET), dd["ACTS"][:9], dd["HO"], dd["CO"], col0, rev,
                                (2 if self.grid_barrier == "atomic" else 1) if grid_sync else 0,
-                               self.GRID_STAMPS)
+                               self.GRID_STAMPS, dyn > 0)
         hbuf = self._buf("hbuf", (2, B, L.H))
         cbuf = self._buf("cbuf", (B, L.H))
         bar = self._buf("gbar", (8,), np.int64)
@@ -959,7 +970,12 @@ class CudaEngine:
                 if fits is None:
                     try:
                         kern = k.compile(tuple(k.typeof_pyval(a) for a in args + (0, T, 1)))
-                        fits = self._coop[k] = nblk <= kern.max_cooperative_grid_blocks(NT)
+                        if dyn > 48 * 1024:  # beyond the default limit of dynamic shared memory
+                            cu = self.drv.cu
+                            attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+                            self.drv.check(cu.cuFuncSetAttribute(self.drv.function(kern), attr, dyn),
+                                           "cuFuncSetAttribute")
+                        fits = self._coop[k] = nblk <= kern.max_cooperative_grid_blocks(NT, dyn)
                     except Exception as e:  # noqa: BLE001 - e.g. no cudadevrt to link the grid sync
                         log.warning("streamrnn cuda: no persistent LSTM kernel here (%s); using the per-block one", e)
                         self.seq_mode = "block"
@@ -967,17 +983,17 @@ class CudaEngine:
                 if not fits:
                     return False
                 try:
-                    self._launch(k, nblk, NT, s, *args, 0, T, 1)
+                    k[nblk, NT, s, dyn](*args, 0, T, 1)
                 except Exception as e:  # noqa: BLE001 - a refused cooperative launch runs nothing
                     log.warning("streamrnn cuda: persistent LSTM launch refused (%s); using the per-block kernel", e)
                     self.seq_mode = "block"
                     return False
                 return True
-            self._launch(k, nblk, NT, s, *args, 0, T, 1)
+            k[nblk, NT, s, dyn](*args, 0, T, 1)
         else:
             for t in range(T):
-                self._launch(k, nblk, NT, s, *args, t, t + 1, 0)
-            self._launch(k, nblk, NT, s, *args, T, T, 1)
+                k[nblk, NT, s, dyn](*args, t, t + 1, 0)
+            k[nblk, NT, s, dyn](*args, T, T, 1)
         return True
 
     def grid_phases(self) -> dict:

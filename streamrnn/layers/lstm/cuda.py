@@ -338,7 +338,7 @@ GRID_HB = 8
 @lru_cache(maxsize=None)
 def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int, PEEP: int,
                        CLIP: float, IFG: bool, ACTS: tuple, HO: int, CO: int, COL0: int, REV: bool,
-                       GRID_SYNC: int, STAMPS: bool = False):
+                       GRID_SYNC: int, STAMPS: bool = False, DYN: bool = False):
     """The recurrence of one LSTM direction (no projection) for few sequences, spread over the
     whole GPU in the persistent-RNN manner (Diamos et al., ICML 2016).
 
@@ -365,11 +365,18 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
     (``%globaltimer``) into ``bar``: bar[1] steps, bar[2] loading h, bar[3] the products and
     partial sums, bar[4] the cell updates, bar[5] the grid barrier (``bar`` of >= 6 items,
     zero at launch; bar[0] stays the counter barrier's).
+
+    ``DYN``: the three shared arrays live in the launch's dynamic shared memory
+    (``grid_smem_items`` items; the launch passes their bytes and, past 48 KiB, raises the
+    kernel's limit), so a group may hold more sequences than numba's 48 KiB of static shared
+    memory allow (at H=512: 32 instead of 4; NOTES entry 84).
     """
     nbt = nbtype(dtype)
     G4 = 4 * H
     C = 4 * UPB  # Rt columns of a block
     KS = NT // C  # k slices
+    # the shared arrays, flat: Ws (H, C), hs (BMAX, H), part (KS, BMAX, C)
+    NWS, NHS, NPART = int(H) * int(C), int(BMAX) * int(H), int(KS) * int(BMAX) * int(C)
     cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
     if NT % C or KS < 1:
         raise ValueError(f"lstm_seq_grid: expected threads NT a multiple of 4*UPB, got NT={NT}, UPB={UPB}")
@@ -382,9 +389,15 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
         if GRID_SYNC == 2 and T < 0:  # never runs: makes numba launch the kernel cooperatively
             cuda.cg.this_grid().sync()  # (all blocks resident, which the counter barrier needs)
         j0 = cuda.blockIdx.x * UPB
-        Ws = cuda.shared.array((H, C), nbt)  # Rt[:, gate g of unit j0 + u] at column g*UPB + u
-        hs = cuda.shared.array((BMAX, H), nbt)  # the previous h of a group of sequences
-        part = cuda.shared.array((KS, BMAX, C), nbt)  # per k slice: partial gate sums
+        if DYN:
+            dyn = cuda.shared.array(0, nbt)
+            Ws = dyn[0:NWS]
+            hs = dyn[NWS:NWS + NHS]
+            part = dyn[NWS + NHS:NWS + NHS + NPART]
+        else:
+            Ws = cuda.shared.array(NWS, nbt)  # Rt[k, gate g of unit j0 + u] at [k * C + g*UPB + u]
+            hs = cuda.shared.array(NHS, nbt)  # the previous h of a group of sequences, [i * H + k]
+            part = cuda.shared.array(NPART, nbt)  # per k slice: partial gate sums, [(ks * BMAX + i) * C + c]
         acc = cuda.local.array(BMAX, nbt)
         hl = cuda.local.array(HB, nbt)  # values of the previous h in flight together
         for e in range(tid, H * C, NT):
@@ -392,7 +405,7 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
             cc = e - k * C
             g = cc // UPB
             j = j0 + cc - g * UPB
-            Ws[k, cc] = W[RT + k * G4 + g * H + j] if j < H else W[RT] * 0
+            Ws[k * C + cc] = W[RT + k * G4 + g * H + j] if j < H else W[RT] * 0
         ks = tid // C
         cc = tid - ks * C
         stamp = STAMPS and cuda.blockIdx.x == 0 and tid == 0
@@ -405,7 +418,7 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                     for e in range(tid, nb * H, NT):
                         i = e // H
                         k = e - i * H
-                        hs[i, k] = state[sidx[b0 + i], HO + k]
+                        hs[i * H + k] = state[sidx[b0 + i], HO + k]
                 else:  # HB loads first, then their shared stores: one round trip per HB values,
                     # not one per value (a group of 32 sequences at H=128 is 32 values per thread)
                     for q0 in range(0, NIH, HB):
@@ -418,7 +431,7 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                             e = tid + (q0 + q) * NT
                             if e < nb * H:
                                 i = e // H
-                                hs[i, e - i * H] = hl[q]
+                                hs[e] = hl[q]
                 cuda.syncthreads()
                 if stamp:
                     t = now_ns()
@@ -427,11 +440,11 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                 for i in range(BMAX):
                     acc[i] = 0
                 for k in range(ks, H, KS):
-                    w = Ws[k, cc]
+                    w = Ws[k * C + cc]
                     for i in range(BMAX):
-                        acc[i] += hs[i, k] * w
+                        acc[i] += hs[i * H + k] * w
                 for i in range(BMAX):
-                    part[ks, i, cc] = acc[i]
+                    part[(ks * BMAX + i) * C + cc] = acc[i]
                 cuda.syncthreads()
                 if stamp:
                     t = now_ns()
@@ -444,7 +457,7 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                     j = j0 + u
                     if j < H:
                         cp = state[sidx[b], CO + j] if s == 0 else cbuf[b, j]
-                        hv = hs[i, j]
+                        hv = hs[i * H + j]
                         L = lens[b]
                         if s < L:
                             t = L - 1 - s if REV else s
@@ -454,10 +467,11 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                             gf = XW[row, 2 * H + j]
                             gc = XW[row, 3 * H + j]
                             for q in range(KS):
-                                gi += part[q, i, u]
-                                go += part[q, i, UPB + u]
-                                gf += part[q, i, 2 * UPB + u]
-                                gc += part[q, i, 3 * UPB + u]
+                                pq = (q * BMAX + i) * C + u
+                                gi += part[pq]
+                                go += part[pq + UPB]
+                                gf += part[pq + 2 * UPB]
+                                gc += part[pq + 3 * UPB]
                             cp, hv = cell(W, j, gi, go, gf, gc, cp)
                             Y[row, COL0 + j] = hv
                         else:
@@ -497,6 +511,7 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
                     state[sidx[b], HO + j] = hbuf[T & 1, b, j]
                     state[sidx[b], CO + j] = cbuf[b, j]
 
+    lstm_seq_grid.smem_items = NWS + NHS + NPART  # the shared arrays' items (DYN: the launch's)
     return lstm_seq_grid
 
 
