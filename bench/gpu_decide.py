@@ -3,7 +3,9 @@
 row it replaces, measured in the same run, and every prediction of ``bench/NOTES.md`` against
 what was measured.
 
-    python bench/gpu_decide.py gpu.json [--json]
+    python bench/gpu_decide.py gpu.json [more.json ...] [--json]
+
+Several files (runs of different sections on the same machine) are read as one run.
 
 Without a GPU: the file of a device run (``bench/results/gpu_h200_*.json``) is all it needs.
 Three tables:
@@ -89,7 +91,7 @@ PREDICTIONS = (
 
 def _args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("result", help="JSON written by bench/gpu_check.py --out")
+    p.add_argument("result", nargs="+", help="JSON written by bench/gpu_check.py --out (several: one run)")
     p.add_argument("--margin", type=float, default=0.05, help="relative p50 change counted as a difference")
     p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     return p.parse_args(argv)
@@ -184,12 +186,19 @@ def _md(var: list, pred: list, res: dict) -> str:
 
 def main(argv=None) -> int:
     args = _args(argv)
-    try:
-        with open(args.result) as f:
-            res = json.load(f)
-    except (OSError, ValueError) as e:
-        print(f"gpu_decide: expected a JSON file of bench/gpu_check.py, got {args.result!r}: {e}", file=sys.stderr)
-        return 2
+    res: dict = {}
+    for path in args.result:
+        try:
+            with open(path) as f:
+                part = json.load(f)
+        except (OSError, ValueError) as e:
+            print(f"gpu_decide: expected a JSON file of bench/gpu_check.py, got {path!r}: {e}", file=sys.stderr)
+            return 2
+        for k, v in part.items():
+            if isinstance(v, list):
+                res.setdefault(k, []).extend(v)
+            else:
+                res.setdefault(k, v)
     var, pred = variants(res, args.margin), predictions(res)
     if args.json:
         print(json.dumps({"variants": var, "predictions": pred}, indent=1))

@@ -78,6 +78,16 @@ def test_cli(tmp_path):
     js = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_decide.py"), S14, "--json"],
                         capture_output=True, text=True)
     assert set(json.loads(js.stdout)) == {"variants", "predictions"}
+    # two files (runs of different sections) read as one: the seq rows of the second count
+    step_only = tmp_path / "step.json"
+    seq_only = tmp_path / "seq.json"
+    with open(S14) as f:
+        res = json.load(f)
+    step_only.write_text(json.dumps({**res, "seq": []}))
+    seq_only.write_text(json.dumps({"env": res["env"], "seq": res["seq"]}))
+    both = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_decide.py"), str(step_only),
+                           str(seq_only), "--json"], capture_output=True, text=True)
+    assert json.loads(both.stdout) == json.loads(js.stdout)
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_decide.py"), str(tmp_path / "none.json")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "expected a JSON file" in bad.stderr
