@@ -333,6 +333,9 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
 
 #: values of h a thread of ``make_lstm_seq_grid`` loads before it stores them to shared memory
 GRID_HB = 8
+#: ... with DYN (groups of up to 32 sequences: 128 values per thread at H=512), at most this
+#: many and half a group's values per thread (all of them in flight at once spilled: NOTES 84)
+GRID_HB_DYN = 32
 
 
 @lru_cache(maxsize=None)
@@ -381,7 +384,7 @@ def make_lstm_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int
     if NT % C or KS < 1:
         raise ValueError(f"lstm_seq_grid: expected threads NT a multiple of 4*UPB, got NT={NT}, UPB={UPB}")
     NIH = -(-(int(BMAX) * int(H)) // int(NT))  # values of h per thread for a group
-    HB = min(GRID_HB, NIH)  # ... loaded HB at a time (NOTES entry 75)
+    HB = min(GRID_HB_DYN, max(1, NIH // 2)) if DYN else min(GRID_HB, NIH)  # ... loaded HB at a time (NOTES 75, 84)
 
     @jit()
     def lstm_seq_grid(W, XW, Y, state, sidx, lens, hbuf, cbuf, bar, B, T, s0, s1, fin):
