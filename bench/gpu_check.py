@@ -28,7 +28,9 @@ Self-contained (run from the repository root; the package need not be installed)
    ``STREAMRNN_CUDA_GRID_DYN=1``; B in {1, 4, 16, 64}) against the per-block one
    (``STREAMRNN_CUDA_SEQ=block``): parity and timing.
 4. ``parity`` again with what is left of the budget: GRU (both linear_before_reset) stack with a
-   softmax head, RNN relu (float64), LSTM + head (float64, 2000 streams), bidirectional run.
+   softmax head, RNN relu (float64), LSTM + head (float64, 2000 streams), bidirectional run;
+   then (``more``) a PyTorch GRU + Linear head's pool.step at B in {1024, 16384}, the GRU as a
+   tiled GEMM (default) against the row-tile kernel (``STREAMRNN_CUDA_GEMM=0``).
 
 5. ``persist`` (not in the default order) one stream through the persistent step kernel
    (``STREAMRNN_CUDA_PERSIST=1``, streamrnn/engine/persist.py) at each H: parity with the CPU
@@ -336,6 +338,39 @@ def parity_more() -> None:
     n_ok = sum(r["ok"] for r in RESULT["parity"])
     log(f"parity: {n_ok}/{len(RESULT['parity'])} checks ok so far")
     save()
+    # a PyTorch GRU's step of many streams as a tiled GEMM (NOTES 87) vs the row-tile kernel
+    for H in [int(s) for s in ARGS.sizes.split(",") if s]:
+        for B in (1024, 16384):
+            guarded(f"gru step H={H} B={B}", gru_step_ab, H, B, need=15)
+    save()
+
+
+def gru_step_ab(H, B):
+    """GRU(H, H, linear_before_reset) + Linear(32): pool.step with the GRU as a tiled GEMM (the
+    default) and as the row-tile kernel (STREAMRNN_CUDA_GEMM=0), outputs compared, both timed."""
+    from streamrnn.engine import cuda as ce
+
+    k = 1 / np.sqrt(H)
+    spec = ModelSpec((GRULayer(H, H, U(k, 1, 3 * H, H), U(k, 1, 3 * H, H), U(k, 1, 6 * H), linear_before_reset=True),
+                      DenseLayer(U(k, 32, H), U(k, 32))))
+    X = RNG.standard_normal((B, H)).astype(np.float32)
+    out = np.empty((B, 32), np.float32)
+    ys = {}
+    for name, env_ in (("streamrnn GRU pool.step", {}),
+                       ("streamrnn GRU pool.step [row-tile GRU kernels, STREAMRNN_CUDA_GEMM=0]", dict(GEMM="0"))):
+        m = build(spec, "float32", "cuda", **env_)
+        p = m.pool(B)
+        ids = p.open(B)[RNG.permutation(B)]
+        ys[name] = p.step(ids, X).copy()
+        same = None
+        if len(ys) == 2:
+            a, b = ys.values()
+            same = bool(np.allclose(a, b, rtol=1e-4, atol=1e-5))
+        kern = p._cuda.core._ops(ce._bucket(B))[0][0]
+        big = B * H >= 16384 * 128
+        record(H, B, name, timeit(lambda: p.step(ids, X, out=out), 30 if big else 400, 1.0), mode=pool_mode(p),
+               kernel=kern.py_func.__name__, **({} if same is None else {"same_as_default": same}))
+        del m, p
 
 
 # ---------------------------------------------------------------------------------------------

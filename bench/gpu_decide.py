@@ -17,7 +17,7 @@ Three tables:
    ``WRONG`` where the variant's outputs differed from the reference's, or a refused call
    changed a state. A variant is a candidate default only if it is faster and not WRONG.
 2. **Predictions.** Each expectation of a NOTES entry in ``PREDICTIONS``: ``hit`` within the
-   expected range, ``better`` below it, ``missed`` above it, ``not measured`` where the run
+   expected range (µs, or a ratio), ``better`` below it, ``missed`` above it, ``not measured`` where the run
    has no such row (another kernel name, a skipped section). A miss asks for the reason
    before the next change (the guide: "if it missed, find out why").
 3. **Errors and skips** of the run, which explain rows that are missing.
@@ -51,11 +51,13 @@ PAIRS = (
 #: (NOTES entry, what, kind, method or op, H, B, low, high): the expected range of a measured
 #: figure, in µs. kind "step": p50 of a step-section row; "seq": µs per step of a seq row;
 #: "kernel": device time of an op of the default step (profile's kernel table); "vkernel": of
-#: an op in the kernel times a variant row carries (method = that row's).
+#: an op in the kernel times a variant row carries (method = that row's); "ratio": a variant
+#: row's p50 over its reference's (table 1; no unit).
 VEC = "streamrnn pool.step [LSTM GEMM tiles in the vector layout, STREAMRNN_CUDA_GEMM_VEC=1]"
 GRID = "streamrnn model.run [persistent grid, STREAMRNN_CUDA_SEQ=grid]"
 DYN = "streamrnn model.run [persistent grid, dynamic shared memory, STREAMRNN_CUDA_GRID_DYN=1]"
 CH4 = "streamrnn pool.step [in 4 chunks, STREAMRNN_CUDA_CHUNKS=4]"
+GRU0 = "streamrnn GRU pool.step [row-tile GRU kernels, STREAMRNN_CUDA_GEMM=0]"
 PREDICTIONS = (
     ("71-72", "head as tiled GEMM + batched commit", "kernel", "linear_gemm", 512, 64, 2.0, 6.0),
     ("71-72", "head as tiled GEMM + batched commit", "kernel", "linear_gemm", 128, 64, 2.0, 5.0),
@@ -84,6 +86,10 @@ PREDICTIONS = (
     ("83", "LSTM GEMM, vector layout", "vkernel", VEC + "|lstm_gemm", 128, 1024, 22.0, 29.0),
     ("83", "LSTM GEMM, vector layout", "vkernel", VEC + "|lstm_gemm", 512, 16384, 2200.0, 2500.0),
     ("83", "LSTM GEMM, vector layout", "vkernel", VEC + "|lstm_gemm", 128, 16384, 160.0, 195.0),
+    ("87", "GRU row tiles / tiled GEMM (a ratio)", "ratio", GRU0, 128, 1024, 1.15, 1.6),
+    ("87", "GRU row tiles / tiled GEMM (a ratio)", "ratio", GRU0, 512, 1024, 1.4, 2.2),
+    ("87", "GRU row tiles / tiled GEMM (a ratio)", "ratio", GRU0, 128, 16384, 1.15, 1.6),
+    ("87", "GRU row tiles / tiled GEMM (a ratio)", "ratio", GRU0, 512, 16384, 1.8, 3.0),
     ("84", "sequence groups of 32 at H=512", "seq", DYN, 512, 64, 25.0, 40.0),
     ("84", "sequence groups of 32 at H=512", "seq", DYN, 512, 16, 10.0, 15.0),
 )
@@ -140,6 +146,9 @@ def _kernel_us(ops, op: str):
 
 
 def _measured(res: dict, kind: str, what: str, H: int, B: int):
+    if kind == "ratio":
+        v = [v for v in variants(res) if v["variant"] == what and v["H"] == H and v["B"] == B]
+        return v[0]["ratio"] if v else None
     if kind in ("step", "seq"):
         rows = [r for r in res.get(kind) or () if r["method"] == what and r["H"] == H and r["B"] == B]
         return _value(rows[0], kind) if rows else None
@@ -172,7 +181,7 @@ def _md(var: list, pred: list, res: dict) -> str:
         lines.append(f"| {v['section']} | {v['H']} | {v['B']} | {v['variant']} | {v['reference']} | "
                      f"{v['variant_us']:.1f} | {v['reference_us']:.1f} | {v['ratio']:.2f} | {v['verdict']} |")
     lines += ["", "## Predictions of bench/NOTES.md", "",
-              "| entry | what | H | B | row | expected µs | measured µs | verdict |", "|---|---|---|---|---|---|---|---|"]
+              "| entry | what | H | B | row | expected | measured | verdict |", "|---|---|---|---|---|---|---|---|"]
     for p in pred:
         m = "" if p["measured_us"] is None else f"{p['measured_us']:.1f}"
         lines.append(f"| {p['entry']} | {p['what']} | {p['H']} | {p['B']} | {p['row']} | "

@@ -158,6 +158,15 @@ def _kernels(H: int, cc=(9, 0)):
         t = ce._tile(b, 32, 1, 4)
         out.append((f"linear head + commit n<={mx} {tuple(t)}{' tile' if dgt is not None else ''}",
                     make_linear("float32", t, *hargs), (v, ids, m, m, m, m, i64)))
+    # a PyTorch GRU(H, H) step as a tiled GEMM (make_gru_gemm, entry 87), where a bucket has a tile
+    from streamrnn.layers.gru.cuda import make_gru_gemm
+
+    for b, (mx, _) in enumerate(tiles):
+        ggt = ce._gemm_tile(b, H, 4, 4, gru=True)
+        if ggt is not None:
+            k = make_gru_gemm("float32", ggt, H, H, 0, 0, 0, 3 * H * H, 6 * H * H, 6 * H * H + 3 * H, 0.0,
+                              acts[:6], 0, False)
+            out.append((f"gru_gemm n<={mx} {tuple(ggt)} {k.staging}", k, step_sig))
     # the persistent one-row step kernel (STREAMRNN_CUDA_PERSIST=1): both bodies of bucket 0
     from streamrnn.engine.persist import make_server
 

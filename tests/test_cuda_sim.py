@@ -626,6 +626,64 @@ _CASES = {
         finally:
             os.environ.pop("STREAMRNN_CUDA_GEMM_VEC")
     """,
+    # a PyTorch GRU (linear_before_reset) step as a tiled GEMM (make_gru_gemm, NOTES entry 87):
+    # the pipelined tile of the simulator (12 rows x 4 units, 2 k-slices) and a loop-staged
+    # one, 2-3 row blocks, a partial unit block (H=10), clip and other activations, as the
+    # first layer and after an LSTM, float32 / float64, vs the CPU engine and vs the row-tile
+    # kernel (STREAMRNN_CUDA_GEMM=0); an ONNX GRU (no linear_before_reset) stays a row tile
+    "gru_gemm": """
+        import os
+        from streamrnn.engine import cuda as ce
+        from streamrnn.layers.cuda_common import GemmTile, make_gemm_accum
+        I, H, O = 5, 10, 3
+        acts = (Activation("HardSigmoid", 0.3, 0.45), Activation("Softsign"))
+        specs = {
+            "gru": ModelSpec((GRULayer(I, H, R(1, 3 * H, I), R(1, 3 * H, H), R(1, 6 * H), linear_before_reset=True,
+                                       clip=1.5, activations=acts), DenseLayer(R(O, H), R(O)))),
+            "lstm+gru": ModelSpec((LSTMLayer(I, 6, R(1, 24, I), R(1, 24, 6), R(1, 48)),
+                                   GRULayer(6, H, R(1, 3 * H, 6), R(1, 3 * H, H), R(1, 6 * H),
+                                            linear_before_reset=True),
+                                   GRULayer(H, 4, R(1, 12, H), R(1, 12, 4), R(1, 24)))),
+        }
+        pipe, loop = GemmTile(12, 4, 2, 2, 2, 4), GemmTile(8, 4, 2, 2, 2, 4)
+        assert ce._gru_gemm_tiles()[1] == pipe
+        assert make_gemm_accum(pipe, I, 3 * H, H, 3, 0, False, H, True, False, 4).staging == "pipe"
+        assert make_gemm_accum(loop, I, 3 * H, H, 3, 0, False, H, True, False, 4, 2).staging == "loop"
+        try:
+            make_gemm_accum(pipe, I, 3 * H, H, 3, 0, False, H, True, False, 3, 2)
+        except ValueError as e:
+            assert "GA" in str(e), e
+        else:
+            raise AssertionError("3 accumulators for 3 gates and a skipped one did not raise")
+        for name, spec in specs.items():
+            for dtype in ("float32", "float64"):
+                mc = srnn.Model(spec, dtype=dtype, device="cpu")
+                mg = srnn.Model(spec, dtype=dtype, device="cuda")
+                os.environ["STREAMRNN_CUDA_GEMM"] = "0"
+                mr = srnn.Model(spec, dtype=dtype, device="cuda")
+                os.environ.pop("STREAMRNN_CUDA_GEMM")
+                for tiles in (None, [None, loop]):
+                    ce.GRU_GEMM_TILES = tiles  # the kernels are built when a pool is created
+                    names = [op[0].py_func.__name__ for op in mg._cuda.step_ops(1)]
+                    want = ["lstm_gemm", "gru_gemm", "gru_step", "gru_step2", "commit_kernel"] if name == "lstm+gru" \
+                        else ["gru_gemm", "linear_gemm"]
+                    assert names == want, names
+                    k0 = mg._cuda.step_ops(1)[1 if name == "lstm+gru" else 0][0]
+                    assert k0.staging == ("pipe" if tiles is None else "loop"), k0.staging
+                    assert "gru_gemm" not in [op[0].py_func.__name__ for op in mr._cuda.step_ops(1)]
+                    assert "gru_gemm" not in [op[0].py_func.__name__ for op in mg._cuda.step_ops(0)]  # one row
+                    pc, pg, pr = mc.pool(30), mg.pool(30), mr.pool(30)
+                    ic, ig, ir = pc.open(30), pg.open(30), pr.open(30)
+                    for s, n in enumerate((25, 30, 2, 13)):
+                        sel = rng.permutation(30)[:n]
+                        X = rng.standard_normal((n, I)).astype(dtype)
+                        yc = pc.step(ic[sel], X)
+                        close(pg.step(ig[sel], X), yc, dtype, f"{name} {tiles} gemm pool.step {s} n={n}")
+                        close(pr.step(ir[sel], X), yc, dtype, f"{name} {tiles} row-tile pool.step {s} n={n}")
+                    for sid in range(30):
+                        close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"{name} {tiles} state {sid}")
+                    ce.GRU_GEMM_TILES = None
+    """,
     # the commit of new hidden states to the state arena (make_commit) on its own: rows in
     # groups of NR over NY blocks each, one or two committed segments per row, batches of loads
     # (several per thread where a group has more values than its threads), rows past n untouched

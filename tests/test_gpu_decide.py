@@ -54,6 +54,8 @@ def test_verdicts_reference_and_predictions():
              18.0, parity_ok=True),
         _row("streamrnn pool.step", 512, 64, 70.0),
         _row("streamrnn pool.step", 512, 1, 15.0),
+        _row("streamrnn GRU pool.step", 512, 1024, 300.0),
+        _row(gd.GRU0, 512, 1024, 510.0, same_as_default=True),
     ], "profile": [{"H": 512, "B": 64, "kernels": [{"op": "linear_gemm", "us": 7.0}]},
                    {"H": 128, "B": 1024, "kernels": [{"op": "lstm_gemm", "us": 25.0}]}]}
     var = {v["variant"]: v for v in gd.variants(res)}
@@ -69,6 +71,8 @@ def test_verdicts_reference_and_predictions():
     assert pred[("streamrnn pool.step", 128, 64)]["verdict"] == "missed"  # 30-42, measured 100
     assert pred[("streamrnn pool.step", 512, 1)]["verdict"] == "better"  # 20-27, measured 15
     assert pred[("linear_gemm", 128, 64)]["verdict"] == "not measured"
+    assert pred[(gd.GRU0, 512, 1024)]["measured_us"] == pytest.approx(1.7) and pred[(gd.GRU0, 512, 1024)][
+        "verdict"] == "hit"
 
 
 def test_cli(tmp_path):

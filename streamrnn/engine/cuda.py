@@ -20,6 +20,7 @@ Design
   epilogue (:mod:`streamrnn.layers.cuda_common`, ``STREAMRNN_CUDA_GEMM=0`` turns it off;
   ``STREAMRNN_CUDA_STAGE=loop`` selects the unpipelined staging and tiles of before, an A/B;
   ``STREAMRNN_CUDA_GEMM_VEC=1``, opt-in, lays its tiles out for vector shared loads);
+  a PyTorch GRU (linear_before_reset) likewise (``make_gru_gemm``: four sums per unit);
   a dense layer over more than one stream likewise (``make_linear_gemm``, one gate;
   ``STREAMRNN_CUDA_DENSE=tile`` selects the row-tile kernel of before).
   ``STREAMRNN_CUDA_PROFILE=1`` records per-phase host times (``CudaPool.profile()``). New hidden states go to a per-row feature buffer
@@ -395,10 +396,29 @@ def _dense_gemm_tiles():
     ]
 
 
+def _gru_gemm_tiles():
+    """Per bucket of ``_tiles()``: the tiled GEMM tile of a GRU step with linear_before_reset
+    (``make_gru_gemm``: 3 gates staged, 4 sums per unit), or None for the row-tile kernel. The
+    LSTM's tiles with a thread count that 3 x BU divides (the pipelined staging): TY a
+    multiple of 3 TU, so BM = TM x TY rows of 96 instead of 64 / 128 (NOTES entry 87)."""
+    from ..layers.cuda_common import GemmTile
+
+    if simulator():  # 24 threads: 12 rows x 4 units, 2 x 2 per thread, 2 k-slices; 3 x 4 divides 24
+        return [None, GemmTile(12, 4, 2, 2, 2, 4)]
+    return [
+        None,
+        GemmTile(24, 8, 4, 1, 4, 48),  # few streams: 192 threads (6 x 8 x 4), 4 k-slices
+        GemmTile(96, 16, 8, 1, 1, 32),  # 192 threads, 8 rows x 4 sums per thread
+        GemmTile(96, 32, 8, 2, 1, 16),  # many streams: 192 threads, 8 rows x 2 units x 4 sums
+    ]
+
+
 #: (max rows, Tile) buckets; tests and benchmarks may replace it before building a model.
 STEP_TILES = None
 #: per bucket, a GemmTile or None (parallel to STEP_TILES / _tiles()); replaceable likewise
 GEMM_TILES = None
+#: per bucket, the GRU's GemmTile or None (``_gru_gemm_tiles()``); replaceable likewise
+GRU_GEMM_TILES = None
 #: per bucket, the dense layers' GemmTile or None (``_dense_gemm_tiles()``); replaceable likewise
 DENSE_GEMM_TILES = None
 #: accumulators per thread that stay in registers (ptxas, sm_90), by item size
@@ -446,13 +466,16 @@ def _tile(bucket: int, N: int, AW: int = 1, isz: int = 4):
 
 
 def _gemm_tile(bucket: int, N: int, G: int, isz: int, stage: str = "pipe", dense: bool = False,
-               vec: bool = False):
+               vec: bool = False, gru: bool = False):
     """The bucket's GEMM tile for N units of G gates (None: use the row-tile kernel), shrunk
     for small N, for the accumulator budget of the item size and for shared memory (``vec``:
     of the vector layout). ``dense``: the tiles of dense layers (``_dense_gemm_tiles``)
-    instead of the LSTM's."""
+    instead of the LSTM's; ``gru``: a GRU's (``_gru_gemm_tiles``; G = 4 sums per unit, 3
+    staged)."""
     if dense:
         gts = DENSE_GEMM_TILES if DENSE_GEMM_TILES is not None else _dense_gemm_tiles()
+    elif gru:
+        gts = GRU_GEMM_TILES if GRU_GEMM_TILES is not None else _gru_gemm_tiles()
     else:
         gts = GEMM_TILES if GEMM_TILES is not None else _gemm_tiles(stage)
     gt = gts[bucket] if bucket < len(gts) else None
@@ -775,7 +798,7 @@ class CudaEngine:
         their weights in; such a layer's op is then an ``OnChip`` (make_lstm_onchip), not a
         kernel, while the layers so far fit."""
         from ..layers.dense.cuda import make_commit_kernel, make_linear, make_linear_gemm, make_rowwise
-        from ..layers.gru.cuda import make_gru_step, make_gru_step2
+        from ..layers.gru.cuda import make_gru_gemm, make_gru_step, make_gru_step2
         from ..layers.cuda_common import gemm_threads
         from ..layers.lstm.cuda import make_lstm_gemm, make_lstm_onchip, make_lstm_step
         from ..layers.rnn.cuda import make_rnn_step
@@ -834,9 +857,17 @@ class CudaEngine:
                 t = _tile(bucket, L.H, 6, self.isz)
                 lbr = bool(L.flags & F_LBR)
                 scr = c.get("scr", 0)
-                k, t = self._fitted(make_gru_step, t, L.I, L.H, IN0, c["out"], scr, d["WT"], d["RT"], d["B"],
-                                    d["RBH"], lbr, d["CLIP"], d["ACTS"][:6], d["HO"], last and lbr, first=first)
-                tile_op(k, t, L.H, first)
+                # linear_before_reset (PyTorch's GRU): a tiled GEMM where the bucket has a tile
+                gt = _gemm_tile(bucket, L.H, 4, self.isz, self.stage, gru=True) if (self.use_gemm and lbr) else None
+                if gt is not None:
+                    k, gt = self._fitted_gemm(make_gru_gemm, gt, first, L.I, L.H, IN0, c["out"], d["WT"], d["RT"],
+                                              d["B"], d["RBH"], d["CLIP"], d["ACTS"][:6], d["HO"], last,
+                                              self.stage == "pipe")
+                    gemm_op(k, gt, L.H, first)
+                else:
+                    k, t = self._fitted(make_gru_step, t, L.I, L.H, IN0, c["out"], scr, d["WT"], d["RT"], d["B"],
+                                        d["RBH"], lbr, d["CLIP"], d["ACTS"][:6], d["HO"], last and lbr, first=first)
+                    tile_op(k, t, L.H, first)
                 if not lbr:
                     t2 = _tile(bucket, L.H, 1, self.isz)
                     k2 = make_gru_step2(dts, t2, L.H, c["out"], scr, d["RT"], d["CLIP"], d["ACTS"][:6], d["HO"], last)

@@ -66,9 +66,10 @@ def gemm_a_pitch(gt: GemmTile, vec: bool = False) -> int:
 SMEM_ALIGN = None if SIM else 16
 
 
-def gemm_smem(gt: GemmTile, G: int, vec: bool = False) -> int:
-    """Static shared memory of a GEMM block, in items."""
-    return gt.BK * gemm_a_pitch(gt, vec) + gt.BK * G * gt.BU + gemm_red_size(gt, G)
+def gemm_smem(gt: GemmTile, G: int, vec: bool = False, GA: int = 0) -> int:
+    """Static shared memory of a GEMM block, in items (G staged gates per unit; GA accumulators
+    per unit, if not G)."""
+    return gt.BK * gemm_a_pitch(gt, vec) + gt.BK * G * gt.BU + gemm_red_size(gt, GA or G)
 
 
 @lru_cache(maxsize=None)
@@ -89,16 +90,19 @@ def make_gemm_row(gt: GemmTile, VEC: bool = False):
 
 @lru_cache(maxsize=None)
 def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, USE_IDS: bool, NU: int,
-                    PIPE: bool = True, VEC: bool = False):
+                    PIPE: bool = True, VEC: bool = False, GA: int = 0, GSKIP: int = -1):
     """``accum(acc, As, Bs, av, va, vb, W, woff, A, ids, rbase, n, jb, tid)``:
 
-    ``acc[(q*TU+u)*G + g] += sum_k A[row(rbase + ty + TY*q), COL0 + k] * W[woff + k*LDW + g*GS + j]``
+    ``acc[(q*TU+u)*GA + a(g)] += sum_k A[row(rbase + ty + TY*q), COL0 + k] * W[woff + k*LDW + g*GS + j]``
     for this thread's rows q < TM, units j = jb + tx + TX*u (u < TU), gates g < G, k < K (its
     KS slice of every chunk). row(r) = ids[r] if USE_IDS else r; rows >= n and units >= NU
     contribute zeros (the caller ignores them). As: shared (BK, gemm_a_pitch(gt, VEC)), Bs: shared
     (BK, G*BU), av: local (TM,), va / vb: local (gemm_stage_items(gt, G)) (the pipelined staging's
     registers). VEC (``gemm_vec(gt, G)`` must hold): the vector layout of the module docstring;
-    the thread's rows are then ``make_gemm_row(gt, True)``, not ty + TY*q.
+    the thread's rows are then ``make_gemm_row(gt, True)``, not ty + TY*q. GA (default G): the
+    accumulators of a unit; a(g) = g, or g + 1 from gate GSKIP on (>= 0: the accumulator
+    GSKIP is left to another pass; a GRU's recurrent candidate part is kept apart from its
+    input part, ``layers/gru/cuda.py``).
 
     Staging, ``accum.staging``:
 
@@ -117,6 +121,9 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
     GB = G * BU
     if VEC and not gemm_vec(gt, G):
         raise ValueError(f"VEC: expected a tile with TM a multiple of 4 and G = 4, got {gt} with G = {G}")
+    GA = GA or G
+    if G + (GSKIP >= 0) > GA:
+        raise ValueError(f"GA: expected at least {G + (GSKIP >= 0)} accumulators per unit, got {GA}")
     row = make_gemm_row(gt, VEC)
     FAST = PIPE and gemm_pipelined(gt, G)
     NA, RA = BM * BK // NT, NT // BK  # FAST: A items per thread, row step
@@ -219,12 +226,70 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
                             w = Bs[kk, (tx + TX * u) * G + g]
                         else:
                             w = Bs[kk, g * BU + tx + TX * u]
+                        a = u * GA + (g + 1 if 0 <= GSKIP <= g else g)  # the accumulator of (row 0, u, g)
                         for q in range(TM):
-                            acc[(q * TU + u) * G + g] += av[q] * w
+                            acc[a + q * TU * GA] += av[q] * w
 
     accum.staging = "pipe" if FAST else "loop"  # which staging this tile got (tests, benchmarks)
     accum.vec = VEC
     return accum
+
+
+@lru_cache(maxsize=None)
+def make_gemm_passes(dtype: str, gt: GemmTile, G: int, GA: int, XARGS: tuple, HARGS: tuple, VEC: bool = False):
+    """``passes(acc, W, WT, RT, src, arena, ids, rbase, n, jb, tid)``: the sums of a recurrent
+    step's tiled GEMM: ``acc`` (TM*TU*GA, local) zeroed, the input pass (``make_gemm_accum(gt,
+    *XARGS)`` over ``src`` from W[WT]), the recurrent pass (``*HARGS``, over the state rows of
+    ``arena``, from W[RT]; none where HARGS is empty: a dense layer), then the split-K
+    reduction; with the block's shared tiles and the staging registers of its own. G staged
+    gates and GA sums per unit, as the passes take them; VEC: the vector layout's shared tiles
+    (16-byte aligned, A's pitch BM + 4)."""
+    from .dense.cuda import nbtype
+
+    nbt = nbtype(dtype)
+    BM, BU, TM, TU, KS, BK = gt
+    acc_x = make_gemm_accum(gt, *XARGS)
+    HAS_H = bool(HARGS)
+    acc_h = make_gemm_accum(gt, *HARGS) if HAS_H else acc_x
+    reduce = make_gemm_reduce(gt, GA)
+    RED = gemm_red_size(gt, GA)
+    NA, NB = gemm_stage_items(gt, G)
+    # shared-array shapes must be compile-time constants: arithmetic inside the kernel (BM + 1)
+    # types as a plain int64 on real hardware (the simulator does not type-check this)
+    BMP, BUG, TMc, NACC = int(gemm_a_pitch(gt, VEC)), int(G) * int(BU), int(TM), int(TM) * int(TU) * int(GA)
+    ALIGN = SMEM_ALIGN if VEC else None
+
+    @jit(device=True)
+    def passes(acc, W, WT, RT, src, arena, ids, rbase, n, jb, tid):
+        As = cuda.shared.array((BK, BMP), nbt, alignment=ALIGN)
+        Bs = cuda.shared.array((BK, BUG), nbt, alignment=ALIGN)
+        red = cuda.shared.array(RED, nbt)
+        av = cuda.local.array(TMc, nbt)
+        va = cuda.local.array(NA, nbt)
+        vb = cuda.local.array(NB, nbt)
+        for a in range(NACC):
+            acc[a] = 0
+        acc_x(acc, As, Bs, av, va, vb, W, WT, src, ids, rbase, n, jb, tid)
+        if HAS_H:
+            acc_h(acc, As, Bs, av, va, vb, W, RT, arena, ids, rbase, n, jb, tid)
+        reduce(acc, red, tid)
+
+    passes.staging = acc_x.staging
+    return passes
+
+
+@lru_cache(maxsize=None)
+def make_gemm_coords(gt: GemmTile):
+    """``coords(tid) -> (tx, ty, ks, jb, rbase)``: a thread's column and row in the tile, its
+    k-slice, the block's first unit and first row (grid (ceil(n / BM), ceil(N / BU)))."""
+    BM, BU, TM, TU, KS, BK = gt
+    TY, TX = BM // TM, BU // TU
+
+    @jit(device=True)
+    def coords(tid):
+        return tid % TX, (tid // TX) % TY, tid // (TX * TY), cuda.blockIdx.y * BU, cuda.blockIdx.x * BM
+
+    return coords
 
 
 def gemm_pipelined(gt: GemmTile, G: int) -> bool:

@@ -350,18 +350,15 @@ def make_linear_gemm(dtype: str, gt, K: int, N: int, IN0: int, OUT0: int, WT: in
     round trip, chunk after chunk (K/KT chunks): a head of 32 outputs over K=512 took 28 µs
     at 64 rows on the H200 for 2 MFLOP. Here both operands go through shared memory and the
     next chunk's loads are in flight while this chunk's products run."""
-    from ..cuda_common import gemm_red_size, gemm_stage_items, gemm_threads, make_gemm_accum, make_gemm_reduce
+    from ..cuda_common import gemm_threads, make_gemm_passes
 
     nbt = nbtype(dtype)
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
     NT = gemm_threads(gt)
-    accum = make_gemm_accum(gt, K, N, 0, 1, IN0, False, N)
-    reduce = make_gemm_reduce(gt, 1)
-    RED = gemm_red_size(gt, 1)
+    passes = make_gemm_passes(dtype, gt, 1, 1, (K, N, 0, 1, IN0, False, N), ())
     NACC = int(TM) * int(TU)
-    NA, NB = gemm_stage_items(gt, 1)
-    BM1, BUc, TUc, TMc = int(BM) + 1, int(BU), int(TU), int(TM)  # constant shapes (see make_lstm_gemm)
+    TUc = int(TU)  # a constant shape (see make_gemm_passes)
     commit = make_commit(dtype, NT, BM, -(-N // BU), COMMIT)
     NC = len(COMMIT) // 3
     bias, emit = make_dense_out(dtype, N, OUT0, BOFF, ACT, AA, AB, LAST)
@@ -374,18 +371,9 @@ def make_linear_gemm(dtype: str, gt, K: int, N: int, IN0: int, OUT0: int, WT: in
         ks = tid // (TX * TY)
         jb = by * BU
         rbase = bx * BM
-        As = cuda.shared.array((BK, BM1), nbt)
-        Bs = cuda.shared.array((BK, BUc), nbt)
-        red = cuda.shared.array(RED, nbt)
         acc = cuda.local.array(NACC, nbt)
-        av = cuda.local.array(TMc, nbt)
-        va = cuda.local.array(NA, nbt)
-        vb = cuda.local.array(NB, nbt)
         bv = cuda.local.array(TUc, nbt)
-        for a in range(NACC):
-            acc[a] = 0
-        accum(acc, As, Bs, av, va, vb, W, WT, src, ids, rbase, n, jb, tid)
-        reduce(acc, red, tid)
+        passes(acc, W, WT, 0, src, arena, ids, rbase, n, jb, tid)
         if ks == 0:
             for u in range(TU):  # the biases, loaded before the first store
                 bv[u] = bias(W, jb + tx + TX * u)

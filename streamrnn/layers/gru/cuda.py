@@ -270,3 +270,81 @@ def make_gru_seq(dtype: str, NT: int, NB: int, H: int, RT: int, RBH: int, LBR: b
                     state[sid, HO + k] = h[i, k]
 
     return gru_seq
+
+
+@lru_cache(maxsize=None)
+def make_gru_gemm(dtype: str, gt, I: int, H: int, IN0: int, OUT0: int, WT: int, RT: int, BO: int, RBH: int,
+                  CLIP: float, ACTS: tuple, HO: int, LAST: bool, PIPE: bool = True):
+    """``make_gru_step`` with linear_before_reset (PyTorch's GRU) as a shared-memory tiled GEMM
+    (see :mod:`streamrnn.layers.cuda_common`): same arguments less SCR0 / LBR, same results;
+    grid (ceil(n/BM), ceil(H/BU)), gemm_threads(gt) threads, kernel arguments
+    ``(W, ids, src, dst, out, arena, n)``.
+
+    The three gates (z, r, h) of a unit are staged side by side, and each (row, unit) keeps four
+    sums: z and r over ``[x | h_old]``, the candidate's input part ``x @ Wh`` and its recurrent
+    part ``h_old @ Rh`` apart (the reset gate multiplies only the latter): the input pass adds
+    into accumulators 0-2, the recurrent pass into 0, 1, 3 (``GSKIP``). The cell update is the
+    epilogue, on the formulae of ``make_gru_step``. The tile's thread count must be a
+    multiple of 3 x BU for the pipelined staging (``_gru_gemm_tiles`` picks such tiles;
+    others stage in the loop mode).
+    """
+    from ..cuda_common import gemm_threads, make_gemm_coords, make_gemm_passes
+
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    BM, BU, TM, TU, KS, BK = gt
+    TY, TX = BM // TM, BU // TU
+    G3 = 3 * H
+    passes = make_gemm_passes(dtype, gt, 3, 4, (I, G3, H, 3, IN0, False, H, PIPE, False, 4),
+                              (H, G3, H, 3, HO, True, H, PIPE, False, 4, 2))
+    NACC = int(TM) * int(TU) * 4
+    TU4, NQU = 4 * int(TU), int(TM) * int(TU)
+    coords = make_gemm_coords(gt)
+    kf, af, bf, kg, ag, bg = ACTS
+    af, bf, ag, bg = dt(af), dt(bf), dt(ag), dt(bg)
+    clip = dt(CLIP)
+    NT = gemm_threads(gt)
+    MINB = 2 if (nbt.bitwidth == 32 and NT <= 256) else 1  # as make_lstm_gemm
+
+    @jit(launch_bounds=(NT, MINB))
+    def gru_gemm(W, ids, src, dst, out, arena, n):
+        tid = cuda.threadIdx.x
+        tx, ty, ks, jb, rbase = coords(tid)
+        acc = cuda.local.array(NACC, nbt)
+        bv = cuda.local.array(TU4, nbt)  # the epilogue's biases: z, r, the candidate's Wh and Rh
+        hpv = cuda.local.array(NQU, nbt)  # h_old of every (row, unit)
+        passes(acc, W, WT, RT, src, arena, ids, rbase, n, jb, tid)
+        if ks == 0:
+            # every load before the first store (NOTES entry 71): biases, then each row's h_old
+            for u in range(TU):
+                j = min(jb + tx + TX * u, H - 1)
+                bv[4 * u] = W[BO + j]
+                bv[4 * u + 1] = W[BO + H + j]
+                bv[4 * u + 2] = W[BO + 2 * H + j]
+                bv[4 * u + 3] = W[RBH + j]
+            for q in range(TM):
+                sid = ids[min(rbase + ty + TY * q, n - 1)]
+                for u in range(TU):
+                    hpv[q * TU + u] = arena[sid, HO + min(jb + tx + TX * u, H - 1)]
+            for q in range(TM):
+                r = rbase + ty + TY * q
+                for u in range(TU):
+                    j = jb + tx + TX * u
+                    if r < n and j < H:
+                        z = _act(_clip(bv[4 * u] + acc[4 * u], clip), kf, af, bf)
+                        rg = _act(_clip(bv[4 * u + 1] + acc[4 * u + 1], clip), kf, af, bf)
+                        gh = bv[4 * u + 2] + acc[4 * u + 2] + rg * (acc[4 * u + 3] + bv[4 * u + 3])
+                        hc = _act(_clip(gh, clip), kg, ag, bg)
+                        hv = (1.0 - z) * hc + z * hpv[u]
+                        dst[r, OUT0 + j] = hv
+                        if LAST:
+                            out[r, j] = hv
+                # the next row's sums and h_old to the front: constant indices, so acc stays in
+                # registers (indexed by q, LLVM would put it in local memory: NOTES entry 50)
+                for a in range(NACC - 4 * TU):
+                    acc[a] = acc[a + 4 * TU]
+                for a in range(NQU - TU):
+                    hpv[a] = hpv[a + TU]
+
+    gru_gemm.staging = passes.staging  # "pipe" or "loop" (tests, benchmarks)
+    return gru_gemm

@@ -120,26 +120,19 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
     A block owns BM rows x BU units with all 4 gates, so the cell update is its epilogue.
     PIPE: the pipelined staging where the tile allows it (``make_gemm_accum``). VEC: the vector
     layout where the tile allows it (``gemm_vec``; the kernel's ``vec`` attribute says which)."""
-    from ..cuda_common import (SMEM_ALIGN, gemm_a_pitch, gemm_red_size, gemm_stage_items, gemm_threads, gemm_vec,
-                               make_gemm_accum, make_gemm_reduce, make_gemm_row)
+    from ..cuda_common import gemm_threads, gemm_vec, make_gemm_coords, make_gemm_passes, make_gemm_row
 
     nbt = nbtype(dtype)
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
     G4 = 4 * H
     VEC = bool(VEC) and gemm_vec(gt, 4)
-    ALIGN = SMEM_ALIGN if VEC else None
     row = make_gemm_row(gt, VEC)
-    acc_x = make_gemm_accum(gt, I, G4, H, 4, IN0, False, H, PIPE, VEC)
-    acc_h = make_gemm_accum(gt, HR, G4, H, 4, HO, True, H, PIPE, VEC)
-    reduce = make_gemm_reduce(gt, 4)
-    RED = gemm_red_size(gt, 4)
+    passes = make_gemm_passes(dtype, gt, 4, 4, (I, G4, H, 4, IN0, False, H, PIPE, VEC),
+                              (HR, G4, H, 4, HO, True, H, PIPE, VEC), VEC)
     NACC = TM * TU * 4
-    NA, NB = gemm_stage_items(gt, 4)
+    coords = make_gemm_coords(gt)
     cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
-    # shared-array shapes must be compile-time constants: arithmetic inside the kernel (BM + 1)
-    # types as a plain int64 on real hardware (the simulator does not type-check this)
-    BM1, BU4 = int(gemm_a_pitch(gt, VEC)), 4 * int(BU)
     TU4 = 4 * int(TU)
     QG = int(TM) if TM * TU <= 8 else max(1, 8 // int(TU))  # rows whose state the epilogue loads at once
     QGU = QG * int(TU)
@@ -160,26 +153,12 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
     @jit(launch_bounds=(NT, MINB))
     def lstm_gemm(W, ids, src, dst, out, arena, n):
         tid = cuda.threadIdx.x
-        tx = tid % TX
-        ty = (tid // TX) % TY
-        ks = tid // (TX * TY)
-        jb = cuda.blockIdx.y * BU
-        rbase = cuda.blockIdx.x * BM
-        As = cuda.shared.array((BK, BM1), nbt, alignment=ALIGN)
-        Bs = cuda.shared.array((BK, BU4), nbt, alignment=ALIGN)
-        red = cuda.shared.array(RED, nbt)
+        tx, ty, ks, jb, rbase = coords(tid)
         acc = cuda.local.array(NACC, nbt)
-        av = cuda.local.array(TM, nbt)
-        va = cuda.local.array(NA, nbt)
-        vb = cuda.local.array(NB, nbt)
         bv = cuda.local.array(TU4, nbt)  # the epilogue's biases, state rows and c
         sv = cuda.local.array(QG, int32)
         cv = cuda.local.array(QGU, nbt)
-        for a in range(NACC):
-            acc[a] = 0
-        acc_x(acc, As, Bs, av, va, vb, W, WT, src, ids, rbase, n, jb, tid)
-        acc_h(acc, As, Bs, av, va, vb, W, RT, arena, ids, rbase, n, jb, tid)
-        reduce(acc, red, tid)
+        passes(acc, W, WT, RT, src, arena, ids, rbase, n, jb, tid)
         if ks == 0:
             # every load of the epilogue before its first store: to the compiler a store may
             # alias any later load, so a row's loads would be issued only after the previous
