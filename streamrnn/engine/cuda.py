@@ -503,6 +503,14 @@ def _gemm_tile(bucket: int, N: int, G: int, isz: int, stage: str = "pipe", dense
     return gt
 
 
+def _switch(name: str) -> bool:
+    """An opt-in switch of the environment: "0" (or unset) off, "1" on, anything else refused."""
+    v = os.environ.get(name, "0").strip() or "0"
+    if v not in ("0", "1"):
+        raise StreamRNNError(f"{name}: expected 0 or 1, got {v!r}")
+    return v == "1"
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -633,10 +641,7 @@ class CudaEngine:
             raise StreamRNNError(f"STREAMRNN_CUDA_STAGE: expected pipe or loop, got {self.stage!r}")
         #: the LSTM GEMM tiles in the vector layout (a thread's operands of one k contiguous:
         #: vector shared loads; layers/cuda_common.py, NOTES entry 83); opt-in until measured
-        vec = os.environ.get("STREAMRNN_CUDA_GEMM_VEC", "0").strip()
-        if vec not in ("0", "1"):
-            raise StreamRNNError(f"STREAMRNN_CUDA_GEMM_VEC: expected 0 or 1, got {vec!r}")
-        self.gemm_vec = vec == "1"
+        self.gemm_vec = _switch("STREAMRNN_CUDA_GEMM_VEC")
         #: run / push of an LSTM layer (no projection) over at most GRID_BMAX sequences:
         #: "block" = one block per few sequences (make_lstm_seq); "grid" = the persistent
         #: kernel spread over the GPU with grid syncs (make_lstm_seq_grid); "auto" (default) =
@@ -652,10 +657,7 @@ class CudaEngine:
             raise StreamRNNError(f"STREAMRNN_CUDA_GRIDSYNC: expected cg or atomic, got {self.grid_barrier!r}")
         #: the persistent sequence kernel's shared arrays in dynamic shared memory: groups of
         #: more sequences at large H (NOTES entry 84); opt-in until measured
-        gd = os.environ.get("STREAMRNN_CUDA_GRID_DYN", "0").strip()
-        if gd not in ("0", "1"):
-            raise StreamRNNError(f"STREAMRNN_CUDA_GRID_DYN: expected 0 or 1, got {gd!r}")
-        self.grid_dyn = gd == "1"
+        self.grid_dyn = _switch("STREAMRNN_CUDA_GRID_DYN")
         #: the last kernel writes the outputs straight into mapped pinned host memory
         #: (graph / driver paths; no device-to-host copy)
         self.mapped_out = os.environ.get("STREAMRNN_CUDA_MAPPED_OUT", "1") != "0" and mode != "numba"
