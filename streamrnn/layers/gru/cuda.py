@@ -1,7 +1,8 @@
 """GRU kernels (CUDA, numba.cuda): one-step row-tile kernels of the pool / stream path and the
 persistent sequence kernel of ``run`` / ``push``. Same formulae as ``cpu.py``'s ``_gru_cell``.
 
-With ``linear_before_reset`` (PyTorch's GRU) one step is one kernel. Without it (ONNX's default)
+With ``linear_before_reset`` (PyTorch's GRU) one step is one kernel: the row tile for one
+stream, for more a shared-memory tiled GEMM (``make_gru_gemm``). Without it (ONNX's default)
 the candidate gate needs ``(r * h_old) @ Rh`` over every unit, so the step is two kernels:
 ``make_gru_step`` writes z, the input part of the candidate and r * h_old to the feature buffer
 (columns SCR0 : SCR0 + 3H), then ``make_gru_step2`` finishes.
