@@ -30,7 +30,9 @@ Self-contained (run from the repository root; the package need not be installed)
 4. ``parity`` again with what is left of the budget: GRU (both linear_before_reset) stack with a
    softmax head, RNN relu (float64), LSTM + head (float64, 2000 streams), bidirectional run;
    then (``more``) a PyTorch GRU + Linear head's pool.step at B in {1024, 16384}, the GRU as a
-   tiled GEMM (default) against the row-tile kernel (``STREAMRNN_CUDA_GEMM=0``).
+   tiled GEMM (default) against the row-tile kernel (``STREAMRNN_CUDA_GEMM=0``), and its
+   model.run at B in {1, 16} through the persistent sequence kernel (default) against the
+   per-block kernel (``STREAMRNN_CUDA_SEQ=block``), both against the CPU engine.
 
 5. ``persist`` (not in the default order) one stream through the persistent step kernel
    (``STREAMRNN_CUDA_PERSIST=1``, streamrnn/engine/persist.py) at each H: parity with the CPU
@@ -342,7 +344,39 @@ def parity_more() -> None:
     for H in [int(s) for s in ARGS.sizes.split(",") if s]:
         for B in (1024, 16384):
             guarded(f"gru step H={H} B={B}", gru_step_ab, H, B, need=15)
+        for B in (1, 16):  # NOTES 88: its run of few sequences through the persistent kernel
+            guarded(f"gru seq H={H} B={B}", gru_seq_ab, H, B, need=10)
     save()
+
+
+def _gru_head(H):
+    k = 1 / np.sqrt(H)
+    return ModelSpec((GRULayer(H, H, U(k, 1, 3 * H, H), U(k, 1, 3 * H, H), U(k, 1, 6 * H), linear_before_reset=True),
+                      DenseLayer(U(k, 32, H), U(k, 32))))
+
+
+def gru_seq_ab(H, B):
+    """GRU(H, H, linear_before_reset) + Linear(32): model.run of B sequences through the
+    persistent sequence kernel (the default, "auto") and the per-block kernel
+    (STREAMRNN_CUDA_SEQ=block), both against the CPU engine, both timed (µs per step)."""
+    spec = _gru_head(H)
+    T = 4 if ARGS.smoke else 100 if ARGS.quick else 250
+    X = RNG.standard_normal((B, T, H)).astype(np.float32)
+    Yc = build(spec, "float32", "cpu").run(X)
+    for name, env_ in (("streamrnn GRU model.run", {}),
+                       ("streamrnn GRU model.run [per-block kernel, STREAMRNN_CUDA_SEQ=block]", dict(SEQ="block"))):
+        m = build(spec, "float32", "cuda", **env_)
+        Y = m.run(X)
+        d = float(np.abs(Y - Yc).max())
+        ok = bool(np.all(np.abs(Y - Yc) <= 1e-4 + 1e-4 * np.abs(Yc)))  # T steps of float32: as seq_grid_case
+        RESULT["parity"].append({"case": f"gru_head H={H}", "what": f"{name} B={B} T={T} vs cpu (seq_mode after "
+                                 f"run: {m._cuda.seq_mode})", "dtype": "float32", "max_abs": d, "ok": ok})
+        st = timeit(lambda: m.run(X), 3 if ARGS.quick else 8, 2.0, warmup=1)
+        row = {"H": H, "B": B, "T": T, "method": name, **st, "us_per_step": st["p50_us"] / T,
+               "frames_per_s": B * T / (st["p50_us"] / 1e6), "seq_mode": m._cuda.seq_mode, "parity_ok": ok}
+        RESULT["seq"].append(row)
+        log(f"  H={H:4d} B={B:4d} T={T:4d} {name} {row['us_per_step']:8.2f} us/step (seq_mode {row['seq_mode']}, "
+            f"parity {'ok' if ok else 'FAILED'})")
 
 
 def gru_step_ab(H, B):
@@ -350,9 +384,7 @@ def gru_step_ab(H, B):
     default) and as the row-tile kernel (STREAMRNN_CUDA_GEMM=0), outputs compared, both timed."""
     from streamrnn.engine import cuda as ce
 
-    k = 1 / np.sqrt(H)
-    spec = ModelSpec((GRULayer(H, H, U(k, 1, 3 * H, H), U(k, 1, 3 * H, H), U(k, 1, 6 * H), linear_before_reset=True),
-                      DenseLayer(U(k, 32, H), U(k, 32))))
+    spec = _gru_head(H)
     X = RNG.standard_normal((B, H)).astype(np.float32)
     out = np.empty((B, 32), np.float32)
     ys = {}

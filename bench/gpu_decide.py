@@ -58,6 +58,7 @@ GRID = "streamrnn model.run [persistent grid, STREAMRNN_CUDA_SEQ=grid]"
 DYN = "streamrnn model.run [persistent grid, dynamic shared memory, STREAMRNN_CUDA_GRID_DYN=1]"
 CH4 = "streamrnn pool.step [in 4 chunks, STREAMRNN_CUDA_CHUNKS=4]"
 GRU0 = "streamrnn GRU pool.step [row-tile GRU kernels, STREAMRNN_CUDA_GEMM=0]"
+GRUB = "streamrnn GRU model.run [per-block kernel, STREAMRNN_CUDA_SEQ=block]"
 PREDICTIONS = (
     ("71-72", "head as tiled GEMM + batched commit", "kernel", "linear_gemm", 512, 64, 2.0, 6.0),
     ("71-72", "head as tiled GEMM + batched commit", "kernel", "linear_gemm", 128, 64, 2.0, 5.0),
@@ -90,6 +91,10 @@ PREDICTIONS = (
     ("87", "GRU row tiles / tiled GEMM (a ratio)", "ratio", GRU0, 512, 1024, 1.4, 2.2),
     ("87", "GRU row tiles / tiled GEMM (a ratio)", "ratio", GRU0, 128, 16384, 1.15, 1.6),
     ("87", "GRU row tiles / tiled GEMM (a ratio)", "ratio", GRU0, 512, 16384, 1.8, 3.0),
+    ("88", "GRU run: per-block / persistent kernel (a ratio)", "ratio", GRUB, 128, 1, 2.0, 3.5),
+    ("88", "GRU run: per-block / persistent kernel (a ratio)", "ratio", GRUB, 512, 1, 8.0, 20.0),
+    ("88", "GRU run: per-block / persistent kernel (a ratio)", "ratio", GRUB, 128, 16, 1.3, 2.5),
+    ("88", "GRU run: per-block / persistent kernel (a ratio)", "ratio", GRUB, 512, 16, 3.0, 7.0),
     ("84", "sequence groups of 32 at H=512", "seq", DYN, 512, 64, 25.0, 40.0),
     ("84", "sequence groups of 32 at H=512", "seq", DYN, 512, 16, 10.0, 15.0),
 )

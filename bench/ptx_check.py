@@ -206,6 +206,13 @@ def _kernels(H: int, cc=(9, 0)):
     BM = 32 if H <= 128 else 4  # the largest group of sequences the engine gives this H (GRID_GROUP, shared memory)
     k = make_lstm_seq_grid("float32", C * KS, UPB, BM, H, RT, -1, 0.0, False, acts, HO, CO, 0, False, 1)
     out.append((f"lstm_seq_grid UPB={UPB} NT={C * KS} groups of {BM} barrier=cg", k, grid_sig))
+    # a PyTorch GRU's persistent sequence kernel (entry 88): 3 gates per unit
+    from streamrnn.layers.gru.cuda import make_gru_seq_grid
+
+    Cg = 3 * UPB
+    KSg = max(1, 128 // Cg)
+    k = make_gru_seq_grid("float32", Cg * KSg, UPB, 1, H, 3 * H * H, 6 * H * H + 3 * H, 0.0, acts[:6], 0, 0, False, 1)
+    out.append((f"gru_seq_grid UPB={UPB} NT={Cg * KSg} barrier=cg", k, grid_sig))
     if BM < 32:  # STREAMRNN_CUDA_GRID_DYN=1: the shared arrays in dynamic shared memory (entry 84)
         k = make_lstm_seq_grid("float32", C * KS, UPB, 32, H, RT, -1, 0.0, False, acts, HO, CO, 0, False, 1, False, True)
         out.append((f"lstm_seq_grid UPB={UPB} NT={C * KS} groups of 32 barrier=cg, dynamic shared memory "

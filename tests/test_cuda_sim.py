@@ -416,8 +416,8 @@ _CASES = {
     # (GRID_HB; 8 on a GPU), so that "stepwise" has two batches, the last one partly masked
     "lstm_seq_grid": """
         import os
-        from streamrnn.layers.lstm import cuda as lc
-        lc.GRID_HB = 1  # the previous h loaded one value per batch: "stepwise" (16 threads) runs 2
+        from streamrnn.layers import cuda_seqgrid as sg
+        sg.GRID_HB = 1  # the previous h loaded one value per batch: "stepwise" (16 threads) runs 2
         I, H, O = 3, 6, 2
         specs = {
             "peep": ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H), clip=1.2,
@@ -521,6 +521,59 @@ _CASES = {
                     close(sg.data, sc.data, dtype, f"{mode} dyn={dyn} run state")
                     want = (4, eng.GRID_DYN_SMEM) if dyn == "1" else (1, 0)
                     assert calls and all((c[2], c[4]) == want for c in calls), (mode, dyn, calls)
+    """,
+    # the persistent sequence kernel for a PyTorch GRU (make_gru_seq_grid, NOTES entry 88): a
+    # GRU (clip, HardSigmoid / Softsign) then a bidirectional one, then an ONNX GRU (per-block
+    # kernel), persistent / stepwise / counter barrier / dynamic shared memory, float32 /
+    # float64, ragged lengths and initial states, vs the CPU engine
+    "gru_seq_grid": """
+        import os
+        from streamrnn.layers import cuda_seqgrid as sg
+        sg.GRID_HB = 1  # several batches of h per thread in "stepwise"
+        I, H = 3, 6
+        acts = (Activation("HardSigmoid", 0.3, 0.45), Activation("Softsign"))
+        spec = ModelSpec((GRULayer(I, H, R(1, 3 * H, I), R(1, 3 * H, H), R(1, 6 * H), linear_before_reset=True,
+                                   clip=1.7, activations=acts),
+                          GRULayer(H, 4, R(2, 12, H), R(2, 12, 4), R(2, 24), linear_before_reset=True,
+                                   direction="bidirectional"),
+                          GRULayer(8, 3, R(1, 9, 8), R(1, 9, 3), R(1, 18)),
+                          DenseLayer(R(2, 3), R(2))))
+        for mode, env in (("grid", {}), ("stepwise", {}), ("grid", {"STREAMRNN_CUDA_GRIDSYNC": "atomic"}),
+                          ("stepwise", {"STREAMRNN_CUDA_GRID_DYN": "1"})):
+            for dtype in ("float32", "float64"):
+                os.environ.update({"STREAMRNN_CUDA_SEQ": mode, **env})
+                mg = srnn.Model(spec, dtype=dtype, device="cuda")
+                for k in ("STREAMRNN_CUDA_SEQ", *env):
+                    os.environ.pop(k)
+                mc = srnn.Model(spec, dtype=dtype, device="cpu")
+                eng = mg._cuda
+                eng.GRID_GROUP = 2  # several groups of sequences per step
+                calls = []
+                orig = eng._seq_grid
+                eng._seq_grid = lambda *a: calls.append((a[0], a[1].H, a[4])) or orig(*a)
+                for B, T in ((3, 4), (1, 3), (5, 2)):
+                    X = rng.standard_normal((B, T, I)).astype(dtype)
+                    L = np.array([T, 0, 2, 1, T][:B])
+                    st0 = rng.standard_normal((B, mc.state_size)) * 0.5
+                    Yc, sc = mc.run(X, state=st0, lengths=L, return_state=True)
+                    Yg, sg_ = mg.run(X, state=st0, lengths=L, return_state=True)
+                    close(Yg, Yc, dtype, f"{mode} {env} run Y B={B}")
+                    close(sg_.data, sc.data, dtype, f"{mode} {env} run state B={B}")
+                # the LBR layers (H=6; H=4 both directions) went through it, the ONNX GRU (H=3) not
+                hs = {h for _, h, _ in calls}
+                assert hs == {6, 4} and any(rev for _, h, rev in calls if h == 4), calls
+                if mode == "stepwise":
+                    assert any(c[3] > 1 for c, _, _ in calls), calls  # several blocks
+                assert any(c[2] == 2 for c, _, _ in calls), calls  # groups of 2
+                if env.get("STREAMRNN_CUDA_GRID_DYN"):
+                    assert all(c[4] > 0 for c, _, _ in calls), calls
+        # push (a bidirectional model does not stream: the first layer alone, the default mode)
+        spec1 = ModelSpec((spec.layers[0], DenseLayer(R(2, H), R(2))))
+        mg, mc = srnn.Model(spec1, device="cuda"), srnn.Model(spec1, device="cpu")
+        sc_, sg2 = mc.stream(), mg.stream()
+        Xs = rng.standard_normal((5, I)).astype("float32")
+        close(sg2.push(Xs), sc_.push(Xs), "float32", "auto push")
+        close(sg2.state.data, sc_.state.data, "float32", "auto push state")
     """,
     # the GEMM's unpipelined staging: STREAMRNN_CUDA_STAGE=loop on a tile that could pipeline,
     # and a tile whose thread count does not divide its staged tiles (loop staging whatever

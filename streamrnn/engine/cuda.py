@@ -43,9 +43,10 @@ Design
   direction one GEMM-like kernel computes the input projection of every step (bias included),
   then one persistent kernel loops over time (a block owns a few sequences and keeps their h and c
   in shared memory; ragged lengths and reverse directions handled in the loop). Dense / activation
-  / softmax layers are row kernels over all B*T frames. An LSTM layer (no projection) over at
-  most 64 sequences runs instead as one cooperative kernel spread over the whole GPU
-  (``make_lstm_seq_grid``: each block keeps its units' Rt columns in shared memory, one grid
+  / softmax layers are row kernels over all B*T frames. An LSTM layer (no projection) or a
+  PyTorch GRU (linear_before_reset) over at most 64 sequences runs instead as one cooperative
+  kernel spread over the whole GPU (``layers/cuda_seqgrid.py``, ``make_lstm_seq_grid`` /
+  ``make_gru_seq_grid``: each block keeps its units' Rt columns in shared memory, one grid
   sync per step, sequences in groups of up to 32; ``STREAMRNN_CUDA_SEQ`` = auto (default) /
   grid / block; measured on an H200 in bench/NOTES.md entries 37, 52-53, 65).
 * ``STREAMRNN_CUDA_PERSIST=1``: one-row steps (``stream.step``, ``pool.step`` of one stream) are
@@ -952,11 +953,18 @@ class CudaEngine:
 
     def _grid_cfg(self, L, B):
         """(threads, units per block, sequences per group, blocks, bytes of dynamic shared memory)
-        of ``make_lstm_seq_grid`` for layer L and B sequences, or None where the per-block kernel
-        runs (seq_mode "block", a GRU / RNN, a projection, more than GRID_BMAX sequences, or Rt
-        columns too large for shared memory). The shared arrays are static (0 bytes dynamic)
-        unless ``grid_dyn`` (then groups may be larger, up to GRID_DYN_SMEM)."""
-        if self.seq_mode == "block" or L.kind != LSTM or L.dirs[0]["PROJ"] >= 0 or not 0 < B <= self.GRID_BMAX:
+        of the persistent sequence kernel (``make_lstm_seq_grid`` / ``make_gru_seq_grid``) for
+        layer L and B sequences, or None where the per-block kernel runs (seq_mode "block", an
+        RNN, an ONNX-default GRU, a projection, more than GRID_BMAX sequences, or Rt columns too
+        large for shared memory). The shared arrays are static (0 bytes dynamic) unless
+        ``grid_dyn`` (then groups may be larger, up to GRID_DYN_SMEM)."""
+        if L.kind == LSTM and L.dirs[0]["PROJ"] < 0:
+            G = 4
+        elif L.kind == GRU and L.flags & F_LBR:
+            G = 3
+        else:
+            return None
+        if self.seq_mode == "block" or not 0 < B <= self.GRID_BMAX:
             return None
         if self.seq_mode == "auto" and B > self.GRID_AUTO_B and L.H < self.GRID_AUTO_H:
             return None
@@ -965,7 +973,7 @@ class CudaEngine:
             UPB = H if self.seq_mode in ("grid", "auto") else 2
         else:
             UPB = _cdiv(H, self.n_sm)
-        C = 4 * UPB
+        C = G * UPB
         KS = (2 if self.seq_mode == "stepwise" else 1) if self.sim else max(1, 128 // C)  # sim: both split-K paths
         def smem(bm):  # Rt columns + h of a group + partial sums, bytes
             return (H * C + bm * H + KS * bm * C) * self.isz
@@ -981,16 +989,22 @@ class CudaEngine:
         return C * KS, UPB, BMAX, _cdiv(H, UPB), smem(BMAX) if self.grid_dyn else 0
 
     def _seq_grid(self, cfg, L, dd, col0, rev, XW, Y, st_d, sidx_d, lens_d, B, T, s):
-        """One LSTM direction over the chunk with ``make_lstm_seq_grid``; False if the persistent
-        launch is refused on this device (then the caller runs the per-block kernel)."""
+        """One LSTM or GRU direction over the chunk with the persistent sequence kernel
+        (``make_lstm_seq_grid`` / ``make_gru_seq_grid``); False if the persistent launch is
+        refused on this device (then the caller runs the per-block kernel)."""
+        from ..layers.gru.cuda import make_gru_seq_grid
         from ..layers.lstm.cuda import make_lstm_seq_grid
 
         NT, UPB, BMAX, nblk, dyn = cfg
         grid_sync = self.seq_mode in ("grid", "auto")
-        k = make_lstm_seq_grid(self.dts, NT, UPB, BMAX, L.H, dd["RT"], dd["PEEP"], dd["CLIP"],
-                               bool(L.flags & F_INPUT_FORGET), dd["ACTS"][:9], dd["HO"], dd["CO"], col0, rev,
-                               (2 if self.grid_barrier == "atomic" else 1) if grid_sync else 0,
-                               self.GRID_STAMPS, dyn > 0)
+        sync = (2 if self.grid_barrier == "atomic" else 1) if grid_sync else 0
+        if L.kind == LSTM:
+            k = make_lstm_seq_grid(self.dts, NT, UPB, BMAX, L.H, dd["RT"], dd["PEEP"], dd["CLIP"],
+                                   bool(L.flags & F_INPUT_FORGET), dd["ACTS"][:9], dd["HO"], dd["CO"], col0, rev,
+                                   sync, self.GRID_STAMPS, dyn > 0)
+        else:
+            k = make_gru_seq_grid(self.dts, NT, UPB, BMAX, L.H, dd["RT"], dd["RBH"], dd["CLIP"], dd["ACTS"][:6],
+                                  dd["HO"], col0, rev, sync, self.GRID_STAMPS, dyn > 0)
         hbuf = self._buf("hbuf", (2, B, L.H))
         cbuf = self._buf("cbuf", (B, L.H))
         bar = self._buf("gbar", (8,), np.int64)
@@ -1010,7 +1024,7 @@ class CudaEngine:
                                            "cuFuncSetAttribute")
                         fits = self._coop[k] = nblk <= kern.max_cooperative_grid_blocks(NT, dyn)
                     except Exception as e:  # noqa: BLE001 - e.g. no cudadevrt to link the grid sync
-                        log.warning("streamrnn cuda: no persistent LSTM kernel here (%s); using the per-block one", e)
+                        log.warning("streamrnn cuda: no persistent sequence kernel here (%s); using the per-block one", e)
                         self.seq_mode = "block"
                         return False
                 if not fits:
@@ -1018,7 +1032,7 @@ class CudaEngine:
                 try:
                     k[nblk, NT, s, dyn](*args, 0, T, 1)
                 except Exception as e:  # noqa: BLE001 - a refused cooperative launch runs nothing
-                    log.warning("streamrnn cuda: persistent LSTM launch refused (%s); using the per-block kernel", e)
+                    log.warning("streamrnn cuda: persistent sequence launch refused (%s); using the per-block kernel", e)
                     self.seq_mode = "block"
                     return False
                 return True

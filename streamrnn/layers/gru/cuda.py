@@ -349,3 +349,43 @@ def make_gru_gemm(dtype: str, gt, I: int, H: int, IN0: int, OUT0: int, WT: int, 
 
     gru_gemm.staging = passes.staging  # "pipe" or "loop" (tests, benchmarks)
     return gru_gemm
+
+
+@lru_cache(maxsize=None)
+def make_gru_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int, RBH: int, CLIP: float,
+                      ACTS: tuple, HO: int, COL0: int, REV: bool, GRID_SYNC: int, STAMPS: bool = False,
+                      DYN: bool = False):
+    """The recurrence of one direction of a GRU with linear_before_reset (PyTorch's GRU) for
+    few sequences, spread over the whole GPU in the persistent-RNN manner:
+    :func:`streamrnn.layers.cuda_seqgrid.make_seq_grid` with the GRU's three gates and no cell
+    state. Kernel arguments as ``make_lstm_seq_grid``'s; XW (B*T, 3H) the input projections,
+    biases included as ``make_gru_seq`` takes them (the candidate's recurrent bias at RBH).
+    ONNX's default GRU needs ``(r h_old) Rh``, a product over every unit after r: it keeps the
+    per-block kernel (``make_gru_seq``). NOTES entry 88."""
+    from ..cuda_seqgrid import make_seq_grid
+
+    dt = np.dtype(dtype).type
+    C = 3 * UPB
+    KS = max(1, NT // C)
+    BMC = int(BMAX) * int(C)  # the stride of one k-slice in the partial sums
+    kf, af, bf, kg, ag, bg = ACTS
+    af, bf, ag, bg = dt(af), dt(bf), dt(ag), dt(bg)
+    clip = dt(CLIP)
+
+    @jit(device=True)
+    def gates(W, XW, row, j, part, pi, hp, cp):
+        gz = XW[row, j]
+        gr = XW[row, H + j]
+        sh = W[RBH + j]  # the candidate's recurrent part, with its bias
+        for q in range(KS):
+            pq = pi + q * BMC
+            gz += part[pq]
+            gr += part[pq + UPB]
+            sh += part[pq + 2 * UPB]
+        z = _act(_clip(gz, clip), kf, af, bf)
+        rg = _act(_clip(gr, clip), kf, af, bf)
+        hc = _act(_clip(XW[row, 2 * H + j] + rg * sh, clip), kg, ag, bg)
+        return cp, (1.0 - z) * hc + z * hp
+
+    return make_seq_grid(dtype, NT, UPB, BMAX, H, 3, RT, HO, -1, COL0, REV, GRID_SYNC, STAMPS, DYN, gates,
+                         "gru_seq_grid")
