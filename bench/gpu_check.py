@@ -349,23 +349,34 @@ def parity_more() -> None:
     save()
 
 
+_GRU: dict = {}  # H -> spec; (H, device, env) -> model: each built once for the GRU rows
+
+
 def _gru_head(H):
-    k = 1 / np.sqrt(H)
-    return ModelSpec((GRULayer(H, H, U(k, 1, 3 * H, H), U(k, 1, 3 * H, H), U(k, 1, 6 * H), linear_before_reset=True),
-                      DenseLayer(U(k, 32, H), U(k, 32))))
+    if H not in _GRU:
+        k = 1 / np.sqrt(H)
+        _GRU[H] = ModelSpec((GRULayer(H, H, U(k, 1, 3 * H, H), U(k, 1, 3 * H, H), U(k, 1, 6 * H),
+                                      linear_before_reset=True), DenseLayer(U(k, 32, H), U(k, 32))))
+    return _GRU[H]
+
+
+def _gru_model(H, device, **env):
+    key = (H, device, tuple(sorted(env.items())))
+    if key not in _GRU:
+        _GRU[key] = build(_gru_head(H), "float32", device, **env)
+    return _GRU[key]
 
 
 def gru_seq_ab(H, B):
     """GRU(H, H, linear_before_reset) + Linear(32): model.run of B sequences through the
     persistent sequence kernel (the default, "auto") and the per-block kernel
     (STREAMRNN_CUDA_SEQ=block), both against the CPU engine, both timed (µs per step)."""
-    spec = _gru_head(H)
     T = 4 if ARGS.smoke else 100 if ARGS.quick else 250
     X = RNG.standard_normal((B, T, H)).astype(np.float32)
-    Yc = build(spec, "float32", "cpu").run(X)
+    Yc = _gru_model(H, "cpu").run(X)
     for name, env_ in (("streamrnn GRU model.run", {}),
                        ("streamrnn GRU model.run [per-block kernel, STREAMRNN_CUDA_SEQ=block]", dict(SEQ="block"))):
-        m = build(spec, "float32", "cuda", **env_)
+        m = _gru_model(H, "cuda", **env_)
         Y = m.run(X)
         d = float(np.abs(Y - Yc).max())
         ok = bool(np.all(np.abs(Y - Yc) <= 1e-4 + 1e-4 * np.abs(Yc)))  # T steps of float32: as seq_grid_case
@@ -384,13 +395,12 @@ def gru_step_ab(H, B):
     default) and as the row-tile kernel (STREAMRNN_CUDA_GEMM=0), outputs compared, both timed."""
     from streamrnn.engine import cuda as ce
 
-    spec = _gru_head(H)
     X = RNG.standard_normal((B, H)).astype(np.float32)
     out = np.empty((B, 32), np.float32)
     ys = {}
     for name, env_ in (("streamrnn GRU pool.step", {}),
                        ("streamrnn GRU pool.step [row-tile GRU kernels, STREAMRNN_CUDA_GEMM=0]", dict(GEMM="0"))):
-        m = build(spec, "float32", "cuda", **env_)
+        m = _gru_model(H, "cuda", **env_)
         p = m.pool(B)
         ids = p.open(B)[RNG.permutation(B)]
         ys[name] = p.step(ids, X).copy()
@@ -402,7 +412,7 @@ def gru_step_ab(H, B):
         big = B * H >= 16384 * 128
         record(H, B, name, timeit(lambda: p.step(ids, X, out=out), 30 if big else 400, 1.0), mode=pool_mode(p),
                kernel=kern.py_func.__name__, **({} if same is None else {"same_as_default": same}))
-        del m, p
+        del p
 
 
 # ---------------------------------------------------------------------------------------------
