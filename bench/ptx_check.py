@@ -206,6 +206,17 @@ def _kernels(H: int, cc=(9, 0)):
     BM = 32 if H <= 128 else 4  # the largest group of sequences the engine gives this H (GRID_GROUP, shared memory)
     k = make_lstm_seq_grid("float32", C * KS, UPB, BM, H, RT, -1, 0.0, False, acts, HO, CO, 0, False, 1)
     out.append((f"lstm_seq_grid UPB={UPB} NT={C * KS} groups of {BM} barrier=cg", k, grid_sig))
+    # a simple RNN(H, H)'s step as a tiled GEMM (entry 89), where a bucket has a tile
+    from streamrnn.layers.rnn.cuda import make_rnn_gemm, make_rnn_seq_grid
+
+    for b, (mx, _) in enumerate(ce._tiles()):
+        rgt = ce._gemm_tile(b, H, 1, 4, rnn=True)
+        if rgt is not None:
+            k = make_rnn_gemm("float32", rgt, H, H, 0, 0, 0, H * H, 2 * H * H, 0.0, acts[:3], 0, False)
+            out.append((f"rnn_gemm n<={mx} {tuple(rgt)} {k.staging}", k, step_sig))
+    KSr = max(1, 128 // UPB)
+    k = make_rnn_seq_grid("float32", UPB * KSr, UPB, 1, H, H * H, 0.0, acts[:3], 0, 0, False, 1)
+    out.append((f"rnn_seq_grid UPB={UPB} NT={UPB * KSr} barrier=cg", k, grid_sig))
     # a PyTorch GRU's persistent sequence kernel (entry 88): 3 gates per unit
     from streamrnn.layers.gru.cuda import make_gru_seq_grid
 

@@ -575,6 +575,60 @@ _CASES = {
         close(sg2.push(Xs), sc_.push(Xs), "float32", "auto push")
         close(sg2.state.data, sc_.state.data, "float32", "auto push state")
     """,
+    # simple RNN layers (NOTES entry 89): the pool step as a tiled GEMM (make_rnn_gemm; 2-3 row
+    # blocks of 8, a partial unit block) vs the CPU engine and the row tiles, and run through
+    # the persistent sequence kernel (make_rnn_seq_grid) in each mode; tanh with clip, then a
+    # bidirectional relu layer; float32 / float64
+    "rnn_gemm_grid": """
+        import os
+        from streamrnn.engine import cuda as ce
+        I, H = 3, 10
+        spec = ModelSpec((RNNLayer(I, H, R(1, H, I), R(1, H, H), R(1, 2 * H), clip=1.3),
+                          DenseLayer(R(2, H), R(2))))
+        bi = ModelSpec((RNNLayer(I, H, R(1, H, I), R(1, H, H), R(1, 2 * H), clip=1.3),
+                        RNNLayer(H, 5, R(2, 5, H), R(2, 5, 5) * 0.5, R(2, 10), direction="bidirectional",
+                                 activations=(Activation("Relu"), Activation("Relu"))),
+                        DenseLayer(R(2, 10), R(2))))
+        for dtype in ("float32", "float64"):
+            mc, mg = srnn.Model(spec, dtype=dtype, device="cpu"), srnn.Model(spec, dtype=dtype, device="cuda")
+            os.environ["STREAMRNN_CUDA_GEMM"] = "0"
+            mr = srnn.Model(spec, dtype=dtype, device="cuda")
+            os.environ.pop("STREAMRNN_CUDA_GEMM")
+            names = [op[0].py_func.__name__ for op in mg._cuda.step_ops(1)]
+            assert names == ["rnn_gemm", "linear_gemm"], names
+            assert mg._cuda.step_ops(1)[0][0].staging == "pipe"
+            assert [op[0].py_func.__name__ for op in mr._cuda.step_ops(1)][0] == "rnn_step"
+            pc, pg, pr = mc.pool(20), mg.pool(20), mr.pool(20)
+            ic, ig, ir = pc.open(20), pg.open(20), pr.open(20)
+            for st, n in enumerate((19, 20, 3)):
+                sel = rng.permutation(20)[:n]
+                X = rng.standard_normal((n, I)).astype(dtype)
+                yc = pc.step(ic[sel], X)
+                close(pg.step(ig[sel], X), yc, dtype, f"rnn gemm pool.step {st} n={n}")
+                close(pr.step(ir[sel], X), yc, dtype, f"rnn row-tile pool.step {st} n={n}")
+            for sid in range(20):
+                close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"rnn gemm state {sid}")
+            for mode, env in (("grid", {}), ("stepwise", {}), ("stepwise", {"STREAMRNN_CUDA_GRID_DYN": "1"})):
+                os.environ.update({"STREAMRNN_CUDA_SEQ": mode, **env})
+                mg = srnn.Model(bi, dtype=dtype, device="cuda")
+                for k in ("STREAMRNN_CUDA_SEQ", *env):
+                    os.environ.pop(k)
+                mcb = srnn.Model(bi, dtype=dtype, device="cpu")
+                eng = mg._cuda
+                eng.GRID_GROUP = 2
+                calls = []
+                orig = eng._seq_grid
+                eng._seq_grid = lambda *a: calls.append((a[0], a[1].H)) or orig(*a)
+                for B, T in ((3, 4), (5, 2)):
+                    X = rng.standard_normal((B, T, I)).astype(dtype)
+                    L = np.array([T, 0, 2, 1, T][:B])
+                    st0 = rng.standard_normal((B, mcb.state_size)) * 0.5
+                    Yc, sc = mcb.run(X, state=st0, lengths=L, return_state=True)
+                    Yg, sg_ = mg.run(X, state=st0, lengths=L, return_state=True)
+                    close(Yg, Yc, dtype, f"rnn {mode} {env} run Y B={B}")
+                    close(sg_.data, sc.data, dtype, f"rnn {mode} {env} run state B={B}")
+                assert {h for _, h in calls} == {H, 5} and any(c[2] == 2 for c, _ in calls), calls
+    """,
     # the GEMM's unpipelined staging: STREAMRNN_CUDA_STAGE=loop on a tile that could pipeline,
     # and a tile whose thread count does not divide its staged tiles (loop staging whatever
     # the setting): pool.step against the CPU engine, odd row counts, 5 unit blocks

@@ -414,12 +414,30 @@ def _gru_gemm_tiles():
     ]
 
 
+def _rnn_gemm_tiles():
+    """Per bucket of ``_tiles()``: the tiled GEMM tile of a simple RNN step (``make_rnn_gemm``,
+    one gate), or None for the row-tile kernel: the LSTM's thread counts and per-thread sums
+    (8 x 8 for many streams), its 4 gates of a unit becoming 4 more units (NOTES entry 89)."""
+    from ..layers.cuda_common import GemmTile
+
+    if simulator():  # 16 threads: 8 rows x 8 units, 2 x 4 per thread, 2 k-slices
+        return [None, GemmTile(8, 8, 2, 4, 2, 4)]
+    return [
+        None,
+        GemmTile(32, 32, 4, 4, 4, 64),  # few streams: 256 threads, 4 k-slices
+        GemmTile(64, 64, 8, 4, 1, 32),  # 128 threads, 8 rows x 4 units per thread
+        GemmTile(128, 128, 8, 8, 1, 16),  # many streams: 256 threads, 8 rows x 8 units per thread
+    ]
+
+
 #: (max rows, Tile) buckets; tests and benchmarks may replace it before building a model.
 STEP_TILES = None
 #: per bucket, a GemmTile or None (parallel to STEP_TILES / _tiles()); replaceable likewise
 GEMM_TILES = None
 #: per bucket, the GRU's GemmTile or None (``_gru_gemm_tiles()``); replaceable likewise
 GRU_GEMM_TILES = None
+#: per bucket, the simple RNN's GemmTile or None (``_rnn_gemm_tiles()``); replaceable likewise
+RNN_GEMM_TILES = None
 #: per bucket, the dense layers' GemmTile or None (``_dense_gemm_tiles()``); replaceable likewise
 DENSE_GEMM_TILES = None
 #: accumulators per thread that stay in registers (ptxas, sm_90), by item size
@@ -467,16 +485,18 @@ def _tile(bucket: int, N: int, AW: int = 1, isz: int = 4):
 
 
 def _gemm_tile(bucket: int, N: int, G: int, isz: int, stage: str = "pipe", dense: bool = False,
-               vec: bool = False, gru: bool = False):
+               vec: bool = False, gru: bool = False, rnn: bool = False):
     """The bucket's GEMM tile for N units of G gates (None: use the row-tile kernel), shrunk
     for small N, for the accumulator budget of the item size and for shared memory (``vec``:
     of the vector layout). ``dense``: the tiles of dense layers (``_dense_gemm_tiles``)
     instead of the LSTM's; ``gru``: a GRU's (``_gru_gemm_tiles``; G = 4 sums per unit, 3
-    staged)."""
+    staged); ``rnn``: a simple RNN's (``_rnn_gemm_tiles``)."""
     if dense:
         gts = DENSE_GEMM_TILES if DENSE_GEMM_TILES is not None else _dense_gemm_tiles()
     elif gru:
         gts = GRU_GEMM_TILES if GRU_GEMM_TILES is not None else _gru_gemm_tiles()
+    elif rnn:
+        gts = RNN_GEMM_TILES if RNN_GEMM_TILES is not None else _rnn_gemm_tiles()
     else:
         gts = GEMM_TILES if GEMM_TILES is not None else _gemm_tiles(stage)
     gt = gts[bucket] if bucket < len(gts) else None
@@ -804,7 +824,7 @@ class CudaEngine:
         from ..layers.gru.cuda import make_gru_gemm, make_gru_step, make_gru_step2
         from ..layers.cuda_common import gemm_threads
         from ..layers.lstm.cuda import make_lstm_gemm, make_lstm_onchip, make_lstm_step
-        from ..layers.rnn.cuda import make_rnn_step
+        from ..layers.rnn.cuda import make_rnn_gemm, make_rnn_step
 
         dts = self.dts
         ops = []
@@ -877,10 +897,14 @@ class CudaEngine:
                     tile_op(k2, t2, L.H, False)
             elif L.kind == RNN:
                 d = L.dirs[0]
-                t = _tile(bucket, L.H, 1, self.isz)
-                k = make_rnn_step(dts, t, L.I, L.H, IN0, c["out"], d["WT"], d["RT"], d["B"],
-                                  d["CLIP"], d["ACTS"][:3], d["HO"], last)
-                tile_op(k, t, L.H, first)
+                rargs = (L.I, L.H, IN0, c["out"], d["WT"], d["RT"], d["B"], d["CLIP"], d["ACTS"][:3], d["HO"], last)
+                gt = _gemm_tile(bucket, L.H, 1, self.isz, self.stage, rnn=True) if self.use_gemm else None
+                if gt is not None:
+                    k, gt = self._fitted_gemm(make_rnn_gemm, gt, first, *rargs, self.stage == "pipe")
+                    gemm_op(k, gt, L.H, first)
+                else:
+                    t = _tile(bucket, L.H, 1, self.isz)
+                    tile_op(make_rnn_step(dts, t, *rargs), t, L.H, first)
             elif L.kind == DENSE:
                 dargs = (L.I, L.O, IN0, c["out"], L.WT, L.B, L.act, L.alpha, L.beta, last, commit)
                 gt = _gemm_tile(bucket, L.O, 1, self.isz, dense=True) if self.dense_gemm else None
@@ -955,13 +979,15 @@ class CudaEngine:
         """(threads, units per block, sequences per group, blocks, bytes of dynamic shared memory)
         of the persistent sequence kernel (``make_lstm_seq_grid`` / ``make_gru_seq_grid``) for
         layer L and B sequences, or None where the per-block kernel runs (seq_mode "block", an
-        RNN, an ONNX-default GRU, a projection, more than GRID_BMAX sequences, or Rt columns too
+        ONNX-default GRU, a projection, more than GRID_BMAX sequences, or Rt columns too
         large for shared memory). The shared arrays are static (0 bytes dynamic) unless
         ``grid_dyn`` (then groups may be larger, up to GRID_DYN_SMEM)."""
         if L.kind == LSTM and L.dirs[0]["PROJ"] < 0:
             G = 4
         elif L.kind == GRU and L.flags & F_LBR:
             G = 3
+        elif L.kind == RNN:
+            G = 1
         else:
             return None
         if self.seq_mode == "block" or not 0 < B <= self.GRID_BMAX:
@@ -990,10 +1016,11 @@ class CudaEngine:
 
     def _seq_grid(self, cfg, L, dd, col0, rev, XW, Y, st_d, sidx_d, lens_d, B, T, s):
         """One LSTM or GRU direction over the chunk with the persistent sequence kernel
-        (``make_lstm_seq_grid`` / ``make_gru_seq_grid``); False if the persistent launch is
+        (``make_lstm_seq_grid`` / ``make_gru_seq_grid`` / ``make_rnn_seq_grid``); False if the persistent launch is
         refused on this device (then the caller runs the per-block kernel)."""
         from ..layers.gru.cuda import make_gru_seq_grid
         from ..layers.lstm.cuda import make_lstm_seq_grid
+        from ..layers.rnn.cuda import make_rnn_seq_grid
 
         NT, UPB, BMAX, nblk, dyn = cfg
         grid_sync = self.seq_mode in ("grid", "auto")
@@ -1002,9 +1029,12 @@ class CudaEngine:
             k = make_lstm_seq_grid(self.dts, NT, UPB, BMAX, L.H, dd["RT"], dd["PEEP"], dd["CLIP"],
                                    bool(L.flags & F_INPUT_FORGET), dd["ACTS"][:9], dd["HO"], dd["CO"], col0, rev,
                                    sync, self.GRID_STAMPS, dyn > 0)
-        else:
+        elif L.kind == GRU:
             k = make_gru_seq_grid(self.dts, NT, UPB, BMAX, L.H, dd["RT"], dd["RBH"], dd["CLIP"], dd["ACTS"][:6],
                                   dd["HO"], col0, rev, sync, self.GRID_STAMPS, dyn > 0)
+        else:
+            k = make_rnn_seq_grid(self.dts, NT, UPB, BMAX, L.H, dd["RT"], dd["CLIP"], dd["ACTS"][:3], dd["HO"], col0,
+                                  rev, sync, self.GRID_STAMPS, dyn > 0)
         hbuf = self._buf("hbuf", (2, B, L.H))
         cbuf = self._buf("cbuf", (B, L.H))
         bar = self._buf("gbar", (8,), np.int64)

@@ -44,6 +44,13 @@ def gemm_threads(gt: GemmTile) -> int:
     return (gt.BM // gt.TM) * (gt.BU // gt.TU) * gt.KS
 
 
+def gemm_launch_bounds(gt: GemmTile, dtype: str) -> tuple:
+    """``launch_bounds`` of a recurrent step's GEMM kernel: (threads, blocks per SM); float32
+    tiles of <= 256 threads at most 128 registers, two blocks per SM."""
+    NT = gemm_threads(gt)
+    return NT, 2 if (str(dtype) == "float32" and NT <= 256) else 1
+
+
 def gemm_red_size(gt: GemmTile, G: int) -> int:
     """Shared floats of the split-K reduction (1 when KS == 1)."""
     if gt.KS == 1:

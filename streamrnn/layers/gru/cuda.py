@@ -289,7 +289,7 @@ def make_gru_gemm(dtype: str, gt, I: int, H: int, IN0: int, OUT0: int, WT: int, 
     multiple of 3 x BU for the pipelined staging (``_gru_gemm_tiles`` picks such tiles;
     others stage in the loop mode).
     """
-    from ..cuda_common import gemm_threads, make_gemm_coords, make_gemm_passes
+    from ..cuda_common import gemm_launch_bounds, make_gemm_coords, make_gemm_passes
 
     dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
@@ -304,10 +304,8 @@ def make_gru_gemm(dtype: str, gt, I: int, H: int, IN0: int, OUT0: int, WT: int, 
     kf, af, bf, kg, ag, bg = ACTS
     af, bf, ag, bg = dt(af), dt(bf), dt(ag), dt(bg)
     clip = dt(CLIP)
-    NT = gemm_threads(gt)
-    MINB = 2 if (nbt.bitwidth == 32 and NT <= 256) else 1  # as make_lstm_gemm
 
-    @jit(launch_bounds=(NT, MINB))
+    @jit(launch_bounds=gemm_launch_bounds(gt, dtype))
     def gru_gemm(W, ids, src, dst, out, arena, n):
         tid = cuda.threadIdx.x
         tx, ty, ks, jb, rbase = coords(tid)

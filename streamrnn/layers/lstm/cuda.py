@@ -119,11 +119,11 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
     A block owns BM rows x BU units with all 4 gates, so the cell update is its epilogue.
     PIPE: the pipelined staging where the tile allows it (``make_gemm_accum``). VEC: the vector
     layout where the tile allows it (``gemm_vec``; the kernel's ``vec`` attribute says which)."""
-    from ..cuda_common import gemm_threads, gemm_vec, make_gemm_coords, make_gemm_passes, make_gemm_row
+    from ..cuda_common import gemm_launch_bounds, gemm_vec, make_gemm_coords, make_gemm_passes, make_gemm_row
 
     nbt = nbtype(dtype)
     BM, BU, TM, TU, KS, BK = gt
-    TY, TX = BM // TM, BU // TU
+    TX = BU // TU
     G4 = 4 * H
     VEC = bool(VEC) and gemm_vec(gt, 4)
     row = make_gemm_row(gt, VEC)
@@ -145,11 +145,7 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
         if LAST:
             out[r, j] = hn
 
-    NT = gemm_threads(gt)
-    # float32 tiles of <= 256 threads: at most 128 registers, two blocks per SM
-    MINB = 2 if (nbt.bitwidth == 32 and NT <= 256) else 1
-
-    @jit(launch_bounds=(NT, MINB))
+    @jit(launch_bounds=gemm_launch_bounds(gt, dtype))
     def lstm_gemm(W, ids, src, dst, out, arena, n):
         tid = cuda.threadIdx.x
         tx, ty, ks, jb, rbase = coords(tid)

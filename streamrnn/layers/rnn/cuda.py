@@ -1,6 +1,8 @@
 """Simple RNN kernels (CUDA, numba.cuda): h = f(clip(x @ Wt + h @ Rt + b)).
 Same formula as ``cpu.py``'s ``_rnn_cell``; see :mod:`streamrnn.layers.dense.cuda` for the
-row-tile conventions and :mod:`streamrnn.layers.lstm.cuda` for the persistent sequence kernel.
+row-tile conventions, :mod:`streamrnn.layers.cuda_common` for the tiled GEMM of many streams
+(``make_rnn_gemm``) and :mod:`streamrnn.layers.cuda_seqgrid` for the sequence kernel spread
+over the GPU (``make_rnn_seq_grid``); ``make_rnn_seq`` is the per-block one.
 """
 from __future__ import annotations
 
@@ -132,3 +134,76 @@ def make_rnn_seq(dtype: str, NT: int, NB: int, H: int, RT: int, CLIP: float, ACT
                     state[sid, HO + k] = h[i, k]
 
     return rnn_seq
+
+
+@lru_cache(maxsize=None)
+def make_rnn_gemm(dtype: str, gt, I: int, H: int, IN0: int, OUT0: int, WT: int, RT: int, BO: int, CLIP: float,
+                  ACTS: tuple, HO: int, LAST: bool, PIPE: bool = True):
+    """``make_rnn_step`` as a shared-memory tiled GEMM over ``[x | h_old] @ [Wt ; Rt]`` (see
+    :mod:`streamrnn.layers.cuda_common`; one gate): same arguments, same results; grid
+    (ceil(n/BM), ceil(H/BU)), ``gemm_threads(gt)`` threads, kernel arguments ``(W, ids, src,
+    dst, out, arena, n)``. NOTES entry 89."""
+    from ..cuda_common import gemm_launch_bounds, make_gemm_coords, make_gemm_passes
+
+    dt = np.dtype(dtype).type
+    nbt = nbtype(dtype)
+    BM, BU, TM, TU, KS, BK = gt
+    passes = make_gemm_passes(dtype, gt, 1, 1, (I, H, 0, 1, IN0, False, H, PIPE), (H, H, 0, 1, HO, True, H, PIPE))
+    coords = make_gemm_coords(gt)
+    TX = BU // TU
+    NACC, TUc = int(TM) * int(TU), int(TU)
+    kf, af, bf = ACTS
+    af, bf = dt(af), dt(bf)
+    clip = dt(CLIP)
+
+    @jit(launch_bounds=gemm_launch_bounds(gt, dtype))
+    def rnn_gemm(W, ids, src, dst, out, arena, n):
+        tid = cuda.threadIdx.x
+        tx, ty, ks, jb, rbase = coords(tid)
+        acc = cuda.local.array(NACC, nbt)
+        bv = cuda.local.array(TUc, nbt)  # the biases, loaded before the first store
+        passes(acc, W, WT, RT, src, arena, ids, rbase, n, jb, tid)
+        if ks == 0:
+            for u in range(TU):
+                bv[u] = W[BO + min(jb + tx + TX * u, H - 1)]
+            for q in range(TM):
+                r = rbase + ty + (BM // TM) * q
+                for u in range(TU):
+                    j = jb + tx + TX * u
+                    if r < n and j < H:
+                        hv = _act(_clip(bv[u] + acc[u], clip), kf, af, bf)
+                        dst[r, OUT0 + j] = hv
+                        if LAST:
+                            out[r, j] = hv
+                for a in range(NACC - TU):  # the next row's sums to the front (constant indices)
+                    acc[a] = acc[a + TU]
+
+    rnn_gemm.staging = passes.staging  # "pipe" or "loop" (tests, benchmarks)
+    return rnn_gemm
+
+
+@lru_cache(maxsize=None)
+def make_rnn_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, RT: int, CLIP: float, ACTS: tuple,
+                      HO: int, COL0: int, REV: bool, GRID_SYNC: int, STAMPS: bool = False, DYN: bool = False):
+    """The recurrence of one RNN direction for few sequences, spread over the whole GPU:
+    :func:`streamrnn.layers.cuda_seqgrid.make_seq_grid` with one gate and no cell state. Kernel
+    arguments as ``make_lstm_seq_grid``'s; XW (B*T, H) the input projections, bias included.
+    NOTES entry 89."""
+    from ..cuda_seqgrid import make_seq_grid
+
+    dt = np.dtype(dtype).type
+    KS = max(1, NT // UPB)
+    BMC = int(BMAX) * int(UPB)  # the stride of one k-slice in the partial sums
+    kf, af, bf = ACTS
+    af, bf = dt(af), dt(bf)
+    clip = dt(CLIP)
+
+    @jit(device=True)
+    def gates(W, XW, row, j, part, pi, hp, cp):
+        g = XW[row, j]
+        for q in range(KS):
+            g += part[pi + q * BMC]
+        return cp, _act(_clip(g, clip), kf, af, bf)
+
+    return make_seq_grid(dtype, NT, UPB, BMAX, H, 1, RT, HO, -1, COL0, REV, GRID_SYNC, STAMPS, DYN, gates,
+                         "rnn_seq_grid")
