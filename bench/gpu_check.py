@@ -384,12 +384,7 @@ def gru_seq_ab(H, B):
         ok = bool(np.all(np.abs(Y - Yc) <= 1e-4 + 1e-4 * np.abs(Yc)))  # T steps of float32: as seq_grid_case
         RESULT["parity"].append({"case": f"gru_head H={H}", "what": f"{name} B={B} T={T} vs cpu (seq_mode after "
                                  f"run: {m._cuda.seq_mode})", "dtype": "float32", "max_abs": d, "ok": ok})
-        st = timeit(lambda: m.run(X), 3 if ARGS.quick else 8, 2.0, warmup=1)
-        row = {"H": H, "B": B, "T": T, "method": name, **st, "us_per_step": st["p50_us"] / T,
-               "frames_per_s": B * T / (st["p50_us"] / 1e6), "seq_mode": m._cuda.seq_mode, "parity_ok": ok}
-        RESULT["seq"].append(row)
-        log(f"  H={H:4d} B={B:4d} T={T:4d} {name} {row['us_per_step']:8.2f} us/step (seq_mode {row['seq_mode']}, "
-            f"parity {'ok' if ok else 'FAILED'})")
+        seq_row(H, B, T, name, m, X, ok, d)
 
 
 def gru_step_ab(H, B):
@@ -905,6 +900,17 @@ SEQ_VARIANTS = (
 )
 
 
+def seq_row(H, B, T, name, m, X, ok, d):
+    """Time ``m.run(X)`` (µs per step), record it as a seq row with its parity, log it."""
+    st = timeit(lambda: m.run(X), 3 if ARGS.quick else 8, 2.0, warmup=1)
+    row = {"H": H, "B": B, "T": T, "method": name, **st, "us_per_step": st["p50_us"] / T,
+           "frames_per_s": B * T / (st["p50_us"] / 1e6), "seq_mode": m._cuda.seq_mode, "parity_ok": ok}
+    RESULT["seq"].append(row)
+    log(f"  H={H:4d} B={B:4d} T={T:4d} {name} {row['us_per_step']:8.2f} us/step (seq_mode {row['seq_mode']}, "
+        f"parity {'ok' if ok else 'FAILED'}, max abs {d:.2g})")
+    return row
+
+
 def seq_grid_case(H, B, T, models):
     """The persistent LSTM kernel (STREAMRNN_CUDA_SEQ=grid, with either barrier) against the
     per-block one (STREAMRNN_CUDA_SEQ=block), same process: parity with the per-block kernel
@@ -921,15 +927,9 @@ def seq_grid_case(H, B, T, models):
         RESULT["parity"].append({"case": f"lstm_head H={H}", "what": f"run B={B} T={T} {name} vs per-block "
                                  f"(seq_mode after run: {m._cuda.seq_mode})", "dtype": "float32", "max_abs": d,
                                  "ok": ok})
-    iters = 3 if ARGS.quick else 8
     for name, m in models:
         ok, d = oks.get(name, (True, 0.0))
-        st = timeit(lambda: m.run(X), iters, 2.0, warmup=1)
-        row = {"H": H, "B": B, "T": T, "method": name, **st, "us_per_step": st["p50_us"] / T,
-               "frames_per_s": B * T / (st["p50_us"] / 1e6), "seq_mode": m._cuda.seq_mode, "parity_ok": ok}
-        RESULT["seq"].append(row)
-        log(f"  H={H:4d} B={B:4d} T={T:4d} {name} {row['us_per_step']:8.2f} us/step (seq_mode {row['seq_mode']}, "
-            f"parity {'ok' if ok else 'FAILED'}, max abs {d:.2g})")
+        row = seq_row(H, B, T, name, m, X, ok, d)
         if getattr(m._cuda, "GRID_STAMPS", False):
             ph = m._cuda.grid_phases()
             RESULT["seq_phases"].append({"H": H, "B": B, "T": T, "method": name, "us_per_step": row["us_per_step"],

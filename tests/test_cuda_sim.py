@@ -78,19 +78,38 @@ _PRELUDE = textwrap.dedent(
         assert mg.device == "cuda" and mg._cuda is not None
         return mc, mg
 
-    def check_run(mc, mg, dtype, B=3, T=4):
+    def check_run(mc, mg, dtype, B=3, T=4, what=""):
+        # ragged lengths (one of 0 from B = 3 on) and initial states, then a 2-D input
         I = mc.input_size
         X = rng.standard_normal((B, T, I)).astype(dtype)
-        L = np.array([T, 2, 0, 3, 1][:B])
+        L = np.minimum(np.array([T, 2, 0, 3, 1][:B]), T)
         st0 = rng.standard_normal((B, mc.state_size)) * 0.5
         Yc, sc = mc.run(X, state=st0, lengths=L, return_state=True)
         Yg, sg = mg.run(X, state=st0, lengths=L, return_state=True)
-        close(Yg, Yc, dtype, "run Y")
-        close(sg.data, sc.data, dtype, "run state")
+        close(Yg, Yc, dtype, f"{what} run Y B={B}")
+        close(sg.data, sc.data, dtype, f"{what} run state B={B}")
         assert Yg.dtype == np.dtype(dtype) and Yg.shape == Yc.shape
-        assert (Yg[2] == 0).all()  # past-length outputs are exactly zero
+        assert (Yg[L == 0] == 0).all()  # past-length outputs are exactly zero
         # 2-D input, full lengths
-        close(mg.run(X[0]), mc.run(X[0]), dtype, "run 2-D")
+        close(mg.run(X[0]), mc.run(X[0]), dtype, f"{what} run 2-D")
+
+    def pools_agree(mc, models, dtype, cap, sizes, what=""):
+        # pool.step of the CPU model and of each (name, model) on the same frames and ids (n of
+        # cap open streams, in random order, per step), then every state against the CPU's
+        I = mc.input_size
+        pc = mc.pool(cap)
+        ic = pc.open(cap)
+        pools = [(name, m.pool(cap)) for name, m in models]
+        ids = [p.open(cap) for _, p in pools]
+        for s, n in enumerate(sizes):
+            sel = rng.permutation(cap)[:n]
+            X = rng.standard_normal((n, I)).astype(dtype)
+            yc = pc.step(ic[sel], X)
+            for (name, p), i in zip(pools, ids):
+                close(p.step(i[sel], X), yc, dtype, f"{what} {name} pool.step {s} n={n}")
+        for (name, p), i in zip(pools, ids):
+            for r in range(cap):
+                close(p.get_state(i[r]).data, pc.get_state(ic[r]).data, dtype, f"{what} {name} state {r}")
 
     def check_stream(mc, mg, dtype, T=4):
         I = mc.input_size
@@ -511,16 +530,9 @@ _CASES = {
                     calls = []
                     orig = eng._seq_grid
                     eng._seq_grid = lambda *a: calls.append(a[0]) or orig(*a)
-                    B, T = 5, 3
-                    X = rng.standard_normal((B, T, I)).astype(dtype)
-                    L = np.array([T, 0, 2, 1, T])
-                    st0 = rng.standard_normal((B, mc.state_size)) * 0.5
-                    Yc, sc = mc.run(X, state=st0, lengths=L, return_state=True)
-                    Yg, sg = mg.run(X, state=st0, lengths=L, return_state=True)
-                    close(Yg, Yc, dtype, f"{mode} dyn={dyn} run Y")
-                    close(sg.data, sc.data, dtype, f"{mode} dyn={dyn} run state")
+                    check_run(mc, mg, dtype, B=5, T=3, what=f"{mode} dyn={dyn}")
                     want = (4, eng.GRID_DYN_SMEM) if dyn == "1" else (1, 0)
-                    assert calls and all((c[2], c[4]) == want for c in calls), (mode, dyn, calls)
+                    assert calls and (calls[0][2], calls[0][4]) == want, (mode, dyn, calls)  # the run of 5
     """,
     # the persistent sequence kernel for a PyTorch GRU (make_gru_seq_grid, NOTES entry 88): a
     # GRU (clip, HardSigmoid / Softsign) then a bidirectional one, then an ONNX GRU (per-block
@@ -552,13 +564,7 @@ _CASES = {
                 orig = eng._seq_grid
                 eng._seq_grid = lambda *a: calls.append((a[0], a[1].H, a[4])) or orig(*a)
                 for B, T in ((3, 4), (1, 3), (5, 2)):
-                    X = rng.standard_normal((B, T, I)).astype(dtype)
-                    L = np.array([T, 0, 2, 1, T][:B])
-                    st0 = rng.standard_normal((B, mc.state_size)) * 0.5
-                    Yc, sc = mc.run(X, state=st0, lengths=L, return_state=True)
-                    Yg, sg_ = mg.run(X, state=st0, lengths=L, return_state=True)
-                    close(Yg, Yc, dtype, f"{mode} {env} run Y B={B}")
-                    close(sg_.data, sc.data, dtype, f"{mode} {env} run state B={B}")
+                    check_run(mc, mg, dtype, B, T, what=f"{mode} {env}")
                 # the LBR layers (H=6; H=4 both directions) went through it, the ONNX GRU (H=3) not
                 hs = {h for _, h, _ in calls}
                 assert hs == {6, 4} and any(rev for _, h, rev in calls if h == 4), calls
@@ -598,16 +604,7 @@ _CASES = {
             assert names == ["rnn_gemm", "linear_gemm"], names
             assert mg._cuda.step_ops(1)[0][0].staging == "pipe"
             assert [op[0].py_func.__name__ for op in mr._cuda.step_ops(1)][0] == "rnn_step"
-            pc, pg, pr = mc.pool(20), mg.pool(20), mr.pool(20)
-            ic, ig, ir = pc.open(20), pg.open(20), pr.open(20)
-            for st, n in enumerate((19, 20, 3)):
-                sel = rng.permutation(20)[:n]
-                X = rng.standard_normal((n, I)).astype(dtype)
-                yc = pc.step(ic[sel], X)
-                close(pg.step(ig[sel], X), yc, dtype, f"rnn gemm pool.step {st} n={n}")
-                close(pr.step(ir[sel], X), yc, dtype, f"rnn row-tile pool.step {st} n={n}")
-            for sid in range(20):
-                close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"rnn gemm state {sid}")
+            pools_agree(mc, [("gemm", mg), ("row-tile", mr)], dtype, 20, (19, 20, 3), "rnn")
             for mode, env in (("grid", {}), ("stepwise", {}), ("stepwise", {"STREAMRNN_CUDA_GRID_DYN": "1"})):
                 os.environ.update({"STREAMRNN_CUDA_SEQ": mode, **env})
                 mg = srnn.Model(bi, dtype=dtype, device="cuda")
@@ -620,13 +617,7 @@ _CASES = {
                 orig = eng._seq_grid
                 eng._seq_grid = lambda *a: calls.append((a[0], a[1].H)) or orig(*a)
                 for B, T in ((3, 4), (5, 2)):
-                    X = rng.standard_normal((B, T, I)).astype(dtype)
-                    L = np.array([T, 0, 2, 1, T][:B])
-                    st0 = rng.standard_normal((B, mcb.state_size)) * 0.5
-                    Yc, sc = mcb.run(X, state=st0, lengths=L, return_state=True)
-                    Yg, sg_ = mg.run(X, state=st0, lengths=L, return_state=True)
-                    close(Yg, Yc, dtype, f"rnn {mode} {env} run Y B={B}")
-                    close(sg_.data, sc.data, dtype, f"rnn {mode} {env} run state B={B}")
+                    check_run(mcb, mg, dtype, B, T, what=f"rnn {mode} {env}")
                 assert {h for _, h in calls} == {H, 5} and any(c[2] == 2 for c, _ in calls), calls
     """,
     # the GEMM's unpipelined staging: STREAMRNN_CUDA_STAGE=loop on a tile that could pipeline,
@@ -714,14 +705,7 @@ _CASES = {
                 ce.GEMM_TILES = [None, gt]  # the kernels are built when a pool is created
                 k0 = mv._cuda.step_ops(1)[0][0]
                 assert k0.py_func.__name__ == "lstm_gemm" and k0.vec == vec, (gt, k0.vec)
-                pc, pv = mc.pool(24), mv.pool(24)
-                ic, iv = pc.open(24), pv.open(24)
-                for s, n in enumerate((19, 24, 3, 17)):
-                    sel = rng.permutation(24)[:n]
-                    X = rng.standard_normal((n, I)).astype(dtype)
-                    close(pv.step(iv[sel], X), pc.step(ic[sel], X), dtype, f"vec {gt} pool.step {s} n={n}")
-                for sid in range(24):
-                    close(pv.get_state(sid).data, pc.get_state(sid).data, dtype, f"vec {gt} state {sid}")
+                pools_agree(mc, [("vec", mv)], dtype, 24, (19, 24, 3, 17), str(gt))
                 ce.GEMM_TILES = None
         os.environ["STREAMRNN_CUDA_GEMM_VEC"] = "yes"
         try:
@@ -779,16 +763,7 @@ _CASES = {
                     assert k0.staging == ("pipe" if tiles is None else "loop"), k0.staging
                     assert "gru_gemm" not in [op[0].py_func.__name__ for op in mr._cuda.step_ops(1)]
                     assert "gru_gemm" not in [op[0].py_func.__name__ for op in mg._cuda.step_ops(0)]  # one row
-                    pc, pg, pr = mc.pool(30), mg.pool(30), mr.pool(30)
-                    ic, ig, ir = pc.open(30), pg.open(30), pr.open(30)
-                    for s, n in enumerate((25, 30, 2, 13)):
-                        sel = rng.permutation(30)[:n]
-                        X = rng.standard_normal((n, I)).astype(dtype)
-                        yc = pc.step(ic[sel], X)
-                        close(pg.step(ig[sel], X), yc, dtype, f"{name} {tiles} gemm pool.step {s} n={n}")
-                        close(pr.step(ir[sel], X), yc, dtype, f"{name} {tiles} row-tile pool.step {s} n={n}")
-                    for sid in range(30):
-                        close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"{name} {tiles} state {sid}")
+                    pools_agree(mc, [("gemm", mg), ("row-tile", mr)], dtype, 30, (25, 30, 2, 13), f"{name} {tiles}")
                     ce.GRU_GEMM_TILES = None
     """,
     # the commit of new hidden states to the state arena (make_commit) on its own: rows in

@@ -567,6 +567,15 @@ class _Driver:
         return cu.CUfunction(int(handle))
 
 
+def allow_smem(drv, kernel, nbytes: int) -> None:
+    """Let a compiled kernel launch with ``nbytes`` of dynamic shared memory: past the default
+    48 KiB the driver (``_Driver``) must raise the kernel's limit first (up to 227 KiB a block
+    on an H100 / H200); below it nothing is needed."""
+    if nbytes > 48 * 1024:
+        attr = drv.cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        drv.check(drv.cu.cuFuncSetAttribute(drv.function(kernel), attr, nbytes), "cuFuncSetAttribute")
+
+
 class _Params:
     """Kernel parameters of one launch as a C ``void*`` array (numba's argument ABI, built
     with the kernel's own ``_prepare_args``); the trailing int64 scalar (n) stays writable."""
@@ -797,7 +806,7 @@ class CudaEngine:
                     continue
                 if lm <= self.SPILL_OK:
                     return k, gt
-                log.debug("streamrnn cuda: %s spills (%d bytes local); halving TM", gt, kern.local_mem_per_thread)
+                log.debug("streamrnn cuda: %s spills (%d bytes local); halving TM", gt, lm)
             except Exception as e:  # pragma: no cover - real GPU only
                 log.debug("streamrnn cuda: could not inspect a kernel (%s)", e)
                 return k, gt
@@ -977,9 +986,9 @@ class CudaEngine:
 
     def _grid_cfg(self, L, B):
         """(threads, units per block, sequences per group, blocks, bytes of dynamic shared memory)
-        of the persistent sequence kernel (``make_lstm_seq_grid`` / ``make_gru_seq_grid``) for
-        layer L and B sequences, or None where the per-block kernel runs (seq_mode "block", an
-        ONNX-default GRU, a projection, more than GRID_BMAX sequences, or Rt columns too
+        of the persistent sequence kernel (``layers/cuda_seqgrid.py``: an LSTM, a GRU with
+        linear_before_reset, an RNN) for layer L and B sequences, or None where the per-block
+        kernel runs (seq_mode "block", an ONNX-default GRU, a projection, more than GRID_BMAX sequences, or Rt columns too
         large for shared memory). The shared arrays are static (0 bytes dynamic) unless
         ``grid_dyn`` (then groups may be larger, up to GRID_DYN_SMEM)."""
         if L.kind == LSTM and L.dirs[0]["PROJ"] < 0:
@@ -1015,9 +1024,9 @@ class CudaEngine:
         return C * KS, UPB, BMAX, _cdiv(H, UPB), smem(BMAX) if self.grid_dyn else 0
 
     def _seq_grid(self, cfg, L, dd, col0, rev, XW, Y, st_d, sidx_d, lens_d, B, T, s):
-        """One LSTM or GRU direction over the chunk with the persistent sequence kernel
-        (``make_lstm_seq_grid`` / ``make_gru_seq_grid`` / ``make_rnn_seq_grid``); False if the persistent launch is
-        refused on this device (then the caller runs the per-block kernel)."""
+        """One direction of layer L over the chunk with the persistent sequence kernel
+        (``make_lstm_seq_grid`` / ``make_gru_seq_grid`` / ``make_rnn_seq_grid``); False if the
+        persistent launch is refused on this device (then the caller runs the per-block kernel)."""
         from ..layers.gru.cuda import make_gru_seq_grid
         from ..layers.lstm.cuda import make_lstm_seq_grid
         from ..layers.rnn.cuda import make_rnn_seq_grid
@@ -1047,11 +1056,7 @@ class CudaEngine:
                 if fits is None:
                     try:
                         kern = k.compile(tuple(k.typeof_pyval(a) for a in args + (0, T, 1)))
-                        if dyn > 48 * 1024:  # beyond the default limit of dynamic shared memory
-                            cu = self.drv.cu
-                            attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-                            self.drv.check(cu.cuFuncSetAttribute(self.drv.function(kern), attr, dyn),
-                                           "cuFuncSetAttribute")
+                        allow_smem(self.drv, kern, dyn)
                         fits = self._coop[k] = nblk <= kern.max_cooperative_grid_blocks(NT, dyn)
                     except Exception as e:  # noqa: BLE001 - e.g. no cudadevrt to link the grid sync
                         log.warning("streamrnn cuda: no persistent sequence kernel here (%s); using the per-block one", e)

@@ -386,11 +386,10 @@ class Server:
             self.G = 1
             self.smem *= self._gy
         else:  # pragma: no cover - real GPU only
+            from .cuda import allow_smem
+
             k = self.kernel.compile(self._sig())
-            if self.smem > 48 * 1024:  # beyond the default limit of dynamic shared memory
-                cu = eng.drv.cu
-                attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-                eng.drv.check(cu.cuFuncSetAttribute(eng.drv.function(k), attr, self.smem), "cuFuncSetAttribute")
+            allow_smem(eng.drv, k, self.smem)
             G = k.max_cooperative_grid_blocks(NT, self.smem)
             if G < self._gy:
                 raise PersistError(f"the on-chip LSTM weights need {self._gy} resident blocks of "

@@ -73,10 +73,10 @@ def gemm_a_pitch(gt: GemmTile, vec: bool = False) -> int:
 SMEM_ALIGN = None if SIM else 16
 
 
-def gemm_smem(gt: GemmTile, G: int, vec: bool = False, GA: int = 0) -> int:
-    """Static shared memory of a GEMM block, in items (G staged gates per unit; GA accumulators
-    per unit, if not G)."""
-    return gt.BK * gemm_a_pitch(gt, vec) + gt.BK * G * gt.BU + gemm_red_size(gt, GA or G)
+def gemm_smem(gt: GemmTile, G: int, vec: bool = False) -> int:
+    """Static shared memory of a GEMM block, in items (G gates per unit; a GRU's 4 sums for
+    its 3 staged gates count as 4: a bound)."""
+    return gt.BK * gemm_a_pitch(gt, vec) + gt.BK * G * gt.BU + gemm_red_size(gt, G)
 
 
 @lru_cache(maxsize=None)
@@ -238,19 +238,19 @@ def make_gemm_accum(gt: GemmTile, K: int, LDW: int, GS: int, G: int, COL0: int, 
                             acc[a + q * TU * GA] += av[q] * w
 
     accum.staging = "pipe" if FAST else "loop"  # which staging this tile got (tests, benchmarks)
-    accum.vec = VEC
+    accum.vec, accum.G, accum.GA = VEC, G, GA
     return accum
 
 
 @lru_cache(maxsize=None)
-def make_gemm_passes(dtype: str, gt: GemmTile, G: int, GA: int, XARGS: tuple, HARGS: tuple, VEC: bool = False):
+def make_gemm_passes(dtype: str, gt: GemmTile, XARGS: tuple, HARGS: tuple):
     """``passes(acc, W, WT, RT, src, arena, ids, rbase, n, jb, tid)``: the sums of a recurrent
     step's tiled GEMM: ``acc`` (TM*TU*GA, local) zeroed, the input pass (``make_gemm_accum(gt,
     *XARGS)`` over ``src`` from W[WT]), the recurrent pass (``*HARGS``, over the state rows of
     ``arena``, from W[RT]; none where HARGS is empty: a dense layer), then the split-K
-    reduction; with the block's shared tiles and the staging registers of its own. G staged
-    gates and GA sums per unit, as the passes take them; VEC: the vector layout's shared tiles
-    (16-byte aligned, A's pitch BM + 4)."""
+    reduction; with the block's shared tiles and the staging registers of its own, shaped by
+    the input pass's gates (G staged, GA sums per unit) and layout (the vector layout's tiles:
+    16-byte aligned, A's pitch BM + 4)."""
     from .dense.cuda import nbtype
 
     nbt = nbtype(dtype)
@@ -258,6 +258,10 @@ def make_gemm_passes(dtype: str, gt: GemmTile, G: int, GA: int, XARGS: tuple, HA
     acc_x = make_gemm_accum(gt, *XARGS)
     HAS_H = bool(HARGS)
     acc_h = make_gemm_accum(gt, *HARGS) if HAS_H else acc_x
+    G, GA, VEC = acc_x.G, acc_x.GA, acc_x.vec
+    if (acc_h.G, acc_h.GA, acc_h.vec) != (G, GA, VEC):
+        raise ValueError(f"HARGS: expected the input pass's gates, sums and layout {(G, GA, VEC)}, "
+                         f"got {(acc_h.G, acc_h.GA, acc_h.vec)}")
     reduce = make_gemm_reduce(gt, GA)
     RED = gemm_red_size(gt, GA)
     NA, NB = gemm_stage_items(gt, G)

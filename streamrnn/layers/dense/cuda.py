@@ -356,7 +356,7 @@ def make_linear_gemm(dtype: str, gt, K: int, N: int, IN0: int, OUT0: int, WT: in
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
     NT = gemm_threads(gt)
-    passes = make_gemm_passes(dtype, gt, 1, 1, (K, N, 0, 1, IN0, False, N), ())
+    passes = make_gemm_passes(dtype, gt, (K, N, 0, 1, IN0, False, N), ())
     NACC = int(TM) * int(TU)
     TUc = int(TU)  # a constant shape (see make_gemm_passes)
     commit = make_commit(dtype, NT, BM, -(-N // BU), COMMIT)

@@ -296,7 +296,7 @@ def make_gru_gemm(dtype: str, gt, I: int, H: int, IN0: int, OUT0: int, WT: int, 
     BM, BU, TM, TU, KS, BK = gt
     TY, TX = BM // TM, BU // TU
     G3 = 3 * H
-    passes = make_gemm_passes(dtype, gt, 3, 4, (I, G3, H, 3, IN0, False, H, PIPE, False, 4),
+    passes = make_gemm_passes(dtype, gt, (I, G3, H, 3, IN0, False, H, PIPE, False, 4),
                               (H, G3, H, 3, HO, True, H, PIPE, False, 4, 2))
     NACC = int(TM) * int(TU) * 4
     TU4, NQU = 4 * int(TU), int(TM) * int(TU)

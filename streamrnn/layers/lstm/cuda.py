@@ -127,8 +127,8 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
     G4 = 4 * H
     VEC = bool(VEC) and gemm_vec(gt, 4)
     row = make_gemm_row(gt, VEC)
-    passes = make_gemm_passes(dtype, gt, 4, 4, (I, G4, H, 4, IN0, False, H, PIPE, VEC),
-                              (HR, G4, H, 4, HO, True, H, PIPE, VEC), VEC)
+    passes = make_gemm_passes(dtype, gt, (I, G4, H, 4, IN0, False, H, PIPE, VEC),
+                              (HR, G4, H, 4, HO, True, H, PIPE, VEC))
     NACC = TM * TU * 4
     coords = make_gemm_coords(gt)
     cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)

@@ -148,7 +148,7 @@ def make_rnn_gemm(dtype: str, gt, I: int, H: int, IN0: int, OUT0: int, WT: int, 
     dt = np.dtype(dtype).type
     nbt = nbtype(dtype)
     BM, BU, TM, TU, KS, BK = gt
-    passes = make_gemm_passes(dtype, gt, 1, 1, (I, H, 0, 1, IN0, False, H, PIPE), (H, H, 0, 1, HO, True, H, PIPE))
+    passes = make_gemm_passes(dtype, gt, (I, H, 0, 1, IN0, False, H, PIPE), (H, H, 0, 1, HO, True, H, PIPE))
     coords = make_gemm_coords(gt)
     TX = BU // TU
     NACC, TUc = int(TM) * int(TU), int(TU)
