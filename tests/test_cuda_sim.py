@@ -26,32 +26,13 @@ _PRELUDE = textwrap.dedent(
     sys.path.insert(0, %r)
     logging.basicConfig(level=logging.WARNING)  # the engine's warnings (fallbacks) in a failure's stderr
 
-    # numba's simulator creates a block's shared array at a source line's first call with a
-    # check-then-set on a dict, without a lock: when Python switches threads in between, two
-    # threads of the block get different arrays and the kernel computes garbage (a rare CI
-    # failure of the "persist" case; with sys.setswitchinterval(1e-6) every run of it failed,
-    # and none with this lock). The same function, the dict update under a lock.
-    import threading, traceback
-    from numba.core import types as _types
-    from numba.cuda.simulator import kernelapi as _kernelapi
-    from numba.np import numpy_support as _npsup
-    _shared_lock = threading.Lock()
-
-    def _shared_array(self, shape, dtype, alignment=None):
-        if alignment is not None:
-            raise RuntimeError("Array alignment is not supported in cudasim")
-        if isinstance(dtype, _types.Type):
-            dtype = _npsup.as_dtype(dtype)
-        if shape == 0:
-            return np.frombuffer(self._dynshared.data, dtype=dtype, count=self._dynshared_size // dtype.itemsize)
-        caller = traceback.extract_stack(sys._getframe())[-2][0:2]  # keyed by the caller's line
-        with _shared_lock:
-            res = self._allocations.get(caller)
-            if res is None:
-                res = self._allocations[caller] = np.empty(shape, dtype)
-        return res
-
-    _kernelapi.FakeCUDAShared.array = _shared_array
+    # every access to shared memory and to the kernels' arrays is recorded: two threads of a
+    # block that touch the same word between two barriers, one of them writing, fail the case
+    # at once (tests/simrace.py), whether or not the interleaving that Python chose this time
+    # gave a wrong result
+    sys.path.insert(0, os.path.join(%r, "tests"))
+    import simrace
+    simrace.install(strict=True, global_memory=True)
     # the simulated threads switch as often as Python allows: a data race between threads of
     # a kernel shows up here rather than once in a while (and the cases run faster: a thread
     # waiting at a barrier no longer holds the interpreter for 5 ms)
@@ -214,7 +195,7 @@ _PRELUDE = textwrap.dedent(
         y = pg.step(2, rng.standard_normal(I))
         assert y.shape == (mg.output_size,)
     """
-    % ROOT
+    % (ROOT, ROOT)
 )
 
 _CASES = {
@@ -1153,6 +1134,9 @@ _CASES = {
 }
 
 
+_EPILOGUE = "\nassert simrace.accesses() > 0, 'the race checker recorded no access'\nsimrace.check()\nprint('OK')\n"
+
+
 def _start(code: str, sim: bool = True) -> subprocess.Popen:
     env = dict(os.environ)
     if sim:
@@ -1176,7 +1160,7 @@ def _finish(p: subprocess.Popen, timeout: int = 600):
 def sim_runs():
     """Every simulator case started at once (the simulator is CPU-bound and single-threaded in
     effect: separate processes use the cores); each test then waits for its own."""
-    procs = {case: _start(_PRELUDE + textwrap.dedent(code) + "\nprint('OK')\n") for case, code in _CASES.items()}
+    procs = {case: _start(_PRELUDE + textwrap.dedent(code) + _EPILOGUE) for case, code in _CASES.items()}
     yield procs
     for p in procs.values():
         if p.poll() is None:

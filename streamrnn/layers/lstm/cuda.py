@@ -169,7 +169,9 @@ def make_lstm_gemm(dtype: str, gt, I: int, H: int, HR: int, IN0: int, OUT0: int,
                     sid = ids[min(rbase + row(ty, q0 + qq), n - 1)]
                     sv[qq] = sid
                     for u in range(TU):
-                        cv[qq * TU + u] = arena[sid, CO + min(jb + tx + TX * u, H - 1)]
+                        # clamped: past n or H it loads the c that another thread's epilogue
+                        # may be writing, and drops it (no store for that row or unit)
+                        cv[qq * TU + u] = arena[sid, CO + min(jb + tx + TX * u, H - 1)]  # (simrace: value unused)
                 for qq in range(QG):
                     r = rbase + row(ty, q0 + qq)
                     for u in range(TU):

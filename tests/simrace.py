@@ -1,0 +1,315 @@
+"""A race checker for numba's CUDA simulator (a small ``compute-sanitizer --tool racecheck``).
+
+On a GPU, two threads of one block that touch the same word between the same two barriers, at
+least one of them writing, race: what the reader gets, or which write stays, depends on how the
+warps are scheduled. The simulator runs each CUDA thread as a Python thread, so such a race gives
+a wrong result only when Python happens to switch threads at the wrong moment, and a kernel that
+passes its parity tests here can still be wrong on hardware.
+
+This module records every access instead, with the thread and the barrier interval ("epoch") it
+happened in, and reports each pair of accesses that conflict:
+
+* a write, and a read or a write of another thread, in the same epoch;
+* an atomic (``cuda.atomic.*``, or a volatile access through one of SYNC_FUNCTIONS), and a plain
+  read or write of another thread, in the same epoch (atomics among themselves do not race).
+
+Shared memory (static and dynamic, by 4-byte word, so overlapping views of the dynamic buffer
+are seen) is always checked; the kernels' array arguments (global memory) with
+``install(global_memory=True)``. Epochs are counted per thread at each ``cuda.syncthreads()``
+(and at the grid sync, which the simulator runs as one). The simulator runs one block after
+the other, so races between blocks are not seen, except in a cooperative kernel, whose grid is
+one block there. A read whose value is dropped when it races (a load clamped to a valid index so
+that it can be issued unconditionally) is excused by UNUSED_MARK in a comment on its line.
+
+Use: ``install()`` before the first kernel runs (it patches the simulator in this process), then
+``check()`` after the kernels, which raises :class:`RaceError` listing what was found.
+"""
+from __future__ import annotations
+
+import itertools
+import linecache
+import sys
+import threading
+
+import numpy as np
+from numba.cuda.simulator import kernel as _kernel
+from numba.cuda.simulator import kernelapi as _kapi
+from numba.cuda.simulator.cudadrv import devicearray as _devarray
+
+__all__ = ["RaceError", "install", "races", "accesses", "check", "reset"]
+
+READ, WRITE, ATOMIC = "read", "write", "atomic"
+#: device functions whose accesses are synchronisation, like atomics: the volatile loads and
+#: stores of flags and counters (streamrnn/layers/cuda_sync.py; plain accesses in the simulator)
+SYNC_FUNCTIONS = {"ld_volatile", "st_volatile"}
+#: a read on a source line with this text in a comment may race: its value is not used when it
+#: does (e.g. a load clamped to a valid index so that it can be issued unconditionally); the
+#: comment says why
+UNUSED_MARK = "simrace: value unused"
+MAX_REPORTS = 20
+
+_lock = threading.Lock()
+_table: dict = {}  # address of a 4-byte word -> [epoch key, (tid, loc) of the last write or None, {tid: loc} of reads, {tid: loc} of atomics]
+_races: list = []
+_seen: set = set()
+_serial = itertools.count()
+_skip_files = {__file__, _kapi.__file__, _kernel.__file__, _devarray.__file__}
+_installed = False
+_strict = False
+_count = [0]  # accesses recorded
+
+
+class RaceError(AssertionError):
+    """Conflicting shared-memory accesses between two barriers."""
+
+
+class _Shared(np.ndarray):
+    """A view of simulated shared memory whose element reads and writes are recorded."""
+
+    def __array_finalize__(self, obj):
+        self._label = getattr(obj, "_label", None)  # (name, buffer start address)
+
+    def __array_ufunc__(self, ufunc, method, *args, **kwargs):
+        # arithmetic on whole views gives plain (untraced) arrays
+        args = tuple(a.view(np.ndarray) if isinstance(a, _Shared) else a for a in args)
+        if "out" in kwargs:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, _Shared) else o for o in kwargs["out"])
+        return getattr(ufunc, method)(*args, **kwargs)
+
+    def __getitem__(self, idx):
+        r = np.ndarray.__getitem__(self, idx)
+        if not isinstance(r, np.ndarray):  # one element (a view is recorded when it is accessed)
+            _record(READ, self, _element_offset(self, idx), self._label)
+        return r
+
+    def __setitem__(self, idx, value):
+        np.ndarray.__setitem__(self, idx, value)
+        target = np.ndarray.__getitem__(self, idx)
+        if isinstance(target, np.ndarray):  # a slice: every element of it
+            if not np.shares_memory(target, self):
+                raise TypeError(f"simrace: index {idx!r} of a shared array is not a view")
+            base = _pointer(target) - _pointer(self)
+            grids = np.indices(target.shape).reshape(target.ndim, -1).T
+            for off in base + grids @ np.array(target.strides, dtype=np.int64):
+                _record(WRITE, self, int(off), self._label)
+        else:
+            _record(WRITE, self, _element_offset(self, idx), self._label)
+
+
+def _pointer(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def _element_offset(a: _Shared, idx) -> int:
+    """Byte offset of a[idx] (one element) from a's first element."""
+    if not isinstance(idx, tuple):
+        idx = (idx,)
+    if len(idx) != a.ndim or not all(isinstance(i, (int, np.integer)) for i in idx):
+        raise TypeError(f"simrace: unsupported index {idx!r} of a {a.ndim}-d array")
+    return sum((int(i) % n) * s for i, n, s in zip(idx, a.shape, a.strides))
+
+
+def _caller():
+    """(file name, line, function name) of the kernel code that made the access."""
+    f = sys._getframe(3)
+    while f.f_code.co_filename in _skip_files:
+        f = f.f_back
+    return f.f_code.co_filename, f.f_lineno, f.f_code.co_name
+
+
+def _where(loc) -> str:
+    return "/".join(loc[0].rsplit("/", 2)[-2:]) + f":{loc[1]}"
+
+
+def _excused(kind: str, loc) -> bool:
+    """A read on a line marked UNUSED_MARK (its value is not used when it races)."""
+    return kind == READ and UNUSED_MARK in linecache.getline(loc[0], loc[1])
+
+
+def _record(kind: str, a: np.ndarray, offset: int, label) -> None:
+    """Record one access of a's element at byte offset; label = (array name, its start address)."""
+    t = threading.current_thread()
+    mgr = getattr(t, "_manager", None)
+    if mgr is None or label is None:  # not a simulated thread, or not a traced array
+        return
+    loc = _caller()
+    if t._race_atomic or loc[2] in SYNC_FUNCTIONS:
+        kind = ATOMIC
+    start = _pointer(a) + offset
+    size = a.itemsize
+    key = (mgr._race_serial, t._race_epoch)
+    this = (t.thread_id, loc)
+    with _lock:
+        _count[0] += 1
+        # by 4-byte word (a shared-memory bank's width): a float64 covers two, and a float32
+        # view of the same dynamic buffer overlaps it in one
+        for addr in range(start, start + size, 4) if size >= 4 else (start,):
+            _record_word(kind, label, addr, t, key, this)
+
+
+def _record_word(kind, label, addr, t, key, this) -> None:
+    tid, loc = this
+    rec = _table.get(addr)
+    if rec is None or rec[0] != key:
+        rec = _table[addr] = [key, None, {}, {}]
+    _, writer, reads, atomics = rec
+    others = []
+    if writer is not None and writer[0] != tid:
+        others.append((WRITE,) + writer)
+    if kind != READ:
+        others += [(READ, u, l) for u, l in reads.items() if u != tid][:1]
+    if kind != ATOMIC:
+        others += [(ATOMIC, u, l) for u, l in atomics.items() if u != tid][:1]
+    for other in others:
+        if not (kind == ATOMIC and other[0] == ATOMIC) and not _excused(kind, loc) and not _excused(other[0], other[2]):
+            _report(label, addr, t, key, (kind, tid, loc), other)
+    if kind == WRITE:
+        rec[1] = this
+    elif kind == READ:
+        reads.setdefault(tid, loc)
+    else:
+        atomics.setdefault(tid, loc)
+
+
+def _report(label, addr, t, key, this, other) -> None:
+    name, start = label
+    sig = (name,) + tuple(sorted([(this[0], this[2][:2]), (other[0], other[2][:2])]))
+    if sig in _seen:
+        return
+    _seen.add(sig)
+    msg = (f"{name}, byte {addr - start}: thread {this[1]} {this[0]} at {_where(this[2])} "
+           f"and thread {other[1]} {other[0]} at {_where(other[2])}, between the same two barriers "
+           f"(block {tuple(t.blockIdx)}, after barrier {key[1]})")
+    if len(_races) < MAX_REPORTS:
+        _races.append(msg)
+    if _strict:  # raised in the simulated thread: the launch fails with this message
+        raise RaceError(msg)
+
+
+def _traced(arr: np.ndarray, name: str, start: int) -> _Shared:
+    v = arr.view(_Shared)
+    v._label = (name, start)
+    return v
+
+
+def install(strict: bool = False, global_memory: bool = False) -> None:
+    """Patch numba's simulator in this process so that shared-memory accesses are recorded.
+
+    strict=True: the first race raises RaceError in the thread that found it, which fails the
+    kernel launch (before a wrong result can fail some later comparison instead).
+    global_memory=True: accesses of the kernels' array arguments (global memory) are recorded
+    too. The simulator runs one block at a time, so this finds races between threads of one
+    block; a cooperative kernel runs as a single block there, so its whole grid is one block.
+    """
+    global _installed, _strict
+    _strict = strict
+    if _installed:
+        return
+    _installed = True
+    from numba.core import types
+    from numba.np import numpy_support
+
+    alloc_lock = threading.Lock()
+
+    def shared_array(self, shape, dtype, alignment=None):
+        # numba's FakeCUDAShared.array (one array per source line of the call), with its
+        # check-then-set of the dict under a lock (without it, when Python switches threads in
+        # between, two threads of a block get different arrays: a rare CI failure of the
+        # "persist" simulator case, and every run of it with sys.setswitchinterval(1e-6)),
+        # and the result traced
+        if alignment is not None:
+            raise RuntimeError("Array alignment is not supported in cudasim")
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        if shape == 0:  # dynamic shared memory: every such array is a view of one buffer
+            count = self._dynshared_size // dtype.itemsize
+            buf = self._dynshared
+            return _traced(np.frombuffer(buf.data, dtype=dtype, count=count), "dynamic shared memory", _pointer(buf))
+        f = sys._getframe(1)
+        caller = (f.f_code.co_filename, f.f_lineno)
+        with alloc_lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        name = f"shared array {caller[0].rsplit('/', 1)[-1]}:{caller[1]}"
+        return _traced(res, name, _pointer(res))
+
+    _kapi.FakeCUDAShared.array = shared_array
+
+    if global_memory:
+        fake = _devarray.FakeWithinKernelCUDAArray
+        get, put = fake.__getitem__, fake.__setitem__
+
+        def global_label(ary):
+            return f"global array {ary.dtype}{ary.shape}", _pointer(ary)
+
+        def getitem(self, idx):
+            r = get(self, idx)
+            if not isinstance(r, fake):  # one element
+                ary = self._item._ary
+                _record(READ, ary, _element_offset(ary, idx), global_label(ary))
+            return r
+
+        def setitem(self, idx, value):
+            put(self, idx, value)
+            ary = self._item._ary
+            _record(WRITE, ary, _element_offset(ary, idx), global_label(ary))
+
+        fake.__getitem__, fake.__setitem__ = getitem, setitem
+
+    sync = _kernel.BlockThread.syncthreads
+
+    def syncthreads(self):
+        sync(self)
+        self._race_epoch += 1
+
+    _kernel.BlockThread.syncthreads = syncthreads
+    _kernel.BlockThread._race_epoch = 0
+    _kernel.BlockThread._race_atomic = False
+
+    run = _kernel.BlockManager.run
+
+    def block_run(self, *args, **kwargs):
+        self._race_serial = next(_serial)
+        return run(self, *args, **kwargs)
+
+    _kernel.BlockManager.run = block_run
+
+    def atomic(fn):
+        def wrapped(self, *args):
+            t = threading.current_thread()
+            prev, t._race_atomic = getattr(t, "_race_atomic", False), True
+            try:
+                return fn(self, *args)
+            finally:
+                t._race_atomic = prev
+        return wrapped
+
+    for name, fn in list(vars(_kapi.FakeCUDAAtomic).items()):
+        if not name.startswith("_") and callable(fn):
+            setattr(_kapi.FakeCUDAAtomic, name, atomic(fn))
+
+
+def races() -> list[str]:
+    """The conflicts found so far (at most MAX_REPORTS, one per pair of source lines)."""
+    return list(_races)
+
+
+def accesses() -> int:
+    """How many shared-memory accesses were recorded since install() or reset()."""
+    return _count[0]
+
+
+def reset() -> None:
+    """Forget what was recorded and found."""
+    with _lock:
+        _count[0] = 0
+        _table.clear()
+        _races.clear()
+        _seen.clear()
+
+
+def check() -> None:
+    """Raise RaceError if any conflicting shared-memory accesses were recorded."""
+    if _races:
+        raise RaceError(f"{len(_races)} race(s):\n" + "\n".join(_races))

@@ -1,0 +1,196 @@
+"""The simulator's race checker (tests/simrace.py) finds races in small kernels made to have one,
+and none in their corrected versions. Runs in a subprocess with NUMBA_ENABLE_CUDASIM=1."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("numba.cuda")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+_CODE = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, %r)
+    sys.setswitchinterval(1e-6)
+    import simrace
+    simrace.install(global_memory=True)
+    import numpy as np
+    from numba import cuda, float32, float64
+
+    @cuda.jit
+    def raw_no_barrier(out):
+        s = cuda.shared.array(8, float32)
+        i = cuda.threadIdx.x
+        s[i] = i
+        out[cuda.grid(1)] = s[(i + 1) %% 8]  # a neighbour's write, no barrier between
+
+    @cuda.jit
+    def raw_barrier(out):
+        s = cuda.shared.array(8, float32)
+        i = cuda.threadIdx.x
+        s[i] = i
+        cuda.syncthreads()
+        out[cuda.grid(1)] = s[(i + 1) %% 8]
+        cuda.syncthreads()
+        s[i] = 0  # after everyone read
+
+    @cuda.jit
+    def war_no_barrier(out):
+        s = cuda.shared.array(8, float32)
+        i = cuda.threadIdx.x
+        s[i] = i
+        cuda.syncthreads()
+        out[cuda.grid(1)] = s[(i + 1) %% 8]
+        s[i] = 0  # a neighbour may not have read it yet
+
+    @cuda.jit
+    def waw(out):
+        s = cuda.shared.array(1, float32)
+        s[0] = cuda.threadIdx.x  # every thread, one word
+        cuda.syncthreads()
+        out[cuda.grid(1)] = s[0]
+
+    @cuda.jit
+    def atomics_then_read(out):
+        s = cuda.shared.array(1, float32)
+        i = cuda.threadIdx.x
+        if i == 0:
+            s[0] = 0
+        cuda.syncthreads()
+        cuda.atomic.add(s, 0, 1.0)
+        cuda.syncthreads()
+        out[cuda.grid(1)] = s[0]
+
+    @cuda.jit
+    def atomic_vs_read(out):
+        s = cuda.shared.array(1, float32)
+        i = cuda.threadIdx.x
+        if i == 0:
+            s[0] = 0
+        cuda.syncthreads()
+        cuda.atomic.add(s, 0, 1.0)
+        out[cuda.grid(1)] = s[0]  # others may still be adding
+
+    @cuda.jit
+    def dynamic_alias(out):
+        # two dynamic arrays of different types are views of one buffer: a write through one
+        # and a read through the other overlap in bytes 0-7
+        a = cuda.shared.array(0, float64)
+        b = cuda.shared.array(0, float32)
+        i = cuda.threadIdx.x
+        if i == 0:
+            a[0] = 1.0
+        if i == 1:
+            out[cuda.grid(1)] = b[1]
+
+    @cuda.jit
+    def dynamic_fine(out):
+        a = cuda.shared.array(0, float32)
+        i = cuda.threadIdx.x
+        a[i] = i
+        cuda.syncthreads()
+        out[cuda.grid(1)] = a[7 - i]
+
+    @cuda.jit
+    def views_2d(out):
+        # rows of a 2-D array as views, then elements: row 1 of thread 0 is row 1 of thread 1
+        s = cuda.shared.array((2, 4), float32)
+        i = cuda.threadIdx.x
+        row = s[i %% 2]
+        row[i // 2] = i
+        out[cuda.grid(1)] = s[1, 0]  # thread 1 wrote it, no barrier
+
+    @cuda.jit
+    def global_no_barrier(out):
+        i = cuda.threadIdx.x
+        out[i] = i
+        out[8 + i] = out[(i + 1) %% 8]  # global memory: a neighbour's write, no barrier
+
+    @cuda.jit
+    def global_barrier(out):
+        i = cuda.threadIdx.x
+        if cuda.blockIdx.x == 0:  # blocks are not checked against each other
+            out[i] = i
+            cuda.syncthreads()
+            out[8 + i] = out[(i + 1) %% 8]
+
+    @cuda.jit
+    def marked_read(out):
+        s = cuda.shared.array(8, float32)
+        i = cuda.threadIdx.x
+        s[i] = i
+        v = s[(i + 1) %% 8]  # raced, then dropped (simrace: value unused)
+        out[cuda.grid(1)] = 0 * v
+
+    @cuda.jit
+    def marked_write(out):
+        s = cuda.shared.array(1, float32)
+        s[0] = cuda.threadIdx.x  # a write is never excused (simrace: value unused)
+
+    found = {}
+    out = np.zeros(16, np.float32)
+    for k in (raw_no_barrier, raw_barrier, war_no_barrier, waw, atomics_then_read, atomic_vs_read,
+              dynamic_alias, dynamic_fine, global_no_barrier, global_barrier, marked_read,
+              marked_write, views_2d):
+        simrace.reset()
+        k[2, 8, 0, 64](out)  # two blocks, each of 8 threads; 64 bytes of dynamic shared memory
+        found[k.__name__] = simrace.races()
+    try:
+        simrace.check()
+    except simrace.RaceError as e:
+        found["check"] = str(e)
+    print(json.dumps(found))
+    """
+    % HERE
+)
+
+
+@pytest.fixture(scope="module")
+def found(tmp_path_factory):
+    import json
+
+    path = tmp_path_factory.mktemp("simrace") / "race_kernels.py"  # a file: the marks are read from it
+    path.write_text(_CODE)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    p = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kernel, kinds", [
+    ("raw_no_barrier", {"read", "write"}),
+    ("war_no_barrier", {"read", "write"}),
+    ("waw", {"write"}),
+    ("atomic_vs_read", {"atomic", "read"}),
+    ("dynamic_alias", {"read", "write"}),
+    ("views_2d", {"read", "write"}),
+    ("global_no_barrier", {"read", "write"}),
+    ("marked_write", {"write"}),
+])
+def test_race_is_found(found, kernel, kinds):
+    races = found[kernel]
+    assert races, f"{kernel}: no race reported"
+    for r in races:
+        assert "between the same two barriers" in r and "block (0, 0, 0)" in r, r
+        assert r.startswith("global array float32(16,)" if "global" in kernel else ("dynamic shared" if "dynamic" in kernel else "shared array")), r
+        assert {w for w in ("read", "write", "atomic") if f" {w} at " in r} == kinds, r
+
+
+@pytest.mark.parametrize("kernel", ["raw_barrier", "atomics_then_read", "dynamic_fine", "global_barrier",
+                                    "marked_read"])
+def test_no_race_in_correct_kernel(found, kernel):
+    assert found[kernel] == []
+
+
+def test_check_raises_with_the_races(found):
+    # the last kernel run (views_2d) had a race: check() names the array and both source lines
+    assert "race(s)" in found["check"] and "test_simrace" not in found["check"]
+    assert found["check"].startswith("1 race(s):\nshared array race_kernels.py:"), found["check"]
+    assert " write at " in found["check"] and " read at " in found["check"]
+    assert found["check"].count("race_kernels.py:") == 3, found["check"]
