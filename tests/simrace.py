@@ -49,6 +49,7 @@ UNUSED_MARK = "simrace: value unused"
 MAX_REPORTS = 20
 
 _lock = threading.Lock()
+_blocks: dict = {}  # the same, for the blocks of a launch (global memory)
 _table: dict = {}  # address of a 4-byte word -> [epoch key, (tid, loc) of the last write or None, {tid: loc} of reads, {tid: loc} of atomics]
 _races: list = []
 _seen: set = set()
@@ -67,7 +68,7 @@ class _Shared(np.ndarray):
     """A view of simulated shared memory whose element reads and writes are recorded."""
 
     def __array_finalize__(self, obj):
-        self._label = getattr(obj, "_label", None)  # (name, buffer start address)
+        self._label = getattr(obj, "_label", None)  # (name, buffer start address, global?)
 
     def __array_ufunc__(self, ufunc, method, *args, **kwargs):
         # arithmetic on whole views gives plain (untraced) arrays
@@ -127,7 +128,8 @@ def _excused(kind: str, loc) -> bool:
 
 
 def _record(kind: str, a: np.ndarray, offset: int, label) -> None:
-    """Record one access of a's element at byte offset; label = (array name, its start address)."""
+    """Record one access of a's element at byte offset; label = (array name, its start address,
+    whether it is global memory)."""
     t = threading.current_thread()
     mgr = getattr(t, "_manager", None)
     if mgr is None or label is None:  # not a simulated thread, or not a traced array
@@ -137,49 +139,56 @@ def _record(kind: str, a: np.ndarray, offset: int, label) -> None:
         kind = ATOMIC
     start = _pointer(a) + offset
     size = a.itemsize
-    key = (mgr._race_serial, t._race_epoch)
-    this = (t.thread_id, loc)
+    block = tuple(t.blockIdx)
+    inside = ((mgr._race_serial, t._race_epoch), t.thread_id, (block, t._race_epoch))
+    across = ((mgr._race_launch,), block, None)
     with _lock:
         _count[0] += 1
         # by 4-byte word (a shared-memory bank's width): a float64 covers two, and a float32
         # view of the same dynamic buffer overlaps it in one
         for addr in range(start, start + size, 4) if size >= 4 else (start,):
-            _record_word(kind, label, addr, t, key, this)
+            _record_word(_table, kind, label, addr, loc, *inside)
+            if label[2]:  # global memory: also against the launch's other blocks
+                _record_word(_blocks, kind, label, addr, loc, *across)
 
 
-def _record_word(kind, label, addr, t, key, this) -> None:
-    tid, loc = this
-    rec = _table.get(addr)
+def _record_word(table, kind, label, addr, loc, key, agent, scope) -> None:
+    """Check one access of word addr by agent (a thread id, or a block index) against the table's
+    record of the word under the same key (barrier interval, or launch), then add it there;
+    scope: (block, barrier count) for threads, None for blocks."""
+    rec = table.get(addr)
     if rec is None or rec[0] != key:
-        rec = _table[addr] = [key, None, {}, {}]
+        rec = table[addr] = [key, None, {}, {}]
     _, writer, reads, atomics = rec
     others = []
-    if writer is not None and writer[0] != tid:
+    if writer is not None and writer[0] != agent:
         others.append((WRITE,) + writer)
     if kind != READ:
-        others += [(READ, u, l) for u, l in reads.items() if u != tid][:1]
+        others += [(READ, u, l) for u, l in reads.items() if u != agent][:1]
     if kind != ATOMIC:
-        others += [(ATOMIC, u, l) for u, l in atomics.items() if u != tid][:1]
+        others += [(ATOMIC, u, l) for u, l in atomics.items() if u != agent][:1]
     for other in others:
         if not (kind == ATOMIC and other[0] == ATOMIC) and not _excused(kind, loc) and not _excused(other[0], other[2]):
-            _report(label, addr, t, key, (kind, tid, loc), other)
+            _report(label, addr, (kind, agent, loc), other, scope)
     if kind == WRITE:
-        rec[1] = this
+        rec[1] = (agent, loc)
     elif kind == READ:
-        reads.setdefault(tid, loc)
+        reads.setdefault(agent, loc)
     else:
-        atomics.setdefault(tid, loc)
+        atomics.setdefault(agent, loc)
 
 
-def _report(label, addr, t, key, this, other) -> None:
-    name, start = label
+def _report(label, addr, this, other, scope) -> None:
+    name, start, _ = label
     sig = (name,) + tuple(sorted([(this[0], this[2][:2]), (other[0], other[2][:2])]))
     if sig in _seen:
         return
     _seen.add(sig)
-    msg = (f"{name}, byte {addr - start}: thread {this[1]} {this[0]} at {_where(this[2])} "
-           f"and thread {other[1]} {other[0]} at {_where(other[2])}, between the same two barriers "
-           f"(block {tuple(t.blockIdx)}, after barrier {key[1]})")
+    who = "block" if scope is None else "thread"
+    where = ("in two blocks of one launch (no barrier orders blocks)" if scope is None else
+             f"between the same two barriers (block {scope[0]}, after barrier {scope[1]})")
+    msg = (f"{name}, byte {addr - start}: {who} {this[1]} {this[0]} at {_where(this[2])} "
+           f"and {who} {other[1]} {other[0]} at {_where(other[2])}, {where}")
     if len(_races) < MAX_REPORTS:
         _races.append(msg)
     if _strict:  # raised in the simulated thread: the launch fails with this message
@@ -188,7 +197,7 @@ def _report(label, addr, t, key, this, other) -> None:
 
 def _traced(arr: np.ndarray, name: str, start: int) -> _Shared:
     v = arr.view(_Shared)
-    v._label = (name, start)
+    v._label = (name, start, False)
     return v
 
 
@@ -241,7 +250,7 @@ def install(strict: bool = False, global_memory: bool = False) -> None:
         get, put = fake.__getitem__, fake.__setitem__
 
         def global_label(ary):
-            return f"global array {ary.dtype}{ary.shape}", _pointer(ary)
+            return f"global array {ary.dtype}{ary.shape}", _pointer(ary), True
 
         def getitem(self, idx):
             r = get(self, idx)
@@ -271,6 +280,10 @@ def install(strict: bool = False, global_memory: bool = False) -> None:
 
     def block_run(self, *args, **kwargs):
         self._race_serial = next(_serial)
+        launch = _kernel._kernel_context  # the launch's FakeCUDAModule
+        if not hasattr(launch, "_race_serial"):
+            launch._race_serial = next(_serial)
+        self._race_launch = launch._race_serial
         return run(self, *args, **kwargs)
 
     _kernel.BlockManager.run = block_run
@@ -305,6 +318,7 @@ def reset() -> None:
     with _lock:
         _count[0] = 0
         _table.clear()
+        _blocks.clear()
         _races.clear()
         _seen.clear()
 

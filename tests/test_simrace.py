@@ -109,8 +109,9 @@ _CODE = textwrap.dedent(
     @cuda.jit
     def global_no_barrier(out):
         i = cuda.threadIdx.x
-        out[i] = i
-        out[8 + i] = out[(i + 1) %% 8]  # global memory: a neighbour's write, no barrier
+        if cuda.blockIdx.x == 0:
+            out[i] = i
+            out[8 + i] = out[(i + 1) %% 8]  # global memory: a neighbour's write, no barrier
 
     @cuda.jit
     def global_barrier(out):
@@ -119,6 +120,14 @@ _CODE = textwrap.dedent(
             out[i] = i
             cuda.syncthreads()
             out[8 + i] = out[(i + 1) %% 8]
+
+    @cuda.jit
+    def cross_block(out):
+        i = cuda.threadIdx.x
+        if cuda.blockIdx.x == 0:
+            out[i] = i
+        else:
+            out[8 + i] = out[i]  # block 0's: right in the simulator, which runs block 0 first
 
     @cuda.jit
     def marked_read(out):
@@ -136,7 +145,7 @@ _CODE = textwrap.dedent(
     found = {}
     out = np.zeros(16, np.float32)
     for k in (raw_no_barrier, raw_barrier, war_no_barrier, waw, atomics_then_read, atomic_vs_read,
-              dynamic_alias, dynamic_fine, global_no_barrier, global_barrier, marked_read,
+              dynamic_alias, dynamic_fine, global_no_barrier, global_barrier, cross_block, marked_read,
               marked_write, views_2d):
         simrace.reset()
         k[2, 8, 0, 64](out)  # two blocks, each of 8 threads; 64 bytes of dynamic shared memory
@@ -172,13 +181,18 @@ def found(tmp_path_factory):
     ("views_2d", {"read", "write"}),
     ("global_no_barrier", {"read", "write"}),
     ("marked_write", {"write"}),
+    ("cross_block", {"read", "write"}),
 ])
 def test_race_is_found(found, kernel, kinds):
     races = found[kernel]
     assert races, f"{kernel}: no race reported"
     for r in races:
-        assert "between the same two barriers" in r and "block (0, 0, 0)" in r, r
-        assert r.startswith("global array float32(16,)" if "global" in kernel else ("dynamic shared" if "dynamic" in kernel else "shared array")), r
+        if kernel == "cross_block":
+            assert r.endswith("in two blocks of one launch (no barrier orders blocks)"), r
+            assert "block (1, 0, 0) read" in r and "block (0, 0, 0) write" in r, r
+        else:
+            assert "between the same two barriers (block (0, 0, 0), after barrier" in r, r
+        assert r.startswith("global array float32(16,)" if kernel in ("global_no_barrier", "cross_block") else ("dynamic shared" if "dynamic" in kernel else "shared array")), r
         assert {w for w in ("read", "write", "atomic") if f" {w} at " in r} == kinds, r
 
 
