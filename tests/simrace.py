@@ -11,15 +11,19 @@ happened in, and reports each pair of accesses that conflict:
 
 * a write, and a read or a write of another thread, in the same epoch;
 * an atomic (``cuda.atomic.*``, or a volatile access through one of SYNC_FUNCTIONS), and a plain
-  read or write of another thread, in the same epoch (atomics among themselves do not race).
+  read or write of another thread, in the same epoch (atomics among themselves do not race);
+* with ``global_memory=True``, the same between two blocks of one launch, in global memory,
+  whatever the epochs (nothing orders the blocks of a launch);
+* a read of shared memory that no thread of the block has written yet (it starts undefined in
+  every block; the simulator hands the next block what the last one left).
 
 Shared memory (static and dynamic, by 4-byte word, so overlapping views of the dynamic buffer
 are seen) is always checked; the kernels' array arguments (global memory) with
 ``install(global_memory=True)``. Epochs are counted per thread at each ``cuda.syncthreads()``
-(and at the grid sync, which the simulator runs as one). The simulator runs one block after
-the other, so races between blocks are not seen, except in a cooperative kernel, whose grid is
-one block there. A read whose value is dropped when it races (a load clamped to a valid index so
-that it can be issued unconditionally) is excused by UNUSED_MARK in a comment on its line.
+(and at the grid sync, which the simulator runs as one: a cooperative grid is one block there).
+A read whose value is dropped when it races (a load clamped to a valid index so that it can be
+issued unconditionally) is excused by UNUSED_MARK in a comment on its line; a read of undefined
+shared memory whose result is dropped, by UNDEFINED_MARK.
 
 Use: ``install()`` before the first kernel runs (it patches the simulator in this process), then
 ``check()`` after the kernels, which raises :class:`RaceError` listing what was found.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import linecache
+import operator
 import sys
 import threading
 
@@ -46,10 +51,15 @@ SYNC_FUNCTIONS = {"ld_volatile", "st_volatile"}
 #: does (e.g. a load clamped to a valid index so that it can be issued unconditionally); the
 #: comment says why
 UNUSED_MARK = "simrace: value unused"
+#: a read on a source line with this text (or UNUSED_MARK) may read shared memory that no
+#: thread of the block has written: the kernel computes on rows it then drops (e.g. the rows
+#: past the last sequence of a group, kept for a constant trip count)
+UNDEFINED_MARK = "simrace: undefined dropped"
 MAX_REPORTS = 20
 
 _lock = threading.Lock()
 _blocks: dict = {}  # the same, for the blocks of a launch (global memory)
+_written: dict = {}  # address of a shared-memory word -> the block (serial) that last wrote it
 _table: dict = {}  # address of a 4-byte word -> [epoch key, (tid, loc) of the last write or None, {tid: loc} of reads, {tid: loc} of atomics]
 _races: list = []
 _seen: set = set()
@@ -61,7 +71,7 @@ _count = [0]  # accesses recorded
 
 
 class RaceError(AssertionError):
-    """Conflicting shared-memory accesses between two barriers."""
+    """Conflicting accesses between two barriers (or blocks), or a read of undefined shared memory."""
 
 
 class _Shared(np.ndarray):
@@ -77,10 +87,16 @@ class _Shared(np.ndarray):
             kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, _Shared) else o for o in kwargs["out"])
         return getattr(ufunc, method)(*args, **kwargs)
 
+    def _base(self) -> int:
+        ptr = self.__dict__.get("_ptr")
+        if ptr is None:
+            ptr = self.__dict__["_ptr"] = _pointer(self)
+        return ptr
+
     def __getitem__(self, idx):
         r = np.ndarray.__getitem__(self, idx)
         if not isinstance(r, np.ndarray):  # one element (a view is recorded when it is accessed)
-            _record(READ, self, _element_offset(self, idx), self._label)
+            _record(READ, self._base(), self.itemsize, _element_offset(self, idx), self._label)
         return r
 
     def __setitem__(self, idx, value):
@@ -92,22 +108,25 @@ class _Shared(np.ndarray):
             base = _pointer(target) - _pointer(self)
             grids = np.indices(target.shape).reshape(target.ndim, -1).T
             for off in base + grids @ np.array(target.strides, dtype=np.int64):
-                _record(WRITE, self, int(off), self._label)
+                _record(WRITE, self._base(), self.itemsize, int(off), self._label)
         else:
-            _record(WRITE, self, _element_offset(self, idx), self._label)
+            _record(WRITE, self._base(), self.itemsize, _element_offset(self, idx), self._label)
 
 
 def _pointer(a: np.ndarray) -> int:
     return a.__array_interface__["data"][0]
 
 
-def _element_offset(a: _Shared, idx) -> int:
+def _element_offset(a: np.ndarray, idx) -> int:
     """Byte offset of a[idx] (one element) from a's first element."""
-    if not isinstance(idx, tuple):
+    if type(idx) is not tuple:
         idx = (idx,)
-    if len(idx) != a.ndim or not all(isinstance(i, (int, np.integer)) for i in idx):
+    if len(idx) != a.ndim:
         raise TypeError(f"simrace: unsupported index {idx!r} of a {a.ndim}-d array")
-    return sum((int(i) % n) * s for i, n, s in zip(idx, a.shape, a.strides))
+    off = 0
+    for i, n, st in zip(idx, a.shape, a.strides):
+        off += (operator.index(i) % n) * st  # a slice or an array raises TypeError
+    return off
 
 
 def _caller():
@@ -122,14 +141,15 @@ def _where(loc) -> str:
     return "/".join(loc[0].rsplit("/", 2)[-2:]) + f":{loc[1]}"
 
 
-def _excused(kind: str, loc) -> bool:
-    """A read on a line marked UNUSED_MARK (its value is not used when it races)."""
-    return kind == READ and UNUSED_MARK in linecache.getline(loc[0], loc[1])
+def _excused(kind: str, loc, marks=(UNUSED_MARK,)) -> bool:
+    """A read on a line marked with one of marks."""
+    line = linecache.getline(loc[0], loc[1]) if kind == READ else ""
+    return any(m in line for m in marks)
 
 
-def _record(kind: str, a: np.ndarray, offset: int, label) -> None:
-    """Record one access of a's element at byte offset; label = (array name, its start address,
-    whether it is global memory)."""
+def _record(kind: str, base: int, size: int, offset: int, label) -> None:
+    """Record one access of the size-byte element at base + offset; label = (array name, its
+    start address, whether it is global memory)."""
     t = threading.current_thread()
     mgr = getattr(t, "_manager", None)
     if mgr is None or label is None:  # not a simulated thread, or not a traced array
@@ -137,9 +157,10 @@ def _record(kind: str, a: np.ndarray, offset: int, label) -> None:
     loc = _caller()
     if t._race_atomic or loc[2] in SYNC_FUNCTIONS:
         kind = ATOMIC
-    start = _pointer(a) + offset
-    size = a.itemsize
-    block = tuple(t.blockIdx)
+    start = base + offset
+    block = t.__dict__.get("_race_block")
+    if block is None:
+        block = t._race_block = tuple(t.blockIdx)
     inside = ((mgr._race_serial, t._race_epoch), t.thread_id, (block, t._race_epoch))
     across = ((mgr._race_launch,), block, None)
     with _lock:
@@ -150,6 +171,12 @@ def _record(kind: str, a: np.ndarray, offset: int, label) -> None:
             _record_word(_table, kind, label, addr, loc, *inside)
             if label[2]:  # global memory: also against the launch's other blocks
                 _record_word(_blocks, kind, label, addr, loc, *across)
+            else:  # shared memory starts undefined in every block
+                if kind != WRITE and _written.get(addr) != mgr._race_serial and \
+                        not _excused(kind, loc, (UNUSED_MARK, UNDEFINED_MARK)):
+                    _report(label, addr, (kind, t.thread_id, loc), None, (block, t._race_epoch))
+                if kind != READ:
+                    _written[addr] = mgr._race_serial
 
 
 def _record_word(table, kind, label, addr, loc, key, agent, scope) -> None:
@@ -179,16 +206,22 @@ def _record_word(table, kind, label, addr, loc, key, agent, scope) -> None:
 
 
 def _report(label, addr, this, other, scope) -> None:
+    """other: the conflicting access, or None for a read of shared memory never written."""
     name, start, _ = label
-    sig = (name,) + tuple(sorted([(this[0], this[2][:2]), (other[0], other[2][:2])]))
+    sig = (name, (this[0], this[2][:2])) if other is None else \
+        (name,) + tuple(sorted([(this[0], this[2][:2]), (other[0], other[2][:2])]))
     if sig in _seen:
         return
     _seen.add(sig)
     who = "block" if scope is None else "thread"
     where = ("in two blocks of one launch (no barrier orders blocks)" if scope is None else
              f"between the same two barriers (block {scope[0]}, after barrier {scope[1]})")
-    msg = (f"{name}, byte {addr - start}: {who} {this[1]} {this[0]} at {_where(this[2])} "
-           f"and {who} {other[1]} {other[0]} at {_where(other[2])}, {where}")
+    if other is None:
+        msg = (f"{name}, byte {addr - start}: thread {this[1]} {this[0]} at {_where(this[2])} "
+               f"before any thread of block {scope[0]} wrote it (shared memory starts undefined)")
+    else:
+        msg = (f"{name}, byte {addr - start}: {who} {this[1]} {this[0]} at {_where(this[2])} "
+               f"and {who} {other[1]} {other[0]} at {_where(other[2])}, {where}")
     if len(_races) < MAX_REPORTS:
         _races.append(msg)
     if _strict:  # raised in the simulated thread: the launch fails with this message
@@ -249,20 +282,26 @@ def install(strict: bool = False, global_memory: bool = False) -> None:
         fake = _devarray.FakeWithinKernelCUDAArray
         get, put = fake.__getitem__, fake.__setitem__
 
-        def global_label(ary):
-            return f"global array {ary.dtype}{ary.shape}", _pointer(ary), True
+        def global_label(item):  # (label, pointer) of a FakeCUDAArray, made once
+            lab = item.__dict__.get("_race_label")
+            if lab is None:
+                ary = item._ary
+                lab = item.__dict__["_race_label"] = (f"global array {ary.dtype}{ary.shape}", _pointer(ary), True)
+            return lab
 
         def getitem(self, idx):
             r = get(self, idx)
             if not isinstance(r, fake):  # one element
-                ary = self._item._ary
-                _record(READ, ary, _element_offset(ary, idx), global_label(ary))
+                item = self._item
+                lab = global_label(item)
+                _record(READ, lab[1], item._ary.itemsize, _element_offset(item._ary, idx), lab)
             return r
 
         def setitem(self, idx, value):
             put(self, idx, value)
-            ary = self._item._ary
-            _record(WRITE, ary, _element_offset(ary, idx), global_label(ary))
+            item = self._item
+            lab = global_label(item)
+            _record(WRITE, lab[1], item._ary.itemsize, _element_offset(item._ary, idx), lab)
 
         fake.__getitem__, fake.__setitem__ = getitem, setitem
 
@@ -304,7 +343,7 @@ def install(strict: bool = False, global_memory: bool = False) -> None:
 
 
 def races() -> list[str]:
-    """The conflicts found so far (at most MAX_REPORTS, one per pair of source lines)."""
+    """What was found so far (at most MAX_REPORTS, one per pair of source lines)."""
     return list(_races)
 
 
@@ -319,11 +358,12 @@ def reset() -> None:
         _count[0] = 0
         _table.clear()
         _blocks.clear()
+        _written.clear()
         _races.clear()
         _seen.clear()
 
 
 def check() -> None:
-    """Raise RaceError if any conflicting shared-memory accesses were recorded."""
+    """Raise RaceError listing what was found, if anything."""
     if _races:
         raise RaceError(f"{len(_races)} race(s):\n" + "\n".join(_races))

@@ -130,8 +130,8 @@ def make_seq_grid(dtype: str, NT: int, UPB: int, BMAX: int, H: int, G: int, RT: 
                     acc[i] = 0
                 for k in range(ks, H, KS):
                     w = Ws[k * C + cc]
-                    for i in range(BMAX):
-                        acc[i] += hs[i * H + k] * w
+                    for i in range(BMAX):  # rows past nb: hs undefined, their sums dropped
+                        acc[i] += hs[i * H + k] * w  # (simrace: undefined dropped)
                 for i in range(BMAX):
                     part[(ks * BMAX + i) * C + cc] = acc[i]
                 cuda.syncthreads()

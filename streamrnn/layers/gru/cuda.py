@@ -235,8 +235,8 @@ def make_gru_seq(dtype: str, NT: int, NB: int, H: int, RT: int, RBH: int, LBR: b
                         acc[a] = 0
                     for k in range(H):
                         w2 = W[RT + k * G3 + 2 * H + j]
-                        for i in range(NB):
-                            acc[i] += rh[i, k] * w2
+                        for i in range(NB):  # rows of finished sequences: rh undefined, dropped
+                            acc[i] += rh[i, k] * w2  # (simrace: undefined dropped)
                     for i in range(NB):
                         b = b0 + i
                         if b < B:

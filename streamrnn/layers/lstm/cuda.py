@@ -277,7 +277,8 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
                     for i in range(NB):
                         v = W[PJ] * 0
                         for k in range(H):
-                            v += tmp[i, k] * W[PJ + k * HR + p]
+                            # rows of finished sequences: tmp undefined, hn[i] dropped
+                            v += tmp[i, k] * W[PJ + k * HR + p]  # (simrace: undefined dropped)
                         hn[i, p] = v
                 cuda.syncthreads()
             for i in range(NB):
