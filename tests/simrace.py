@@ -228,20 +228,29 @@ def _report(label, addr, this, other, scope) -> None:
         raise RaceError(msg)
 
 
+def _poison(a: np.ndarray) -> np.ndarray:
+    """Fill a (contiguous) with all-ones bytes: NaN as floats, -1 as integers."""
+    a.view(np.uint8).fill(0xFF)
+    return a
+
+
 def _traced(arr: np.ndarray, name: str, start: int) -> _Shared:
     v = arr.view(_Shared)
     v._label = (name, start, False)
     return v
 
 
-def install(strict: bool = False, global_memory: bool = False) -> None:
-    """Patch numba's simulator in this process so that shared-memory accesses are recorded.
+def install(strict: bool = False, global_memory: bool = False, poison: bool = True) -> None:
+    """Patch numba's simulator in this process so that memory accesses are recorded.
 
     strict=True: the first race raises RaceError in the thread that found it, which fails the
     kernel launch (before a wrong result can fail some later comparison instead).
     global_memory=True: accesses of the kernels' array arguments (global memory) are recorded
-    too. The simulator runs one block at a time, so this finds races between threads of one
-    block; a cooperative kernel runs as a single block there, so its whole grid is one block.
+    too, and checked between threads of a block and between the blocks of a launch.
+    poison=True: every block's shared memory and every thread's local arrays start as all-ones
+    bytes (NaN in a float, -1 in an integer) instead of what the simulator leaves there (the
+    previous block's values, or zeros): a kernel that uses a value it never wrote then gives NaN,
+    and a parity check fails. This also checks the claims of UNDEFINED_MARK.
     """
     global _installed, _strict
     _strict = strict
@@ -273,10 +282,20 @@ def install(strict: bool = False, global_memory: bool = False) -> None:
             res = self._allocations.get(caller)
             if res is None:
                 res = self._allocations[caller] = np.empty(shape, dtype)
+                if poison:
+                    _poison(res)
         name = f"shared array {caller[0].rsplit('/', 1)[-1]}:{caller[1]}"
         return _traced(res, name, _pointer(res))
 
     _kapi.FakeCUDAShared.array = shared_array
+
+    if poison:
+        local = _kapi.FakeCUDALocal.array
+
+        def local_array(self, shape, dtype, alignment=None):
+            return _poison(local(self, shape, dtype, alignment))
+
+        _kapi.FakeCUDALocal.array = local_array
 
     if global_memory:
         fake = _devarray.FakeWithinKernelCUDAArray
@@ -323,6 +342,10 @@ def install(strict: bool = False, global_memory: bool = False) -> None:
         if not hasattr(launch, "_race_serial"):
             launch._race_serial = next(_serial)
         self._race_launch = launch._race_serial
+        if poison:  # a block's shared memory starts undefined, not as the last block left it
+            for a in launch._shared._allocations.values():
+                _poison(a)
+            _poison(launch._shared._dynshared)
         return run(self, *args, **kwargs)
 
     _kernel.BlockManager.run = block_run

@@ -168,14 +168,23 @@ _CODE = textwrap.dedent(
         s[i] = i
         out[cuda.grid(1)] = s[(i + 1) %% 8]  # excuses no race (simrace: undefined dropped)
 
+    @cuda.jit
+    def uninit_local(out):
+        acc = cuda.local.array(2, float32)
+        acc[1] = 1.0
+        out[cuda.grid(1)] = acc[0] + acc[1]  # acc[0] never written
+
     found = {}
     out = np.zeros(16, np.float32)
     for k in (raw_no_barrier, raw_barrier, war_no_barrier, atomics_then_read, atomic_vs_read,
               dynamic_alias, dynamic_fine, global_no_barrier, global_barrier, cross_block, uninit_shared,
-              marked_read, marked_write, marked_undefined, marked_undefined_race, views_2d, waw):
+              marked_read, marked_write, marked_undefined, marked_undefined_race, uninit_local, views_2d,
+              waw):
         simrace.reset()
+        out[:] = 0
         k[2, 8, 0, 64](out)  # two blocks, each of 8 threads; 64 bytes of dynamic shared memory
         found[k.__name__] = simrace.races()
+        found["nan " + k.__name__] = np.isnan(out).nonzero()[0].tolist()
     try:
         simrace.check()
     except simrace.RaceError as e:
@@ -236,6 +245,15 @@ def test_race_is_found(found, kernel, kinds):
                                     "marked_read", "marked_undefined"])
 def test_no_race_in_correct_kernel(found, kernel):
     assert found[kernel] == []
+
+
+def test_undefined_memory_is_nan(found):
+    # poisoned: block 1 reads the shared array that only block 0 wrote (the simulator would
+    # hand it block 0's values), every thread reads a local value it never wrote
+    assert found["nan uninit_shared"] == list(range(8, 16))
+    assert found["nan uninit_local"] == list(range(16))
+    for k in ("raw_barrier", "atomics_then_read", "dynamic_fine", "global_barrier", "marked_undefined"):
+        assert found["nan " + k] == [], k
 
 
 def test_check_raises_with_the_races(found):
