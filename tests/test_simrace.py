@@ -23,31 +23,21 @@ _CODE = textwrap.dedent(
     import numpy as np
     from numba import cuda, float32, float64
 
-    @cuda.jit
-    def raw_no_barrier(out):
-        s = cuda.shared.array(8, float32)
-        i = cuda.threadIdx.x
-        s[i] = i
-        out[cuda.grid(1)] = s[(i + 1) %% 8]  # a neighbour's write, no barrier between
+    def neighbour(B1, B2):  # each thread reads its neighbour's word, then overwrites its own
+        @cuda.jit
+        def k(out):
+            s = cuda.shared.array(8, float32)
+            i = cuda.threadIdx.x
+            s[i] = i
+            if B1:
+                cuda.syncthreads()
+            out[cuda.grid(1)] = s[(i + 1) %% 8]  # without B1: before the neighbour wrote it?
+            if B2:
+                cuda.syncthreads()
+            s[i] = 0  # without B2: before the other neighbour read it?
+        return k
 
-    @cuda.jit
-    def raw_barrier(out):
-        s = cuda.shared.array(8, float32)
-        i = cuda.threadIdx.x
-        s[i] = i
-        cuda.syncthreads()
-        out[cuda.grid(1)] = s[(i + 1) %% 8]
-        cuda.syncthreads()
-        s[i] = 0  # after everyone read
-
-    @cuda.jit
-    def war_no_barrier(out):
-        s = cuda.shared.array(8, float32)
-        i = cuda.threadIdx.x
-        s[i] = i
-        cuda.syncthreads()
-        out[cuda.grid(1)] = s[(i + 1) %% 8]
-        s[i] = 0  # a neighbour may not have read it yet
+    raw_no_barrier, war_no_barrier, raw_barrier = neighbour(0, 1), neighbour(1, 0), neighbour(1, 1)
 
     @cuda.jit
     def waw(out):
@@ -56,26 +46,21 @@ _CODE = textwrap.dedent(
         cuda.syncthreads()
         out[cuda.grid(1)] = s[0]
 
-    @cuda.jit
-    def atomics_then_read(out):
-        s = cuda.shared.array(1, float32)
-        i = cuda.threadIdx.x
-        if i == 0:
-            s[0] = 0
-        cuda.syncthreads()
-        cuda.atomic.add(s, 0, 1.0)
-        cuda.syncthreads()
-        out[cuda.grid(1)] = s[0]
+    def atomics(B):  # every thread adds 1 to one word, then reads it
+        @cuda.jit
+        def k(out):
+            s = cuda.shared.array(1, float32)
+            i = cuda.threadIdx.x
+            if i == 0:
+                s[0] = 0
+            cuda.syncthreads()
+            cuda.atomic.add(s, 0, 1.0)
+            if B:
+                cuda.syncthreads()
+            out[cuda.grid(1)] = s[0]  # without B: others may still be adding
+        return k
 
-    @cuda.jit
-    def atomic_vs_read(out):
-        s = cuda.shared.array(1, float32)
-        i = cuda.threadIdx.x
-        if i == 0:
-            s[0] = 0
-        cuda.syncthreads()
-        cuda.atomic.add(s, 0, 1.0)
-        out[cuda.grid(1)] = s[0]  # others may still be adding
+    atomic_vs_read, atomics_then_read = atomics(0), atomics(1)
 
     @cuda.jit
     def dynamic_alias(out):
@@ -106,20 +91,18 @@ _CODE = textwrap.dedent(
         row[i // 2] = i
         out[cuda.grid(1)] = s[1, 0]  # thread 1 wrote it, no barrier
 
-    @cuda.jit
-    def global_no_barrier(out):
-        i = cuda.threadIdx.x
-        if cuda.blockIdx.x == 0:
-            out[i] = i
-            out[8 + i] = out[(i + 1) %% 8]  # global memory: a neighbour's write, no barrier
+    def global_neighbour(B):
+        @cuda.jit
+        def k(out):
+            i = cuda.threadIdx.x
+            if cuda.blockIdx.x == 0:  # one block (blocks are also checked against each other)
+                out[i] = i
+                if B:
+                    cuda.syncthreads()
+                out[8 + i] = out[(i + 1) %% 8]  # global memory; without B: a race
+        return k
 
-    @cuda.jit
-    def global_barrier(out):
-        i = cuda.threadIdx.x
-        if cuda.blockIdx.x == 0:  # blocks are not checked against each other
-            out[i] = i
-            cuda.syncthreads()
-            out[8 + i] = out[(i + 1) %% 8]
+    global_no_barrier, global_barrier = global_neighbour(0), global_neighbour(1)
 
     @cuda.jit
     def cross_block(out):
@@ -176,15 +159,15 @@ _CODE = textwrap.dedent(
 
     found = {}
     out = np.zeros(16, np.float32)
-    for k in (raw_no_barrier, raw_barrier, war_no_barrier, atomics_then_read, atomic_vs_read,
-              dynamic_alias, dynamic_fine, global_no_barrier, global_barrier, cross_block, uninit_shared,
-              marked_read, marked_write, marked_undefined, marked_undefined_race, uninit_local, views_2d,
-              waw):
+    names = ("raw_no_barrier raw_barrier war_no_barrier atomics_then_read atomic_vs_read dynamic_alias "
+             "dynamic_fine global_no_barrier global_barrier cross_block uninit_shared marked_read "
+             "marked_write marked_undefined marked_undefined_race uninit_local views_2d waw").split()
+    for name in names:
         simrace.reset()
         out[:] = 0
-        k[2, 8, 0, 64](out)  # two blocks, each of 8 threads; 64 bytes of dynamic shared memory
-        found[k.__name__] = simrace.races()
-        found["nan " + k.__name__] = np.isnan(out).nonzero()[0].tolist()
+        globals()[name][2, 8, 0, 64](out)  # two blocks of 8 threads; 64 bytes of dynamic shared memory
+        found[name] = simrace.races()
+        found["nan " + name] = np.isnan(out).nonzero()[0].tolist()
     try:
         simrace.check()
     except simrace.RaceError as e:
