@@ -29,10 +29,10 @@ _PRELUDE = textwrap.dedent(
     # every access to shared memory and to the kernels' arrays is recorded: two threads of a
     # block that touch the same word between two barriers, one of them writing, fail the case
     # at once (tests/simrace.py), whether or not the interleaving that Python chose this time
-    # gave a wrong result
+    # gave a wrong result (SIMRACE_STRICT=0: each case runs on and lists all it found at the end)
     sys.path.insert(0, os.path.join(%r, "tests"))
     import simrace
-    simrace.install(strict=True, global_memory=True)
+    simrace.install(strict=os.environ.get("SIMRACE_STRICT", "1") != "0", global_memory=True)
     # the simulated threads switch as often as Python allows: a data race between threads of
     # a kernel shows up here rather than once in a while (and the cases run faster: a thread
     # waiting at a barrier no longer holds the interpreter for 5 ms)
