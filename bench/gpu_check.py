@@ -390,7 +390,7 @@ def gru_seq_ab(H, B):
 def gru_step_ab(H, B):
     """GRU(H, H, linear_before_reset) + Linear(32): pool.step with the GRU as a tiled GEMM (the
     default) and as the row-tile kernel (STREAMRNN_CUDA_GEMM=0), outputs compared, both timed."""
-    from streamrnn.engine import cuda as ce
+    from streamrnn.engine import cuda_tiles as ce
 
     X = RNG.standard_normal((B, H)).astype(np.float32)
     out = np.empty((B, 32), np.float32)
@@ -583,7 +583,7 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
         variants.append(("dense head as the row-tile kernel of before, STREAMRNN_CUDA_DENSE=tile", dict(DENSE="tile")))
     if B == 1 or B >= 16384:
         variants.append(("no mapped out, STREAMRNN_CUDA_MAPPED_OUT=0", dict(MAPPED_OUT="0")))
-    from streamrnn.engine import cuda as ce
+    from streamrnn.engine import cuda_tiles as ce
 
     if B == 1:  # the one-stream tile of before: the input staged 64 values at a time
         variants.append(("one-stream tiles with 64-value chunks (before)", dict(TILES=(0, "KT", 64))))

@@ -9,7 +9,7 @@ driver replaced by functions that return at once:
 * ``python``: the default path, the driver calls replaced by Python functions returning
   ``(CUDA_SUCCESS,)`` (so cuda-bindings' own per-call cost, not measurable without a driver,
   is left out: the real saving is this one plus that);
-* ``njit``: the fused call (``engine.cuda.graph_step``), the entry points replaced by no-op C
+* ``njit``: the fused call (``engine.cuda_stage.graph_step``), the entry points replaced by no-op C
   functions (numba ``cfunc``).
 
 The pool is built on numba's CUDA simulator; nothing runs on a device. p50 / p99 µs per call.
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
 
     import streamrnn as srnn
     from streamrnn.benchutil import interleave, machine_info, random_lstm_spec, summarize
-    from streamrnn.engine import cuda as ec
+    from streamrnn.engine import cuda_runtime, cuda_stage as ec
 
     model = srnn.Model(random_lstm_spec(a.H, a.H, 32), device="cuda")
     rng = np.random.default_rng(0)
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         core.mode, core.eng.drv = "graph", _FakeDrv()  # the Python path takes the graph branch
         core.graphs[B] = object()
         core.ghandles[B] = 0xA1
-        ec._tls.ctx = True
+        cuda_runtime._tls.ctx = True
         core.gctx[ec.G_LAUNCH], core.gctx[ec.G_SYNC] = _nop2.address, _nop1.address
         fused = ec.graph_step(model.dtype)
         call = lambda: pool.step(ids, X, out=out)  # noqa: E731

@@ -118,7 +118,7 @@ def _kernels(H: int, cc=(9, 0)):
     import numpy as np
     from numba import types as nbt
 
-    from streamrnn.engine import cuda as ce
+    from streamrnn.engine import cuda_tiles as ce
     from streamrnn.layers.dense.cuda import make_linear, make_linear_gemm
     from streamrnn.layers.lstm.cuda import make_lstm_gemm, make_lstm_seq, make_lstm_seq_grid, make_lstm_step
 

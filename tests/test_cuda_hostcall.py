@@ -1,4 +1,4 @@
-"""The fused graph step (``engine.cuda.graph_step``, STREAMRNN_CUDA_HOSTCALL=njit) on the CPU:
+"""The fused graph step (``engine.cuda_stage.graph_step``, STREAMRNN_CUDA_HOSTCALL=njit) on the CPU:
 ctypes callbacks stand in for the driver's cuGraphLaunch and cuStreamSynchronize. The launch
 "runs the graph" on the staged rows (writes f(row) to the output rows); the test checks what
 was staged, the order of the driver calls, the outputs, and that refused calls launch nothing.
@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("numba.cuda")
 
 from streamrnn.engine import cpu as ecpu  # noqa: E402
-from streamrnn.engine import cuda as ec  # noqa: E402
+from streamrnn.engine import cuda_stage as ec  # noqa: E402
 
 P2 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 P1 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)

@@ -259,7 +259,7 @@ _CASES = {
     # as a tiled GEMM vs as the row-tile kernel (STREAMRNN_CUDA_DENSE=tile); profile on.
     "lstm_gemm": """
         import os
-        from streamrnn.engine import cuda as ce
+        from streamrnn.engine import cuda_tiles as ce
         from streamrnn.layers.cuda_common import GemmTile, make_gemm_accum
         os.environ["STREAMRNN_CUDA_PROFILE"] = "1"
         I, H, O = 5, 10, 3
@@ -304,8 +304,8 @@ _CASES = {
     # results, every state, and a NaN in each part of the split named by its row, nothing changed
     "pack_parallel": """
         import numba
-        from streamrnn.engine import cuda as ce
-        ce.PACK_PAR_MIN = 1
+        from streamrnn.engine import cuda_pool
+        cuda_pool.PACK_PAR_MIN = 1
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
         I, H, O = 3, 6, 2
         spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H)), DenseLayer(R(O, H), R(O))))
@@ -568,7 +568,7 @@ _CASES = {
     # bidirectional relu layer; float32 / float64
     "rnn_gemm_grid": """
         import os
-        from streamrnn.engine import cuda as ce
+        from streamrnn.engine import cuda_tiles as ce
         I, H = 3, 10
         spec = ModelSpec((RNNLayer(I, H, R(1, H, I), R(1, H, H), R(1, 2 * H), clip=1.3),
                           DenseLayer(R(2, H), R(2))))
@@ -606,7 +606,7 @@ _CASES = {
     # the setting): pool.step against the CPU engine, odd row counts, 5 unit blocks
     "gemm_loop_stage": """
         import os
-        from streamrnn.engine import cuda as ce
+        from streamrnn.engine import cuda_tiles as ce
         from streamrnn.layers.cuda_common import GemmTile, make_gemm_accum
         I, H, O = 5, 10, 3
         spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H)),
@@ -658,7 +658,7 @@ _CASES = {
     # block, float32 / float64, vs the CPU engine; a tile of 2 rows per thread keeps the old layout
     "gemm_vec": """
         import os
-        from streamrnn.engine import cuda as ce
+        from streamrnn.engine import cuda_tiles as ce
         from streamrnn.layers.cuda_common import GemmTile, gemm_a_pitch, make_gemm_accum, make_gemm_row
         I, H, O = 5, 10, 3
         spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H), clip=2.0),
@@ -705,7 +705,7 @@ _CASES = {
     # kernel (STREAMRNN_CUDA_GEMM=0); an ONNX GRU (no linear_before_reset) stays a row tile
     "gru_gemm": """
         import os
-        from streamrnn.engine import cuda as ce
+        from streamrnn.engine import cuda_tiles as ce
         from streamrnn.layers.cuda_common import GemmTile, make_gemm_accum
         I, H, O = 5, 10, 3
         acts = (Activation("HardSigmoid", 0.3, 0.45), Activation("Softsign"))

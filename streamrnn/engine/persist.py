@@ -386,7 +386,7 @@ class Server:
             self.G = 1
             self.smem *= self._gy
         else:  # pragma: no cover - real GPU only
-            from .cuda import allow_smem
+            from .cuda_runtime import allow_smem
 
             k = self.kernel.compile(self._sig())
             allow_smem(eng.drv, k, self.smem)

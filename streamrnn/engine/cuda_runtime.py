@@ -1,0 +1,131 @@
+"""The CUDA runtime the engine runs on: numba.cuda (or its simulator), and the thin launch path.
+
+* ``cuda``: numba's CUDA module, or None where it cannot be imported (a CPU-only install);
+  ``simulator()`` says whether numba's simulator (NUMBA_ENABLE_CUDASIM=1) stands in for a GPU and
+  ``check_device()`` raises the user's error where neither is there.
+* ``_Driver``, ``_Params``, ``allow_smem``, ``_dptr``: cuda-bindings' driver calls with kernel
+  parameters packed once (``cuLaunchKernel``, graph capture and replay: :mod:`.cuda_pool`).
+* ``make_current()``: raw driver calls from a thread need the CUDA context current in it.
+
+Imported only by the CUDA engine (:mod:`streamrnn.engine.cuda` and its ``cuda_*`` modules, and
+:mod:`streamrnn.engine.persist`), so only when a model is built with ``device="cuda"``.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+
+from ..errors import StreamRNNError
+
+try:  # numba-cuda (or numba's bundled CUDA target); absent on CPU-only installs
+    from numba import cuda
+    from numba.cuda import config as _cuda_config
+
+    _IMPORT_ERROR = None
+except Exception as e:  # pragma: no cover - depends on the install
+    cuda = None
+    _cuda_config = None
+    _IMPORT_ERROR = e
+
+_tls = threading.local()  # per thread: the CUDA context was made current
+
+_NO_GPU = "device: expected a CUDA GPU for device='cuda', got none ({})"
+
+
+def simulator() -> bool:
+    """True when numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) stands in for a GPU."""
+    return bool(_cuda_config is not None and _cuda_config.ENABLE_CUDASIM)
+
+
+def check_device() -> None:
+    """Raise ``StreamRNNError`` (the device error of ``device="cuda"``) unless numba.cuda can
+    run kernels here: on a GPU, or on numba's simulator."""
+    if cuda is None:
+        raise StreamRNNError(_NO_GPU.format(f"numba.cuda cannot be imported: {_IMPORT_ERROR}"))
+    if simulator():
+        return
+    try:
+        ok = bool(cuda.is_available())
+        why = "numba.cuda.is_available() is False: no NVIDIA GPU or no CUDA driver"
+    except Exception as e:  # pragma: no cover - depends on the machine
+        ok, why = False, f"{type(e).__name__}: {e}"
+    if not ok:
+        raise StreamRNNError(
+            _NO_GPU.format(why + "; set NUMBA_ENABLE_CUDASIM=1 to run on numba's CUDA simulator")
+        )
+
+
+def make_current() -> None:
+    """Make the CUDA context current in this thread (once per thread): raw driver calls
+    (cuda-bindings, or the driver's entry points from njit code) need it."""
+    if not getattr(_tls, "ctx", False):
+        cuda.current_context()
+        _tls.ctx = True
+
+
+class _Driver:
+    """cuda-bindings' driver module and a few helpers; None where unavailable."""
+
+    def __init__(self):
+        from cuda.bindings import driver as cu
+
+        self.cu = cu
+        self.OK = cu.CUresult.CUDA_SUCCESS
+
+    def check(self, res, what):
+        err = res[0] if isinstance(res, tuple) else res
+        if err != self.OK:
+            raise RuntimeError(f"{what} failed: {err}")
+        return res[1] if isinstance(res, tuple) and len(res) > 1 else None
+
+    def function(self, kernel):
+        """The launchable handle of a compiled numba ``_Kernel``."""
+        cu = self.cu
+        handle = kernel._codelibrary.get_cufunc().handle
+        try:
+            res = cu.cuKernelGetFunction(handle)
+            if res[0] == self.OK:
+                return res[1]
+        except Exception:
+            pass
+        return cu.CUfunction(int(handle))
+
+
+def allow_smem(drv, kernel, nbytes: int) -> None:
+    """Let a compiled kernel launch with ``nbytes`` of dynamic shared memory: past the default
+    48 KiB the driver (``_Driver``) must raise the kernel's limit first (up to 227 KiB a block
+    on an H100 / H200); below it nothing is needed."""
+    if nbytes > 48 * 1024:
+        attr = drv.cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        drv.check(drv.cu.cuFuncSetAttribute(drv.function(kernel), attr, nbytes), "cuFuncSetAttribute")
+
+
+class _Params:
+    """Kernel parameters of one launch as a C ``void*`` array (numba's argument ABI, built
+    with the kernel's own ``_prepare_args``); the trailing int64 scalar (n) stays writable."""
+
+    def __init__(self, kernel, args):
+        flat, retr = [], []
+        for t, v in zip(kernel.argument_types, args):
+            kernel._prepare_args(t, v, 0, retr, flat)
+        vals = []
+        for v in flat:
+            if isinstance(v, ctypes._SimpleCData):
+                vals.append(v)
+            elif isinstance(v, (bool, np.bool_)):
+                vals.append(ctypes.c_uint8(int(v)))
+            elif isinstance(v, (int, np.integer)):
+                vals.append(ctypes.c_uint64(int(v) & 0xFFFFFFFFFFFFFFFF))
+            else:
+                raise TypeError(f"kernel argument of type {type(v).__name__}")
+        self._vals = vals
+        self._ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+        self.ptr = ctypes.addressof(self._ptrs)
+        self.n = vals[-1]
+        self._keep = (args, retr)
+
+
+def _dptr(a) -> int:
+    return int(a.__cuda_array_interface__["data"][0])
