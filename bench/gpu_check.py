@@ -409,7 +409,7 @@ def gru_step_ab(H, B):
         big = B * H >= 16384 * 128
         record(H, B, name, timeit(lambda: p.step(ids, X, out=out), 30 if big else 400, 1.0), mode=pool_mode(p),
                kernel=kern.py_func.__name__, **({} if same is None else {"same_as_default": same}))
-        del p
+        p = None  # (not del: a lambda above names it)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -574,7 +574,7 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
                 for k in kt))
         except Exception as e:  # noqa: BLE001
             RESULT["errors"].append({"what": f"kernel_times B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
-        del mp, pp
+        mp = pp = None  # (not del: a lambda above names it)
     except Exception as e:  # noqa: BLE001
         RESULT["errors"].append({"what": f"profile B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
     # A/B of this round's changes on the same machine
@@ -640,7 +640,7 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
             record(H, B, f"streamrnn pool.step [{name}]",
                    timeit(lambda: pv.step(iv, X, out=out), iters, budget_s / 2), mode=pool_mode(pv),
                    same_as_default=okv, **extra)
-            del mv, pv
+            mv = pv = None  # (not del: a lambda above names it)
         except Exception as e:  # noqa: BLE001
             RESULT["errors"].append({"what": f"variant {name} B={B} H={H}", "error": f"{type(e).__name__}: {e}"})
         finally:
@@ -655,7 +655,7 @@ def step_size(H, B, mg, mc, spec, tmods, iters, budget_s):
             i1 = pm.open(1)
             record(H, B, f"streamrnn pool.step [{m} launches]",
                    timeit(lambda: pm.step(i1, X, out=out), max(20, iters // 4), budget_s / 2), mode=pool_mode(pm))
-    del pg
+    pg = None  # (not del: a lambda above names it)
     if tmods is None:
         return
     import torch
@@ -758,7 +758,7 @@ def persist_size(H, spec, tmods, iters, budget_s):
     record(H, 1, "streamrnn stream.step [persistent, host side in Python (before NOTES 79)]",
            timeit(lambda: sp.step(Xr[0], out=o1), iters, budget_s))
     sp._cuda._row = row
-    del sp
+    sp = None  # (not del: a lambda above names it)
     pp._cuda.core.quiesce()
     pg = mg.pool(1)
     ig = pg.open(1)
@@ -821,7 +821,7 @@ def persist_size(H, spec, tmods, iters, budget_s):
         record(H, 1, "streamrnn stream.step [on chip, calls 1 ms apart]", paced(lambda: so.step(Xr[0], out=o1)))
         record(H, 1, "persistent kernel alone, LSTM weights on chip (Server.step)",
                timeit(lambda: srv_o.step(1), iters, budget_s))
-    del so, mo
+    so = mo = None  # (not del: a lambda above names it)
     if tmods is not None:
         import torch
 
@@ -831,7 +831,7 @@ def persist_size(H, spec, tmods, iters, budget_s):
             record(H, 1, "torch nn.LSTM CUDA graph (TF32 off), calls 1 ms apart", paced(graph))
         del eager, graph
         torch.cuda.synchronize()
-    del pp, pg
+    pp = pg = None  # (not del: a lambda above names it)
 
 
 def persist_section() -> None:

@@ -399,8 +399,8 @@ _CASES = {
     # (GRID_HB; 8 on a GPU), so that "stepwise" has two batches, the last one partly masked
     "lstm_seq_grid": """
         import os
-        from streamrnn.layers import cuda_seqgrid as sg
-        sg.GRID_HB = 1  # the previous h loaded one value per batch: "stepwise" (16 threads) runs 2
+        from streamrnn.layers import cuda_seqgrid
+        cuda_seqgrid.GRID_HB = 1  # the previous h loaded one value per batch: "stepwise" (16 threads) runs 2
         I, H, O = 3, 6, 2
         specs = {
             "peep": ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H), clip=1.2,
@@ -497,8 +497,8 @@ _CASES = {
     # float64, ragged lengths and initial states, vs the CPU engine
     "gru_seq_grid": """
         import os
-        from streamrnn.layers import cuda_seqgrid as sg
-        sg.GRID_HB = 1  # several batches of h per thread in "stepwise"
+        from streamrnn.layers import cuda_seqgrid
+        cuda_seqgrid.GRID_HB = 1  # several batches of h per thread in "stepwise"
         I, H = 3, 6
         acts = (Activation("HardSigmoid", 0.3, 0.45), Activation("Softsign"))
         spec = ModelSpec((GRULayer(I, H, R(1, 3 * H, I), R(1, 3 * H, H), R(1, 6 * H), linear_before_reset=True,
