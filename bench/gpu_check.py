@@ -83,7 +83,8 @@ def _args(argv=None):
                         "persistent one-row step kernel: parity and timings vs the graph path); the budget "
                         "skips what comes last, so put first what this run is for")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny parity models (to try the script itself on NUMBA_ENABLE_CUDASIM=1)")
+                   help="tiny parity models and at most 3 sequences in seq (to try the script itself on "
+                        "NUMBA_ENABLE_CUDASIM=1)")
     return p.parse_args(argv)
 
 
@@ -949,13 +950,13 @@ def seq_section() -> None:
         if mg is None:
             continue
         tmods = guarded(f"torch modules H={H}", torch_modules, spec, H, H, 32) if have_torch else None
-        for B in (1, 64):
+        for B in ((1, 3) if ARGS.smoke else (1, 64)):
             guarded(f"seq H={H} B={B}", seq_case, H, B, T, mg, tmods, need=8)
         models = [(name, guarded(f"build cuda H={H} ({name})", build, spec, "float32", "cuda", **env_))
                   for name, env_ in SEQ_VARIANTS]
         models = [(name, m) for name, m in models if m is not None]
         if models and models[0][0] == SEQ_VARIANTS[0][0]:
-            for B in (1, 4, 16, 64):
+            for B in ((1, 3) if ARGS.smoke else (1, 4, 16, 64)):
                 guarded(f"seq grid H={H} B={B}", seq_grid_case, H, B, T, models, need=8)
 
 

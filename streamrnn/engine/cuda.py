@@ -64,7 +64,7 @@ Design
   (:mod:`streamrnn.engine.persist`).
 * Host staging: ``pool.step`` validates ids and copies the frames into the pinned staging rows in
   one vectorised pass (the NaN / Inf test is an integer OR fused with the copy), over all threads
-  for calls of at least ``PACK_PAR_MIN`` values (entry 35).
+  for calls of at least ``PACK_PAR_MIN`` values (entry 35; :mod:`.cuda_stage`).
 
 Validation (shapes, ids, non-finite inputs) happens on the host before any device work, with the
 same errors and messages as the CPU engine; a refused call changes no state.
