@@ -357,7 +357,8 @@ _CASES = {
     # in the first / second / last chunk refuses the call by its row and leaves every state as
     # it was, though the chunks before it ran (restored from their backup); then it goes on.
     # The head of 9 outputs spans 3 unit blocks of its GEMM tile, which share the commit of the
-    # LSTM's and the GRU's new states
+    # LSTM's and the GRU's new states. On numba's launch path, and on a GPU's graph and driver
+    # paths through tests/fakedriver.py (two streams, a graph per chunk, the backup kernel)
     "chunks": """
         import os
         os.environ["STREAMRNN_CUDA_CHUNKS"] = "3"
@@ -365,21 +366,27 @@ _CASES = {
         spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H)),
                           GRULayer(H, 5, R(1, 15, H), R(1, 15, 5), R(1, 30)),
                           DenseLayer(R(O, 5), R(O))))
-        for dtype in ("float32", "float64"):
+        import fakedriver
+        for dtype, path in (("float32", "numba"), ("float64", "numba"), ("float32", "graph"), ("float64", "driver")):
             mc, mg = both(spec, dtype)
+            if path != "numba":  # the launch paths of a GPU, through tests/fakedriver.py
+                fakedriver.install(mg._cuda, path)
             assert mg._cuda.chunks == 3
             head = mg._cuda.step_ops(1)[-1]
             assert head[0].py_func.__name__ == "linear_gemm" and head[3](4)[1] == 3, head
             pc, pg = mc.pool(12), mg.pool(12)
             ic, ig = pc.open(12), pg.open(12)
             core = pg._cuda.core
+            assert core.mode == path, (core.mode, path)  # (a failed self-test falls back)
             assert [core.chunk_count(n) for n in (12, 9, 5, 3, 1)] == [3, 3, 2, 1, 1]
-            for s, n in enumerate((12, 9, 5, 3, 12)):
+            for s, n in enumerate((12, 9, 5, 3, 12, 12)):  # graphs: each chunk's on the second call of 12
                 sel = rng.permutation(12)[:n]
                 X = rng.standard_normal((n, I)).astype(dtype)
-                close(pg.step(ig[sel], X), pc.step(ic[sel], X), dtype, f"chunked pool.step {s} n={n}")
+                close(pg.step(ig[sel], X), pc.step(ic[sel], X), dtype, f"{path} chunked pool.step {s} n={n}")
             for sid in range(12):
-                close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"chunked state {sid}")
+                close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"{path} chunked state {sid}")
+            chunk_graphs = sorted(k for k in core.graphs if isinstance(k, tuple))
+            assert chunk_graphs == ([(0, 4), (4, 8), (8, 12)] if path == "graph" else []), chunk_graphs
             before = np.stack([pg.get_state(i).data for i in range(12)])
             for row in (1, 5, 11):  # chunks of rows 0-3, 4-7, 8-11
                 X = rng.standard_normal((12, I)).astype(dtype)
@@ -388,7 +395,7 @@ _CASES = {
                 after = np.stack([pg.get_state(i).data for i in range(12)])
                 assert np.array_equal(after, before), f"a refused chunked call (NaN in row {row}) changed a state"
             X = rng.standard_normal((12, I)).astype(dtype)
-            close(pg.step(ig[::-1], X), pc.step(ic[::-1], X), dtype, "chunked pool.step after refusals")
+            close(pg.step(ig[::-1], X), pc.step(ic[::-1], X), dtype, f"{path} chunked pool.step after refusals")
         refused(srnn.StreamRNNError, lambda: cuda_model(spec, CHUNKS="0"), "STREAMRNN_CUDA_CHUNKS", "'0'")
     """,
     # the persistent LSTM sequence kernel (STREAMRNN_CUDA_SEQ=grid: one block under the
@@ -681,6 +688,52 @@ _CASES = {
                     assert "gru_gemm" not in [op[0].py_func.__name__ for op in mg._cuda.step_ops(0)]  # one row
                     pools_agree(mc, [("gemm", mg), ("row-tile", mr)], dtype, 30, (25, 30, 2, 13), f"{name} {tiles}")
                     ce.GRU_GEMM_TILES = None
+    """,
+    # A GPU's launch paths (graph: the default there; driver), which the simulator never takes,
+    # through tests/fakedriver.py: the pool's self-test against numba's path, steps of several
+    # sizes (a graph captured on a size's second call; outputs in mapped memory), the whole
+    # pool / stream check (state access, push, reset, refusals), and the graph cache past its
+    # size (evicted graphs destroyed, recaptured later), float32 and float64, vs the CPU engine
+    "driver_paths": """
+        import fakedriver
+        from fakedriver import CALLS
+        I, H, O = 3, 6, 2
+        spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H)),
+                          GRULayer(H, 5, R(1, 15, H), R(1, 15, 5), R(1, 30), linear_before_reset=True),
+                          DenseLayer(R(O, 5), R(O))))
+        for dtype, path in (("float32", "graph"), ("float64", "graph"), ("float32", "driver")):
+            mc, mg = both(spec, dtype)
+            fakedriver.install(mg._cuda, path)
+            CALLS.clear()
+            pc, pg = mc.pool(12), mg.pool(12)
+            core = pg._cuda.core
+            assert core.mode == path and core.mapped and core.hout_m is not None, (core.mode, core.mapped)
+            assert CALLS["cuGraphLaunch"] == (1 if path == "graph" else 0)  # the self-test's
+            ic, ig = pc.open(12), pg.open(12)
+            sizes = (5, 5, 12, 12, 1, 1, 5, 3, 3)
+            for s, n in enumerate(sizes):
+                sel = rng.permutation(12)[:n]
+                X = rng.standard_normal((n, I)).astype(dtype)
+                close(pg.step(ig[sel], X), pc.step(ic[sel], X), dtype, f"{path} pool.step {s} n={n}")
+            for sid in range(12):
+                close(pg.get_state(sid).data, pc.get_state(sid).data, dtype, f"{path} state {sid}")
+            if path == "graph":  # captured on the second consecutive call of a size, then replayed
+                assert sorted(core.graphs) == [1, 3, 5, 12], sorted(core.graphs)
+                assert CALLS["cuGraphLaunch"] == 1 + 5, CALLS
+                core.GRAPHS = 2  # a small cache: sizes evict each other, and are captured again
+                made, gone = CALLS["cuGraphInstantiate"], CALLS["cuGraphExecDestroy"]
+                for s, n in enumerate((2, 2, 4, 4, 2, 2, 3, 3)):
+                    sel = rng.permutation(12)[:n]
+                    X = rng.standard_normal((n, I)).astype(dtype)
+                    close(pg.step(ig[sel], X), pc.step(ic[sel], X), dtype, f"small graph cache step {s} n={n}")
+                # captured: 2, 4 (2 is still cached on its next calls), 3; destroyed: 3 of the 4
+                # cached sizes at the first capture, then one per capture
+                assert list(core.graphs) == [2, 3], list(core.graphs)
+                assert (CALLS["cuGraphInstantiate"] - made, CALLS["cuGraphExecDestroy"] - gone) == (3, 5), CALLS
+            else:
+                assert not core.graphs and CALLS["cuGraphLaunch"] == 0 and CALLS["cuLaunchKernel"] > 0
+            check_pool(mc, mg, dtype)
+            check_stream(mc, mg, dtype)
     """,
     # the commit of new hidden states to the state arena (make_commit) on its own: rows in
     # groups of NR over NY blocks each, one or two committed segments per row, batches of loads

@@ -1,0 +1,185 @@
+"""A CUDA driver for numba's simulator: the engine's graph and driver launch paths without a GPU.
+
+On a GPU a pool steps through CUDA graphs or through raw driver calls (``cuLaunchKernel`` with
+kernel parameters packed once, ``cuMemcpy*Async``, stream capture; ``streamrnn/engine/
+cuda_pool.py``). The simulator has no driver, so the engine takes numba's launch path there and
+that code would run only on hardware. ``install(engine, mode)`` puts this module's stand-in
+under an engine built on the simulator, so that its next pools take the ``graph`` or ``driver``
+path, with every kernel run by the simulator:
+
+* ``cuLaunchKernel`` reads the kernel's arguments back from the ``void*`` array that
+  ``_Params`` built (its compiled-kernel stand-in records each array under a number and each
+  scalar as an int64), at the call: a graph node keeps the values it was captured with, as on
+  a GPU, so a parameter changed after capture does not reach the replay;
+* ``cuMemcpyHtoDAsync`` / ``cuMemcpyDtoHAsync`` copy bytes between the host addresses of the
+  pinned rows and of the simulator's device arrays (both numpy memory here);
+* ``cuStreamBeginCapture`` .. ``cuStreamEndCapture`` record the operations issued on the
+  stream; ``cuGraphLaunch`` replays them (in order, at the call).
+
+What it cannot show: operations run at once, in call order, so overlap between streams and
+between host and device (step_chunked's two streams) is not exercised, only its bookkeeping.
+``CALLS`` counts the driver calls by name.
+"""
+from __future__ import annotations
+
+import ctypes
+from collections import Counter
+
+import numpy as np
+
+CALLS: Counter = Counter()
+_OBJECTS: dict = {}  # number -> an array argument of a packed launch
+_FUNCS: dict = {}  # handle -> compiled kernel stand-in
+
+
+def _keep(obj) -> int:
+    key = len(_OBJECTS) + 1
+    _OBJECTS[key] = obj
+    return key
+
+
+class _Compiled:
+    """What ``dispatcher.compile(types)`` returns on a GPU, as far as the engine uses it."""
+
+    def __init__(self, disp, types):
+        self.disp, self.argument_types = disp, tuple(types)
+        self._codelibrary = self
+        self.handle = len(_FUNCS) + 1
+        _FUNCS[self.handle] = self
+
+    def get_cufunc(self):
+        return self
+
+    def _prepare_args(self, ty, val, stream, retr, kernelargs):
+        if ty == "int":
+            kernelargs.append(ctypes.c_int64(int(val)))
+        else:
+            kernelargs.append(ctypes.c_uint64(_keep(val)))
+
+    def read_args(self, params: int) -> list:
+        ptrs = (ctypes.c_void_p * len(self.argument_types)).from_address(params)
+        vals = [ctypes.c_int64.from_address(p).value for p in ptrs]
+        return [v if t == "int" else _OBJECTS[v] for t, v in zip(self.argument_types, vals)]
+
+
+def _typeof_pyval(self, val):
+    return "int" if isinstance(val, (int, np.integer)) else "array"
+
+
+def _compile(self, sig):
+    return _Compiled(self, sig)
+
+
+class _Graph:
+    def __init__(self, ops):
+        self.ops = list(ops)
+        self.destroyed = False
+
+
+class FakeCu:
+    """The cuda-bindings ``driver`` functions and enums that the engine calls."""
+
+    class CUstreamCaptureMode:
+        CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1
+
+    class CUfunction_attribute:
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+
+    def __init__(self):
+        self.capturing: dict = {}  # stream -> operations recorded
+
+    def _issue(self, stream, op) -> tuple:
+        if stream in self.capturing:
+            self.capturing[stream].append(op)
+        else:
+            op()
+        return (0,)
+
+    @staticmethod
+    def CUstream(handle):
+        return ("stream", int(handle))
+
+    @staticmethod
+    def CUfunction(handle):
+        return _FUNCS[int(handle)]
+
+    def cuKernelGetFunction(self, handle):
+        CALLS["cuKernelGetFunction"] += 1
+        return (0, _FUNCS[handle])
+
+    def cuFuncSetAttribute(self, fn, attr, value):
+        return (0,)
+
+    def cuLaunchKernel(self, fn, gx, gy, gz, bx, by, bz, smem, stream, params, extra):
+        CALLS["cuLaunchKernel"] += 1
+        assert gz == by == bz == 1 and smem == 0 and extra == 0, (gz, by, bz, smem, extra)
+        args = fn.read_args(params)  # the parameters as they are now
+        return self._issue(stream, lambda: fn.disp[(gx, gy), bx](*args))
+
+    def cuMemcpyHtoDAsync(self, dst, src, nbytes, stream):
+        CALLS["cuMemcpyHtoDAsync"] += 1
+        return self._issue(stream, lambda: ctypes.memmove(dst, src, nbytes))
+
+    def cuMemcpyDtoHAsync(self, dst, src, nbytes, stream):
+        CALLS["cuMemcpyDtoHAsync"] += 1
+        return self._issue(stream, lambda: ctypes.memmove(dst, src, nbytes))
+
+    def cuStreamSynchronize(self, stream):
+        CALLS["cuStreamSynchronize"] += 1
+        assert stream not in self.capturing, "synchronize during a capture"
+        return (0,)
+
+    def cuStreamBeginCapture(self, stream, mode):
+        assert stream not in self.capturing
+        self.capturing[stream] = []
+        return (0,)
+
+    def cuStreamEndCapture(self, stream):
+        return (0, _Graph(self.capturing.pop(stream)))
+
+    def cuGraphInstantiate(self, graph, flags):
+        CALLS["cuGraphInstantiate"] += 1
+        return (0, _Graph(graph.ops))
+
+    def cuGraphDestroy(self, graph):
+        return (0,)
+
+    def cuGraphExecDestroy(self, g):
+        CALLS["cuGraphExecDestroy"] += 1
+        assert not g.destroyed, "a graph destroyed twice"
+        g.destroyed = True
+        return (0,)
+
+    def cuGraphLaunch(self, g, stream):
+        CALLS["cuGraphLaunch"] += 1
+        assert not g.destroyed, "a destroyed graph launched"
+
+        def replay():
+            for op in g.ops:
+                op()
+
+        return self._issue(stream, replay)
+
+
+def _dptr(a) -> int:
+    """The address of a simulator device array's memory (numpy memory)."""
+    return int(a._ary.ctypes.data)
+
+
+def install(engine, mode: str = "graph") -> None:
+    """Make ``engine`` (a ``CudaEngine`` built on the simulator) give its next pools and streams
+    the ``mode`` launch path ("graph" or "driver") through ``FakeCu``, outputs in mapped memory."""
+    from numba.cuda.simulator import api
+    from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+    from streamrnn.engine import cuda_pool, cuda_runtime
+
+    assert engine.sim and mode in ("graph", "driver")
+    FakeCUDAKernel.compile = _compile
+    FakeCUDAKernel.typeof_pyval = _typeof_pyval
+    api.stream.handle = property(lambda s: id(s) & 0xFFFFFFFF)  # streams of the simulator: no handle
+    cuda_pool._dptr = _dptr
+    cuda_runtime._tls.ctx = True  # the simulator has no context to make current
+    drv = cuda_runtime._Driver.__new__(cuda_runtime._Driver)
+    drv.cu, drv.OK = FakeCu(), 0
+    engine.drv, engine.mode, engine.mapped_out = drv, mode, True
