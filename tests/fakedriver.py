@@ -14,11 +14,13 @@ path, with every kernel run by the simulator:
 * ``cuMemcpyHtoDAsync`` / ``cuMemcpyDtoHAsync`` copy bytes between the host addresses of the
   pinned rows and of the simulator's device arrays (both numpy memory here);
 * ``cuStreamBeginCapture`` .. ``cuStreamEndCapture`` record the operations issued on the
-  stream; ``cuGraphLaunch`` replays them (in order, at the call).
+  stream; ``cuGraphLaunch`` replays them (in order, at the call);
+* ``ENTRY``: C callbacks at the addresses where the njit graph step (STREAMRNN_CUDA_HOSTCALL=njit)
+  calls the driver's ``cuGraphLaunch`` / ``cuStreamSynchronize`` (``install(..., hostcall=True)``).
 
 What it cannot show: operations run at once, in call order, so overlap between streams and
 between host and device (step_chunked's two streams) is not exercised, only its bookkeeping.
-``CALLS`` counts the driver calls by name.
+``CALLS`` counts the driver calls by name, ``live()`` the graphs not destroyed.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import numpy as np
 CALLS: Counter = Counter()
 _OBJECTS: dict = {}  # number -> an array argument of a packed launch
 _FUNCS: dict = {}  # handle -> compiled kernel stand-in
+_GRAPHS: dict = {}  # handle -> graph (instantiated or not)
 
 
 def _keep(obj) -> int:
@@ -71,9 +74,19 @@ def _compile(self, sig):
 
 
 class _Graph:
-    def __init__(self, ops):
+    def __init__(self, ops, instantiated=False):
         self.ops = list(ops)
-        self.destroyed = False
+        self.instantiated, self.destroyed = instantiated, False
+        self.handle = len(_GRAPHS) + 1
+        _GRAPHS[self.handle] = self
+
+    def __int__(self):  # a CUgraphExec's handle value (the njit graph step launches it by value)
+        return self.handle
+
+    def replay(self):
+        assert not self.destroyed, "a destroyed graph launched"
+        for op in self.ops:
+            op()
 
 
 class FakeCu:
@@ -139,7 +152,7 @@ class FakeCu:
 
     def cuGraphInstantiate(self, graph, flags):
         CALLS["cuGraphInstantiate"] += 1
-        return (0, _Graph(graph.ops))
+        return (0, _Graph(graph.ops, instantiated=True))
 
     def cuGraphDestroy(self, graph):
         return (0,)
@@ -153,12 +166,30 @@ class FakeCu:
     def cuGraphLaunch(self, g, stream):
         CALLS["cuGraphLaunch"] += 1
         assert not g.destroyed, "a destroyed graph launched"
+        return self._issue(stream, g.replay)
 
-        def replay():
-            for op in g.ops:
-                op()
 
-        return self._issue(stream, replay)
+# The driver's C entry points that the njit graph step (STREAMRNN_CUDA_HOSTCALL=njit) calls by
+# address: cuGraphLaunch(exec handle, stream) and cuStreamSynchronize(stream), as C callbacks
+@ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
+def _entry_launch(g, stream):
+    CALLS["entry cuGraphLaunch"] += 1
+    _GRAPHS[g].replay()
+    return 0
+
+
+@ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64)
+def _entry_sync(stream):
+    CALLS["entry cuStreamSynchronize"] += 1
+    return 0
+
+
+ENTRY = tuple(ctypes.cast(f, ctypes.c_void_p).value for f in (_entry_launch, _entry_sync))
+
+
+def live() -> int:
+    """Instantiated graphs not destroyed yet (each holds device resources on a GPU)."""
+    return sum(g.instantiated and not g.destroyed for g in _GRAPHS.values())
 
 
 def _dptr(a) -> int:
@@ -166,9 +197,11 @@ def _dptr(a) -> int:
     return int(a._ary.ctypes.data)
 
 
-def install(engine, mode: str = "graph") -> None:
+def install(engine, mode: str = "graph", hostcall: bool = False) -> None:
     """Make ``engine`` (a ``CudaEngine`` built on the simulator) give its next pools and streams
-    the ``mode`` launch path ("graph" or "driver") through ``FakeCu``, outputs in mapped memory."""
+    the ``mode`` launch path ("graph" or "driver") through ``FakeCu``, outputs in mapped memory;
+    ``hostcall``: a graph step of a pool as one njit call (STREAMRNN_CUDA_HOSTCALL=njit) that
+    calls ``ENTRY``."""
     from numba.cuda.simulator import api
     from numba.cuda.simulator.kernel import FakeCUDAKernel
 
@@ -183,3 +216,6 @@ def install(engine, mode: str = "graph") -> None:
     drv = cuda_runtime._Driver.__new__(cuda_runtime._Driver)
     drv.cu, drv.OK = FakeCu(), 0
     engine.drv, engine.mode, engine.mapped_out = drv, mode, True
+    if hostcall:
+        assert mode == "graph"
+        engine.entry = ENTRY
