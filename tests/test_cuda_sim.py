@@ -699,6 +699,7 @@ _CASES = {
     "driver_paths": """
         import gc
         import fakedriver
+        from streamrnn.engine import cuda_tiles
         from fakedriver import CALLS
         I, H, O = 3, 6, 2
         spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H)),
@@ -745,6 +746,12 @@ _CASES = {
                 assert (CALLS["cuGraphInstantiate"] - made, CALLS["cuGraphExecDestroy"] - gone) == (3, 5), CALLS
             else:
                 assert not core.graphs and CALLS["cuGraphLaunch"] == 0 and CALLS["cuLaunchKernel"] > 0
+            # the device time of each operation of a step (bench/gpu_check.py; the simulator's
+            # events time nothing): the copy in, then the step's kernels in launch order
+            kt = pg._cuda.kernel_times(5, reps=2)
+            ops = core._ops(cuda_tiles._bucket(5))
+            assert [r["op"] for r in kt] == ["copy in"] + [d.py_func.__name__ for d, *_ in ops], kt
+            assert kt[1]["grid"] == list(ops[0][3](5)) and kt[1]["block"] == ops[0][2], kt
             check_pool(mc, mg, dtype)
             check_stream(mc, mg, dtype)
             pc = pg = core = None

@@ -104,7 +104,7 @@ class _Core:
         x[G_OUT] = self.hout.ctypes.data
         x[G_O] = eng.O
         x[G_STREAM] = self.hstream
-        if eng.entry is not None:  # pragma: no cover - real GPU only
+        if eng.entry is not None:  # pragma: no cover - a GPU's path (in the simulator: tests/fakedriver.py)
             x[G_LAUNCH], x[G_SYNC] = eng.entry
 
     def _warm(self) -> None:
@@ -569,7 +569,7 @@ class _Core:
             cu.cuGraphExecDestroy(old)
         return g
 
-    def _self_test(self):  # pragma: no cover - real GPU only
+    def _self_test(self):  # pragma: no cover - a GPU's path (in the simulator: tests/fakedriver.py)
         """One frame on arena row 0 through the numba path, then the driver / graph paths:
         results must be bit-identical, else fall back. Leaves row 0 zero."""
         eng = self.eng
@@ -632,15 +632,20 @@ class _Core:
         self.arena[0:1].copy_to_device(np.zeros((1, self.S1), eng.dtype))
         self.stream.synchronize()
 
-    def kernel_times(self, n: int, reps: int = 50) -> list:  # pragma: no cover - real GPU only
+    def kernel_times(self, n: int, reps: int = 50) -> list:  # pragma: no cover - a GPU's path (in the simulator: tests/fakedriver.py)
         """Device time of each operation of a step of n rows, alone: CUDA events around ``reps``
         back-to-back launches (driver path) of the copy in and of each kernel, in launch order.
         Returns [{"op", "us", "regs", "smem", "local", "grid", "block"}]; [] without the driver
-        path (the simulator). The launches advance the states of rows ids[:n] ``reps`` times:
-        for measurements only (``bench/gpu_check.py``)."""
+        path (the simulator). The rows are the staged ones (the last call's, so that the times
+        decompose that step) when their first n ids are distinct, else streams 0..n-1 (after a
+        call of fewer rows, rows left from an earlier call may repeat an id: two rows of one
+        launch would write one state). The launches advance those states ``reps`` times: for
+        measurements only (``bench/gpu_check.py``)."""
         drv = self.eng.drv
         if drv is None or n < 1 or n > self.nmax:
             return []
+        if np.unique(self.hids[:n]).size < n:
+            self.hids[:n] = np.arange(n)
         self.quiesce()
         make_current()  # raw driver calls need the context current here
         cu, hs, chk = drv.cu, self.cstream, drv.check
@@ -656,7 +661,7 @@ class _Core:
                 launch()
             e1.record(self.stream)
             e1.synchronize()
-            return 1e3 * cuda.event_elapsed_time(e0, e1) / reps
+            return 1e3 * e0.elapsed_time(e1) / reps  # (ms; the simulator: -1)
 
         res = [{"op": "copy in", "bytes": n * self.pitch,
                 "us": timed(lambda: chk(cu.cuMemcpyHtoDAsync(_dptr(self.in_d), self.hin.ctypes.data, n * self.pitch, hs),
@@ -794,7 +799,7 @@ class CudaPool:
             if prof is not None:
                 core.record(n, t0, t0, t3, _now())
             return out
-        if core.fused is not None and prof is None and core.server is None:  # pragma: no cover - real GPU only
+        if core.fused is not None and prof is None and core.server is None:  # pragma: no cover - a GPU's path (in the simulator: tests/fakedriver.py)
             h = core.ghandles.get(n)  # a graph of this n was captured (its second call)
             if h is not None and n * eng.I < PACK_PAR_MIN:
                 if not getattr(_tls, "ctx", False):  # driver calls need the context current here
@@ -828,7 +833,8 @@ class CudaPool:
 
     def kernel_times(self, n: int, reps: int = 50) -> list:
         """Device time of each copy / kernel of a step of n rows (see ``_Core.kernel_times``;
-        advances the states of the pool's first n rows: for benchmarks only)."""
+        advances the states of the last call's streams, or of streams 0..n-1: for benchmarks
+        only)."""
         return self.core.kernel_times(n, reps)
 
     def push(self, sid: int, X: np.ndarray) -> np.ndarray:
