@@ -42,6 +42,11 @@ PACK_PAR_MIN = 1 << 20
 
 
 class _Core:
+    """One state arena on the device (``capacity`` rows of S values) and its step: the pinned
+    staging rows ``[id | frame]`` and output rows, the kernels of each row bucket (built and,
+    on a GPU, bound to their buffers at creation), and the launch path in use (``mode``:
+    "graph", "driver" or "numba", checked against numba's by ``_self_test``)."""
+
     GRAPHS = 16  # n -> the graph of a step of n rows; (r0, r1) -> one chunk's (step_chunked)
 
     def __init__(self, eng: CudaEngine, capacity: int):
