@@ -55,7 +55,7 @@ _PRELUDE = textwrap.dedent(
 
     def both(spec, dtype):
         mc = srnn.Model(spec, dtype=dtype, device="cpu")
-        mg = srnn.Model(spec, dtype=dtype, device="cuda")
+        mg = cuda_model(spec, dtype)
         assert mg.device == "cuda" and mg._cuda is not None
         return mc, mg
 
