@@ -158,6 +158,10 @@ def env() -> None:
         e["gpu"] = name
         e["cc"] = list(dev.compute_capability)
         e["sms"] = int(dev.MULTIPROCESSOR_COUNT)
+        try:  # the float32 peak of gpu_decide's targets: SMs x lanes x 2 x this clock
+            e["clock_mhz"] = int(dev.CLOCK_RATE) / 1000
+        except Exception:
+            pass
     except Exception as ex:
         e["numba_error"] = f"{type(ex).__name__}: {ex}"
     try:

@@ -20,7 +20,14 @@ Three tables:
    expected range (µs, or a ratio), ``better`` below it, ``missed`` above it, ``not measured`` where the run
    has no such row (another kernel name, a skipped section). A miss asks for the reason
    before the next change (the guide: "if it missed, find out why").
-3. **Errors and skips** of the run, which explain rows that are missing.
+3. **Targets of issue 5**, read from the run: host-to-host p50 against 20 µs (B <= 1024), the
+   speed-ups over torch + CUDA graph (TF32 off, the row of the same run) at B=1 and at H=128
+   B=1024, over cuDNN (the same torch rows) at B=16384, and the H=512 B=16384 LSTM GEMM's rate
+   as a share of the card's float32 peak (SMs x FP32 lanes per SM x 2 x clock). Each for the
+   default (``streamrnn pool.step``) and for the fastest streamrnn row of any setting (an
+   opt-in one is named), so that the closing note's table is the script's, not arithmetic
+   by hand.
+4. **Errors and skips** of the run, which explain rows that are missing.
 
 Exit status: 0, or 2 when the file cannot be read.
 """
@@ -113,9 +120,12 @@ def _value(row: dict, kind: str) -> float:
 
 
 def _reference(rows: list, i: int, method: str):
-    """The nearest row before rows[i] (else after it) with ``method`` at the same H and B."""
+    """The nearest row before rows[i] (else after it) with ``method`` at the same H and B, of
+    the same run (file) where there is one."""
     r = rows[i]
     same = [j for j, s in enumerate(rows) if s["method"] == method and s["H"] == r["H"] and s["B"] == r["B"]]
+    run = [j for j in same if rows[j].get("_run") == r.get("_run")]
+    same = run or same
     before = [j for j in same if j < i]
     if before:
         return rows[before[-1]]
@@ -176,7 +186,95 @@ def predictions(res: dict) -> list:
     return out
 
 
-def _md(var: list, pred: list, res: dict) -> str:
+#: the torch row the targets compare with (float32 without TF32, replayed CUDA graph)
+TORCH = "torch nn.LSTM CUDA graph (TF32 off)"
+#: the default path's row of the step section
+DEFAULT = ("streamrnn pool.step", "streamrnn pool.step [graph, default]")
+#: boost clock (MHz) by GPU name, for runs that did not record it (gpu_check records
+#: ``clock_mhz`` since stop 20); FP32 lanes per SM by compute capability
+CLOCK_MHZ = (("H200", 1980), ("H100 PCIe", 1755), ("H100 NVL", 1785), ("H100", 1980))
+FP32_LANES = {(9, 0): 128, (8, 9): 128, (8, 6): 128, (8, 0): 64, (7, 0): 64}
+
+
+def _host_rows(rows: list, H: int, B: int) -> list:
+    """(index, row) of the streamrnn rows at (H, B) that time the API host to host (pool.step
+    or stream.step, back to back), with outputs not found different from the default's."""
+    return [(i, r) for i, r in enumerate(rows) if r["H"] == H and r["B"] == B
+            and r["method"].startswith(("streamrnn pool.step", "streamrnn stream.step"))
+            and "apart" not in r["method"] and r.get("same_as_default") is not False
+            and r.get("parity_ok") is not False]
+
+
+def _torch_us(rows: list, i: int):
+    """p50 of the TORCH row nearest rows[i] at its H and B, same run (file) first."""
+    r = rows[i]
+    cand = [j for j, s in enumerate(rows) if s["method"] == TORCH and s["H"] == r["H"] and s["B"] == r["B"]]
+    cand = [j for j in cand if rows[j].get("_run") == r.get("_run")] or cand
+    return rows[min(cand, key=lambda j: (abs(j - i), j))]["p50_us"] if cand else None
+
+
+def peak_tflops(env: dict):
+    """The card's float32 peak (TFLOP/s) from the run's env: SMs x FP32 lanes x 2 x clock."""
+    sms, cc, name = env.get("sms"), tuple(env.get("cc") or ()), str(env.get("gpu", ""))
+    mhz = env.get("clock_mhz") or next((c for n, c in CLOCK_MHZ if n in name), None)
+    lanes = FP32_LANES.get(cc)
+    if not (sms and mhz and lanes):
+        return None
+    return sms * lanes * 2 * mhz * 1e6 / 1e12
+
+
+def targets(res: dict) -> list:
+    """Table 3: the targets of issue 5 against the run, default and best setting."""
+    rows = res.get("step") or []
+    out = []
+
+    def add(target, H, B, kind, limit, i_def, i_best):
+        for which, i in (("default", i_def), ("best", i_best)):
+            if i is None:
+                out.append({"target": target, "H": H, "B": B, "which": which, "method": None, "us": None,
+                            "value": None, "limit": limit, "met": None})
+                continue
+            r = rows[i]
+            if kind == "us":
+                v = r["p50_us"]
+                met = v <= limit
+            else:  # a speed-up over torch: its p50 over ours
+                t = _torch_us(rows, i)
+                v = None if t is None else t / r["p50_us"]
+                met = None if v is None else v >= limit
+            out.append({"target": target, "H": H, "B": B, "which": which, "method": r["method"],
+                        "us": r["p50_us"], "value": v, "limit": limit, "met": met})
+
+    def pick(H, B, ratio):
+        cand = _host_rows(rows, H, B)
+        if ratio:  # only rows with a torch row to compare with
+            cand = [(i, r) for i, r in cand if _torch_us(rows, i) is not None]
+        d = [i for i, r in cand if r["method"] in DEFAULT]
+        best = min(cand, key=lambda ir: ir[1]["p50_us"])[0] if cand else None
+        return (d[0] if d else None), best
+
+    for H in (128, 512):
+        for B in (1, 64, 1024):
+            add("p50 <= 20 µs host to host", H, B, "us", 20.0, *pick(H, B, False))
+    for H in (128, 512):
+        add(">= 3x torch + CUDA graph", H, 1, "x", 3.0, *pick(H, 1, True))
+    add(">= 15x torch + CUDA graph", 128, 1024, "x", 15.0, *pick(128, 1024, True))
+    add(">= 4x cuDNN", 128, 16384, "x", 4.0, *pick(128, 16384, True))
+    add(">= par with cuDNN", 512, 16384, "x", 1.0, *pick(512, 16384, True))
+    # the LSTM GEMM of the default step at H=512 B=16384 (gpu_check's step model: I = H)
+    peak = peak_tflops(res.get("env") or {})
+    prof = [p for p in res.get("profile") or () if p["H"] == 512 and p["B"] == 16384]
+    us = [k["us"] for p in prof for k in p.get("kernels") or () if str(k.get("op", "")).startswith("lstm_gemm")]
+    H, B = 512, 16384
+    tf = 2 * B * (H + H) * 4 * H / (us[0] * 1e-6) / 1e12 if us else None
+    out.append({"target": ">= 50% of float32 peak (LSTM GEMM)", "H": H, "B": B, "which": "default",
+                "method": "lstm_gemm kernel", "us": us[0] if us else None, "tflops": tf, "peak_tflops": peak,
+                "value": None if tf is None or peak is None else tf / peak, "limit": 0.5,
+                "met": None if tf is None or peak is None else tf / peak >= 0.5})
+    return out
+
+
+def _md(var: list, pred: list, res: dict, tgt: list = ()) -> str:
     env = res.get("env") or {}
     lines = [f"# gpu_decide: {env.get('gpu', '?')}, numba-cuda {env.get('numba_cuda', '?')}, "
              f"torch {env.get('torch', '?')}", "", "## Variants against their reference (same run, p50)", "",
@@ -191,6 +289,18 @@ def _md(var: list, pred: list, res: dict) -> str:
         m = "" if p["measured_us"] is None else f"{p['measured_us']:.1f}"
         lines.append(f"| {p['entry']} | {p['what']} | {p['H']} | {p['B']} | {p['row']} | "
                      f"{p['expected_us'][0]:g}-{p['expected_us'][1]:g} | {m} | {p['verdict']} |")
+    if tgt:
+        lines += ["", "## Targets of issue 5", "",
+                  "| target | H | B | row | method | p50 µs | value | met |", "|---|---|---|---|---|---|---|---|"]
+        for t in tgt:
+            v = t["value"]
+            val = "" if v is None or t["target"].startswith("p50") else (
+                f"{100 * v:.0f}% ({t['tflops']:.1f} of {t['peak_tflops']:.1f} TFLOP/s)" if "peak_tflops" in t
+                else f"{v:.2f}x")
+            met = {True: "met", False: "not met", None: "not measured"}[t["met"]]
+            us = "" if t["us"] is None else f"{t['us']:.1f}"
+            lines.append(f"| {t['target']} | {t['H']} | {t['B']} | {t['which']} | {t['method'] or ''} | {us} | "
+                         f"{val} | {met} |")
     if res.get("errors") or res.get("skipped"):
         lines += ["", "## Errors and skips of the run", ""]
         lines += [f"- error: {e.get('what')}: {e.get('error')}" for e in res.get("errors") or ()]
@@ -201,7 +311,7 @@ def _md(var: list, pred: list, res: dict) -> str:
 def main(argv=None) -> int:
     args = _args(argv)
     res: dict = {}
-    for path in args.result:
+    for n, path in enumerate(args.result):
         try:
             with open(path) as f:
                 part = json.load(f)
@@ -209,15 +319,15 @@ def main(argv=None) -> int:
             print(f"gpu_decide: expected a JSON file of bench/gpu_check.py, got {path!r}: {e}", file=sys.stderr)
             return 2
         for k, v in part.items():
-            if isinstance(v, list):
-                res.setdefault(k, []).extend(v)
+            if isinstance(v, list):  # rows tagged with their run (file): ratios within one run
+                res.setdefault(k, []).extend({**r, "_run": n} if isinstance(r, dict) else r for r in v)
             else:
                 res.setdefault(k, v)
-    var, pred = variants(res, args.margin), predictions(res)
+    var, pred, tgt = variants(res, args.margin), predictions(res), targets(res)
     if args.json:
-        print(json.dumps({"variants": var, "predictions": pred}, indent=1))
+        print(json.dumps({"variants": var, "predictions": pred, "targets": tgt}, indent=1))
     else:
-        print(_md(var, pred, res))
+        print(_md(var, pred, res, tgt))
     return 0
 
 

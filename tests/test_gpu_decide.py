@@ -81,7 +81,7 @@ def test_cli(tmp_path):
     assert out.returncode == 0 and "## Predictions of bench/NOTES.md" in out.stdout
     js = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_decide.py"), S14, "--json"],
                         capture_output=True, text=True)
-    assert set(json.loads(js.stdout)) == {"variants", "predictions"}
+    assert set(json.loads(js.stdout)) == {"variants", "predictions", "targets"}
     # two files (runs of different sections) read as one: the seq rows of the second count
     step_only = tmp_path / "step.json"
     seq_only = tmp_path / "seq.json"
@@ -95,3 +95,73 @@ def test_cli(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_decide.py"), str(tmp_path / "none.json")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "expected a JSON file" in bad.stderr
+
+
+def test_targets_of_real_runs():
+    """Stop 14's step run and its persistent-kernel run, read as one: each figure recomputed
+    here from the raw rows (the closing note of stop 14 computed them by hand: 2.5x, 3.5x,
+    3.1x, 4.5x, 1.05x, 37%)."""
+    runs = []
+    for name in ("gpu_h200_s14.json", "gpu_h200_s14_persist2.json"):
+        with open(os.path.join(ROOT, "bench", "results", name)) as f:
+            runs.append(json.load(f))
+    res = {"env": runs[0]["env"]}
+    for n, r in enumerate(runs):
+        for k in ("step", "profile"):
+            res.setdefault(k, []).extend({**row, "_run": n} for row in r.get(k) or ())
+    tgt = {(t["target"], t["H"], t["B"], t["which"]): t for t in gd.targets(res)}
+
+    def p50(run, method, H, B):
+        return next(r["p50_us"] for r in runs[run]["step"] if r["method"] == method and r["H"] == H and r["B"] == B)
+
+    t = tgt[(">= 3x torch + CUDA graph", 128, 1, "default")]
+    assert t["method"] == "streamrnn pool.step" and not t["met"]
+    assert t["value"] == pytest.approx(p50(0, gd.TORCH, 128, 1) / p50(0, "streamrnn pool.step", 128, 1))
+    # the fastest setting is the persistent kernel's stream.step, compared with torch of its own run
+    t = tgt[(">= 3x torch + CUDA graph", 128, 1, "best")]
+    assert t["method"] == "streamrnn stream.step [persistent kernel]" and t["met"]
+    assert t["value"] == pytest.approx(p50(1, gd.TORCH, 128, 1) / p50(1, t["method"], 128, 1))
+    assert p50(1, gd.TORCH, 128, 1) != p50(0, gd.TORCH, 128, 1)
+    t = tgt[("p50 <= 20 µs host to host", 128, 1, "best")]
+    assert t["us"] == p50(1, "streamrnn stream.step [persistent kernel]", 128, 1) < 20 and t["met"]
+    assert not tgt[("p50 <= 20 µs host to host", 512, 64, "default")]["met"]
+    t = tgt[(">= 4x cuDNN", 128, 16384, "default")]
+    assert t["met"] and t["value"] == pytest.approx(p50(0, gd.TORCH, 128, 16384) / p50(0, "streamrnn pool.step", 128, 16384))
+    assert not tgt[(">= 15x torch + CUDA graph", 128, 1024, "default")]["met"]
+    # the GEMM's rate: 2 B (I + H) 4H flops in its device time, over 132 SMs x 128 lanes x 2 x 1.98 GHz
+    g = tgt[(">= 50% of float32 peak (LSTM GEMM)", 512, 16384, "default")]
+    us = next(k["us"] for p in runs[0]["profile"] if (p["H"], p["B"]) == (512, 16384) for k in p["kernels"]
+              if k["op"] == "lstm_gemm")
+    assert g["peak_tflops"] == pytest.approx(132 * 128 * 2 * 1.98e9 / 1e12)
+    assert g["value"] == pytest.approx(2 * 16384 * 1024 * 2048 / (us * 1e-6) / (132 * 128 * 2 * 1.98e9))
+    assert 0.3 < g["value"] < 0.45 and not g["met"]
+
+
+def test_targets_pick_and_refuse():
+    tor = gd.TORCH
+    res = {"env": {"gpu": "Some GPU", "cc": [9, 0], "sms": 100, "clock_mhz": 1500.0}, "step": [
+        {**_row("streamrnn pool.step", 128, 1, 30.0), "_run": 0},
+        {**_row("streamrnn pool.step [fast but wrong]", 128, 1, 5.0, same_as_default=False), "_run": 0},
+        {**_row("streamrnn pool.step [graph, calls 1 ms apart]", 128, 1, 4.0), "_run": 0},
+        {**_row(tor, 128, 1, 120.0), "_run": 0},
+        {**_row("streamrnn stream.step [x]", 128, 1, 18.0), "_run": 1},
+        {**_row(tor, 128, 1, 36.0), "_run": 1},
+        {**_row("streamrnn pool.step", 512, 1, 25.0), "_run": 0},  # no torch row at H=512
+    ], "profile": [{"H": 512, "B": 16384, "kernels": [{"op": "lstm_gemm_vec", "us": 2000.0}]}]}
+    tgt = {(t["target"], t["H"], t["B"], t["which"]): t for t in gd.targets(res)}
+    best = tgt[("p50 <= 20 µs host to host", 128, 1, "best")]
+    assert best["method"] == "streamrnn stream.step [x]" and best["met"]  # not the wrong or the paced row
+    assert tgt[(">= 3x torch + CUDA graph", 128, 1, "default")]["value"] == pytest.approx(4.0)  # 120 / 30
+    assert tgt[(">= 3x torch + CUDA graph", 128, 1, "best")]["value"] == pytest.approx(2.0)  # 36 / 18: own run
+    assert not tgt[(">= 3x torch + CUDA graph", 128, 1, "best")]["met"]
+    no = tgt[(">= 3x torch + CUDA graph", 512, 1, "default")]
+    assert no["value"] is None and no["met"] is None
+    assert tgt[("p50 <= 20 µs host to host", 128, 64, "default")]["met"] is None  # not measured
+    g = tgt[(">= 50% of float32 peak (LSTM GEMM)", 512, 16384, "default")]
+    assert g["peak_tflops"] == pytest.approx(100 * 128 * 2 * 1.5e9 / 1e12)  # the recorded clock
+    assert g["value"] == pytest.approx(2 * 16384 * 1024 * 2048 / 2e-3 / (100 * 128 * 2 * 1.5e9))
+    # no clock, a GPU the table does not know: no peak, nothing claimed
+    res["env"] = {"gpu": "Some GPU", "cc": [9, 0], "sms": 100}
+    g = next(t for t in gd.targets(res) if "peak" in t["target"])
+    assert g["peak_tflops"] is None and g["met"] is None
+    assert "not measured" in gd._md([], [], res, gd.targets(res))
