@@ -355,7 +355,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     name = "<stdin>" if src == "-" else src
     if src != "-" and not os.path.exists(src):
         raise FileNotFoundError(src)
-    model = _load(args)
+    model = _load(args, device=args.device)
     if not model.streamable:
         raise UsageError(f"{args.model}: has a reverse or bidirectional layer, so it cannot stream "
                          "(use model.run offline)")
@@ -477,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10_000, metavar="T", help="timed calls (default 10000)")
     p.add_argument("--warmup", type=int, default=None, metavar="K",
                    help="untimed calls first (default: at least 20 calls and 0.2 s)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the model runs (default cpu; cuda: a GPU through numba.cuda)")
     p.add_argument("--threads", type=int, default=None, help="numba threads (pool.step over streams)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
@@ -498,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", default="-", metavar="FILE|-", help="frames file, or - for stdin (default)")
     p.add_argument("--format", choices=("csv", "npy"), default=None,
                    help="input format (default: npy for *.npy files, else csv)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the stream runs (default cpu; cuda: a GPU through numba.cuda)")
     _loader_opts(p)
     _common(p)
     p.set_defaults(func=cmd_stream)

@@ -802,6 +802,49 @@ _CASES = {
         check_run(mc, mg, "float32")
         refused(srnn.StreamRNNError, lambda: mg.stream())
     """,
+    # The command line on the GPU path: `streamrnn stream --device cuda` prints what the CPU
+    # engine's stream gives for the same frames (.npy and CSV), `streamrnn bench --device cuda`
+    # times stream.step and pool.step (JSON) on it
+    "cli": """
+        import contextlib, io, json, tempfile
+        from streamrnn.cli import main
+
+        def cli(*argv):
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                rc = main(list(argv))
+            return rc, buf.getvalue()
+
+        loaded = []  # the models the commands load: on the GPU, not only numerically equal
+        _load = srnn.load
+        srnn.load = lambda *a, **k: loaded.append(_load(*a, **k)) or loaded[-1]
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "demo.srnn")
+        assert cli("demo", "-o", path, "--input-size", "3", "--hidden-size", "6", "--output-size", "2",
+                   "--seed", str(int(rng.integers(1 << 30))))[0] == 0
+        mc = _load(path)
+        X = rng.standard_normal((4, 3)).astype(np.float32)
+        np.save(os.path.join(d, "x.npy"), X)
+        want = mc.stream().push(X)
+        rc, out = cli("stream", path, "-i", os.path.join(d, "x.npy"), "--device", "cuda")
+        assert rc == 0, out
+        close(np.loadtxt(io.StringIO(out), delimiter=",", ndmin=2), want, "float32", "stream --device cuda (npy)")
+        with open(os.path.join(d, "x.csv"), "w") as f:
+            f.write("\\n".join(",".join(repr(float(v)) for v in x) for x in X) + "\\n")
+        rc, out = cli("stream", path, "-i", os.path.join(d, "x.csv"), "--device", "cuda", "--dtype", "float64")
+        assert rc == 0, out
+        want64 = _load(path, dtype="float64").stream().push(X.astype(np.float64))
+        close(np.loadtxt(io.StringIO(out), delimiter=",", ndmin=2), want64, "float64", "stream --device cuda (csv)")
+        for n in (1, 3):
+            rc, out = cli("bench", path, "--device", "cuda", "--streams", str(n), "--steps", "3", "--warmup", "1",
+                          "--json", "--no-progress")
+            assert rc == 0, out
+            res = json.loads(out)
+            assert res["device"] == "cuda" and res["streams"] == n and res["steps"] == 3, res
+            assert ("pool.step" if n > 1 else "stream.step") in res["method"], res
+        assert [m.device for m in loaded] == ["cuda"] * 4, [m.device for m in loaded]
+        srnn.load = _load
+    """,
     # The persistent step kernel (STREAMRNN_CUDA_PERSIST=1, engine/persist.py): one-row steps
     # served by one launch that runs every layer's row-tile body over that layer's grid (in the
     # simulator one block runs them all in turn); steps of several rows, state access and push
@@ -1170,9 +1213,21 @@ def test_cuda_without_gpu_raises():
             srnn.Model(spec, device="cuda")
         except srnn.StreamRNNError as e:
             assert "device: expected a CUDA GPU for device='cuda', got none" in str(e), e
-            print("OK")
         else:
             raise AssertionError("no error without a GPU")
+        # the command line: a usage error (exit 2) that names the device, for each command
+        import contextlib, io, tempfile
+        from streamrnn.cli import main
+        path = tempfile.mkdtemp() + "/demo.srnn"
+        assert main(["demo", "-o", path]) == 0
+        np.save(path + ".npy", np.ones((2, 8), np.float32))
+        for argv in (["stream", path, "-i", path + ".npy", "--device", "cuda"],
+                     ["bench", path, "--device", "cuda", "--steps", "2"]):
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                rc = main(argv)
+            assert rc == 2 and "device: expected a CUDA GPU" in err.getvalue(), (argv, rc, err.getvalue())
+        print("OK")
         """
         % ROOT
     )
