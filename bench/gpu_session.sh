@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The one device run of a session that is lent a GPU (bench/NOTES.md entries 86 and 99).
 #
-# Through the device tool, from the repository root here (numpy 2.4.6 cp312 wheel in .whl, see
-# the README's "GPU" section; numpy 2.5 breaks numba-cuda 0.30.4):
+# Through the device tool, from the repository root here, with a numpy 2.4.6 cp312 wheel in .whl
+# (numpy 2.5 breaks numba-cuda 0.30.4; fetched here with `echo /.whl/ >> .git/info/exclude;
+# python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation
+# cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl numpy==2.4.6`):
 #
 #     run(command="bash bench/gpu_session.sh", carry=[".whl"], timeout_s=590)
 #
@@ -15,7 +17,8 @@
 # with the starts and the grace); S1, S2 their sections; SMOKE=1 tries the script itself on
 # numba's simulator (tiny sizes, NUMBA_ENABLE_CUDASIM=1; minutes per section on a CPU).
 # Exit status: 0; 3 when a gpu_check run did not end normally (abandoned past its grace, or a
-# crash: its JSON holds what it saved); 4 when the wheels do not install.
+# crash: its JSON holds what it saved); 4 when the wheels do not install; 5 when numpy is 2.5 or
+# later (no wheel carried).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_session}
@@ -26,6 +29,17 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
+# numba-cuda 0.30.4 fails at its first kernel compile with numpy 2.5 (np.row_stack is gone):
+# stop here, in seconds, rather than after two runs of errors
+python3 - <<'PY' || exit 5
+import sys
+import numpy
+v = tuple(int(x) for x in numpy.__version__.split(".")[:2])
+print(f"numpy {numpy.__version__} from {numpy.__file__}")
+if v >= (2, 5):
+    sys.exit("gpu_session: expected numpy < 2.5 (numba-cuda 0.30.4), got " + numpy.__version__ + ": carry a "
+             "numpy 2.4.x cp312 wheel in .whl (bench/gpu_session.sh's header)")
+PY
 EXTRA=()
 if [ "${SMOKE:-0}" = 1 ]; then
     export NUMBA_ENABLE_CUDASIM=1
