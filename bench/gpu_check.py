@@ -954,8 +954,10 @@ def seq_section() -> None:
         if mg is None:
             continue
         tmods = guarded(f"torch modules H={H}", torch_modules, spec, H, H, 32) if have_torch else None
-        for B in ((1, 3) if ARGS.smoke else (1, 64)):
-            guarded(f"seq H={H} B={B}", seq_case, H, B, T, mg, tmods, need=8)
+        # B=1024 (T/5 steps: 100 MiB of frames at H=512): the per-block kernel's many-sequence
+        # baseline against cuDNN, never measured before (NOTES 101)
+        for B, TB in (((1, T), (3, T)) if ARGS.smoke else ((1, T), (64, T), (1024, T // 5))):
+            guarded(f"seq H={H} B={B}", seq_case, H, B, TB, mg, tmods, need=8)
         models = [(name, guarded(f"build cuda H={H} ({name})", build, spec, "float32", "cuda", **env_))
                   for name, env_ in SEQ_VARIANTS]
         models = [(name, m) for name, m in models if m is not None]
