@@ -853,7 +853,12 @@ def persist_section() -> None:
 # ---------------------------------------------------------------------------------------------
 # 3. sequences
 # ---------------------------------------------------------------------------------------------
-def seq_case(H, B, T, mg, tmods):
+SEQ_GEMM = "streamrnn model.run [GEMM per step, STREAMRNN_CUDA_SEQ=gemm]"
+
+
+def seq_case(H, B, T, mg, tmods, mgg=None):
+    """model.run of B sequences of T steps: the default, then (mgg, where B > 1) the GEMM per
+    step (NOTES 102) with its parity against the default, then torch."""
     I = H
     X = RNG.standard_normal((B, T, I)).astype(np.float32)
     Y = mg.run(X)
@@ -863,6 +868,13 @@ def seq_case(H, B, T, mg, tmods):
            "us_per_step": st["p50_us"] / T, "frames_per_s": B * T / (st["p50_us"] / 1e6)}
     RESULT["seq"].append(row)
     log(f"  H={H:4d} B={B:4d} T={T:4d} streamrnn model.run      {row['us_per_step']:8.2f} us/step  {row['frames_per_s']:12.0f} frames/s")
+    if mgg is not None and B > 1:
+        Yg = mgg.run(X)
+        d = float(np.abs(Yg - Y).max())
+        ok = bool(np.all(np.abs(Yg - Y) <= 1e-4 + 1e-4 * np.abs(Y)))
+        RESULT["parity"].append({"case": f"lstm_head H={H}", "what": f"run B={B} T={T} {SEQ_GEMM} vs default",
+                                 "dtype": "float32", "max_abs": d, "ok": ok})
+        seq_row(H, B, T, SEQ_GEMM, mgg, X, ok, d)
     if tmods is None:
         return
     import torch
@@ -954,10 +966,11 @@ def seq_section() -> None:
         if mg is None:
             continue
         tmods = guarded(f"torch modules H={H}", torch_modules, spec, H, H, 32) if have_torch else None
-        # B=1024 (T/5 steps: 100 MiB of frames at H=512): the per-block kernel's many-sequence
-        # baseline against cuDNN, never measured before (NOTES 101)
-        for B, TB in (((1, T), (3, T)) if ARGS.smoke else ((1, T), (64, T), (1024, T // 5))):
-            guarded(f"seq H={H} B={B}", seq_case, H, B, TB, mg, tmods, need=8)
+        # B=256 and 1024 (T/5 steps: 100 MiB of frames at H=512, B=1024): the per-block
+        # kernel's many-sequence baseline against cuDNN, never measured before (NOTES 101)
+        mgg = guarded(f"build cuda H={H} (seq, GEMM per step)", build, spec, "float32", "cuda", SEQ="gemm")
+        for B, TB in (((1, T), (3, T)) if ARGS.smoke else ((1, T), (64, T), (256, T // 5), (1024, T // 5))):
+            guarded(f"seq H={H} B={B}", seq_case, H, B, TB, mg, tmods, mgg, need=8)
         models = [(name, guarded(f"build cuda H={H} ({name})", build, spec, "float32", "cuda", **env_))
                   for name, env_ in SEQ_VARIANTS]
         models = [(name, m) for name, m in models if m is not None]

@@ -66,6 +66,7 @@ DYN = "streamrnn model.run [persistent grid, dynamic shared memory, STREAMRNN_CU
 CH4 = "streamrnn pool.step [in 4 chunks, STREAMRNN_CUDA_CHUNKS=4]"
 GRU0 = "streamrnn GRU pool.step [row-tile GRU kernels, STREAMRNN_CUDA_GEMM=0]"
 GRUB = "streamrnn GRU model.run [per-block kernel, STREAMRNN_CUDA_SEQ=block]"
+SEQG = "streamrnn model.run [GEMM per step, STREAMRNN_CUDA_SEQ=gemm]"
 PREDICTIONS = (
     ("71-72", "head as tiled GEMM + batched commit", "kernel", "linear_gemm", 512, 64, 2.0, 6.0),
     ("71-72", "head as tiled GEMM + batched commit", "kernel", "linear_gemm", 128, 64, 2.0, 5.0),
@@ -103,6 +104,11 @@ PREDICTIONS = (
     ("88", "GRU run: per-block / persistent kernel (a ratio)", "ratio", GRUB, 128, 16, 1.3, 2.5),
     ("88", "GRU run: per-block / persistent kernel (a ratio)", "ratio", GRUB, 512, 16, 3.0, 7.0),
     ("84", "sequence groups of 32 at H=512", "seq", DYN, 512, 64, 25.0, 40.0),
+    ("102", "run: GEMM per step / default (a ratio)", "ratio", SEQG, 512, 64, 0.3, 0.7),
+    ("102", "run: GEMM per step / default (a ratio)", "ratio", SEQG, 512, 256, 0.2, 0.6),
+    ("102", "run: GEMM per step / default (a ratio)", "ratio", SEQG, 512, 1024, 0.7, 1.3),
+    ("102", "run: GEMM per step / default (a ratio)", "ratio", SEQG, 128, 64, 1.5, 3.0),
+    ("102", "run: GEMM per step / default (a ratio)", "ratio", SEQG, 128, 1024, 0.9, 1.8),
     ("84", "sequence groups of 32 at H=512", "seq", DYN, 512, 16, 10.0, 15.0),
 )
 

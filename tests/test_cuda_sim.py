@@ -802,6 +802,47 @@ _CASES = {
         check_run(mc, mg, "float32")
         refused(srnn.StreamRNNError, lambda: mg.stream())
     """,
+    # model.run / push with STREAMRNN_CUDA_SEQ=gemm (engine/cuda.py ``_sequence_gemm``, NOTES
+    # 102): a pool's step ops over all running sequences per time step, sequences sorted by
+    # length (ragged, one of 0; initial states), every layer kind the step has, a recurrent last
+    # layer (the commit kernel); more sequences than one block's rows; a bidirectional model
+    # keeps the sequence kernels
+    "seq_gemm": """
+        specs = [
+            ("float32", ModelSpec((LSTMLayer(3, 8, R(1, 32, 3), R(1, 32, 8), R(1, 64)), DenseLayer(R(2, 8), R(2))))),
+            ("float64", ModelSpec((LSTMLayer(3, 8, R(1, 32, 3), R(1, 32, 5), R(1, 64), P=R(1, 24),
+                                             proj=R(1, 5, 8)),
+                                   GRULayer(5, 6, R(1, 18, 5), R(1, 18, 6), R(1, 36), linear_before_reset=True),
+                                   DenseLayer(R(4, 6), R(4)), SoftmaxLayer(4)))),
+            ("float32", ModelSpec((GRULayer(2, 7, R(1, 21, 2), R(1, 21, 7), R(1, 42)),
+                                   RNNLayer(7, 5, R(1, 5, 7), R(1, 5, 5), R(1, 10)),
+                                   ActivationLayer(5, Activation("LeakyRelu", 0.2)),
+                                   DenseLayer(R(3, 5), None), SoftmaxLayer(3, log=True)))),
+            ("float64", ModelSpec((RNNLayer(4, 6, R(1, 6, 4), R(1, 6, 6), R(1, 12)),))),
+        ]
+        for k, (dtype, spec) in enumerate(specs):
+            mc = srnn.Model(spec, dtype=dtype, device="cpu")
+            mg = cuda_model(spec, dtype, SEQ="gemm")
+            assert mg._cuda._gemm_seq()
+            for B in (3, 5):
+                check_run(mc, mg, dtype, B=B, T=5, what=f"gemm model {k}")
+            check_stream(mc, mg, dtype)
+        # 11 sequences of full length, lengths in a shuffled order: several blocks of rows per step
+        dtype, spec = specs[0]
+        mc, mg = srnn.Model(spec, dtype=dtype, device="cpu"), cuda_model(spec, dtype, SEQ="gemm")
+        X = rng.standard_normal((11, 4, 3)).astype(dtype)
+        L = np.array([4, 1, 3, 4, 2, 0, 4, 3, 1, 2, 4])
+        st0 = rng.standard_normal((11, mc.state_size)) * 0.5
+        Yc, sc = mc.run(X, state=st0, lengths=L, return_state=True)
+        Yg, sg = mg.run(X, state=st0, lengths=L, return_state=True)
+        close(Yg, Yc, dtype, "gemm run of 11 ragged sequences")
+        close(sg.data, sc.data, dtype, "gemm run of 11: states")
+        bi = ModelSpec((LSTMLayer(3, 4, R(2, 16, 3), R(2, 16, 4), R(2, 32), direction="bidirectional"),
+                        DenseLayer(R(2, 8), R(2))))
+        mc, mg = srnn.Model(bi, device="cpu"), cuda_model(bi, SEQ="gemm")
+        assert not mg._cuda._gemm_seq()
+        check_run(mc, mg, "float32", what="bidirectional, SEQ=gemm")
+    """,
     # The command line on the GPU path: `streamrnn stream --device cuda` prints what the CPU
     # engine's stream gives for the same frames (.npy and CSV), `streamrnn bench --device cuda`
     # times stream.step and pool.step (JSON) on it

@@ -210,10 +210,13 @@ class CudaEngine:
         #: "block" = one block per few sequences (make_lstm_seq); "grid" = the persistent
         #: kernel spread over the GPU with grid syncs (make_lstm_seq_grid); "auto" (default) =
         #: grid where the H200 measured it faster (``_grid_cfg``, NOTES entry 52); "stepwise" =
-        #: the grid kernel launched once per step (the simulator's multi-block check of it)
+        #: the grid kernel launched once per step (the simulator's multi-block check of it);
+        #: "gemm" = every layer's step of all sequences per time step, as a pool steps them
+        #: (its tiled GEMMs; ``_sequence_gemm``, NOTES entry 102; opt-in until measured)
         self.seq_mode = os.environ.get("STREAMRNN_CUDA_SEQ", "auto").lower()
-        if self.seq_mode not in ("auto", "block", "grid", "stepwise"):
-            raise StreamRNNError(f"STREAMRNN_CUDA_SEQ: expected auto, block, grid or stepwise, got {self.seq_mode!r}")
+        if self.seq_mode not in ("auto", "block", "grid", "stepwise", "gemm"):
+            raise StreamRNNError(
+                f"STREAMRNN_CUDA_SEQ: expected auto, block, grid, stepwise or gemm, got {self.seq_mode!r}")
         #: the persistent kernel's per-step barrier: "cg" (numba's grid sync) or "atomic" (a
         #: counter in global memory; an A/B for bench/gpu_check.py, NOTES entry 53)
         self.grid_barrier = os.environ.get("STREAMRNN_CUDA_GRIDSYNC", "cg").lower()
@@ -260,6 +263,7 @@ class CudaEngine:
         self._lock = threading.Lock()
         self._stream = cuda.stream()
         self._bufs: dict = {}
+        self._seq_ops: dict = {}  # bucket -> step_ops of _sequence_gemm
         self._coop: dict = {}  # persistent kernel -> fits a cooperative launch on this GPU
         for fn, sig in _pack_sigs(self.dtype):  # host packing kernels: compiled at load
             fn.compile(sig)
@@ -686,6 +690,45 @@ class CudaEngine:
     def _launch(disp, grid, block, s, *args):
         disp[grid, block, s](*args)
 
+    def _gemm_seq(self) -> bool:
+        """``model.run`` / ``push`` through ``_sequence_gemm``: STREAMRNN_CUDA_SEQ=gemm and every
+        layer forward only (a reverse or bidirectional layer needs the whole sequence)."""
+        return self.seq_mode == "gemm" and not any(L.recurrent and (L.D != 1 or L.rev) for L in self.layers)
+
+    def _sequence_gemm(self, X_tm, counts, ids_d, st_d, s):
+        """Every layer over T time steps of B sequences, one step of all of them at a time: the
+        ops of a pool's step of B rows (``step_ops``: tiled GEMMs for many rows), launched on
+        stream s with no host round trip between steps. X_tm (T, B, I) device frames, time
+        major, sequences sorted by length (longest first); counts[t]: how many are still
+        running at step t (non-increasing); ids_d (B,) their state rows in st_d (updated in
+        place). -> (T, B, O) device outputs; rows at or past a sequence's length are not
+        written."""
+        T, B = X_tm.shape[0], X_tm.shape[1]
+        ops = self._seq_ops.get(_bucket(B))
+        if ops is None:
+            ops = self._seq_ops[_bucket(B)] = self.step_ops(_bucket(B))
+        feat = self._buf("sfeat", (B, self.ftot))  # (B, ftot) each layer's output columns
+        Y_tm = self._buf("sy", (T, B, self.O))  # (T, B, O)
+        for t in range(T):
+            n = int(counts[t])
+            if n == 0:
+                break
+            for disp, first, block, grid in ops:
+                disp[grid(n), block, s](self.W, ids_d, X_tm[t] if first else feat, feat, Y_tm[t], st_d, n)
+        return Y_tm
+
+    def _gemm_inputs(self, X3, lengths, s):
+        """(X_tm on the device (T, B, I), counts (T,), order (B,)): X3's sequences sorted by
+        length, longest first (``order``; stable), laid out time major; counts[t] = how many
+        have a frame t."""
+        B, T = X3.shape[0], X3.shape[1]
+        order = np.argsort(-lengths, kind="stable")
+        srt = lengths[order]
+        counts = (srt[None, :] > np.arange(T)[:, None]).sum(axis=1)  # (T,)
+        xs = X3 if np.array_equal(order, np.arange(B)) else X3[order]
+        X_tm = cuda.to_device(np.ascontiguousarray(xs.transpose(1, 0, 2)), stream=s)  # (T, B, I)
+        return X_tm, counts, order
+
     def run(self, X3: np.ndarray, lengths: np.ndarray, state: np.ndarray) -> np.ndarray:
         """X3 (B, T, I) validated, lengths (B,) int64, state (B, S) updated in place -> Y (B, T, O)."""
         B, T, I = X3.shape
@@ -694,17 +737,24 @@ class CudaEngine:
             return np.zeros((B, T, O), self.dtype)
         with self._lock:
             s = self._stream
-            X_d = cuda.to_device(np.ascontiguousarray(X3.reshape(B * T, I)), stream=s)
-            lens_d = cuda.to_device(np.ascontiguousarray(lengths, dtype=np.int64), stream=s)
-            sidx_d = cuda.to_device(np.arange(B, dtype=np.int64), stream=s)
             st_h = state if S else np.zeros((B, 1), self.dtype)
             st_d = cuda.to_device(np.ascontiguousarray(st_h), stream=s)
-            Y_d = self._sequence(X_d, B, T, lens_d, st_d, sidx_d, s)
-            Y = Y_d.copy_to_host(stream=s)
+            if self._gemm_seq():
+                X_tm, counts, order = self._gemm_inputs(X3, np.asarray(lengths, np.int64), s)
+                ids_d = cuda.to_device(np.ascontiguousarray(order, dtype=np.int64), stream=s)
+                Y_tm = self._sequence_gemm(X_tm, counts, ids_d, st_d, s).copy_to_host(stream=s)
+            else:
+                X_d = cuda.to_device(np.ascontiguousarray(X3.reshape(B * T, I)), stream=s)
+                lens_d = cuda.to_device(np.ascontiguousarray(lengths, dtype=np.int64), stream=s)
+                sidx_d = cuda.to_device(np.arange(B, dtype=np.int64), stream=s)
+                Y = self._sequence(X_d, B, T, lens_d, st_d, sidx_d, s).copy_to_host(stream=s)
             st = st_d.copy_to_host(stream=s)
             s.synchronize()
         if S:
             state[...] = st
+        if self._gemm_seq():  # back to (B, T, O), each sequence in its own row
+            Y = np.empty((B, T, O), self.dtype)
+            Y[order] = Y_tm.transpose(1, 0, 2)
         Y = Y.reshape(B, T, O)
         if np.any(lengths < T):
             Y[np.arange(T)[None, :] >= lengths[:, None]] = 0
@@ -717,10 +767,14 @@ class CudaEngine:
             return np.zeros((0, self.O), self.dtype)
         with self._lock:
             s = self._stream
-            X_d = cuda.to_device(np.ascontiguousarray(X), stream=s)
-            lens_d = cuda.to_device(np.array([T], np.int64), stream=s)
             sidx_d = cuda.to_device(np.array([sid], np.int64), stream=s)
-            Y_d = self._sequence(X_d, 1, T, lens_d, arena_d, sidx_d, s)
+            if self._gemm_seq():
+                X_tm = cuda.to_device(np.ascontiguousarray(X).reshape(T, 1, self.I), stream=s)  # (T, 1, I)
+                Y_d = self._sequence_gemm(X_tm, np.ones(T, np.int64), sidx_d, arena_d, s).reshape(T, self.O)
+            else:
+                X_d = cuda.to_device(np.ascontiguousarray(X), stream=s)
+                lens_d = cuda.to_device(np.array([T], np.int64), stream=s)
+                Y_d = self._sequence(X_d, 1, T, lens_d, arena_d, sidx_d, s)
             Y = Y_d.copy_to_host(stream=s)
             s.synchronize()
         return Y
