@@ -837,6 +837,23 @@ _CASES = {
         Yg, sg = mg.run(X, state=st0, lengths=L, return_state=True)
         close(Yg, Yc, dtype, "gemm run of 11 ragged sequences")
         close(sg.data, sc.data, dtype, "gemm run of 11: states")
+        # a GPU's path through the driver (tests/fakedriver.py): parameters packed once per call,
+        # the frames' and outputs' rows repacked per step, one cuLaunchKernel per op and step
+        import fakedriver
+        for dtype, spec in (specs[0], specs[1]):
+            mc, mg = srnn.Model(spec, dtype=dtype, device="cpu"), cuda_model(spec, dtype, SEQ="gemm")
+            fakedriver.install(mg._cuda, "driver")
+            n0 = fakedriver.CALLS["cuLaunchKernel"]
+            X = rng.standard_normal((5, 4, mc.input_size)).astype(dtype)
+            L = np.array([2, 4, 0, 3, 4])
+            st0 = rng.standard_normal((5, mc.state_size)) * 0.5
+            Yc, sc = mc.run(X, state=st0, lengths=L, return_state=True)
+            Yg, sg = mg.run(X, state=st0, lengths=L, return_state=True)
+            close(Yg, Yc, dtype, "gemm run, driver launches")
+            close(sg.data, sc.data, dtype, "gemm run, driver launches: states")
+            nops = len(mg._cuda._seq_ops[next(iter(mg._cuda._seq_ops))])
+            assert fakedriver.CALLS["cuLaunchKernel"] - n0 == 4 * nops, (fakedriver.CALLS, nops)  # 4 steps
+            check_stream(mc, mg, dtype)
         bi = ModelSpec((LSTMLayer(3, 4, R(2, 16, 3), R(2, 16, 4), R(2, 32), direction="bidirectional"),
                         DenseLayer(R(2, 8), R(2))))
         mc, mg = srnn.Model(bi, device="cpu"), cuda_model(bi, SEQ="gemm")

@@ -80,7 +80,7 @@ import numpy as np
 
 from ..errors import StreamRNNError
 from .cuda_pool import CudaPool, CudaStream
-from .cuda_runtime import _NO_GPU, _Driver, allow_smem, check_device, cuda, simulator
+from .cuda_runtime import _NO_GPU, _Driver, _Params, _tls, allow_smem, check_device, cuda, make_current, simulator
 from .cuda_stage import _pack_sigs
 from .cuda_tiles import _bucket, _cdiv, _gemm_tile, _tile, step_tiles
 from .pack import (
@@ -709,12 +709,37 @@ class CudaEngine:
             ops = self._seq_ops[_bucket(B)] = self.step_ops(_bucket(B))
         feat = self._buf("sfeat", (B, self.ftot))  # (B, ftot) each layer's output columns
         Y_tm = self._buf("sy", (T, B, self.O))  # (T, B, O)
+        drv = self.drv
+        if drv is None or self.mode == "numba":
+            for t in range(T):
+                n = int(counts[t])
+                if n == 0:
+                    break
+                for disp, first, block, grid in ops:
+                    disp[grid(n), block, s](self.W, ids_d, X_tm[t] if first else feat, feat, Y_tm[t], st_d, n)
+            return Y_tm
+        # a GPU's path: driver launches, parameters packed once per call and repacked per step
+        # for the step's frames and outputs (numba's launch would cost ~40 µs of host time each)
+        if not getattr(_tls, "ctx", False):
+            make_current()
+        cu = drv.cu
+        cs = cu.CUstream(int(s.handle))
+        bound = []
+        for disp, first, block, grid in ops:
+            args = (self.W, ids_d, X_tm[0] if first else feat, feat, Y_tm[0], st_d, 1)
+            kernel = disp.compile(tuple(disp.typeof_pyval(a) for a in args))
+            bound.append((drv.function(kernel), _Params(kernel, args), first, block, grid))
         for t in range(T):
             n = int(counts[t])
             if n == 0:
                 break
-            for disp, first, block, grid in ops:
-                disp[grid(n), block, s](self.W, ids_d, X_tm[t] if first else feat, feat, Y_tm[t], st_d, n)
+            for fn, prm, first, block, grid in bound:
+                if first:
+                    prm.set_arg(2, X_tm[t])
+                prm.set_arg(4, Y_tm[t])
+                prm.n.value = n
+                gx, gy = grid(n)
+                drv.check(cu.cuLaunchKernel(fn, gx, gy, 1, block, 1, 1, 0, cs, prm.ptr, 0), "cuLaunchKernel")
         return Y_tm
 
     def _gemm_inputs(self, X3, lengths, s):

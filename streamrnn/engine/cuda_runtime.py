@@ -102,29 +102,50 @@ def allow_smem(drv, kernel, nbytes: int) -> None:
         drv.check(drv.cu.cuFuncSetAttribute(drv.function(kernel), attr, nbytes), "cuFuncSetAttribute")
 
 
+def _cvalue(v):
+    """One flattened kernel parameter as a ctypes value (numba's ``_prepare_args`` gives ctypes
+    values, or plain bools and ints)."""
+    if isinstance(v, ctypes._SimpleCData):
+        return v
+    if isinstance(v, (bool, np.bool_)):
+        return ctypes.c_uint8(int(v))
+    if isinstance(v, (int, np.integer)):
+        return ctypes.c_uint64(int(v) & 0xFFFFFFFFFFFFFFFF)
+    raise TypeError(f"kernel argument of type {type(v).__name__}")
+
+
 class _Params:
     """Kernel parameters of one launch as a C ``void*`` array (numba's argument ABI, built
-    with the kernel's own ``_prepare_args``); the trailing int64 scalar (n) stays writable."""
+    with the kernel's own ``_prepare_args``); the trailing int64 scalar (n) stays writable, and
+    ``set_arg`` repacks one argument in place."""
 
     def __init__(self, kernel, args):
-        flat, retr = [], []
+        vals, retrs, self._slots = [], [], []
         for t, v in zip(kernel.argument_types, args):
+            flat, retr = [], []
             kernel._prepare_args(t, v, 0, retr, flat)
-        vals = []
-        for v in flat:
-            if isinstance(v, ctypes._SimpleCData):
-                vals.append(v)
-            elif isinstance(v, (bool, np.bool_)):
-                vals.append(ctypes.c_uint8(int(v)))
-            elif isinstance(v, (int, np.integer)):
-                vals.append(ctypes.c_uint64(int(v) & 0xFFFFFFFFFFFFFFFF))
-            else:
-                raise TypeError(f"kernel argument of type {type(v).__name__}")
+            self._slots.append((len(vals), len(flat)))
+            vals += [_cvalue(f) for f in flat]
+            retrs.append(retr)
+        self._kernel = kernel
         self._vals = vals
         self._ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
         self.ptr = ctypes.addressof(self._ptrs)
         self.n = vals[-1]
-        self._keep = (args, retr)
+        self._keep = [list(args), retrs]
+
+    def set_arg(self, k: int, value) -> None:
+        """Argument k repacked for ``value``, an array of the type it was packed with (e.g. the
+        next row of the same array). A launch after this call sees it; one before does not
+        (``cuLaunchKernel`` copies the parameters at the call, a graph at its capture)."""
+        flat, retr = [], []
+        self._kernel._prepare_args(self._kernel.argument_types[k], value, 0, retr, flat)
+        a, m = self._slots[k]
+        if len(flat) != m:
+            raise TypeError(f"argument {k}: expected {m} parameter words, got {len(flat)}")
+        for slot, v in zip(self._vals[a : a + m], flat):
+            slot.value = _cvalue(v).value
+        self._keep[0][k], self._keep[1][k] = value, retr
 
 
 def _dptr(a) -> int:
