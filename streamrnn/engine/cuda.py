@@ -728,15 +728,24 @@ class CudaEngine:
         for disp, first, block, grid in ops:
             args = (self.W, ids_d, X_tm[0] if first else feat, feat, Y_tm[0], st_d, 1)
             kernel = disp.compile(tuple(disp.typeof_pyval(a) for a in args))
-            bound.append((drv.function(kernel), _Params(kernel, args), first, block, grid))
+            prm = _Params(kernel, args)
+            # per step only the data pointers of the frames' and outputs' rows move
+            sx = prm.stepper(2, X_tm[0], X_tm[1], X_tm.strides[0]) if first and T > 1 else None
+            sy = prm.stepper(4, Y_tm[0], Y_tm[1], Y_tm.strides[0]) if T > 1 else None
+            bound.append((drv.function(kernel), prm, first, sx, sy, block, grid))
         for t in range(T):
             n = int(counts[t])
             if n == 0:
                 break
-            for fn, prm, first, block, grid in bound:
-                if first:
+            for fn, prm, first, sx, sy, block, grid in bound:
+                if sx is not None:
+                    sx(t)
+                elif first:
                     prm.set_arg(2, X_tm[t])
-                prm.set_arg(4, Y_tm[t])
+                if sy is not None:
+                    sy(t)
+                else:
+                    prm.set_arg(4, Y_tm[t])
                 prm.n.value = n
                 gx, gy = grid(n)
                 drv.check(cu.cuLaunchKernel(fn, gx, gy, 1, block, 1, 1, 0, cs, prm.ptr, 0), "cuLaunchKernel")

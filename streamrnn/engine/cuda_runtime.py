@@ -147,6 +147,30 @@ class _Params:
             slot.value = _cvalue(v).value
         self._keep[0][k], self._keep[1][k] = value, retr
 
+    def stepper(self, k: int, v0, v1, stride: int):
+        """``step(t)``: argument k set to the t-th of equally spaced arrays v0, v1, ... (the
+        rows of one array, ``stride`` bytes apart) by moving one word, the data pointer: no
+        array view and no ``_prepare_args`` per step (~15 and ~5 µs of host time each). Where
+        the packed words of v0 and v1 do not differ in exactly that word by ``stride`` (e.g.
+        a stand-in driver), None: the caller repacks with ``set_arg``. The caller keeps the
+        array of the rows alive."""
+        words = []
+        for v in (v0, v1):
+            flat, retr = [], []
+            self._kernel._prepare_args(self._kernel.argument_types[k], v, 0, retr, flat)
+            words.append([_cvalue(f).value or 0 for f in flat])
+        a, m = self._slots[k]
+        diff = [i for i in range(m) if words[0][i] != words[1][i]] if len(words[0]) == len(words[1]) == m else []
+        if len(diff) != 1 or words[1][diff[0]] - words[0][diff[0]] != stride:
+            return None
+        self.set_arg(k, v0)
+        slot, base = self._vals[a + diff[0]], words[0][diff[0]]
+
+        def step(t: int) -> None:
+            slot.value = base + t * stride
+
+        return step
+
 
 def _dptr(a) -> int:
     return int(a.__cuda_array_interface__["data"][0])
