@@ -105,3 +105,24 @@ def test_set_arg_refuses_another_shape_of_words():
     p._kernel = k1  # a 1-D array packs into fewer words than the slots hold
     with pytest.raises(TypeError, match="argument 0: expected 9 parameter words, got 7"):
         p.set_arg(0, _row(X, 0))
+
+
+def test_the_pools_row_count_is_the_last_word():
+    """A pool's launch (``_Core._bound``): W, ids and frames as strided views of the staging rows,
+    feat, out, arena, then n, which ``_enqueue`` sets per call through ``params.n``: the words
+    read through ``ptr`` then equal numba's packing of the same arguments with that n."""
+    rng = np.random.default_rng()
+    nmax, P, I, O, S, F = 8, 32, 5, 2, 6, 7  # rows, bytes per staging row [id | frame | pad], ...
+    base = int(rng.integers(1, 1 << 20)) << 16
+    W = _dev((100,), np.float32, base)
+    rows = _dev((nmax, P), np.uint8, base + (1 << 32))
+    ids = _row(rows.view(np.int64), (slice(None), 0))  # strided: 'A' layout
+    X = _row(rows.view(np.float32), (slice(None), slice(2, 2 + I)))
+    feat, out, arena = (_dev(s, np.float32, base + (k << 33)) for k, s in ((1, (nmax, F)), (2, (nmax, O)), (3, (20, S))))
+    args = (W, ids, X, feat, out, arena)
+    k = _Kern(tuple(a._numba_type_ for a in args) + (types.int64,))
+    assert k.argument_types[1].layout == "A" and k.argument_types[2].layout == "A"
+    p = _Params(k, args + (1,))
+    for n in rng.integers(1, nmax + 1, 4):
+        p.n.value = int(n)
+        assert _words(p) == _words(_Params(k, args + (int(n),))), n
