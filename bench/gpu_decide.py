@@ -212,11 +212,9 @@ def _host_rows(rows: list, H: int, B: int) -> list:
 
 
 def _torch_us(rows: list, i: int):
-    """p50 of the TORCH row nearest rows[i] at its H and B, same run (file) first."""
-    r = rows[i]
-    cand = [j for j, s in enumerate(rows) if s["method"] == TORCH and s["H"] == r["H"] and s["B"] == r["B"]]
-    cand = [j for j in cand if rows[j].get("_run") == r.get("_run")] or cand
-    return rows[min(cand, key=lambda j: (abs(j - i), j))]["p50_us"] if cand else None
+    """p50 of the TORCH row of rows[i]'s run and size (``_reference``), or None."""
+    ref = _reference(rows, i, TORCH)
+    return None if ref is None else ref["p50_us"]
 
 
 def peak_tflops(env: dict):
