@@ -823,7 +823,7 @@ _CASES = {
         for k, (dtype, spec) in enumerate(specs):
             mc = srnn.Model(spec, dtype=dtype, device="cpu")
             mg = cuda_model(spec, dtype, SEQ="gemm")
-            assert mg._cuda._gemm_seq()
+            assert mg._cuda.gemm_seq
             for B in (3, 5):
                 check_run(mc, mg, dtype, B=B, T=5, what=f"gemm model {k}")
             check_stream(mc, mg, dtype)
@@ -857,7 +857,7 @@ _CASES = {
         bi = ModelSpec((LSTMLayer(3, 4, R(2, 16, 3), R(2, 16, 4), R(2, 32), direction="bidirectional"),
                         DenseLayer(R(2, 8), R(2))))
         mc, mg = srnn.Model(bi, device="cpu"), cuda_model(bi, SEQ="gemm")
-        assert not mg._cuda._gemm_seq()
+        assert not mg._cuda.gemm_seq
         check_run(mc, mg, "float32", what="bidirectional, SEQ=gemm")
     """,
     # The command line on the GPU path: `streamrnn stream --device cuda` prints what the CPU

@@ -271,6 +271,9 @@ class CudaEngine:
         self._zero_i = np.zeros(1, np.int64)
         self._dummy_2 = cuda.to_device(np.zeros((1, 1), self.dtype))
         self._step_layout()
+        #: ``model.run`` / ``push`` through ``_sequence_gemm``: STREAMRNN_CUDA_SEQ=gemm and every
+        #: recurrent layer forward only (a reverse or bidirectional one needs the whole sequence)
+        self.gemm_seq = self.seq_mode == "gemm" and not any(L.recurrent and (L.D != 1 or L.rev) for L in self.layers)
 
     # -- objects ---------------------------------------------------------------------------
     def stream(self):
@@ -690,11 +693,6 @@ class CudaEngine:
     def _launch(disp, grid, block, s, *args):
         disp[grid, block, s](*args)
 
-    def _gemm_seq(self) -> bool:
-        """``model.run`` / ``push`` through ``_sequence_gemm``: STREAMRNN_CUDA_SEQ=gemm and every
-        layer forward only (a reverse or bidirectional layer needs the whole sequence)."""
-        return self.seq_mode == "gemm" and not any(L.recurrent and (L.D != 1 or L.rev) for L in self.layers)
-
     def _sequence_gemm(self, X_tm, counts, ids_d, st_d, s):
         """Every layer over T time steps of B sequences, one step of all of them at a time: the
         ops of a pool's step of B rows (``step_ops``: tiled GEMMs for many rows), launched on
@@ -755,12 +753,11 @@ class CudaEngine:
         """(X_tm on the device (T, B, I), counts (T,), order (B,)): X3's sequences sorted by
         length, longest first (``order``; stable), laid out time major; counts[t] = how many
         have a frame t."""
-        B, T = X3.shape[0], X3.shape[1]
+        T = X3.shape[1]
         order = np.argsort(-lengths, kind="stable")
         srt = lengths[order]
         counts = (srt[None, :] > np.arange(T)[:, None]).sum(axis=1)  # (T,)
-        xs = X3 if np.array_equal(order, np.arange(B)) else X3[order]
-        X_tm = cuda.to_device(np.ascontiguousarray(xs.transpose(1, 0, 2)), stream=s)  # (T, B, I)
+        X_tm = cuda.to_device(np.take(X3.transpose(1, 0, 2), order, axis=1), stream=s)  # (T, B, I), one copy
         return X_tm, counts, order
 
     def run(self, X3: np.ndarray, lengths: np.ndarray, state: np.ndarray) -> np.ndarray:
@@ -773,7 +770,7 @@ class CudaEngine:
             s = self._stream
             st_h = state if S else np.zeros((B, 1), self.dtype)
             st_d = cuda.to_device(np.ascontiguousarray(st_h), stream=s)
-            if self._gemm_seq():
+            if self.gemm_seq:
                 X_tm, counts, order = self._gemm_inputs(X3, np.asarray(lengths, np.int64), s)
                 ids_d = cuda.to_device(np.ascontiguousarray(order, dtype=np.int64), stream=s)
                 Y_tm = self._sequence_gemm(X_tm, counts, ids_d, st_d, s).copy_to_host(stream=s)
@@ -786,7 +783,7 @@ class CudaEngine:
             s.synchronize()
         if S:
             state[...] = st
-        if self._gemm_seq():  # back to (B, T, O), each sequence in its own row
+        if self.gemm_seq:  # back to (B, T, O), each sequence in its own row
             Y = np.empty((B, T, O), self.dtype)
             Y[order] = Y_tm.transpose(1, 0, 2)
         Y = Y.reshape(B, T, O)
@@ -802,7 +799,7 @@ class CudaEngine:
         with self._lock:
             s = self._stream
             sidx_d = cuda.to_device(np.array([sid], np.int64), stream=s)
-            if self._gemm_seq():
+            if self.gemm_seq:
                 X_tm = cuda.to_device(np.ascontiguousarray(X).reshape(T, 1, self.I), stream=s)  # (T, 1, I)
                 Y_d = self._sequence_gemm(X_tm, np.ones(T, np.int64), sidx_d, arena_d, s).reshape(T, self.O)
             else:
