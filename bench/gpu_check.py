@@ -856,6 +856,13 @@ def persist_section() -> None:
 SEQ_GEMM = "streamrnn model.run [GEMM per step, STREAMRNN_CUDA_SEQ=gemm]"
 
 
+def _runs_agree(got, want):
+    """(ok, max abs difference) of two float32 model.run outputs of one path against another:
+    relative and absolute 1e-4 (rounding compounds over T steps in each path's own order)."""
+    diff = np.abs(got - want)
+    return bool(np.all(diff <= 1e-4 + 1e-4 * np.abs(want))), float(diff.max())
+
+
 def seq_case(H, B, T, mg, tmods, mgg=None):
     """model.run of B sequences of T steps: the default, then (mgg, where B > 1) the GEMM per
     step (NOTES 102) with its parity against the default, then torch."""
@@ -870,8 +877,7 @@ def seq_case(H, B, T, mg, tmods, mgg=None):
     log(f"  H={H:4d} B={B:4d} T={T:4d} streamrnn model.run      {row['us_per_step']:8.2f} us/step  {row['frames_per_s']:12.0f} frames/s")
     if mgg is not None and B > 1:
         Yg = mgg.run(X)
-        d = float(np.abs(Yg - Y).max())
-        ok = bool(np.all(np.abs(Yg - Y) <= 1e-4 + 1e-4 * np.abs(Y)))
+        ok, d = _runs_agree(Yg, Y)
         RESULT["parity"].append({"case": f"lstm_head H={H}", "what": f"run B={B} T={T} {SEQ_GEMM} vs default",
                                  "dtype": "float32", "max_abs": d, "ok": ok})
         seq_row(H, B, T, SEQ_GEMM, mgg, X, ok, d)
@@ -938,8 +944,7 @@ def seq_grid_case(H, B, T, models):
     oks = {}
     for name, m in models[1:]:
         Yg = m.run(X)
-        d = float(np.abs(Yg - Yb).max())
-        ok = bool(np.all(np.abs(Yg - Yb) <= 1e-4 + 1e-4 * np.abs(Yb)))
+        ok, d = _runs_agree(Yg, Yb)
         oks[name] = (ok, d)
         RESULT["parity"].append({"case": f"lstm_head H={H}", "what": f"run B={B} T={T} {name} vs per-block "
                                  f"(seq_mode after run: {m._cuda.seq_mode})", "dtype": "float32", "max_abs": d,
