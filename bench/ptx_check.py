@@ -195,6 +195,18 @@ def _kernels(H: int, cc=(9, 0)):
     seq_sig = (v, m, m, m, nbt.Array(i64, 1, "C"), nbt.Array(i64, 1, "C"), i64, i64)
     k = make_lstm_seq("float32", NT, 1, H, H, RT, -1, -1, 0.0, False, acts, HO, CO, 0, False)
     out.append((f"lstm_seq (per block) NT={NT}", k, seq_sig))
+    # the per-block sequence kernels of the other cells, and of an LSTM with a projection (HR =
+    # H / 2) over 8 sequences a block (the most the engine gives a block, _seq_cfg)
+    from streamrnn.layers.gru.cuda import make_gru_seq
+    from streamrnn.layers.rnn.cuda import make_rnn_seq
+
+    k = make_lstm_seq("float32", NT, 8, H, H // 2, RT, -1, 8 * H * H + 4 * H, 0.0, False, acts, HO, CO, 0, False)
+    out.append((f"lstm_seq (per block) NB=8 NT={NT} projection HR={H // 2}", k, seq_sig))
+    for lbr in (True, False):
+        k = make_gru_seq("float32", NT, 1, H, 3 * H * H, 6 * H * H + 3 * H, lbr, 0.0, acts[:6], 0, 0, False)
+        out.append((f"gru_seq (per block) NT={NT} linear_before_reset={lbr}", k, seq_sig))
+    k = make_rnn_seq("float32", NT, 1, H, H * H, 0.0, acts[:3], 0, 0, False)
+    out.append((f"rnn_seq (per block) NT={NT}", k, seq_sig))
     UPB = -(-H // 132)
     C = 4 * UPB
     KS = max(1, 128 // C)
