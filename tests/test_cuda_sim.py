@@ -802,6 +802,48 @@ _CASES = {
         check_run(mc, mg, "float32")
         refused(srnn.StreamRNNError, lambda: mg.stream())
     """,
+    # the per-block sequence kernels (STREAMRNN_CUDA_SEQ=block: make_lstm_seq / make_gru_seq /
+    # make_rnn_seq and their shared row moves, layers/cuda_seqblock.py) for every cell kind, in
+    # both directions: 2 sequences a block in the simulator, so B = 3 and 5 leave a block's
+    # second row past the batch; ragged lengths (0 included), initial states, push; vs the CPU
+    # engine; the persistent grid kernel never runs
+    "seq_block": """
+        I, H = 3, 5
+        acts = (Activation("HardSigmoid", 0.3, 0.45), Activation("Softsign"))
+        spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H), clip=1.2,
+                                    input_forget=True),
+                          LSTMLayer(H, 4, R(2, 16, H), R(2, 16, 3), R(2, 32), proj=R(2, 3, 4),
+                                    direction="bidirectional"),
+                          GRULayer(6, 4, R(1, 12, 6), R(1, 12, 4), R(1, 24), linear_before_reset=True, clip=1.7,
+                                   activations=acts),
+                          GRULayer(4, 3, R(1, 9, 4), R(1, 9, 3), R(1, 18), direction="reverse"),
+                          RNNLayer(3, 4, R(2, 4, 3), R(2, 4, 4), R(2, 8), direction="bidirectional",
+                                   activations=(Activation("Relu"), Activation("Tanh"))),
+                          DenseLayer(R(2, 8), R(2))))
+        fwd = ModelSpec((GRULayer(I, H, R(1, 3 * H, I), R(1, 3 * H, H), R(1, 6 * H), linear_before_reset=True),
+                         RNNLayer(H, 4, R(1, 4, H), R(1, 4, 4), R(1, 8)),
+                         LSTMLayer(4, 3, R(1, 12, 4), R(1, 12, 3), None)))
+        for dtype in ("float32", "float64"):
+            mg = cuda_model(spec, dtype, SEQ="block")
+            mc = srnn.Model(spec, dtype=dtype, device="cpu")
+            eng = mg._cuda
+            assert eng._seq_cfg(eng.layers[0], 5) == (4, 2)
+            calls = []
+            orig = eng._seq_grid
+            eng._seq_grid = lambda *a: calls.append(a[0]) or orig(*a)
+            for B, T in ((3, 4), (5, 3), (1, 2)):
+                check_run(mc, mg, dtype, B, T, what=f"block B={B}")
+            mg = cuda_model(fwd, dtype, SEQ="block")
+            mc = srnn.Model(fwd, dtype=dtype, device="cpu")
+            mg._cuda._seq_grid = lambda *a: calls.append(a[0]) or orig(*a)
+            check_run(mc, mg, dtype, B=5, T=3, what="block forward stack")
+            sc, sg = mc.stream(), mg.stream()
+            Xs = rng.standard_normal((4, I)).astype(dtype)
+            close(sg.push(Xs[:3]), sc.push(Xs[:3]), dtype, "block push")
+            close(sg.push(Xs[3:]), sc.push(Xs[3:]), dtype, "block push 2")
+            close(sg.state.data, sc.state.data, dtype, "block push state")
+            assert not calls, calls
+    """,
     # model.run / push with STREAMRNN_CUDA_SEQ=gemm (engine/cuda.py ``_sequence_gemm``, NOTES
     # 102): a pool's step ops over all running sequences per time step, sequences sorted by
     # length (ragged, one of 0; initial states), every layer kind the step has, a recurrent last

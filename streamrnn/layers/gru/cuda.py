@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda
 
+from ..cuda_seqblock import make_rows_io, make_seq_commit
 from ..dense.cuda import Tile, _act, _clip, as_kernel, jit, make_accum, make_reduce, nbtype, red_size
 
 
@@ -177,25 +178,19 @@ def make_gru_seq(dtype: str, NT: int, NB: int, H: int, RT: int, RBH: int, LBR: b
     clip = dt(CLIP)
     HS = 1 if LBR else H
     NACC = NB * 3
+    load_h, store_h = make_rows_io(NT, NB, H, HO)
+    commit = make_seq_commit(NT, NB, H, COL0, REV)
 
     @jit()
     def gru_seq(W, XW, Y, state, sidx, lens, B, T):
         tid = cuda.threadIdx.x
         b0 = cuda.blockIdx.x * NB
-        h = cuda.shared.array((NB, H), nbt)
-        hn = cuda.shared.array((NB, H), nbt)
-        zs = cuda.shared.array((NB, HS), nbt)
-        rh = cuda.shared.array((NB, HS), nbt)
+        h = cuda.shared.array((NB, H), nbt)  # the block's sequences' h
+        hn = cuda.shared.array((NB, H), nbt)  # ... their new h of this step
+        zs = cuda.shared.array((NB, HS), nbt)  # not LBR: the update gate z
+        rh = cuda.shared.array((NB, HS), nbt)  # not LBR: r * h_old
         acc = cuda.local.array(NACC, nbt)
-        for i in range(NB):
-            b = b0 + i
-            if b < B:
-                sid = sidx[b]
-                for k in range(tid, H, NT):
-                    h[i, k] = state[sid, HO + k]
-            else:
-                for k in range(tid, H, NT):
-                    h[i, k] = 0
+        load_h(h, h, state, sidx, b0, B, tid)
         cuda.syncthreads()
         for s in range(T):
             for j in range(tid, H, NT):
@@ -248,27 +243,9 @@ def make_gru_seq(dtype: str, NT: int, NB: int, H: int, RT: int, RBH: int, LBR: b
                                 z = zs[i, j]
                                 hn[i, j] = (1.0 - z) * hc + z * h[i, j]
                 cuda.syncthreads()
-            for i in range(NB):
-                b = b0 + i
-                if b < B:
-                    L = lens[b]
-                    if s < L:
-                        t = L - 1 - s if REV else s
-                        row = b * T + t
-                        for k in range(tid, H, NT):
-                            v = hn[i, k]
-                            h[i, k] = v
-                            Y[row, COL0 + k] = v
-                    else:
-                        for k in range(tid, H, NT):
-                            Y[b * T + s, COL0 + k] = 0
+            commit(h, hn, Y, lens, b0, B, T, s, tid)
             cuda.syncthreads()
-        for i in range(NB):
-            b = b0 + i
-            if b < B:
-                sid = sidx[b]
-                for k in range(tid, H, NT):
-                    state[sid, HO + k] = h[i, k]
+        store_h(h, h, state, sidx, b0, B, tid)
 
     return gru_seq
 

@@ -10,6 +10,7 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda, int32
 
+from ..cuda_seqblock import make_rows_io, make_seq_commit
 from ..dense.cuda import Tile, _act, _clip, as_kernel, jit, make_accum, make_reduce, nbtype, red_size
 
 
@@ -213,29 +214,19 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
     TH = H if HAS_PROJ else 1
     NACC = NB * 4
     cell = make_lstm_cell(dtype, H, PEEP, CLIP, IFG, ACTS)
+    load_hc, store_hc = make_rows_io(NT, NB, HR, HO, H, CO)
+    commit = make_seq_commit(NT, NB, HR, COL0, REV)
 
     @jit()
     def lstm_seq(W, XW, Y, state, sidx, lens, B, T):
         tid = cuda.threadIdx.x
         b0 = cuda.blockIdx.x * NB
-        h = cuda.shared.array((NB, HR), nbt)
-        hn = cuda.shared.array((NB, HR), nbt)
-        c = cuda.shared.array((NB, H), nbt)
-        tmp = cuda.shared.array((NB, TH), nbt)
+        h = cuda.shared.array((NB, HR), nbt)  # the block's sequences' h
+        hn = cuda.shared.array((NB, HR), nbt)  # ... their new h of this step
+        c = cuda.shared.array((NB, H), nbt)  # ... their c
+        tmp = cuda.shared.array((NB, TH), nbt)  # with a projection: h before it
         acc = cuda.local.array(NACC, nbt)
-        for i in range(NB):
-            b = b0 + i
-            if b < B:
-                sid = sidx[b]
-                for k in range(tid, HR, NT):
-                    h[i, k] = state[sid, HO + k]
-                for k in range(tid, H, NT):
-                    c[i, k] = state[sid, CO + k]
-            else:
-                for k in range(tid, HR, NT):
-                    h[i, k] = 0
-                for k in range(tid, H, NT):
-                    c[i, k] = 0
+        load_hc(h, c, state, sidx, b0, B, tid)
         cuda.syncthreads()
         for s in range(T):
             for j in range(tid, H, NT):
@@ -281,29 +272,9 @@ def make_lstm_seq(dtype: str, NT: int, NB: int, H: int, HR: int, RT: int, PEEP: 
                             v += tmp[i, k] * W[PJ + k * HR + p]  # (simrace: undefined dropped)
                         hn[i, p] = v
                 cuda.syncthreads()
-            for i in range(NB):
-                b = b0 + i
-                if b < B:
-                    L = lens[b]
-                    if s < L:
-                        t = L - 1 - s if REV else s
-                        row = b * T + t
-                        for k in range(tid, HR, NT):
-                            v = hn[i, k]
-                            h[i, k] = v
-                            Y[row, COL0 + k] = v
-                    else:
-                        for k in range(tid, HR, NT):
-                            Y[b * T + s, COL0 + k] = 0
+            commit(h, hn, Y, lens, b0, B, T, s, tid)
             cuda.syncthreads()
-        for i in range(NB):
-            b = b0 + i
-            if b < B:
-                sid = sidx[b]
-                for k in range(tid, HR, NT):
-                    state[sid, HO + k] = h[i, k]
-                for k in range(tid, H, NT):
-                    state[sid, CO + k] = c[i, k]
+        store_hc(h, c, state, sidx, b0, B, tid)
 
     return lstm_seq
 

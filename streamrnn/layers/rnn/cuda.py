@@ -11,6 +11,7 @@ from functools import lru_cache
 import numpy as np
 from numba import cuda
 
+from ..cuda_seqblock import make_rows_io, make_seq_commit
 from ..dense.cuda import Tile, _act, _clip, as_kernel, jit, make_accum, make_reduce, nbtype, red_size
 
 
@@ -77,23 +78,17 @@ def make_rnn_seq(dtype: str, NT: int, NB: int, H: int, RT: int, CLIP: float, ACT
     kf, af, bf = ACTS
     af, bf = dt(af), dt(bf)
     clip = dt(CLIP)
+    load_h, store_h = make_rows_io(NT, NB, H, HO)
+    commit = make_seq_commit(NT, NB, H, COL0, REV)
 
     @jit()
     def rnn_seq(W, XW, Y, state, sidx, lens, B, T):
         tid = cuda.threadIdx.x
         b0 = cuda.blockIdx.x * NB
-        h = cuda.shared.array((NB, H), nbt)
-        hn = cuda.shared.array((NB, H), nbt)
+        h = cuda.shared.array((NB, H), nbt)  # the block's sequences' h
+        hn = cuda.shared.array((NB, H), nbt)  # ... their new h of this step
         acc = cuda.local.array(NB, nbt)
-        for i in range(NB):
-            b = b0 + i
-            if b < B:
-                sid = sidx[b]
-                for k in range(tid, H, NT):
-                    h[i, k] = state[sid, HO + k]
-            else:
-                for k in range(tid, H, NT):
-                    h[i, k] = 0
+        load_h(h, h, state, sidx, b0, B, tid)
         cuda.syncthreads()
         for s in range(T):
             for j in range(tid, H, NT):
@@ -111,27 +106,9 @@ def make_rnn_seq(dtype: str, NT: int, NB: int, H: int, RT: int, CLIP: float, ACT
                             t = L - 1 - s if REV else s
                             hn[i, j] = _act(_clip(XW[b * T + t, j] + acc[i], clip), kf, af, bf)
             cuda.syncthreads()
-            for i in range(NB):
-                b = b0 + i
-                if b < B:
-                    L = lens[b]
-                    if s < L:
-                        t = L - 1 - s if REV else s
-                        row = b * T + t
-                        for k in range(tid, H, NT):
-                            v = hn[i, k]
-                            h[i, k] = v
-                            Y[row, COL0 + k] = v
-                    else:
-                        for k in range(tid, H, NT):
-                            Y[b * T + s, COL0 + k] = 0
+            commit(h, hn, Y, lens, b0, B, T, s, tid)
             cuda.syncthreads()
-        for i in range(NB):
-            b = b0 + i
-            if b < B:
-                sid = sidx[b]
-                for k in range(tid, H, NT):
-                    state[sid, HO + k] = h[i, k]
+        store_h(h, h, state, sidx, b0, B, tid)
 
     return rnn_seq
 
