@@ -844,6 +844,31 @@ _CASES = {
             close(sg.state.data, sc.state.data, dtype, "block push state")
             assert not calls, calls
     """,
+    # models whose last layer writes the outputs itself (``LAST``): a PyTorch GRU alone (nn.GRU
+    # without a head: its row-tile step at one row, its tiled GEMM at more) and an elementwise
+    # activation after an LSTM; float32 / float64, streams, pools of 1-30 rows, run. No case
+    # had either as the last layer before (bench/sim_coverage.py, NOTES entry 106)
+    "last_layer": """
+        I, H = 4, 10
+        specs = {
+            "gru": ModelSpec((GRULayer(I, H, R(1, 3 * H, I), R(1, 3 * H, H), R(1, 6 * H), linear_before_reset=True,
+                                       clip=1.5),)),
+            "act": ModelSpec((LSTMLayer(I, 6, R(1, 24, I), R(1, 24, 6), R(1, 48)),
+                              ActivationLayer(6, Activation("Tanh")))),
+        }
+        want = {"gru": (["gru_step", "commit_kernel"], ["gru_gemm", "commit_kernel"]),
+                "act": (["lstm_step", "rowwise"], ["lstm_gemm", "rowwise"])}
+        for name, spec in specs.items():
+            for dtype in ("float32", "float64"):
+                mc, mg = both(spec, dtype)
+                for b in (0, 1):
+                    names = [op[0].py_func.__name__ for op in mg._cuda.step_ops(b)]
+                    assert names == want[name][b], (name, b, names)
+                check_stream(mc, mg, dtype)
+                check_pool(mc, mg, dtype)
+                pools_agree(mc, [("cuda", mg)], dtype, 30, (1, 25, 30, 13), name)
+                check_run(mc, mg, dtype, B=5, T=3, what=name)
+    """,
     # model.run / push with STREAMRNN_CUDA_SEQ=gemm (engine/cuda.py ``_sequence_gemm``, NOTES
     # 102): a pool's step ops over all running sequences per time step, sequences sorted by
     # length (ragged, one of 0; initial states), every layer kind the step has, a recurrent last
