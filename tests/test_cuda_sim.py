@@ -1303,21 +1303,49 @@ def _finish(p: subprocess.Popen, timeout: int = 600):
     return p.returncode, out, err
 
 
+#: simulator cases run at once. Each is one process, busy on one core at a time in effect (the
+#: simulator's threads take turns); more processes than cores only add switching, and on a
+#: clean clone each of them compiled the CPU engine on its own before the first one had
+#: cached it (all 24 at once on 2 cores: 872 s; 2 at a time: see bench/NOTES.md entry 107)
+SIM_JOBS = max(1, int(os.environ.get("STREAMRNN_SIM_JOBS", "0")) or os.cpu_count() or 2)
+
+
 @pytest.fixture(scope="module")
 def sim_runs():
-    """Every simulator case started at once (the simulator is CPU-bound and single-threaded in
-    effect: separate processes use the cores); each test then waits for its own."""
-    procs = {case: _start(_PRELUDE + textwrap.dedent(code) + _EPILOGUE) for case, code in _CASES.items()}
-    yield procs
-    for p in procs.values():
+    """Every simulator case, SIM_JOBS at a time in worker threads, the slowest first; each test
+    waits for its own. Cases not started when the module ends are cancelled, running ones
+    killed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    live, stop = {}, []
+
+    def run(case):
+        if stop:
+            return -9, "", "cancelled"
+        p = live[case] = _start(_PRELUDE + textwrap.dedent(_CASES[case]) + _EPILOGUE)
+        return _finish(p, 900)
+
+    order = sorted(_CASES, key=lambda c: (_SLOW.index(c) if c in _SLOW else len(_SLOW), c))
+    pool = ThreadPoolExecutor(SIM_JOBS)
+    futures = {case: pool.submit(run, case) for case in order}
+    yield futures
+    stop.append(True)
+    for p in list(live.values()):
         if p.poll() is None:
             p.kill()
-            p.communicate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: the cases that take longest, longest first (seconds each on a 2-vCPU VM, 2 at a time, warm
+#: cache: 87, 53, 48, 37, 35, 34, 26, 23, 23, 21): started first, so that no long case is left
+#: running alone at the end
+_SLOW = ("gru_gemm", "driver_paths", "lstm_seq_grid", "gru_seq_grid", "last_layer", "chunks", "seq_gemm",
+         "rnn_gemm_grid", "gemm_vec", "seq_block")
 
 
 @pytest.mark.parametrize("case", sorted(_CASES))
 def test_cuda_matches_cpu_on_simulator(sim_runs, case):
-    rc, out, err = _finish(sim_runs[case])
+    rc, out, err = sim_runs[case].result()
     assert rc == 0 and out.strip().endswith("OK"), out[-3000:] + err[-6000:]
 
 
