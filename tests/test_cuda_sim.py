@@ -96,6 +96,12 @@ _PRELUDE = textwrap.dedent(
         assert (Yg[L == 0] == 0).all()  # past-length outputs are exactly zero
         # 2-D input, full lengths
         close(mg.run(X[0]), mc.run(X[0]), dtype, f"{what} run 2-D")
+        # every sequence ends before T (the last steps run for none of them); no steps; no sequences
+        L1 = np.maximum(L - 1, 0)
+        close(mg.run(X, lengths=L1), mc.run(X, lengths=L1), dtype, f"{what} run, all shorter than T")
+        for Xe in (X[:, :0], X[:0]):
+            Ye = mg.run(Xe)
+            assert Ye.shape == mc.run(Xe).shape == Xe.shape[:2] + (mc.output_size,), (what, Ye.shape)
 
     def pools_agree(mc, models, dtype, cap, sizes, what=""):
         # pool.step of the CPU model and of each (name, model) on the same frames and ids (n of
@@ -126,6 +132,7 @@ _PRELUDE = textwrap.dedent(
             close(yg, yc, dtype, f"stream.step {t}")
         close(sg.state.data, sc.state.data, dtype, "stream state")
         close(sg.push(X[2:]), sc.push(X[2:]), dtype, "stream.push")
+        assert sg.push(X[:0]).shape == (0, mg.output_size)  # no frames: no outputs, state kept
         close(sg.state.data, sc.state.data, dtype, "stream state after push")
         # step == run on the whole sequence
         full = mc.run(X)

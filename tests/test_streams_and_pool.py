@@ -233,3 +233,36 @@ def test_long_push_takes_gemm_path_and_equals_steps(seed, dtype):
     pool = model.pool(2)
     sid = pool.open()
     assert_close(pool.push(sid, X), stepped, dtype)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_empty_inputs_give_empty_outputs_and_keep_states(direction, dtype):
+    """No sequences, no steps, no frames, no ids: empty outputs of the right shape and dtype,
+    every state as it was (a bug once: run with B * T == 0 raised numpy's reshape error)."""
+    rng = np.random.default_rng(7)
+    spec = rand_spec(rng, n_rec=2, direction=direction)
+    model = srnn.Model(spec, dtype=dtype)
+    I, O, S = spec.input_size, model.output_size, model.state_size
+    for shape in [(3, 0, I), (0, 4, I), (0, 0, I), (0, I)]:
+        Y = model.run(rng.standard_normal(shape))
+        assert Y.shape == shape[:-1] + (O,) and Y.dtype == model.dtype, (shape, Y.shape, Y.dtype)
+    st0 = rng.standard_normal((3, S))
+    Y, st = model.run(np.empty((3, 0, I)), state=st0, return_state=True)
+    assert Y.shape == (3, 0, O)
+    assert_close(st.data, st0, dtype)  # no step taken: the initial state comes back
+    Y, st = model.run(np.empty((0, 4, I)), return_state=True)
+    assert st.data.shape == (0, S)
+    if direction != "forward":
+        return
+    s = model.stream()
+    s.push(rng.standard_normal((2, I)))
+    before = s.state
+    assert s.push(np.empty((0, I))).shape == (0, O)
+    assert s.state == before
+    pool = model.pool(4)
+    ids = pool.open(3)
+    pool.step(ids, rng.standard_normal((3, I)))
+    snaps = [pool.get_state(i) for i in ids]
+    assert pool.push(ids[1], np.empty((0, I))).shape == (0, O)
+    assert pool.step(np.empty(0, np.int64), np.empty((0, I))).shape == (0, O)
+    assert all(pool.get_state(i) == sn for i, sn in zip(ids, snaps))

@@ -491,7 +491,7 @@ def run_sequence(pk: Packed, X: np.ndarray, lengths: np.ndarray, state: np.ndarr
         else:
             O = int(m[K_OUT])
             Y = np.empty((B * T, O), dtype=W.dtype)
-            _frame_rows(W, m, np.ascontiguousarray(cur.reshape(B * T, -1)), Y)
+            _frame_rows(W, m, np.ascontiguousarray(cur.reshape(B * T, cur.shape[2])), Y)  # (B*T, O)
             cur = Y.reshape(B, T, O)
     if np.any(lengths < T):
         mask = np.arange(T)[None, :] >= lengths[:, None]  # (B, T)
