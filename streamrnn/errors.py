@@ -31,3 +31,13 @@ class FormatError(StreamRNNError):
 
 class UnsupportedError(StreamRNNError):
     """A model uses an operator, attribute or layer streamrnn does not support."""
+
+
+def describe_buffer(out) -> str:
+    """How an ``out=`` argument that was refused looks, for the error message: dtype, shape and
+    whether it is C-contiguous (``float32 (5, 2), not C-contiguous``), or its type."""
+    if not hasattr(out, "dtype") or not hasattr(out, "shape"):
+        return type(out).__name__
+    flags = getattr(out, "flags", None)
+    layout = "" if flags is None or flags.c_contiguous else ", not C-contiguous"
+    return f"{out.dtype} {tuple(out.shape)}{layout}"

@@ -13,7 +13,7 @@ import numpy as np
 
 from .engine import cpu
 from .engine.pack import pack
-from .errors import CapacityError, NonFiniteError, ShapeError, StreamIdError, StreamRNNError
+from .errors import CapacityError, NonFiniteError, ShapeError, StreamIdError, StreamRNNError, describe_buffer
 from .spec import ModelSpec
 from .state import State, layout_key, state_from_bytes
 
@@ -340,7 +340,7 @@ class Stream:
         if not (isinstance(out, np.ndarray) and out.dtype == self._dtype and out.flags.c_contiguous and out.ndim == 1):
             raise ShapeError(
                 f"out: expected a C-contiguous {self._dtype} array of shape ({self._O},), got "
-                f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
+                f"{describe_buffer(out)}"
             )
         return x, out
 
@@ -540,7 +540,7 @@ class Pool:
             out = np.empty((n, self._O), dt)
         elif not (type(out) is np.ndarray and out.dtype is dt and out.ndim == 2 and out.flags.c_contiguous):
             if not (isinstance(out, np.ndarray) and out.dtype == dt and out.flags.c_contiguous and out.ndim == 2):
-                raise ShapeError(f"out: expected a C-contiguous {dt} array ({n}, {self._O}), got {getattr(out, 'shape', out)}")
+                raise ShapeError(f"out: expected a C-contiguous {dt} array ({n}, {self._O}), got {describe_buffer(out)}")
         if self._cuda is not None:
             with self._lock:
                 self._cuda.step(ids, X, out, self._alive)

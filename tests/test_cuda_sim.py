@@ -151,6 +151,10 @@ _PRELUDE = textwrap.dedent(
                        (np.zeros((1, I)), srnn.ShapeError)):
             refused(err, lambda: sg.step(x))
         refused(srnn.NonFiniteError, lambda: sg.push(np.vstack([X[:1], bad[None]])), "frame 1")
+        O = mg.output_size
+        refused(srnn.ShapeError, lambda: sg.step(X[0], out=np.zeros(O + 1, dtype)), "out", f"({O + 1},)")
+        if O > 1:
+            refused(srnn.ShapeError, lambda: sg.step(X[0], out=np.zeros(2 * O, dtype)[::2]), "not C-contiguous")
         assert np.array_equal(sg.state.data, before)
 
     def check_pool(mc, mg, dtype, n=5, steps=2):

@@ -231,3 +231,27 @@ def test_pool_step_reports_the_first_bad_row(dtype):
     call(ids, X, srnn.NonFiniteError, f"row {B - 1}")
     Y = pool.step(ids, rng.standard_normal((B, I)))  # a good call still goes through
     assert np.isfinite(Y).all()
+
+
+def test_out_buffer_errors_say_what_is_wrong():
+    """A refused ``out=`` names its dtype, shape and, where that is the fault, its layout (the
+    CUDA stream's own check: tests/test_cuda_sim.py, check_stream)."""
+    m = srnn.Model(rand_spec(np.random.default_rng(0), n_rec=1, exotic=False, head=False))
+    I, O = m.input_size, m.output_size
+    assert O > 1  # so that a strided / Fortran-order buffer is not contiguous by accident
+    s = m.stream()
+    x = np.ones(I)
+    cases = [
+        (np.zeros(2 * O, np.float32)[::2], rf"got float32 \({O},\), not C-contiguous"),
+        (np.zeros(O, np.float64), rf"got float64 \({O},\)$"),
+        ([0.0] * O, "got list"),
+    ]
+    for out, msg in cases:
+        with pytest.raises(srnn.ShapeError, match="out: expected a C-contiguous float32 array .*" + msg):
+            s.step(x, out=out)
+    assert not s.state.data.any()  # nothing was stepped
+    pool = m.pool(4)
+    ids = pool.open(3)
+    with pytest.raises(srnn.ShapeError, match=rf"out: .*got float32 \(3, {O}\), not C-contiguous"):
+        pool.step(ids, np.ones((3, I)), out=np.zeros((3, O), np.float32, order="F"))
+    assert not any(pool.get_state(i).data.any() for i in ids)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numba
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import ShapeError, describe_buffer
 from . import cpu as _cpu
 from .cuda_runtime import _Params, _dptr, _tls, cuda, make_current
 from .cuda_stage import (
@@ -915,8 +915,7 @@ class CudaStream:
         elif not (isinstance(out, np.ndarray) and out.dtype == dt and out.flags.c_contiguous
                   and out.ndim == 1 and out.shape[0] == O):
             raise ShapeError(
-                f"out: expected a C-contiguous {dt} array of shape ({O},), got "
-                f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
+                f"out: expected a C-contiguous {dt} array of shape ({O},), got {describe_buffer(out)}"
             )
         with self._lock:
             core = self.core
