@@ -21,6 +21,7 @@ log = logging.getLogger("streamrnn")
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 _I64 = np.dtype(np.int64)
+_I64_MAX = int(np.iinfo(np.int64).max)
 
 
 def _resolve_dtype(dtype: Any) -> np.dtype:
@@ -47,6 +48,20 @@ def _check_finite(a: np.ndarray, name: str) -> None:
             f"{name}: expected finite values, got {a[tuple(idx)]} at index {tuple(int(i) for i in idx)}"
             " (non-finite inputs are refused; no state was changed)"
         )
+
+
+def _id_array(a: np.ndarray, name: str, what: str) -> np.ndarray:
+    """Stream ids ``a`` (an array) as a C-contiguous 1-D int64 array, or StreamIdError naming
+    ``name`` and ``what`` was expected. An empty list is no ids (numpy makes it float64);
+    unsigned ids past the int64 range are refused with their value (a cast would wrap them)."""
+    if a.ndim == 1 and a.size == 0:
+        return np.zeros(0, np.int64)
+    if a.dtype.kind not in "iu" or a.ndim != 1:
+        raise StreamIdError(f"{name}: expected {what}, got {a.dtype} {a.shape}")
+    if a.dtype.kind == "u" and int(a.max()) > _I64_MAX:
+        r = int(np.argmax(a > _I64_MAX))
+        raise StreamIdError(f"{name}[{r}]: expected an id of an open stream, got {int(a[r])} (unknown)")
+    return np.ascontiguousarray(a, dtype=np.int64)
 
 
 class Model:
@@ -464,11 +479,7 @@ class Pool:
 
     def _ids(self, ids: Any, name: str = "ids") -> np.ndarray:
         a = np.asarray(ids)
-        if a.ndim == 0:
-            a = a.reshape(1)
-        if a.dtype.kind not in "iu" or a.ndim != 1:
-            raise StreamIdError(f"{name}: expected an int or 1-D int array of stream ids, got {a.dtype} {a.shape}")
-        a = a.astype(np.int64)
+        a = _id_array(a.reshape(1) if a.ndim == 0 else a, name, "an int or 1-D int array of stream ids")
         for r, sid in enumerate(a):
             if sid < 0 or sid >= self._capacity:
                 raise StreamIdError(f"{name}[{r}]: expected an id of an open stream, got {sid} (unknown)")
@@ -527,10 +538,7 @@ class Pool:
                 y = self.step(np.array([ids], np.int64), np.asarray(X).reshape(1, -1),
                               None if out is None else out.reshape(1, -1))
                 return y[0]
-            ids = np.asarray(ids)
-            if ids.dtype.kind not in "iu" or ids.ndim != 1:
-                raise StreamIdError(f"ids: expected a 1-D int array of stream ids, got {ids.dtype} {ids.shape}")
-            ids = np.ascontiguousarray(ids, dtype=np.int64)
+            ids = _id_array(np.asarray(ids), "ids", "a 1-D int array of stream ids")
         if not (type(X) is np.ndarray and X.dtype is dt and X.flags.c_contiguous):
             X = _as_float(X, "X", dt)
         if X.ndim != 2:

@@ -69,6 +69,7 @@ def test_pool_errors_change_no_stream(model):
         (ids, np.zeros((3, I + 1)), srnn.ShapeError, "X"),
         (ids, np.where(np.arange(3)[:, None] == 1, np.nan, X), srnn.NonFiniteError, "row 1"),
         (np.array([0.5, 1, 2]), X, srnn.StreamIdError, "int"),
+        (np.array([ids[0], 2**63 + 5, ids[2]], np.uint64), X, srnn.StreamIdError, r"ids\[1\].* 9223372036854775813"),
     ]
     for i, x, exc, msg in cases:
         with pytest.raises(exc, match=msg):

@@ -265,4 +265,8 @@ def test_empty_inputs_give_empty_outputs_and_keep_states(direction, dtype):
     snaps = [pool.get_state(i) for i in ids]
     assert pool.push(ids[1], np.empty((0, I))).shape == (0, O)
     assert pool.step(np.empty(0, np.int64), np.empty((0, I))).shape == (0, O)
+    assert pool.step([], np.empty((0, I))).shape == (0, O)  # an empty list: numpy makes it float64
+    pool.reset([])
+    pool.close([])
+    assert len(pool) == 3
     assert all(pool.get_state(i) == sn for i, sn in zip(ids, snaps))
