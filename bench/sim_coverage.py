@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     os.makedirs(data, exist_ok=True)
     rcfile = os.path.join(data, "coveragerc")
     with open(rcfile, "w") as f:
-        f.write("[run]\nparallel = True\ninclude =\n" + "".join(f"    {p}\n" for p in files))
+        # the simulator runs each CUDA thread as a Python thread: coverage must trace threads
+        f.write("[run]\nparallel = True\nconcurrency = thread\ninclude =\n" + "".join(f"    {p}\n" for p in files))
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", COVERAGE_FILE=os.path.join(data, ".coverage"))
     todo, running, failed = list(names), {}, []
     t0 = time.time()
