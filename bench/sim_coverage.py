@@ -12,8 +12,9 @@ test checks anywhere (CI has no GPU). Lines only a GPU can run (the driver's lau
 real device's queries) show as not run here too; ``tests/test_static_names.py`` checks those
 statically. Functions that numba compiles for the CPU (``@njit``: the host-side staging of
 ``cuda_stage.py``, the persistent kernel's host calls) run as machine code and show as not
-run; ``tests/test_cuda_hostcall.py`` and the CPU tests check those. A development tool (``coverage`` comes with the ``test`` extra; ``tests/test_sim_coverage.py`` checks it on one case), not a test: ~2-3x the
-suite's time.
+run; ``tests/test_cuda_hostcall.py`` and the CPU tests check those. A development tool, not a
+test (``coverage`` comes with the ``test`` extra; ``tests/test_sim_coverage.py`` checks the tool
+on one case); all cases take about as long as the simulator suite.
 
 Exit status: 0, or 2 when coverage is not installed or a case failed.
 """
