@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CapacityError, ShapeError, StreamIdError, StreamRNNError, UnsupportedError
-from ..model import _as_float, _check_finite
+from ..errors import CapacityError, ShapeError, StreamRNNError, UnsupportedError, describe_buffer
+from ..model import _as_float, _check_finite, _live_id, _live_ids
 from ..state import State, state_from_bytes
 from .graph import Graph
 from .graph_plan import IOPlan
@@ -78,6 +78,12 @@ class GraphModel:
         B, T = X3.shape[:2]
         if p.fixed_T is not None and T != p.fixed_T:
             raise ShapeError(f"X: expected {p.fixed_T} frames (the graph fixes its time dimension), got {T}")
+        if B == 0 or T == 0:  # no frames: no outputs, every state as it was
+            init = st if st is not None else self._fresh(B) if B else np.zeros((0, self.state_size), self.dtype)
+            if init is None:
+                raise ShapeError(f"X: expected at least one frame (this graph computes its initial state from "
+                                 f"its input), got shape {X3.shape}")
+            return np.zeros((B, T, self.output_size), self.dtype), np.array(init, dtype=self.dtype)
         if p.per_item and B != 1:
             parts = [self._forward(X3[b : b + 1], None if st is None else st[b : b + 1],
                                    None if lengths is None else lengths[b : b + 1]) for b in range(B)]
@@ -164,7 +170,7 @@ class GraphModel:
         single = X.ndim == 2
         X3 = X[None] if single else X
         B, T, _ = X3.shape
-        _check_finite(X3, "X")
+        _check_finite(X, "X")  # the index in the caller's rank
         L = None
         if lengths is not None:
             la = np.asarray(lengths)
@@ -202,6 +208,13 @@ class GraphModel:
         )
 
 
+def _check_out(out: Any, shape: tuple, dtype: np.dtype) -> None:
+    """A caller's ``out=`` buffer: an array of the model dtype and ``shape`` (any layout: the
+    outputs are copied into it), or ShapeError saying what it is."""
+    if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype):
+        raise ShapeError(f"out: expected a {dtype} array of shape {shape}, got {describe_buffer(out)}")
+
+
 def _frames(model: GraphModel, X: Any, name: str) -> np.ndarray:
     X = _as_float(X, name, model.dtype)
     if X.ndim != 2 or X.shape[1] != model.input_size:
@@ -223,10 +236,7 @@ class GraphStream:
         xa = _as_float(x, "x", self.model.dtype)
         if xa.shape != (self.model.input_size,):
             raise ShapeError(f"x: expected shape ({self.model.input_size},), got {xa.shape}")
-        if out is not None and not (isinstance(out, np.ndarray) and out.shape == (self.model.output_size,)
-                                    and out.dtype == self.model.dtype):
-            raise ShapeError(f"out: expected a {self.model.dtype} array of shape ({self.model.output_size},), "
-                             f"got {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+        _check_out(out, (self.model.output_size,), self.model.dtype)
         y = self.push(xa[None])[0]
         if out is None:
             return y
@@ -296,19 +306,7 @@ class GraphPool:
         return int(ids[0]) if n is None else ids
 
     def _ids(self, ids: Any, name: str = "ids") -> np.ndarray:
-        a = np.asarray(ids)
-        a = a.reshape(1) if a.ndim == 0 else a
-        if a.dtype.kind not in "iu" or a.ndim != 1:
-            raise StreamIdError(f"{name}: expected an int or 1-D int array of stream ids, got {a.dtype} {a.shape}")
-        a = a.astype(np.int64)
-        for r, sid in enumerate(a.tolist()):
-            if sid < 0 or sid >= self._capacity:
-                raise StreamIdError(f"{name}[{r}]: expected an id of an open stream, got {sid} (unknown)")
-            if not self._alive[sid]:
-                raise StreamIdError(f"{name}[{r}]: expected an open stream id, got {sid} (closed or never opened)")
-        if len(np.unique(a)) != len(a):
-            raise StreamIdError(f"{name}: expected distinct ids, got repeats in {a.tolist()}")
-        return a
+        return _live_ids(ids, name, self._alive)
 
     def close(self, ids: Any) -> None:
         with self._lock:
@@ -322,24 +320,27 @@ class GraphPool:
 
     def get_state(self, sid: int) -> State:
         with self._lock:
-            return self.model._new_state(self._arena[self._ids(sid, "sid")[0]].copy())
+            return self.model._new_state(self._arena[_live_id(sid, self._alive)].copy())
 
     def set_state(self, sid: int, state: Any) -> None:
         data = self.model._state_array(state, "state", None)
         with self._lock:
-            self._arena[self._ids(sid, "sid")[0]] = data
+            self._arena[_live_id(sid, self._alive)] = data
 
     def step(self, ids: Any, X: Any, out: np.ndarray | None = None) -> np.ndarray:
         """Each listed stream advances one frame: ids (n,), X (n, input_size) -> (n, output_size)."""
-        if isinstance(ids, (int, np.integer)):
-            return self.step(np.array([ids]), np.asarray(X).reshape(1, -1))[0]
+        if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):  # one id, x (input_size,)
+            x = _as_float(X, "X", self.model.dtype)
+            if x.ndim != 1:
+                raise ShapeError(f"X: expected shape ({self.model.input_size},) with one int stream id, got {x.shape}")
+            _check_out(out, (self.model.output_size,), self.model.dtype)
+            y = self.step(np.array([ids]), x[None])[0]
+            if out is None:
+                return y
+            out[...] = y
+            return out
         X = _frames(self.model, X, "X")
-        want = (X.shape[0], self.model.output_size)
-        if out is not None and not (isinstance(out, np.ndarray) and out.shape == want
-                                    and out.dtype == self.model.dtype):
-            raise ShapeError(
-                f"out: expected a {self.model.dtype} array of shape {want}, got {getattr(out, 'shape', out)}"
-            )
+        _check_out(out, (X.shape[0], self.model.output_size), self.model.dtype)
         with self._lock:
             a = self._ids(ids)
             if X.shape[0] != len(a):
@@ -355,7 +356,7 @@ class GraphPool:
         """One stream advances a chunk: X (T, input_size) -> (T, output_size)."""
         X = _frames(self.model, X, "X")
         with self._lock:
-            a = self._ids(sid, "sid")
-            Y, fin = self.model._forward(X[None], self._arena[a], None)
-            self._arena[a] = fin
+            a = _live_id(sid, self._alive)
+            Y, fin = self.model._forward(X[None], self._arena[a : a + 1], None)
+            self._arena[a] = fin[0]
         return Y[0]

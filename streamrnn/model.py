@@ -38,7 +38,7 @@ def _as_float(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype.kind not in "fiu":
         raise ShapeError(f"{name}: expected a float array, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.ascontiguousarray(a, dtype=dtype)  # (a scalar becomes 1-D: one frame of a 1-input model)
 
 
 def _check_finite(a: np.ndarray, name: str) -> None:
@@ -62,6 +62,29 @@ def _id_array(a: np.ndarray, name: str, what: str) -> np.ndarray:
         r = int(np.argmax(a > _I64_MAX))
         raise StreamIdError(f"{name}[{r}]: expected an id of an open stream, got {int(a[r])} (unknown)")
     return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _live_ids(ids: Any, name: str, alive: np.ndarray) -> np.ndarray:
+    """``ids`` (an int or 1-D int array) as int64 ids of open streams of a pool whose open rows
+    are ``alive`` (capacity rows), distinct; or StreamIdError naming ``name``, the id and why."""
+    a = np.asarray(ids)
+    a = _id_array(a.reshape(1) if a.ndim == 0 else a, name, "an int or 1-D int array of stream ids")
+    for r, sid in enumerate(a):
+        if sid < 0 or sid >= alive.shape[0]:
+            raise StreamIdError(f"{name}[{r}]: expected an id of an open stream, got {sid} (unknown)")
+        if not alive[sid]:
+            raise StreamIdError(f"{name}[{r}]: expected an open stream id, got {sid} (closed or never opened)")
+    if len(np.unique(a)) != len(a):
+        raise StreamIdError(f"{name}: expected distinct ids, got repeats in {a.tolist()}")
+    return a
+
+
+def _live_id(sid: Any, alive: np.ndarray) -> int:
+    """One open stream id ``sid`` (an int, or a sequence of one): get_state, set_state, push."""
+    a = _live_ids(sid, "sid", alive)
+    if a.shape[0] != 1:
+        raise StreamIdError(f"sid: expected one stream id, got {a.shape[0]}: {a.tolist()}")
+    return int(a[0])
 
 
 class Model:
@@ -204,7 +227,7 @@ class Model:
         B, T, I = X3.shape
         if I != self.input_size:
             raise ShapeError(f"X: expected {self.input_size} features in the last axis, got shape {X.shape}")
-        _check_finite(X3, "X")
+        _check_finite(X, "X")  # the index in the caller's rank
         if lengths is None:
             L = np.full(B, T, dtype=np.int64)
         else:
@@ -478,16 +501,7 @@ class Pool:
         return int(ids[0]) if n is None else ids
 
     def _ids(self, ids: Any, name: str = "ids") -> np.ndarray:
-        a = np.asarray(ids)
-        a = _id_array(a.reshape(1) if a.ndim == 0 else a, name, "an int or 1-D int array of stream ids")
-        for r, sid in enumerate(a):
-            if sid < 0 or sid >= self._capacity:
-                raise StreamIdError(f"{name}[{r}]: expected an id of an open stream, got {sid} (unknown)")
-            if not self._alive[sid]:
-                raise StreamIdError(f"{name}[{r}]: expected an open stream id, got {sid} (closed or never opened)")
-        if len(np.unique(a)) != len(a):
-            raise StreamIdError(f"{name}: expected distinct ids, got repeats in {a.tolist()}")
-        return a
+        return _live_ids(ids, name, self._alive)
 
     def close(self, ids: Any) -> None:
         """Close streams; their ids may be reused by a later ``open``."""
@@ -509,22 +523,35 @@ class Pool:
     def get_state(self, sid: int) -> State:
         """A copy of stream ``sid``'s state."""
         with self._lock:
-            a = self._ids(sid, "sid")
+            sid = _live_id(sid, self._alive)
             if self._cuda is not None:
-                return self.model._new_state(self._cuda.get_state(int(a[0])))
-            return self.model._new_state(self._arena[a[0], : self._S].copy())
+                return self.model._new_state(self._cuda.get_state(sid))
+            return self.model._new_state(self._arena[sid, : self._S].copy())
 
     def set_state(self, sid: int, state: Any) -> None:
         """Restore stream ``sid`` from a State (e.g. ``Stream.state`` or ``get_state``)."""
         data = self.model._state_array(state, "state", None)
         with self._lock:
-            a = self._ids(sid, "sid")
+            sid = _live_id(sid, self._alive)
             if self._cuda is not None:
-                self._cuda.set_state(int(a[0]), data)
+                self._cuda.set_state(sid, data)
             else:
-                self._arena[a[0], : self._S] = data
+                self._arena[sid, : self._S] = data
 
     # -- compute ---------------------------------------------------------------------------
+    def _step_one(self, sid: int, x: Any, out: np.ndarray | None) -> np.ndarray:
+        """``step`` of one int id: x (input_size,) -> (output_size,), written into ``out`` if given."""
+        dt = self._dtype
+        x = _as_float(x, "X", dt)
+        if x.ndim != 1:
+            raise ShapeError(f"X: expected shape ({self._I},) with one int stream id, got {x.shape}")
+        if out is not None and not (isinstance(out, np.ndarray) and out.dtype == dt and out.flags.c_contiguous
+                                    and out.shape == (self._O,)):
+            # (checked here: the batched call below would name the reshaped (1, n) buffer)
+            raise ShapeError(f"out: expected a C-contiguous {dt} array ({self._O},), got {describe_buffer(out)}")
+        y = self.step(np.array([sid], np.int64), x.reshape(1, -1), None if out is None else out.reshape(1, -1))
+        return y[0]
+
     def step(self, ids: Any, X: Any, out: np.ndarray | None = None) -> np.ndarray:
         """Each listed stream advances one frame: ids (n,), X (n, input_size) -> Y (n, output_size).
 
@@ -534,10 +561,8 @@ class Pool:
         # the checks of a well-formed call first (``is``: dtype objects of native types are
         # singletons; ~0.3 us less than ``==`` on three arrays), the general ones where they fail
         if not (type(ids) is np.ndarray and ids.dtype is _I64 and ids.ndim == 1 and ids.flags.c_contiguous):
-            if isinstance(ids, (int, np.integer)):
-                y = self.step(np.array([ids], np.int64), np.asarray(X).reshape(1, -1),
-                              None if out is None else out.reshape(1, -1))
-                return y[0]
+            if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool):
+                return self._step_one(ids, X, out)
             ids = _id_array(np.asarray(ids), "ids", "a 1-D int array of stream ids")
         if not (type(X) is np.ndarray and X.dtype is dt and X.flags.c_contiguous):
             X = _as_float(X, "X", dt)
@@ -570,13 +595,13 @@ class Pool:
         if X.ndim != 2:
             raise ShapeError(f"X: expected rank 2 (T, {self._I}), got shape {X.shape}")
         with self._lock:
-            a = self._ids(sid, "sid")
+            sid = _live_id(sid, self._alive)
             if self._cuda is not None:
-                return self._cuda.push(int(a[0]), X)
+                return self._cuda.push(sid, X)
             sbuf = np.empty(self._S + self._scr.shape[1], self._dtype)
-            sbuf[: self._S] = self._arena[a[0], : self._S]
+            sbuf[: self._S] = self._arena[sid, : self._S]
             rc, Y = cpu.push_chunk(self.model._packed, X, sbuf)
             if rc:
                 _raise_status(rc, self.model, "X", X, Y)
-            self._arena[a[0], : self._S] = sbuf[: self._S]
+            self._arena[sid, : self._S] = sbuf[: self._S]
         return Y

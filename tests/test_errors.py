@@ -114,6 +114,13 @@ def test_run_errors(model):
         model.run(np.zeros((2, 3, I + 1)))
     with pytest.raises(srnn.NonFiniteError):
         model.run(np.full((2, I), np.nan))
+    # the first non-finite value, by its index in the array as passed (2-D or 3-D)
+    X = np.zeros((3, I))
+    X[2, I - 1] = np.inf
+    with pytest.raises(srnn.NonFiniteError, match=rf"X: .* inf at index \(2, {I - 1}\) "):
+        model.run(X)
+    with pytest.raises(srnn.NonFiniteError, match=rf"X: .* inf at index \(1, 2, {I - 1}\) "):
+        model.run(np.stack([np.zeros((3, I)), X]))
     with pytest.raises(srnn.ShapeError, match="lengths"):
         model.run(np.zeros((2, 3, I)), lengths=[1, 4])
     with pytest.raises(srnn.ShapeError, match="lengths"):
@@ -256,3 +263,54 @@ def test_out_buffer_errors_say_what_is_wrong():
     with pytest.raises(srnn.ShapeError, match=rf"out: .*got float32 \(3, {O}\), not C-contiguous"):
         pool.step(ids, np.ones((3, I)), out=np.zeros((3, O), np.float32, order="F"))
     assert not any(pool.get_state(i).data.any() for i in ids)
+
+
+def test_pool_step_of_one_int_id_checks_its_frame_and_buffer():
+    """``pool.step(sid, x)`` (one int id): x must be (input_size,) and ``out`` a C-contiguous
+    (output_size,) buffer of the model dtype. Before, any x of input_size values was reshaped
+    (a (1, 1, I) or (I, 1) frame went through), True stepped stream 1, and a refused ``out`` was
+    described by its reshaped (1, n) shape."""
+    m = srnn.Model(rand_spec(np.random.default_rng(3), n_rec=1, exotic=False, head=False))
+    I, O = m.input_size, m.output_size
+    assert O > 1
+    pool = m.pool(4)
+    ids = pool.open(2)
+    lone = m.stream()
+    x = np.random.default_rng(4).standard_normal(I)
+    for bad, got in ((x.reshape(1, 1, I), rf"\(1, 1, {I}\)"), (x.reshape(I, 1), rf"\({I}, 1\)")):
+        with pytest.raises(srnn.ShapeError, match=rf"X: expected shape \({I},\) with one int stream id, got {got}"):
+            pool.step(ids[0], bad)
+    for out, got in ((np.zeros(2 * O, np.float32)[::2], rf"float32 \({O},\), not C-contiguous"),
+                     (np.zeros((1, O), np.float32), rf"float32 \(1, {O}\)$")):
+        with pytest.raises(srnn.ShapeError, match=rf"out: expected a C-contiguous float32 array \({O},\), got {got}"):
+            pool.step(ids[0], x, out=out)
+    with pytest.raises(srnn.StreamIdError, match="got bool"):  # True is not stream 1
+        pool.step(True, x)
+    assert not any(pool.get_state(i).data.any() for i in ids)  # nothing was stepped
+    one = srnn.Model(rand_spec(np.random.default_rng(5), n_rec=1, exotic=False, I=1))
+    p1 = one.pool(2)
+    i1 = p1.open()
+    np.testing.assert_allclose(p1.step(i1, 0.5), one.stream().step(0.5), rtol=1e-5, atol=1e-6)  # a scalar frame, I = 1
+    out = np.full(O, np.nan, np.float32)
+    y = pool.step(np.int32(ids[1]), x, out=out)
+    assert np.shares_memory(y, out)
+    np.testing.assert_allclose(out, lone.step(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pool.get_state(ids[1]).data, lone.state.data, rtol=1e-5, atol=1e-6)
+
+
+def test_one_id_calls_take_exactly_one_id(model):
+    """get_state / set_state / push act on one stream: a list of two ids, or none, is refused
+    (before, the first id was used and the others ignored; an empty list raised IndexError)."""
+    pool = model.pool(4)
+    a, b = pool.open(2)
+    X = np.random.default_rng(8).standard_normal((2, model.input_size))
+    snap = model.stream().state
+    for call in (lambda ids: pool.get_state(ids), lambda ids: pool.set_state(ids, snap),
+                 lambda ids: pool.push(ids, X)):
+        for ids, got in (([a, b], rf"got 2: \[{a}, {b}\]"), ([], r"got 0: \[\]")):
+            with pytest.raises(srnn.StreamIdError, match=rf"sid: expected one stream id, {got}"):
+                call(ids)
+    assert not pool.get_state(a).data.any() and not pool.get_state(b).data.any()
+    lone = model.stream()
+    np.testing.assert_allclose(pool.push(np.array([b], np.int32), X), lone.push(X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pool.get_state([b]).data, lone.state.data, rtol=1e-5, atol=1e-6)

@@ -326,3 +326,58 @@ def test_load_path_and_repr(tmp_path):
         model.run(np.zeros((2, 3, 5), np.float32))
     with pytest.raises(srnn.NonFiniteError):
         model.run(np.full((2, 3, 4), np.nan, np.float32))
+
+
+def test_graph_model_edges_as_a_chain_model():
+    """What tests/test_errors.py and test_streams_and_pool.py check of a chain model, for a graph
+    model: no frames give no outputs and keep every state; an empty id list is no ids; one int id
+    takes one frame (input_size,) and writes ``out``; get_state / set_state / push take one id;
+    the first non-finite value is reported at its index in the array as passed."""
+    torch.manual_seed(2)
+    model = srnn.from_onnx(_export(Residual(), torch.randn(2, 7, 4), {0: "b", 1: "t"}))
+    assert isinstance(model, GraphModel)
+    rng = np.random.default_rng(7)
+    I, O, S = model.input_size, model.output_size, model.state_size
+    X = rng.normal(size=(2, 5, I)).astype(np.float32)
+    _, st = model.run(X, return_state=True)
+    assert st.data.any()
+    for Xe in (X[:, :0], X[:0], X[0, :0]):
+        Y, fin = model.run(Xe, state=st if Xe.shape[0] == 2 and Xe.ndim == 3 else None, return_state=True)
+        assert Y.shape == Xe.shape[:-1] + (O,) and Y.dtype == np.float32
+        assert fin.data.shape == Xe.shape[:-2] + (S,)
+    _, fin = model.run(X[:, :0], state=st, return_state=True)
+    np.testing.assert_array_equal(fin.data, st.data)  # T = 0: the initial state
+    bad = X[1].copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(srnn.NonFiniteError, match=r"at index \(3, 2\) "):
+        model.run(bad)
+    s = model.stream()
+    s.push(X[0, :2])
+    before = s.state.data.copy()
+    assert s.push(X[0, :0]).shape == (0, O)
+    np.testing.assert_array_equal(s.state.data, before)
+    pool = model.pool(4)
+    a, b = pool.open(2)
+    pool.close([])
+    pool.reset([])
+    assert pool.step([], np.zeros((0, I), np.float32)).shape == (0, O)
+    assert pool.push(a, X[0, :0]).shape == (0, O) and len(pool) == 2
+    with pytest.raises(srnn.ShapeError, match=rf"X: expected shape \({I},\) with one int stream id, got \(1, 1, {I}\)"):
+        pool.step(a, X[0, :1, None])
+    for call in (lambda: pool.get_state([a, b]), lambda: pool.push([a, b], X[0, :2]),
+                 lambda: pool.set_state([a, b], model.stream().state),
+                 lambda: pool.get_state([])):
+        with pytest.raises(srnn.StreamIdError, match="sid: expected one stream id"):
+            call()
+    with pytest.raises(srnn.StreamIdError, match="got bool"):
+        pool.step(True, X[0, :1])
+    with pytest.raises(srnn.ShapeError, match=rf"out: expected a float32 array of shape \({O},\), got float64"):
+        pool.step(a, X[0, 0], out=np.zeros(O))
+    assert not pool.get_state(a).data.any() and not pool.get_state(b).data.any()  # nothing stepped
+    lone = model.stream()
+    out = np.full(O, np.nan, np.float32)
+    for t in range(3):
+        y = pool.step(np.int64(b), X[1, t], out=out)
+        assert y is out
+        np.testing.assert_allclose(out, lone.step(X[1, t]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pool.get_state([b]).data, lone.state.data, rtol=1e-5, atol=1e-6)
