@@ -53,6 +53,15 @@ class GraphModel:
     def streamable(self) -> bool:
         return self._stream_why is None
 
+    @property
+    def not_streamable_because(self) -> str | None:
+        """Why ``stream()`` / ``pool()`` refuse this graph (None: they do not)."""
+        return self._stream_why
+
+    def num_params(self) -> int:
+        """Float initializers of the graph (weights, biases), as ``ModelSpec.num_params``."""
+        return int(sum(a.size for a in self.graph.consts.values() if a.dtype.kind == "f"))
+
     def __repr__(self) -> str:
         return (f"<streamrnn GraphModel {self.graph.name!r} {self.input_size}->{self.output_size} "
                 f"{self.dtype} {self.device}>")

@@ -105,9 +105,54 @@ def _fmt_bytes(n: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _num_params(model) -> int:
+    """Parameters of a chain model (its spec) or of a graph model (its float initializers)."""
+    return int(model.spec.num_params() if model.spec is not None else model.num_params())
+
+
+def _inspect_graph(args: argparse.Namespace, model) -> int:
+    """``inspect`` of a graph model (an ONNX graph that is not a chain of layers: no spec)."""
+    S, isz = int(model.state_size), model.dtype.itemsize
+    why = model.not_streamable_because
+    info = {
+        "path": os.fspath(args.model),
+        "name": model.graph.name,
+        "kind": "onnx graph model",
+        "input_size": model.input_size,
+        "output_size": model.output_size,
+        "parameters": _num_params(model),
+        "weight_bytes": _num_params(model) * isz,
+        "state_floats_per_stream": S,
+        "state_bytes_per_stream": S * isz,
+        "dtype": str(model.dtype),
+        "streamable": why is None,
+        "not_streamable_because": why,
+        "supports": {"run": True, "stream": why is None, "pool": why is None},
+        "nodes": [{"op": n.op_type, "name": n.name} for n in model.graph.nodes],
+        "recurrent_nodes": [
+            {"name": r.node.name, "op": r.node.op_type, "state_offset": int(r.offset), "state_floats": int(r.size),
+             "layer": _layer_info(0, r.model.spec.layers[0])}
+            for r in model.plan.rec
+        ],
+    }
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return EXIT_OK
+    print(model)
+    print(f"  parameters: {info['parameters']}   weights: {_fmt_bytes(info['weight_bytes'])} as {model.dtype}   "
+          f"state per stream: {S} floats ({_fmt_bytes(S * isz)})")
+    if why is None:
+        print("  runs: model.run (offline), model.stream().step (one stream), model.pool().step (many streams)")
+    else:
+        print(f"  runs: model.run (offline) only; stream() and pool() refuse this graph: {why}")
+    return EXIT_OK
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     model = _load(args)
     spec = model.spec
+    if spec is None:
+        return _inspect_graph(args, model)
     offline = [l.describe() for l in spec.layers if not l.streamable]
     weight_bytes = sum(a.size for a in spec.tensors().values()) * model.dtype.itemsize
     info = {
@@ -153,6 +198,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = args.output
     if not out.lower().endswith(".srnn"):
         raise UsageError(f"-o/--output: expected a path ending in .srnn, got {out!r}")
+    if model.spec is None:  # a graph model: UnsupportedError, which says why and what to keep
+        model.save(out)
     t0 = time.perf_counter()
     save_srnn(model.spec.astype(dt), out)  # what model.save does, with the weights cast to --dtype
     size = os.path.getsize(out)
@@ -233,8 +280,8 @@ def bench_model(model, *, streams: int = 1, steps: int = 10_000, warmup: int | N
     total_s = float(ns.sum()) / 1e9
     return {
         "method": what,
-        "model": {"input_size": I, "output_size": O, "parameters": int(model.spec.num_params()),
-                  "state_floats": int(model.spec.state_size()), "dtype": str(model.dtype)},
+        "model": {"input_size": I, "output_size": O, "parameters": _num_params(model),
+                  "state_floats": int(model.state_size), "dtype": str(model.dtype)},
         "device": model.device,
         "streams": int(streams),
         "steps": int(steps),

@@ -2,7 +2,7 @@
 layers, ``converters/graph_model.py``) implement the same API twice. Every edge call below must
 end the same way on both: the same exception class, or success with outputs of the same rank and
 leading dimensions. (Found by such a probe: the graph model crashed on empty inputs, refused
-an empty id list, and dropped ``out=`` for one int id; NOTES 110.)"""
+an empty id list, and dropped ``out=`` for one int id; NOTES 111.)"""
 from __future__ import annotations
 
 import io

@@ -171,3 +171,55 @@ def test_bench_compare_runs_the_suite_of_the_source_tree(demo_path, capsys):
     assert "streamrnn vs onnxruntime vs PyTorch" in r.stdout and "--sections" in r.stdout
     assert main(["bench", demo_path, "--compare"]) == 2
     assert "--compare" in capsys.readouterr().err
+
+
+def test_every_command_on_a_graph_model(tmp_path, capsys):
+    """An ONNX graph that is not a chain of layers loads as a graph model (no spec): inspect
+    describes its nodes (text and --json), bench and stream run it, convert refuses it with
+    the reason (exit 2). Before, inspect, convert and bench failed with AttributeError."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import io
+    import warnings
+
+    class Residual(torch.nn.Module):  # y = fc(lstm(x) + x)
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.fc = torch.nn.LSTM(4, 4, batch_first=True), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0] + x)
+
+    torch.manual_seed(3)
+    net = Residual().eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 5, 4),), f, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b", 1: "t"}, "y": {0: "b", 1: "t"}}, dynamo=False,
+                          opset_version=17)
+    path = str(tmp_path / "residual.onnx")
+    with open(path, "wb") as fh:
+        fh.write(f.getvalue())
+    n_params = sum(p.numel() for p in net.parameters())
+    assert main(["inspect", path, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "onnx graph model" and info["parameters"] == n_params
+    assert (info["input_size"], info["output_size"], info["state_floats_per_stream"]) == (4, 3, 8)
+    assert info["streamable"] is True and info["supports"] == {"run": True, "stream": True, "pool": True}
+    assert [r["op"] for r in info["recurrent_nodes"]] == ["LSTM"] and {"op": "Add", "name": "/Add"} in info["nodes"]
+    assert main(["inspect", path]) == 0
+    text = capsys.readouterr().out
+    assert "ONNX graph model" in text and f"parameters: {n_params}" in text and "model.pool().step" in text
+    assert main(["convert", path, "-o", str(tmp_path / "r.srnn")]) == 2
+    assert "no .srnn form" in capsys.readouterr().err and not (tmp_path / "r.srnn").exists()
+    assert main(["bench", path, "--streams", "3", "--steps", "20", "--json", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["parameters"] == n_params and out["model"]["state_floats"] == 8
+    X = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    assert main(["stream", path, "-i", str(tmp_path / "x.npy")]) == 0
+    got = np.loadtxt(capsys.readouterr().out.splitlines(), delimiter=",")
+    with torch.no_grad():
+        want = net(torch.from_numpy(X[None]))[0].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
