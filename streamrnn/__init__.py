@@ -78,6 +78,12 @@ def load(
     if not os.path.exists(p):
         raise FileNotFoundError(p)
     ext = os.path.splitext(p)[1].lower()
+    # an argument that does not apply to this kind of file is refused, not silently ignored
+    if arch is not None and ext in (".srnn", ".onnx"):
+        raise StreamRNNError(f"arch: applies to PyTorch checkpoints and .safetensors files, got one for a {ext} file "
+                             "(its architecture is in the file)")
+    if state_map is not None and ext != ".onnx":
+        raise StreamRNNError(f"state_map: applies to ONNX files, got one for a {ext or 'suffix-less'} file")
     if ext == ".srnn":
         from .fileformat import load_srnn
 

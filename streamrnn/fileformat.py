@@ -25,8 +25,18 @@ _NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-def save_srnn(spec: ModelSpec, path: str) -> None:
-    """Write ``spec`` to ``path`` (weights stored in their own dtype, float32 or float64)."""
+def save_srnn(spec: ModelSpec, path: str | os.PathLike) -> None:
+    """Write ``spec`` to ``path`` (weights stored in their own dtype, float32 or float64).
+
+    ``path`` must end in ``.srnn``: :func:`streamrnn.load` picks the format by the suffix, so a
+    file named ``model.onnx`` holding this format could not be loaded back. The file appears
+    whole or not at all (written beside it, then renamed)."""
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path.lower().endswith(".srnn"):
+        raise StreamRNNError(f"path: expected a path ending in .srnn (load picks the format by the suffix), got {path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(2, "no such directory to save into", folder)
     tensors = spec.tensors()
     header: dict[str, Any] = {
         "__metadata__": {"format": "streamrnn", "version": str(FORMAT_VERSION), "spec": json.dumps(spec.to_json())}
@@ -45,12 +55,16 @@ def save_srnn(spec: ModelSpec, path: str) -> None:
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(h)))
+            f.write(h)
+            for b in blobs:
+                f.write(b)
+        os.replace(tmp, path)
+    finally:  # a failed write (disk full, interrupted) leaves no partial file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def read_safetensors(path: str, *, mmap: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -6,6 +6,7 @@ stream's state changes. Every failed call leaves every state exactly as it was.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -270,8 +271,18 @@ class Model:
         self._require_streamable("pool()")
         return Pool(self, capacity)
 
-    def save(self, path: str) -> None:
-        """Write the model in streamrnn's ``.srnn`` format (JSON architecture + safetensors)."""
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model in streamrnn's ``.srnn`` format (JSON architecture + safetensors).
+
+        Parameters
+        ----------
+        path : a path ending in ``.srnn`` (``streamrnn.load`` picks the format by the suffix).
+
+        Raises
+        ------
+        StreamRNNError : ``path`` does not end in ``.srnn``.
+        FileNotFoundError : its folder does not exist.
+        """
         from .fileformat import save_srnn
 
         save_srnn(self.spec, path)

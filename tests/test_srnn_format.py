@@ -73,3 +73,19 @@ def test_srnn_readable_by_safetensors(tmp_path):
     model.save(str(p))
     tensors = st.load_file(str(p))
     assert set(tensors) == set(model.spec.tensors())
+
+
+def test_save_needs_the_srnn_suffix_and_its_folder(tmp_path):
+    """``model.save("m.onnx")`` wrote this format under an ONNX name, which ``load`` then failed
+    to parse; a missing folder was reported as the temporary file's name."""
+    model = srnn.Model(rand_spec(np.random.default_rng(1), n_rec=1))
+    for name in ("m.onnx", "m.pt", "m", "m.srnn.bak"):
+        with pytest.raises(srnn.StreamRNNError, match=rf"path: expected a path ending in \.srnn .*got '.*{name}'"):
+            model.save(str(tmp_path / name))
+    with pytest.raises(FileNotFoundError) as e:
+        model.save(str(tmp_path / "missing" / "m.srnn"))
+    assert e.value.filename == str(tmp_path / "missing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no temporary left
+    model.save(tmp_path / "M.SRNN")  # a path object; the suffix in any case
+    X = np.random.default_rng(2).standard_normal((3, model.input_size))
+    np.testing.assert_array_equal(srnn.load(tmp_path / "M.SRNN").run(X), model.run(X))

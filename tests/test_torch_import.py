@@ -411,6 +411,27 @@ def test_missing_file():
         torch_import.spec_from_checkpoint("/nonexistent/dir/model.safetensors")
 
 
+def test_load_refuses_arguments_that_do_not_apply(tmp_path):
+    """``arch`` names what a state_dict cannot tell; ``state_map`` pairs ONNX state inputs and
+    outputs. Given for another kind of file they were silently ignored; now refused."""
+    torch.manual_seed(5)
+    net = torch.nn.LSTM(3, 4)
+    pt = tmp_path / "m.pt"
+    torch.save(net.state_dict(), pt)
+    with pytest.raises(srnn.StreamRNNError, match="state_map: applies to ONNX files, got one for a .pt file"):
+        srnn.load(pt, state_map={"h0": "hn"})
+    model = srnn.load(pt, arch="lstm")
+    model.save(tmp_path / "m.srnn")
+    with pytest.raises(srnn.StreamRNNError, match="arch: applies to PyTorch checkpoints .* for a .srnn file"):
+        srnn.load(tmp_path / "m.srnn", arch="lstm")
+    with pytest.raises(srnn.StreamRNNError, match="state_map: .* for a .srnn file"):
+        srnn.load(tmp_path / "m.srnn", state_map={"h0": "hn"})
+    X = np.random.default_rng(5).standard_normal((4, 3))
+    with torch.no_grad():
+        want = net(torch.from_numpy(X).float())[0].numpy()
+    np.testing.assert_allclose(srnn.load(tmp_path / "m.srnn").run(X), want, rtol=1e-5, atol=1e-6)
+
+
 def test_reading_needs_no_torch(tmp_path):
     """Import and .pt loading work with torch made unimportable."""
     net = make_net("gru", 8, layers=2)
