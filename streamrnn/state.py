@@ -70,6 +70,12 @@ class State:
         body = np.ascontiguousarray(self.data, dtype=self.data.dtype.newbyteorder("<")).tobytes()
         return _MAGIC + struct.pack("<I", len(hdr)) + hdr + body
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """``np.asarray(state)``: the flat state ``data`` ((S,) or (B, S))."""
+        if copy:
+            return np.array(self.data, dtype=dtype, copy=True)
+        return self.data if dtype is None else self.data.astype(dtype, copy=False)
+
     def __eq__(self, other: Any) -> bool:
         return isinstance(other, State) and self._key == other._key and np.array_equal(self.data, other.data)
 

@@ -135,6 +135,11 @@ def test_state_views_by_layer():
         assert v.shape == ((layer.rec_size,) if k == "h" else (layer.hidden_size,))
     i = next(i for i, _ in model.spec.recurrent())
     assert st.h(i).shape[0] == model.spec.layers[i].rec_size
+    # np.asarray of a State is its flat data (it was a 0-d object array)
+    assert np.asarray(st) is st.data and np.asarray(st, np.float32).dtype == np.float32
+    assert np.array(st, copy=True) is not st.data and np.array_equal(np.array(st), st.data)
+    Y, batch = model.run(rng.standard_normal((2, 3, model.input_size)), return_state=True)
+    assert np.asarray(batch).shape == (2, model.state_size)
 
 
 def test_reset_and_open_after_close_start_from_zero():
