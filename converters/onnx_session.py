@@ -69,8 +69,9 @@ class InferenceSession:
 
     def run(self, output_names: Iterable[str] | None, input_feed: Mapping[str, Any],
             run_options: Any = None) -> list[np.ndarray]:
-        """Compute ``output_names`` (all outputs if None) from ``input_feed``; a list of arrays."""
-        names = list(self._outputs if output_names is None else output_names)
+        """Compute ``output_names`` (all outputs if None or empty, as onnxruntime) from
+        ``input_feed``; a list of arrays."""
+        names = list(output_names or self._outputs)
         for n in names:
             if n not in self._outputs:
                 raise StreamRNNError(f"output_names: expected names among {self._outputs}, got {n!r}")

@@ -152,6 +152,30 @@ def test_session_feed_errors():
     assert y64.dtype == np.float32
 
 
+
+@pytest.mark.parametrize("names", [None, [], (), ["Y_h", "Y"], ["Y_h", "Y_h"]])
+def test_session_output_names_as_onnxruntime(names):
+    """None and an empty list both mean every output (onnxruntime; an empty list gave [])."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(3)
+    H, I = 3, 2
+    inits = [numpy_helper.from_array(rng.normal(size=(1, 4 * H, n)).astype(np.float32), w) for w, n in (("W", I), ("R", H))]
+    node = helper.make_node("LSTM", ["x", "W", "R"], ["Y", "Y_h"], name="lstm", hidden_size=H)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    x = rng.standard_normal((4, 2, I)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(names, {"x": x})
+    got = srnn.InferenceSession(model).run(names, {"x": x})
+    assert len(got) == len(want) == (len(names) if names else 2)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_session_runtime_shape_error_names_node():
     node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], name="lstm_a", hidden_size=2)
     g = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "XWR"],
