@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CapacityError, ShapeError, StreamRNNError, UnsupportedError, describe_buffer
+from ..errors import CapacityError, NonFiniteError, ShapeError, StreamRNNError, UnsupportedError, describe_buffer
 from ..model import _as_float, _check_finite, _live_id, _live_ids
 from ..state import State, state_from_bytes
 from .graph import Graph
@@ -218,17 +218,24 @@ class GraphModel:
 
 
 def _check_out(out: Any, shape: tuple, dtype: np.dtype) -> None:
-    """A caller's ``out=`` buffer: an array of the model dtype and ``shape`` (any layout: the
-    outputs are copied into it), or ShapeError saying what it is."""
-    if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype):
-        raise ShapeError(f"out: expected a {dtype} array of shape {shape}, got {describe_buffer(out)}")
+    """A caller's ``out=`` buffer: a C-contiguous array of the model dtype and ``shape``, as the
+    chain model's (README), or ShapeError saying what it is."""
+    if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype
+                                and out.flags.c_contiguous):
+        raise ShapeError(f"out: expected a C-contiguous {dtype} array of shape {shape}, got {describe_buffer(out)}")
 
 
-def _frames(model: GraphModel, X: Any, name: str) -> np.ndarray:
+def _frames(model: GraphModel, X: Any, name: str, rows: str = "frame") -> np.ndarray:
+    """X (n, input_size) of finite values: frames of one stream (push), or one frame per stream
+    (``rows="row"``, pool.step); a refusal names the first bad frame / row as the chain model's."""
     X = _as_float(X, name, model.dtype)
     if X.ndim != 2 or X.shape[1] != model.input_size:
-        raise ShapeError(f"{name}: expected shape (T, {model.input_size}), got {X.shape}")
-    _check_finite(X, name)
+        raise ShapeError(f"{name}: expected shape ({'T' if rows == 'frame' else 'n'}, {model.input_size}), got {X.shape}")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        r, k = (int(i) for i in np.argwhere(bad)[0])
+        raise NonFiniteError(f"{name}: expected finite values, got {X[r, k]} at {rows} {r}, feature {k} "
+                             "(non-finite inputs are refused; no state was changed)")
     return X
 
 
@@ -246,6 +253,10 @@ class GraphStream:
         if xa.shape != (self.model.input_size,):
             raise ShapeError(f"x: expected shape ({self.model.input_size},), got {xa.shape}")
         _check_out(out, (self.model.output_size,), self.model.dtype)
+        if not np.isfinite(xa).all():
+            k = int(np.argmax(~np.isfinite(xa)))
+            raise NonFiniteError(f"x: expected finite values, got {xa[k]} at feature {k} "
+                                 "(non-finite inputs are refused; no state was changed)")
         y = self.push(xa[None])[0]
         if out is None:
             return y
@@ -348,7 +359,7 @@ class GraphPool:
                 return y
             out[...] = y
             return out
-        X = _frames(self.model, X, "X")
+        X = _frames(self.model, X, "X", rows="row")
         _check_out(out, (X.shape[0], self.model.output_size), self.model.dtype)
         with self._lock:
             a = self._ids(ids)

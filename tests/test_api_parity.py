@@ -86,6 +86,7 @@ CALLS = {
     "stream step list": lambda m, o: m.stream().step([0.1] * I),
     "stream step nan": lambda m, o: m.stream().step(np.full(I, np.nan)),
     "stream step out float64": lambda m, o: m.stream().step(_Z(I), out=_Z(m.output_size)),
+    "stream step out strided": lambda m, o: m.stream().step(_Z(I), out=_Z(2 * m.output_size, np.float32)[::2]),
     "stream step out list": lambda m, o: m.stream().step(_Z(I), out=[0.0] * m.output_size),
     "stream state None": lambda m, o: setattr(m.stream(), "state", None),
     "stream state of other": lambda m, o: setattr(m.stream(), "state", o.stream().state),
@@ -114,6 +115,7 @@ CALLS = {
     "step negative": _pooled(lambda m, p, i, o: p.step([-1], _Z((1, I)))),
     "step 2-D ids": _pooled(lambda m, p, i, o: p.step(np.array([[0, 1]]), _Z((2, I)))),
     "step float ids": _pooled(lambda m, p, i, o: p.step(np.array([0.0, 1.0]), _Z((2, I)))),
+    "step out Fortran": _pooled(lambda m, p, i, o: p.step(i, _Z((2, I)), out=np.zeros((2, m.output_size), np.float32, order="F"))),
     "step out float64": _pooled(lambda m, p, i, o: p.step(i, _Z((2, I)), out=_Z((2, m.output_size)))),
     "step nan row": _pooled(lambda m, p, i, o: p.step(i, np.array([[0.0] * I, [np.nan] * I]))),
     "push closed": _pooled(lambda m, p, i, o: (p.close(1), p.push(1, _Z((2, I))))),
@@ -145,3 +147,19 @@ def test_chain_and_graph_models_end_each_call_the_same_way(models, name):
     chain, graph = models
     got = _outcome(CALLS[name], chain, graph), _outcome(CALLS[name], graph, chain)
     assert got[0] == got[1], f"{name}: chain model {got[0]}, graph model {got[1]}"
+
+
+def test_both_models_name_the_first_non_finite_frame_row_or_feature(models):
+    x = np.zeros(I)
+    x[2] = np.nan
+    X = np.zeros((3, I))
+    X[1, 3] = np.inf
+    for m in models:
+        p = m.pool(4)
+        ids = p.open(3)
+        for call, where in ((lambda: m.stream().step(x), "x: .* at feature 2"), (lambda: m.stream().push(X), "X: .* at frame 1"),
+                            (lambda: p.step(ids, X), "X: .* at row 1"), (lambda: p.push(ids[0], X), "X: .* at frame 1"),
+                            (lambda: m.run(X[None]), r"X: .* at index \(0, 1, 3\)")):
+            with pytest.raises(srnn.NonFiniteError, match=where):
+                call()
+        assert not any(p.get_state(i).data.any() for i in ids)

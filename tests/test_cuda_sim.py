@@ -981,6 +981,58 @@ _CASES = {
         assert [m.device for m in loaded] == ["cuda"] * 4, [m.device for m in loaded]
         srnn.load = _load
     """,
+    # ONNX models on the GPU (from_onnx(..., device="cuda")), which no other case loads: a chain
+    # (LSTM + MatMul / Add head: the fused model) and a graph that is not a chain (a residual
+    # Add: a graph model whose LSTM node runs on a CUDA model), against onnxruntime and the
+    # CPU loads of the same file: run (ragged, with states, empty), stream, pool, refusals;
+    # float32 and float64
+    "onnx_cuda": """
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+        from streamrnn.converters.graph_model import GraphModel
+        I = H = 3
+        O = 2
+
+        def lstm_onnx(residual):
+            f = lambda a, n: numpy_helper.from_array(a.astype(np.float32), n)
+            inits = [f(R(1, 4 * H, I), "W"), f(R(1, 4 * H, H), "R"), f(R(1, 8 * H), "B"), f(R(H, O), "Wo"),
+                     f(R(O), "bo"), numpy_helper.from_array(np.array([1], np.int64), "ax")]
+            nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["Y"], hidden_size=H),
+                     helper.make_node("Squeeze", ["Y", "ax"], ["ys"])]
+            last = "ys"
+            if residual:
+                nodes.append(helper.make_node("Add", ["ys", "x"], ["r"]))
+                last = "r"
+            nodes += [helper.make_node("MatMul", [last, "Wo"], ["m"]), helper.make_node("Add", ["m", "bo"], ["y"])]
+            g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", I])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", "B", O])], inits)
+            return helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        for residual in (False, True):
+            proto = lstm_onnx(residual)
+            sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            X = rng.standard_normal((2, 4, I)).astype(np.float32)  # (B, T, I); the graph's layout is (T, B, I)
+            want = sess.run(None, {"x": X.transpose(1, 0, 2)})[0].transpose(1, 0, 2)
+            for dtype in ("float32", "float64"):
+                what = f"residual={residual} {dtype}"
+                mc = srnn.from_onnx(proto, dtype=dtype)
+                mg = srnn.from_onnx(proto, dtype=dtype, device="cuda")
+                assert isinstance(mg, GraphModel) == isinstance(mc, GraphModel) == residual, what
+                assert mg.device == "cuda"
+                cuda_part = mg.plan.rec[0].model if residual else mg
+                assert cuda_part.device == "cuda" and cuda_part._cuda is not None, what
+                close(mg.run(X), want, "float32", f"{what} run vs onnxruntime")
+                s = mg.stream()
+                close(np.stack([s.step(x) for x in X[1]]), want[1], "float32", f"{what} stream vs onnxruntime")
+                p = mg.pool(3)
+                ids = p.open(2)
+                close(np.stack([p.step(ids, X[:, t]) for t in range(4)], 1), want, "float32", f"{what} pool vs onnxruntime")
+                check_run(mc, mg, dtype, what=what)
+                check_stream(mc, mg, dtype)
+                check_pool(mc, mg, dtype)
+    """,
     # The persistent step kernel (STREAMRNN_CUDA_PERSIST=1, engine/persist.py): one-row steps
     # served by one launch that runs every layer's row-tile body over that layer's grid (in the
     # simulator one block runs them all in turn); steps of several rows, state access and push

@@ -371,7 +371,7 @@ def test_graph_model_edges_as_a_chain_model():
             call()
     with pytest.raises(srnn.StreamIdError, match="got bool"):
         pool.step(True, X[0, :1])
-    with pytest.raises(srnn.ShapeError, match=rf"out: expected a float32 array of shape \({O},\), got float64"):
+    with pytest.raises(srnn.ShapeError, match=rf"out: expected a C-contiguous float32 array of shape \({O},\), got float64"):
         pool.step(a, X[0, 0], out=np.zeros(O))
     assert not pool.get_state(a).data.any() and not pool.get_state(b).data.any()  # nothing stepped
     lone = model.stream()
