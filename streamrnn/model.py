@@ -492,7 +492,10 @@ class Pool:
 
     # -- ids -------------------------------------------------------------------------------
     def open(self, n: int | None = None):
-        """Open one stream (returns an int id) or ``n`` streams (an int64 array of ids)."""
+        """Open one stream (returns an int id) or ``n`` streams (an int64 array of ids).
+
+        A fresh pool hands out 0, 1, 2, ...; closed ids are reused first, the most recently
+        closed first. Past the capacity: CapacityError, and nothing is opened."""
         k = 1 if n is None else n
         if not isinstance(k, (int, np.integer)) or k < 0:
             raise StreamRNNError(f"n: expected a non-negative int, got {n!r}")

@@ -163,3 +163,15 @@ def test_both_models_name_the_first_non_finite_frame_row_or_feature(models):
             with pytest.raises(srnn.NonFiniteError, match=where):
                 call()
         assert not any(p.get_state(i).data.any() for i in ids)
+
+
+def test_both_models_reuse_ids_in_the_same_order(models):
+    """README: a fresh pool hands out 0, 1, 2, ...; closed ids come back first, the most recently
+    closed first."""
+    for m in models:
+        p = m.pool(10)
+        assert p.open(10).tolist() == list(range(10))
+        p.close([5, 2])
+        p.close(7)
+        assert [p.open(), p.open()] == [7, 5] and p.open(1).tolist() == [2]  # within one close: in list order
+        assert len(p) == 10
