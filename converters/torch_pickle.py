@@ -38,6 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from streamrnn.errors import FormatError
+from streamrnn.fileformat import bf16_to_f32
 
 log = logging.getLogger("streamrnn")
 
@@ -100,11 +101,6 @@ _TORCH_DTYPE_NAMES = frozenset(
     "float32 float float64 double float16 half bfloat16 int64 long int32 int int16 short int8 "
     "uint8 bool complex64 cfloat complex128 cdouble".split()
 )
-
-
-def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (uint16) -> float32, exactly: the bf16 bits are the top half of a float32."""
-    return (raw.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
 def _as_int(v: Any, what: str) -> int:
@@ -374,7 +370,7 @@ def _load_from_zip(p: str, zf: zipfile.ZipFile) -> Any:
         arr = np.frombuffer(raw, dtype=dt, count=numel)
         arr = arr.astype(dt.newbyteorder("="), copy=True)
         if stype.bfloat16:
-            arr = _bf16_to_f32(arr)
+            arr = bf16_to_f32(arr)
         cache[key] = arr
         return arr
 

@@ -18,7 +18,8 @@ from .errors import FormatError, StreamRNNError
 from .spec import ModelSpec
 
 FORMAT_VERSION = 1
-_ST_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": None,
+# safetensors dtype -> the numpy dtype of its raw bytes (BF16: uint16 bits, widened on read)
+_ST_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": np.uint16,
               "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64,
               "U8": np.uint8, "BOOL": np.bool_}
 _NP_TO_ST = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.float16): "F16"}
@@ -67,10 +68,16 @@ def save_srnn(spec: ModelSpec, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
+def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32, exactly: the bf16 bits are the top half of a float32."""
+    return (raw.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
 def read_safetensors(path: str, *, mmap: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file without the safetensors package: (tensors, metadata).
 
-    Every offset is bounds-checked; a malformed or truncated file raises FormatError.
+    Every offset is bounds-checked; a malformed or truncated file raises FormatError. BF16
+    tensors come back widened to float32 (exactly); an unknown dtype raises FormatError.
     """
     size = os.path.getsize(path)  # FileNotFoundError for a missing file
     with open(path, "rb") as f:
@@ -95,19 +102,20 @@ def read_safetensors(path: str, *, mmap: bool = True) -> tuple[dict[str, np.ndar
             buf = np.frombuffer(f.read(), dtype=np.uint8)
     tensors = {}
     for name, info in header.items():
+        if isinstance(info, dict) and isinstance(info.get("dtype"), str) and info["dtype"] not in _ST_DTYPES:
+            raise FormatError(f"path: {path!r} tensor {name!r}: expected a dtype among {sorted(_ST_DTYPES)}, "
+                              f"got {info['dtype']}")
         try:
             dt = _ST_DTYPES[info["dtype"]]
             shape = tuple(int(s) for s in info["shape"])
             a, b = (int(v) for v in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"path: {path!r} tensor {name!r}: bad header entry ({e!r})") from None
-        if dt is None:
-            raise FormatError(f"path: {path!r} tensor {name!r}: dtype {info['dtype']} is not supported")
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
         if not (0 <= a <= b <= data_len) or b - a != nbytes or any(s < 0 for s in shape):
             raise FormatError(f"path: {path!r} tensor {name!r}: offsets {a}..{b} do not fit shape {shape} in {data_len} data bytes")
         arr = (buf[a:b] if nbytes else np.zeros(0, np.uint8)).view(np.dtype(dt).newbyteorder("<")).reshape(shape)
-        tensors[name] = arr
+        tensors[name] = bf16_to_f32(arr) if info["dtype"] == "BF16" else arr  # (a float32 copy)
     return tensors, {str(k): str(v) for k, v in meta.items()}
 
 

@@ -411,6 +411,39 @@ def test_missing_file():
         torch_import.spec_from_checkpoint("/nonexistent/dir/model.safetensors")
 
 
+@pytest.mark.parametrize("dt", ["float16", "bfloat16", "float64"])
+@pytest.mark.parametrize("ext", [".pt", ".safetensors"])
+def test_checkpoints_in_other_float_dtypes(tmp_path, dt, ext):
+    """Half, bfloat16 (the usual dtype of Hugging Face safetensors) and double checkpoints load
+    as the same weights widened exactly. A bfloat16 .safetensors was refused ("dtype BF16 is
+    not supported") while the same weights in a .pt loaded."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    net = torch.nn.GRU(3, 5, num_layers=2, batch_first=True)
+    sd = {k: v.to(getattr(torch, dt)).contiguous() for k, v in net.state_dict().items()}
+    ref = torch.nn.GRU(3, 5, num_layers=2, batch_first=True)
+    ref.load_state_dict({k: v.double() for k, v in sd.items()})  # exactly the stored values
+    ref = ref.double()
+    path = tmp_path / f"m{ext}"
+    torch.save(sd, path) if ext == ".pt" else save_file(sd, str(path))
+    X = np.random.default_rng(8).standard_normal((2, 4, 3))
+    with torch.no_grad():
+        want = ref(torch.from_numpy(X))[0].numpy()
+    np.testing.assert_allclose(srnn.load(path, dtype="float64").run(X), want, rtol=1e-10, atol=1e-12)
+
+
+def test_safetensors_of_an_unknown_dtype_names_it(tmp_path):
+    import json
+    import struct
+
+    hdr = json.dumps({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(hdr)) + hdr + b"\0\0")
+    with pytest.raises(FormatError, match="tensor 'w': expected a dtype among .*'BF16'.*, got F8_E4M3"):
+        srnn.load(path)
+
+
 def test_load_refuses_arguments_that_do_not_apply(tmp_path):
     """``arch`` names what a state_dict cannot tell; ``state_map`` pairs ONNX state inputs and
     outputs. Given for another kind of file they were silently ignored; now refused."""
