@@ -38,12 +38,61 @@ def load_proto(model_or_path: Any):
             raise FileNotFoundError(path)
         with open(path, "rb") as f:
             proto = _parse(f.read(), repr(path))
+        _read_external(proto, os.path.dirname(os.path.abspath(path)))
     else:
         raise StreamRNNError(
             f"model: expected an onnx.ModelProto, bytes or a path, got {type(model_or_path).__name__}"
         )
     _check(proto)
     return proto
+
+
+def _tensors(graph):
+    """Every TensorProto of a graph: initializers, tensor attributes (Constant's value), and
+    those of subgraphs (If / Loop / Scan bodies)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            if a.HasField("g"):
+                yield from _tensors(a.g)
+            for g in a.graphs:
+                yield from _tensors(g)
+
+
+def _read_external(proto, folder: str) -> None:
+    """Read the tensors an ONNX file keeps outside itself (``data_location == EXTERNAL``; large
+    models, ``onnx.save_model(..., save_as_external_data=True)``) into the protobuf, from files
+    in the model's ``folder`` only: a location that is absolute or leads out of the folder
+    (``..``, a symbolic link) is refused, as onnxruntime does, and offset / length must lie in
+    the file. Nothing else is read; nothing is executed."""
+    base = os.path.realpath(folder)
+    for t in _tensors(proto.graph):
+        if t.data_location != 1:  # EXTERNAL
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        where = f"tensor {t.name!r}: external data"
+        full = os.path.realpath(os.path.join(base, loc))
+        if not loc or os.path.isabs(loc) or os.path.commonpath([full, base]) != base:
+            raise FormatError(f"{where}: expected a file inside the model's folder {base}, got location {loc!r}")
+        if not os.path.isfile(full):
+            raise FormatError(f"{where}: expected the file {full} beside the model, got no such file")
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else os.path.getsize(full) - offset
+        except ValueError as e:
+            raise FormatError(f"{where}: bad offset / length ({e})") from None
+        size = os.path.getsize(full)
+        if offset < 0 or length < 0 or offset + length > size:
+            raise FormatError(f"{where}: expected bytes {offset}..{offset + length} within {loc!r} ({size} bytes)")
+        with open(full, "rb") as f:
+            f.seek(offset)
+            t.raw_data = f.read(length)
+        del t.external_data[:]
+        t.data_location = 0  # DEFAULT: the bytes are in the protobuf now
 
 
 def _parse(data: bytes, what: str):
@@ -93,10 +142,10 @@ def to_array(tensor) -> np.ndarray:
     """A TensorProto as a numpy array (a private, writable copy)."""
     from onnx import numpy_helper
 
-    if tensor.data_location == 1:  # EXTERNAL
+    if tensor.data_location == 1:  # EXTERNAL: only a model loaded from its path has them read
         raise UnsupportedError(
-            f"initializer {tensor.name!r}: external data is not supported; save the model with "
-            "its tensors inside the .onnx file"
+            f"tensor {tensor.name!r}: expected its data in the model, got external data; load the "
+            "model by its path (the data file lies beside it) or with onnx.load, not from bytes"
         )
     try:
         return np.array(numpy_helper.to_array(tensor))

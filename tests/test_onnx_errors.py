@@ -186,14 +186,14 @@ def test_session_runtime_shape_error_names_node():
                         "R": np.zeros((1, 8, 2), np.float32)})
 
 
-def test_external_data_refused():
+def test_external_data_of_a_proto_without_its_path_is_refused():
     m = _lstm_model()
     t = m.graph.initializer[0]
     t.data_location = onnx.TensorProto.EXTERNAL
     t.ClearField("raw_data")
     t.ClearField("float_data")
     t.external_data.add(key="location", value="weights.bin")
-    with pytest.raises(StreamRNNError):
+    with pytest.raises(UnsupportedError, match="got external data; load the model by its path"):
         srnn.from_onnx(m)
 
 
@@ -203,3 +203,70 @@ def test_import_streamrnn_does_not_import_onnx():
 
     code = "import sys, streamrnn; assert 'onnx' not in sys.modules and 'onnxruntime' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _external(tmp_path, one_file=True):
+    """_lstm_model saved with its tensors outside the .onnx file (as large models are)."""
+    d = tmp_path / "model"
+    d.mkdir()
+    path = d / "m.onnx"
+    onnx.save_model(_lstm_model(), str(path), save_as_external_data=True, all_tensors_to_one_file=one_file,
+                    location="m.data" if one_file else None, size_threshold=64)  # W, R out; the axes in
+    return path
+
+
+@pytest.mark.parametrize("one_file", [True, False])
+def test_external_data_is_read_from_the_models_folder(tmp_path, monkeypatch, one_file):
+    ort = pytest.importorskip("onnxruntime")
+    path = _external(tmp_path, one_file)
+    assert len(list(path.parent.iterdir())) >= 2  # the weights are not in the .onnx file
+    monkeypatch.chdir(tmp_path)  # locations are relative to the model, not to the working folder
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    x = np.random.default_rng(4).standard_normal((5, 2, 2)).astype(np.float32)
+    want = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(srnn.InferenceSession(str(path)).run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(srnn.load(path).run(x.transpose(1, 0, 2)), want.transpose(1, 0, 2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(srnn.from_onnx(onnx.load(str(path))).run(x.transpose(1, 0, 2)), want.transpose(1, 0, 2),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(UnsupportedError, match="got external data; load the model by its path"):
+        srnn.from_onnx(path.read_bytes())
+
+
+def _set_external(path, dst, **kv):
+    m = onnx.load(str(path), load_external_data=False)
+    for t in m.graph.initializer:
+        if t.name == "W":
+            for e in t.external_data:
+                if e.key in kv:
+                    e.value = kv.pop(e.key)
+            for k, v in kv.items():
+                t.external_data.add(key=k, value=v)
+    onnx.save_model(m, str(dst))
+
+
+def test_external_data_outside_the_folder_or_the_file_is_refused(tmp_path):
+    """A hostile .onnx must not read other files: ``..``, absolute paths and symbolic links
+    that lead out of the model's folder are refused (onnxruntime refuses them too), and so are
+    offsets / lengths past the data file."""
+    path = _external(tmp_path)
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(256, dtype=np.uint8).tobytes())
+    (path.parent / "link.bin").symlink_to(secret)
+    size = (path.parent / "m.data").stat().st_size
+    cases = [
+        (dict(location="../secret.bin"), "expected a file inside the model's folder"),
+        (dict(location=str(secret)), "expected a file inside the model's folder"),
+        (dict(location="link.bin"), "expected a file inside the model's folder"),
+        (dict(location="nothing.bin"), "no such file"),
+        (dict(offset=str(size)), f"within 'm.data' \\({size} bytes\\)"),
+        (dict(offset="-8"), "expected bytes -8"),
+        (dict(offset="x"), "bad offset / length"),
+    ]
+    for i, (kv, msg) in enumerate(cases):
+        bad = path.parent / f"bad{i}.onnx"
+        _set_external(path, bad, **kv)
+        with pytest.raises(FormatError, match=msg):
+            srnn.load(bad)
+        with pytest.raises(FormatError, match=msg):
+            srnn.InferenceSession(str(bad))
