@@ -981,6 +981,19 @@ _CASES = {
         assert [m.device for m in loaded] == ["cuda"] * 4, [m.device for m in loaded]
         srnn.load = _load
     """,
+    # the CUDA pool's bookkeeping under any sequence of calls (tests/test_pool_stateful.py's
+    # hypothesis machine, derandomized): open past capacity, close, reset, steps of 1-12 ids
+    # (several row buckets), refused steps, push, set_state; every pooled stream against a lone
+    # CPU stream after every call
+    "pool_stateful": """
+        import test_pool_stateful as tps
+        I, H = 3, 4
+        spec = ModelSpec((LSTMLayer(I, H, R(1, 4 * H, I), R(1, 4 * H, H), R(1, 8 * H), P=R(1, 3 * H)),
+                          GRULayer(H, 3, R(1, 9, H), R(1, 9, 3), R(1, 18), linear_before_reset=True),
+                          DenseLayer(R(2, 3), R(2))))
+        mc, mg = both(spec, "float32")
+        tps.run_machine(mg, oracle=mc, examples=20, steps=25)
+    """,
     # ONNX models on the GPU (from_onnx(..., device="cuda")), which no other case loads: a chain
     # (LSTM + MatMul / Add head: the fused model) and a graph that is not a chain (a residual
     # Add: a graph model whose LSTM node runs on a CUDA model), against onnxruntime and the

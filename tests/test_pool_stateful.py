@@ -12,7 +12,7 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule  # noqa: E402
 
 import streamrnn as srnn  # noqa: E402
 
@@ -27,12 +27,12 @@ def _close(a, b, what):
 
 class PoolVsLoneStreams(RuleBasedStateMachine):
     model: srnn.Model  # set by each subclass below
+    oracle: srnn.Model | None = None  # makes the lone streams (None: the model itself)
 
     def __init__(self):
         super().__init__()
         self.pool = self.model.pool(CAP)
         self.lone: dict[int, srnn.Stream] = {}  # open id -> a lone stream fed the same frames
-        self.rng = np.random.default_rng(0)
 
     def _frames(self, n, seed):
         return np.random.default_rng(seed).standard_normal((n, self.model.input_size)).astype(np.float32)
@@ -41,6 +41,10 @@ class PoolVsLoneStreams(RuleBasedStateMachine):
         live = sorted(self.lone)
         return data.draw(st.lists(st.sampled_from(live), min_size=min_size, max_size=len(live), unique=True)
                          if live else st.just([]))
+
+    @initialize(n=st.integers(1, CAP))
+    def open_first(self, n):
+        self.open(n)
 
     @rule(n=st.integers(0, 4))
     def open(self, n):
@@ -53,7 +57,7 @@ class PoolVsLoneStreams(RuleBasedStateMachine):
         assert len(ids) == n and not set(ids.tolist()) & set(self.lone)
         for i in ids.tolist():
             assert 0 <= i < CAP
-            self.lone[i] = self.model.stream()
+            self.lone[i] = (self.oracle or self.model).stream()
 
     @precondition(lambda self: self.lone)
     @rule(data=st.data())
@@ -82,6 +86,16 @@ class PoolVsLoneStreams(RuleBasedStateMachine):
     @rule(data=st.data(), seed=st.integers(0, 2**16))
     def step(self, data, seed):
         ids = self._ids(data)
+        X = self._frames(len(ids), seed)
+        Y = self.pool.step(np.array(ids), X)
+        for k, i in enumerate(ids):
+            _close(Y[k], self.lone[i].step(X[k]), f"pool.step of stream {i} (row {k} of {ids})")
+
+    @precondition(lambda self: len(self.lone) >= 2)
+    @rule(data=st.data(), seed=st.integers(0, 2**16))
+    def step_many(self, data, seed):
+        """A step of most open streams (8 or more when there are: the batched path)."""
+        ids = data.draw(st.permutations(sorted(self.lone)))[: max(len(self.lone) - 2, min(8, len(self.lone)))]
         X = self._frames(len(ids), seed)
         Y = self.pool.step(np.array(ids), X)
         for k, i in enumerate(ids):
@@ -122,8 +136,14 @@ class PoolVsLoneStreams(RuleBasedStateMachine):
             _close(self.pool.get_state(i).data, s.state.data, f"state of stream {i}")
 
 
-_SETTINGS = settings(max_examples=25, stateful_step_count=25, deadline=None,
-                     suppress_health_check=[HealthCheck.too_slow])
+def run_machine(model, oracle=None, examples: int = 25, steps: int = 25) -> None:
+    """Drive a pool of ``model`` against lone streams of ``oracle`` (default: the model): the same
+    sequences on every run (derandomized: CI stays deterministic), nothing written to disk.
+    ``tests/test_cuda_sim.py`` runs it for the CUDA engine."""
+    machine = type("Machine", (PoolVsLoneStreams,), {"model": model, "oracle": oracle})
+    hypothesis.stateful.run_state_machine_as_test(machine, settings=settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(HealthCheck)))
 
 
 def _chain() -> srnn.Model:
@@ -158,5 +178,4 @@ def _graph():
 
 @pytest.mark.parametrize("make", [_chain, _graph], ids=["chain", "graph"])
 def test_pool_equals_lone_streams_under_any_sequence_of_calls(make):
-    machine = type("Machine", (PoolVsLoneStreams,), {"model": make()})
-    hypothesis.stateful.run_state_machine_as_test(machine, settings=_SETTINGS)
+    run_machine(make())
