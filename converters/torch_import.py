@@ -152,14 +152,16 @@ def _flatten(d: Mapping, prefix: str, out: dict[str, Any], bad: list[str]) -> No
         elif _is_tensor(v):
             out[key] = v
         else:
-            bad.append(f"{key} ({type(v).__name__})")
+            bad.append(f"{key} ({getattr(v, 'qualname', type(v).__name__)})")
 
 
 def _all_leaves_tensors(d: Mapping, depth: int = 0) -> bool:
+    """Every leaf a tensor (or a pickled object kept opaque, which _refuse_opaque then names)."""
     if depth > 8:
         return False
     return all(
-        _all_leaves_tensors(v, depth + 1) if isinstance(v, Mapping) else _is_tensor(v) for v in d.values()
+        _all_leaves_tensors(v, depth + 1) if isinstance(v, Mapping) else _is_tensor(v) or _is_opaque(v)
+        for v in d.values()
     )
 
 
@@ -170,7 +172,7 @@ def _select_state_dict(obj: Any, source: str) -> tuple[Mapping, str]:
         if not isinstance(obj, Mapping):
             raise FormatError(
                 f"{source}: expected a state_dict (a dict of tensors) or a dict with a "
-                f"{' / '.join(repr(k) for k in WRAPPER_KEYS)} entry, got {type(obj).__name__}"
+                f"{' / '.join(repr(k) for k in WRAPPER_KEYS)} entry, got {getattr(obj, 'qualname', type(obj).__name__)}"
                 + (f" at {path!r}" if path else "")
             )
         for k in WRAPPER_KEYS:
@@ -178,6 +180,11 @@ def _select_state_dict(obj: Any, source: str) -> tuple[Mapping, str]:
                 ignored = [str(x) for x in obj if x != k]
                 if ignored:
                     log.info("%s: using the %r entry; ignoring %s", source, k, ignored)
+                    opaque: list[str] = []
+                    _opaque_in({x: obj[x] for x in obj if x != k}, path, opaque)
+                    if opaque:
+                        log.info("%s: pickled objects outside the state_dict, not rebuilt and not run: %s",
+                                 source, opaque[:10])
                 obj, path = obj[k], f"{path}[{k!r}]"
                 break
         else:
@@ -189,6 +196,35 @@ def _select_state_dict(obj: Any, source: str) -> tuple[Mapping, str]:
                 f"{' / '.join(repr(k) for k in WRAPPER_KEYS)} entry, got a dict of {kinds}"
             )
     raise FormatError(f"{source}: expected a state_dict, got wrapper entries nested too deeply ({path})")
+
+
+def _is_opaque(v: Any) -> bool:
+    """A pickled object the reader kept as an inert record (torch_pickle.Opaque)."""
+    return type(v).__name__ == "Opaque" and hasattr(v, "qualname")
+
+
+def _opaque_in(obj: Any, path: str, out: list[str], depth: int = 0) -> None:
+    """Paths of the pickled objects the reader kept opaque (torch_pickle.Opaque) inside obj."""
+    if _is_opaque(obj):
+        out.append(f"{path or '<top>'} ({obj.qualname})")
+    elif isinstance(obj, Mapping) and depth < 16:
+        for k, v in obj.items():
+            _opaque_in(v, f"{path}[{k!r}]", out, depth + 1)
+    elif isinstance(obj, (list, tuple)) and depth < 16:
+        for i, v in enumerate(obj):
+            _opaque_in(v, f"{path}[{i}]", out, depth + 1)
+
+
+def _refuse_opaque(sd: Mapping, source: str) -> None:
+    """A pickled object of another class inside the state_dict itself is refused (it would be
+    a tensor's place); elsewhere in a checkpoint (Lightning's hyper-parameters ...) it is not read."""
+    found: list[str] = []
+    _opaque_in(sd, "", found)
+    if found:
+        raise FormatError(
+            f"{source}: refused the pickled object(s) {found[:5]} in the state_dict: it holds tensors "
+            "only (nothing of a checkpoint is imported or run)"
+        )
 
 
 def _strip_wrappers(keys: list[str]) -> str:
@@ -644,6 +680,7 @@ def spec_from_state_dict(
         An ambiguous, inconsistent or partly unused state_dict.
     """
     sd, _ = _select_state_dict(state_dict, source)
+    _refuse_opaque(sd, source)
     sd, strip = _normalize(sd, source)
     if not ordered:
         sd = {k: sd[k] for k in sorted(sd, key=_natural_key)}
@@ -729,7 +766,7 @@ def spec_from_checkpoint(path: str | os.PathLike, arch: Any = None) -> ModelSpec
     elif ext in TORCH_EXTENSIONS:
         from .torch_pickle import load_torch_file
 
-        obj = load_torch_file(p)
+        obj = load_torch_file(p, opaque=True)  # other pickled objects kept as inert records
         ordered = True
     else:
         raise StreamRNNError(

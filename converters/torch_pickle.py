@@ -15,7 +15,11 @@ from the ``data/<key>`` records and never import torch. Any other global (``os.s
 ``builtins.eval``, a model class, ``numpy`` reconstructors ...) is refused with a
 :class:`~streamrnn.errors.FormatError` naming it, before anything is called; ``BUILD`` (the
 ``__setstate__`` hook) is only honoured on the ``OrderedDict`` of a state_dict, where it is a
-no-op. Tensors come back as numpy arrays (bfloat16 widened to float32, big-endian files
+no-op. With ``opaque=True`` (how checkpoints are read), a global outside ``_REFUSED_MODULES``
+becomes an :class:`Opaque` record instead: REDUCE / NEWOBJ / BUILD / SETITEMS on it record
+their arguments, its class is never imported and nothing of it is called; the checkpoint
+reader refuses such records inside the state_dict and ignores them elsewhere (a Lightning
+checkpoint's hyper-parameters). Tensors come back as numpy arrays (bfloat16 widened to float32, big-endian files
 byte-swapped to native order).
 
 Example
@@ -198,6 +202,70 @@ def _allowed_global(module: str, name: str) -> Any:
     return None
 
 
+#: modules whose globals are refused even where other unknown objects are kept opaque: a
+#: checkpoint has no reason to name them (a file that does is hostile or broken), and a whole
+#: pickled model (torch.nn, TorchScript) deserves the hint to save its state_dict instead
+_REFUSED_MODULES = (
+    "builtins", "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy",
+    "code", "codeop", "pickle", "_pickle", "copyreg", "marshal", "types", "ctypes", "functools",
+    "operator", "io", "pty", "signal", "multiprocessing", "asyncio", "threading", "webbrowser",
+    "tempfile", "glob", "inspect", "gc", "__torch__", "torch.nn", "torch.jit", "torch.fx",
+)
+
+
+#: builtins a hyper-parameter may name (a complex, a range, defaultdict(list) ...): kept opaque
+#: like other classes; every other builtin (eval, exec, getattr, open, __import__ ...) is refused
+_INERT_BUILTINS = frozenset(("complex", "list", "dict", "tuple", "slice", "range", "bytearray", "bytes", "int",
+                             "float", "str", "bool", "object"))
+
+
+def _refused_module(module: str, name: str) -> bool:
+    if module == "builtins" and name in _INERT_BUILTINS:
+        return False
+    return any(module == m or module.startswith(m + ".") for m in _REFUSED_MODULES)
+
+
+class Opaque:
+    """A pickled object of a class this reader does not rebuild (a Lightning ``AttributeDict``
+    of hyper-parameters, an ``argparse.Namespace`` ...): the class's dotted name and the data
+    the pickle gave it, recorded. The class is never imported and nothing of it is called; a
+    checkpoint may hold such objects outside its state_dict, which ignores them."""
+
+    __slots__ = ("qualname", "args", "state", "items")
+
+    def __init__(self, qualname: str, args: tuple = ()):
+        self.qualname, self.args, self.state, self.items = qualname, args, None, {}
+
+    def __setitem__(self, key: Any, value: Any) -> None:  # SETITEM(S) of a dict subclass
+        self.items[key] = value
+
+    def append(self, value: Any) -> None:  # APPEND(S) of a list subclass
+        self.items[len(self.items)] = value
+
+    def extend(self, values: Any) -> None:
+        for v in values:
+            self.append(v)
+
+    def __repr__(self) -> str:
+        return f"<pickled {self.qualname}, not rebuilt>"
+
+
+class _OpaqueClass:
+    """``find_class``'s stand-in for a global it does not know: calling it (REDUCE, NEWOBJ, INST)
+    records an :class:`Opaque`, whatever the arguments."""
+
+    __slots__ = ("qualname",)
+
+    def __init__(self, qualname: str):
+        self.qualname = qualname
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Opaque:
+        return Opaque(self.qualname, args)
+
+    def __repr__(self) -> str:
+        return f"<pickled global {self.qualname}, not imported>"
+
+
 # ---------------------------------------------------------------------------------------------
 # The restricted unpickler
 # ---------------------------------------------------------------------------------------------
@@ -208,10 +276,12 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcod
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, data: bytes, load_storage: Callable[[StorageType, str, int], np.ndarray], where: str):
+    def __init__(self, data: bytes, load_storage: Callable[[StorageType, str, int], np.ndarray], where: str,
+                 opaque: bool = False):
         super().__init__(io.BytesIO(data), fix_imports=True, encoding="utf-8")
         self._load_storage = load_storage
         self._where = where
+        self._opaque = opaque  # unknown globals (outside _REFUSED_MODULES) become _OpaqueClass
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol 2 spells builtins "__builtin__"
@@ -219,6 +289,8 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcod
         elif module in _compat_pickle.IMPORT_MAPPING:
             module = _compat_pickle.IMPORT_MAPPING[module]
         obj = _allowed_global(module, name)
+        if obj is None and self._opaque and not _refused_module(module, name):
+            return _OpaqueClass(f"{module}.{name}")
         if obj is None:
             hint = ""
             if module.startswith("__torch__"):
@@ -242,18 +314,38 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcod
         return self._load_storage(stype, key, _as_int(numel, "storage numel"))
 
     def load_build(self) -> None:
-        """``BUILD``: honoured only as the (ignored) ``_metadata`` of a state_dict's OrderedDict."""
+        """``BUILD``: honoured only as the (ignored) ``_metadata`` of a state_dict's OrderedDict,
+        and recorded on an :class:`Opaque` (never a ``__setstate__`` of the pickle's choosing)."""
         stack = self.stack
         state = stack.pop()
         inst = stack[-1]
         if isinstance(inst, collections.OrderedDict) and isinstance(state, (dict, tuple, type(None))):
             return  # torch.save puts the state_dict's _metadata (versions) here; not needed
+        if isinstance(inst, Opaque):
+            inst.state = state
+            return
         raise FormatError(
             f"{self._where}: refused BUILD (__setstate__) on a {type(inst).__name__}: only the "
             "OrderedDict of a state_dict may carry state"
         )
 
     dispatch[pickle.BUILD[0]] = load_build
+
+    def load_newobj(self) -> None:
+        """``NEWOBJ`` (``cls.__new__(cls, *args)``): an Opaque for an unknown class; otherwise as
+        pickle does, for the few allowed classes (OrderedDict, set ...)."""
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(cls(*args) if isinstance(cls, _OpaqueClass) else cls.__new__(cls, *args))
+
+    def load_newobj_ex(self) -> None:
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(cls(*args) if isinstance(cls, _OpaqueClass) else cls.__new__(cls, *args, **kwargs))
+
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,13 +370,17 @@ def _check_magic(path: str, head: bytes) -> None:
     )
 
 
-def load_torch_file(path: str | os.PathLike) -> Any:
+def load_torch_file(path: str | os.PathLike, *, opaque: bool = False) -> Any:
     """Unpickle a ``torch.save`` zip file into plain Python containers of numpy arrays.
 
     Parameters
     ----------
     path : str or PathLike
         A file written by ``torch.save`` (zip format).
+    opaque : bool
+        False: any global beyond tensors and plain containers is refused. True: one outside
+        ``_REFUSED_MODULES`` comes back as an :class:`Opaque` record instead (its class never
+        imported, nothing of it run), for the caller to refuse where it matters (the state_dict).
 
     Returns
     -------
@@ -313,10 +409,10 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise FormatError(f"path: {p!r} is a truncated or corrupt zip archive ({e})") from None
     with zf:
-        return _load_from_zip(p, zf)
+        return _load_from_zip(p, zf, opaque)
 
 
-def _load_from_zip(p: str, zf: zipfile.ZipFile) -> Any:
+def _load_from_zip(p: str, zf: zipfile.ZipFile, opaque: bool = False) -> Any:
     names = zf.namelist()
     pkls = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
     if not pkls and "data.pkl" in names:
@@ -377,7 +473,7 @@ def _load_from_zip(p: str, zf: zipfile.ZipFile) -> Any:
     data = read(pkls[0], MAX_PICKLE_BYTES)
     where = f"path {p!r}"
     try:
-        return _RestrictedUnpickler(data, load_storage, where).load()
+        return _RestrictedUnpickler(data, load_storage, where, opaque).load()
     except FormatError:
         raise
     except RecursionError:

@@ -338,6 +338,70 @@ def test_hostile_pickle_is_refused_and_never_runs(tmp_path, how):
     assert not marker.exists()
 
 
+def _lightning_like_module(monkeypatch):
+    """A stand-in ``lightning.fabric.utilities.data.AttributeDict`` (lightning is not installed
+    here): a dict subclass, pickled by class name like the real one."""
+    import types
+
+    names = ["lightning", "lightning.fabric", "lightning.fabric.utilities", "lightning.fabric.utilities.data"]
+    mods = {n: types.ModuleType(n) for n in names}
+    for n, m in mods.items():
+        monkeypatch.setitem(sys.modules, n, m)
+
+    class AttributeDict(dict):
+        def __setstate__(self, state):  # what the pickle could ask for: never called by the reader
+            _write_marker(state["marker"])
+
+    AttributeDict.__module__, AttributeDict.__qualname__ = names[-1], "AttributeDict"
+    mods[names[-1]].AttributeDict = AttributeDict
+    return AttributeDict
+
+
+def test_lightning_checkpoint_with_pickled_objects_outside_the_state_dict(tmp_path, monkeypatch, caplog):
+    """A Lightning .ckpt pickles more than tensors: hyper-parameters as an AttributeDict, an
+    argparse.Namespace, callback states. Those entries are kept as inert records (their classes
+    never imported, nothing called) and ignored; the model comes from the 'state_dict' entry.
+    Before, the whole file was refused. In the state_dict itself such an object is refused,
+    and os / builtins globals anywhere still are."""
+    import argparse
+    import logging
+
+    AttributeDict = _lightning_like_module(monkeypatch)
+    marker = tmp_path / "marker.txt"
+    hp = AttributeDict(hidden=6, layers=2, args=argparse.Namespace(lr=1e-3, path=str(tmp_path)))
+    hp.marker = str(marker)  # were __setstate__ run, it would write the marker
+    net = make_net("lstm", 2)
+    sd = {"model." + k: v for k, v in net.state_dict().items()}
+    ckpt = {"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.4.0", "state_dict": sd,
+            "hyper_parameters": hp, "hparams_name": "kwargs",
+            "callbacks": {"ModelCheckpoint{'monitor': 'val_loss'}": {"best_model_score": torch.tensor(0.25),
+                                                                    "dirpath": str(tmp_path)}},
+            "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(4)}},
+                                  "param_groups": [{"lr": 1e-3, "params": [0]}]}],
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 3}}}}}
+    path = tmp_path / "m.ckpt"
+    torch.save(ckpt, path)
+    with caplog.at_level(logging.INFO, logger="streamrnn"):
+        model = srnn.load(path)
+    assert "not rebuilt and not run" in caplog.text and "AttributeDict" in caplog.text
+    X = np.random.default_rng(9).standard_normal((2, 5, net.rnn.input_size)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(X)).numpy()
+    assert_close(model.run(X), want)
+    assert not marker.exists()
+    with pytest.raises(FormatError, match="refused to load global lightning"):
+        load_torch_file(path)  # the reader alone, by default: plain containers only
+    # inside the state_dict: refused, naming the object
+    torch.save({"state_dict": dict(sd, **{"model.extra": AttributeDict(a=1)})}, path)
+    with pytest.raises(FormatError, match=r"refused the pickled object\(s\) .*model.extra.*AttributeDict"):
+        srnn.load(path)
+    # a global of os / builtins is refused wherever it is
+    torch.save({"state_dict": sd, "hyper_parameters": _Evil(os.system, (f"touch {marker}",))}, path)
+    with pytest.raises(FormatError, match="refused to load global .*system"):
+        srnn.load(path)
+    assert not marker.exists()
+
+
 def test_whole_module_pickle_is_refused(tmp_path):
     torch.save(make_net("gru", 2), tmp_path / "whole.pt")  # pickles the classes themselves
     with pytest.raises(FormatError, match="state_dict"):
