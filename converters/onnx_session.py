@@ -34,14 +34,41 @@ class NodeArg:
     type: str
 
 
+def _device_for(providers: Any) -> str:
+    """onnxruntime's ``providers`` -> the device of the recurrent nodes: the first of them that
+    can be used here ("CUDAExecutionProvider": a GPU, or numba's simulator; the CPU always)."""
+    if providers is None:
+        return "cpu"
+    for p in providers:
+        name = p[0] if isinstance(p, (tuple, list)) and p else p
+        if name == "CPUExecutionProvider":
+            return "cpu"
+        if name == "CUDAExecutionProvider":
+            try:
+                from ..engine.cuda_runtime import check_device
+
+                check_device()
+                return "cuda"
+            except StreamRNNError as e:
+                log.warning("InferenceSession: CUDAExecutionProvider asked for and not available, "
+                            "trying the next provider (%s)", e)
+                continue
+        log.warning("InferenceSession: provider %r is not available in streamrnn, trying the next", name)
+    return "cpu"
+
+
 class InferenceSession:
     """Run an ONNX model with onnxruntime's API (``run``, ``get_inputs``, ``get_outputs``).
 
     Parameters
     ----------
     path_or_bytes : path of a ``.onnx`` file, its bytes, or an ``onnx.ModelProto``.
-    sess_options, providers, provider_options, **kwargs : accepted for onnxruntime
-        compatibility and ignored (streamrnn always runs on its CPU kernels here).
+    providers : onnxruntime's list of execution providers (names, or (name, options) pairs),
+        in order of preference: ``"CUDAExecutionProvider"`` runs the recurrent nodes on the
+        CUDA engine (``device="cuda"``) where a GPU is there, ``"CPUExecutionProvider"`` on the
+        CPU; one that cannot be used is skipped with a warning, as onnxruntime does. Default:
+        the CPU.
+    sess_options, provider_options, **kwargs : accepted for onnxruntime compatibility, ignored.
 
     Raises
     ------
@@ -54,6 +81,7 @@ class InferenceSession:
         self._graph = Graph(self._proto)
         self._inputs = {vi.name: vi for vi in self._graph.inputs}
         self._outputs = [vi.name for vi in self._graph.outputs]
+        self._device = _device_for(providers)
         log.debug("InferenceSession %r: %d nodes in the file, %d left after constant folding",
                   self._graph.name, len(self._proto.graph.node), len(self._graph.nodes))
 
@@ -65,7 +93,8 @@ class InferenceSession:
         return [NodeArg(v.name, list(v.shape or []), v.type) for v in self._graph.outputs]
 
     def get_providers(self) -> list[str]:
-        return ["CPUExecutionProvider"]
+        """The providers in use, as onnxruntime lists them."""
+        return (["CUDAExecutionProvider"] if self._device == "cuda" else []) + ["CPUExecutionProvider"]
 
     def run(self, output_names: Iterable[str] | None, input_feed: Mapping[str, Any],
             run_options: Any = None) -> list[np.ndarray]:
@@ -83,7 +112,7 @@ class InferenceSession:
             if vi is None:
                 raise StreamRNNError(f"input_feed: expected names among {sorted(self._inputs)}, got {k!r}")
             feeds[k] = self._check_feed(vi, v)
-        vals, _ = self._graph.evaluate(feeds, names)
+        vals, _ = self._graph.evaluate(feeds, names, device=self._device)
         return [np.array(vals[n], copy=True) for n in names]
 
     @staticmethod

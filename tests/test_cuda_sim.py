@@ -1045,6 +1045,19 @@ _CASES = {
                 check_run(mc, mg, dtype, what=what)
                 check_stream(mc, mg, dtype)
                 check_pool(mc, mg, dtype)
+            # onnxruntime's providers list picks the CUDA engine for the session's recurrent nodes
+            from streamrnn.engine.cuda import CudaEngine
+            calls = []
+            run0 = CudaEngine.run
+            CudaEngine.run = lambda self, *a, **k: calls.append(1) or run0(self, *a, **k)
+            try:
+                sg = srnn.InferenceSession(proto, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                assert sg.get_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                close(sg.run(None, {"x": X.transpose(1, 0, 2)})[0], want.transpose(1, 0, 2), "float32",
+                      f"residual={residual} InferenceSession on CUDA vs onnxruntime")
+                assert calls, "the session's LSTM did not run on the CUDA engine"
+            finally:
+                CudaEngine.run = run0
     """,
     # The persistent step kernel (STREAMRNN_CUDA_PERSIST=1, engine/persist.py): one-row steps
     # served by one launch that runs every layer's row-tile body over that layer's grid (in the

@@ -270,3 +270,36 @@ def test_external_data_outside_the_folder_or_the_file_is_refused(tmp_path):
             srnn.load(bad)
         with pytest.raises(FormatError, match=msg):
             srnn.InferenceSession(str(bad))
+
+
+def test_session_providers_as_onnxruntime(caplog):
+    """providers: the first usable one is taken; CUDAExecutionProvider without a GPU (and any
+    provider streamrnn lacks) is skipped with a warning, as onnxruntime does. (On the CUDA
+    engine: tests/test_cuda_sim.py, case onnx_cuda.)"""
+    import logging
+
+    from streamrnn.engine import cuda_runtime
+
+    x = np.random.default_rng(5).standard_normal((4, 2, 2)).astype(np.float32)
+    want = srnn.InferenceSession(_lstm_model()).run(None, {"x": x})[0]
+    try:
+        cuda_runtime.check_device()
+        gpu = True
+    except StreamRNNError:
+        gpu = False
+    cases = [(None, False), (["CPUExecutionProvider", "CUDAExecutionProvider"], False),
+             (["TensorrtExecutionProvider", "CPUExecutionProvider"], False)]
+    if not gpu:
+        cases += [(["CUDAExecutionProvider", "CPUExecutionProvider"], True),
+                  ([("CUDAExecutionProvider", {"device_id": 0})], True)]
+    for providers, warns in cases:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="streamrnn"):
+            sess = srnn.InferenceSession(_lstm_model(), providers=providers)
+        assert sess.get_providers() == ["CPUExecutionProvider"], providers
+        assert ("CUDAExecutionProvider asked for and not available" in caplog.text) == warns, (providers, caplog.text)
+        np.testing.assert_array_equal(sess.run(None, {"x": x})[0], want)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streamrnn"):
+        srnn.InferenceSession(_lstm_model(), providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert "'TensorrtExecutionProvider' is not available in streamrnn" in caplog.text
