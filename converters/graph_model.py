@@ -85,14 +85,16 @@ class GraphModel:
         """X3 (B, T, I), st (B, S) or None (fresh) -> (Y (B, T, O), final state (B, S))."""
         p, g = self.plan, self.graph
         B, T = X3.shape[:2]
-        if p.fixed_T is not None and T != p.fixed_T:
-            raise ShapeError(f"X: expected {p.fixed_T} frames (the graph fixes its time dimension), got {T}")
         if B == 0 or T == 0:  # no frames: no outputs, every state as it was
             init = st if st is not None else self._fresh(B) if B else np.zeros((0, self.state_size), self.dtype)
             if init is None:
                 raise ShapeError(f"X: expected at least one frame (this graph computes its initial state from "
                                  f"its input), got shape {X3.shape}")
             return np.zeros((B, T, self.output_size), self.dtype), np.array(init, dtype=self.dtype)
+        if p.fixed_T == 1 and T > 1:  # a graph of one frame (a step exported for streaming)
+            return self._frame_by_frame(X3, st, lengths)
+        if p.fixed_T is not None and T != p.fixed_T:
+            raise ShapeError(f"X: expected {p.fixed_T} frames (the graph fixes its time dimension), got {T}")
         if p.per_item and B != 1:
             parts = [self._forward(X3[b : b + 1], None if st is None else st[b : b + 1],
                                    None if lengths is None else lengths[b : b + 1]) for b in range(B)]
@@ -118,6 +120,26 @@ class GraphModel:
                 final[:, r.offset : r.offset + r.size] = f
         return Y, final
 
+    def _frame_by_frame(self, X3: np.ndarray, st: np.ndarray | None, lengths: np.ndarray | None):
+        """A graph whose time dimension is fixed to 1, over T frames: one frame at a time, the
+        recurrent state carried; past its length a sequence's output is 0 and its state kept."""
+        B, T = X3.shape[:2]
+        if st is None:
+            st = self._fresh(B)
+            if st is None and lengths is not None and (lengths == 0).any():
+                raise StreamRNNError("lengths: expected at least 1 frame per sequence (this graph computes its "
+                                     "initial state from its input), got a length of 0")
+        Ys = []
+        for t in range(T):
+            Y, fin = self._forward(X3[:, t : t + 1], st, None)
+            if lengths is not None and st is not None:
+                done = lengths <= t
+                Y[done] = 0
+                fin[done] = st[done]
+            Ys.append(Y)
+            st = fin
+        return np.concatenate(Ys, axis=1), st
+
     def _check_streamable(self) -> str | None:
         p = self.plan
         bad = [r.node.name for r in p.rec if r.node.op.direction != "forward"]
@@ -125,7 +147,7 @@ class GraphModel:
             return f"reverse or bidirectional recurrent nodes {bad} need the future of the sequence"
         if any(r.fresh is None for r in p.rec):
             return "the graph computes the recurrent nodes' initial state"
-        if p.fixed_T is not None:
+        if p.fixed_T not in (None, 1):  # fixed to 1: a step, streamed one frame at a time
             return f"the graph's time dimension is fixed to {p.fixed_T}"
         rng = np.random.default_rng(1)
         B = 1 if p.per_item else 2

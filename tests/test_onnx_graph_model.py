@@ -381,3 +381,53 @@ def test_graph_model_edges_as_a_chain_model():
         assert y is out
         np.testing.assert_allclose(out, lone.step(X[1, t]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pool.get_state([b]).data, lone.state.data, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_single_step_export_of_a_graph_streams(dynamic_batch):
+    """A graph that is not a chain (a residual connection), exported as one time step (T fixed
+    to 1, h / c in and out; the natural export for streaming): before, stream() and pool()
+    refused it ("time dimension is fixed to 1") and run() took T = 1 only. Now it runs frame
+    by frame, the state carried: run over any T (ragged lengths too), stream, push, pool, all
+    equal to PyTorch on the whole sequence."""
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.fc = torch.nn.LSTM(4, 4, batch_first=True), torch.nn.Linear(4, 3)
+
+        def forward(self, x, h, c):
+            y, (h2, c2) = self.rnn(x, (h, c))
+            return self.fc(y + x), h2, c2
+
+    torch.manual_seed(12)
+    net = Step().eval()
+    f = io.BytesIO()
+    axes = {"x": {0: "b"}, "h": {1: "b"}, "c": {1: "b"}, "y": {0: "b"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 1, 4), torch.zeros(1, 1, 4), torch.zeros(1, 1, 4)), f,
+                          input_names=["x", "h", "c"], output_names=["y", "hn", "cn"], dynamic_axes=axes,
+                          dynamo=False, opset_version=17)
+    model = srnn.from_onnx(f.getvalue(), state_map={"h": "hn", "c": "cn"})
+    assert isinstance(model, GraphModel) and model.plan.fixed_T == 1 and model.streamable
+    X = np.random.default_rng(13).normal(size=(3, 7, 4)).astype(np.float32)
+    z = torch.zeros(1, 3, 4)
+    with torch.no_grad():
+        want = net(torch.from_numpy(X), z, z)[0].numpy()
+    np.testing.assert_allclose(model.run(X), want, rtol=1e-5, atol=1e-5)
+    s = model.stream()
+    np.testing.assert_allclose(np.stack([s.step(x) for x in X[1]]), want[1], rtol=1e-5, atol=1e-5)
+    s.reset()
+    np.testing.assert_allclose(np.concatenate([s.push(X[1, :3]), s.push(X[1, 3:])]), want[1], rtol=1e-5, atol=1e-5)
+    pool = model.pool(4)
+    ids = pool.open(3)
+    Y = np.stack([pool.step(ids, X[:, t]) for t in range(7)], axis=1)
+    np.testing.assert_allclose(Y, want, rtol=1e-5, atol=1e-5)
+    L = np.array([7, 2, 0])
+    Yl, st = model.run(X, lengths=L, return_state=True)
+    np.testing.assert_allclose(Yl[0], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(Yl[1, :2], want[1, :2], rtol=1e-5, atol=1e-5)
+    assert not Yl[1, 2:].any() and not Yl[2].any() and not st.data[2].any()
+    _, st1 = model.run(X[1, :2], return_state=True)
+    np.testing.assert_allclose(st.data[1], st1.data, rtol=1e-5, atol=1e-6)
