@@ -70,7 +70,7 @@ class GraphModel:
         lines = [f"{self.graph.name}: ONNX graph model, input {self.input_size} -> output {self.output_size}"]
         for n in self.graph.nodes:
             lines.append(f"  {n.op_type:<16} {n.name}")
-        lines.append(f"  state floats/stream={self.state_size}  streamable="
+        lines.append(f"  parameters={self.num_params()}  state floats/stream={self.state_size}  streamable="
                      + ("yes" if self.streamable else f"no ({self._stream_why})"))
         return "\n".join(lines)
 

@@ -139,7 +139,7 @@ def _inspect_graph(args: argparse.Namespace, model) -> int:
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK
     print(model)
-    print(f"  parameters: {info['parameters']}   weights: {_fmt_bytes(info['weight_bytes'])} as {model.dtype}   "
+    print(f"  weights: {_fmt_bytes(info['weight_bytes'])} as {model.dtype}   "
           f"state per stream: {S} floats ({_fmt_bytes(S * isz)})")
     if why is None:
         print("  runs: model.run (offline), model.stream().step (one stream), model.pool().step (many streams)")

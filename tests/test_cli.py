@@ -210,7 +210,7 @@ def test_every_command_on_a_graph_model(tmp_path, capsys):
     assert [r["op"] for r in info["recurrent_nodes"]] == ["LSTM"] and {"op": "Add", "name": "/Add"} in info["nodes"]
     assert main(["inspect", path]) == 0
     text = capsys.readouterr().out
-    assert "ONNX graph model" in text and f"parameters: {n_params}" in text and "model.pool().step" in text
+    assert "ONNX graph model" in text and f"parameters={n_params}" in text and "model.pool().step" in text
     assert main(["convert", path, "-o", str(tmp_path / "r.srnn")]) == 2
     assert "no .srnn form" in capsys.readouterr().err and not (tmp_path / "r.srnn").exists()
     assert main(["bench", path, "--streams", "3", "--steps", "20", "--json", "--no-progress"]) == 0
