@@ -32,6 +32,7 @@ import _compat_pickle
 import collections
 import io
 import logging
+import math
 import os
 import pickle
 import zipfile
@@ -128,7 +129,7 @@ def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any
     steps = tuple(_as_int(s, "tensor stride") for s in stride)
     if off < 0 or any(s < 0 for s in shape) or any(s < 0 for s in steps):
         raise FormatError(f"tensor: expected non-negative offset/size/stride, got {off}, {shape}, {steps}")
-    numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    numel = math.prod(shape)  # Python ints: a huge size cannot wrap to a small one
     if numel == 0:
         return np.zeros(shape, dtype=storage.dtype)
     last = off + sum((n - 1) * s for n, s in zip(shape, steps))

@@ -8,6 +8,7 @@ Reading parses the header with bounds checks and memory-maps the data: no pickle
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from typing import Any
@@ -68,6 +69,13 @@ def save_srnn(spec: ModelSpec, path: str | os.PathLike) -> None:
             os.remove(tmp)
 
 
+def _json_int(v: Any) -> int:
+    """An int of a safetensors header (not a bool, a float or a string that looks like one)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an int, got {v!r}")
+    return v
+
+
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     """bfloat16 bits (uint16) -> float32, exactly: the bf16 bits are the top half of a float32."""
     return (raw.astype(np.uint32) << np.uint32(16)).view(np.float32)
@@ -94,6 +102,8 @@ def read_safetensors(path: str, *, mmap: bool = True) -> tuple[dict[str, np.ndar
     if not isinstance(header, dict):
         raise FormatError(f"path: {path!r} header: expected a JSON object, got {type(header).__name__}")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise FormatError(f"path: {path!r} header: expected __metadata__ to be a JSON object, got {type(meta).__name__}")
     data_start, data_len = 8 + n, size - 8 - n
     buf = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start, shape=(data_len,)) if (mmap and data_len) else None
     if buf is None and data_len:
@@ -107,11 +117,11 @@ def read_safetensors(path: str, *, mmap: bool = True) -> tuple[dict[str, np.ndar
                               f"got {info['dtype']}")
         try:
             dt = _ST_DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            a, b = (int(v) for v in info["data_offsets"])
+            shape = tuple(_json_int(s) for s in info["shape"])
+            a, b = (_json_int(v) for v in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"path: {path!r} tensor {name!r}: bad header entry ({e!r})") from None
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+        nbytes = math.prod(shape) * np.dtype(dt).itemsize  # Python ints: no overflow to a small size
         if not (0 <= a <= b <= data_len) or b - a != nbytes or any(s < 0 for s in shape):
             raise FormatError(f"path: {path!r} tensor {name!r}: offsets {a}..{b} do not fit shape {shape} in {data_len} data bytes")
         arr = (buf[a:b] if nbytes else np.zeros(0, np.uint8)).view(np.dtype(dt).newbyteorder("<")).reshape(shape)

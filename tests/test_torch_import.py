@@ -738,3 +738,36 @@ def test_directory_is_refused(tmp_path):
     d.mkdir()
     with pytest.raises(StreamRNNError):
         srnn.load(d)
+
+
+def test_huge_tensor_sizes_are_refused_not_wrapped():
+    """A size whose element count overflows int64 wrapped to a small number (0 for (2**62, 4)):
+    the reader then tried to allocate the real size (ValueError, MemoryError). Counted in
+    Python ints now: refused as too large for its storage."""
+    from streamrnn.converters.torch_pickle import _rebuild_tensor_v2
+
+    for shape in ((2**62, 4), (2**32 + 1, 2**32), (2**64,)):
+        with pytest.raises(FormatError, match="expands its storage of 16 elements too far"):
+            _rebuild_tensor_v2(np.zeros(16, np.float32), 0, shape, (0,) * len(shape))
+
+
+@pytest.mark.parametrize("header, msg", [
+    ({"w": {"dtype": "F32", "shape": [2**62, 4], "data_offsets": [0, 0]}}, "do not fit shape"),
+    ({"w": {"dtype": "F32", "shape": [2**31, 2**31, 4], "data_offsets": [0, 0]}}, "do not fit shape"),
+    ({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}, "expected an int, got 1.5"),
+    ({"w": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, "expected an int, got True"),
+    ({"w": {"dtype": "F32", "shape": [1], "data_offsets": ["0", "4"]}}, "expected an int, got '0'"),
+    ({"__metadata__": [1], "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, "__metadata__"),
+])
+def test_hostile_safetensors_headers(tmp_path, header, msg):
+    """Sizes that overflowed int64 (to 0: the header then "fit" an empty range and numpy raised
+    ValueError), non-int sizes and offsets taken by int(), a non-object __metadata__
+    (AttributeError): each a FormatError now."""
+    import json
+    import struct
+
+    h = json.dumps(header).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(h)) + h + b"\0" * 4)
+    with pytest.raises(FormatError, match=msg):
+        srnn.load(path)
