@@ -148,5 +148,5 @@ def load_srnn(path: str) -> ModelSpec:
         return ModelSpec.from_json(d, tensors)
     except FormatError:
         raise
-    except (KeyError, TypeError, json.JSONDecodeError, StreamRNNError) as e:
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # ValueError: StreamRNNError, JSON too
         raise FormatError(f"path: {path!r} holds a bad architecture ({e})") from None

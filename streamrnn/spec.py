@@ -71,6 +71,12 @@ USES_ALPHA = frozenset({"Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh", 
 USES_BETA = frozenset({"Affine", "ScaledTanh", "HardSigmoid"})
 
 
+def _json_number(v: Any, what: str) -> None:
+    """A number of a .srnn file's architecture, or null (not a string, not a bool)."""
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        raise StreamRNNError(f"{what}: expected a number or null, got {v!r:.60}")
+
+
 @dataclass(frozen=True)
 class Activation:
     """An elementwise activation with ONNX semantics, e.g. ``Activation("LeakyRelu", 0.1)``."""
@@ -101,6 +107,10 @@ class Activation:
     def from_json(cls, d: Any) -> "Activation":
         if isinstance(d, str):
             return cls(d)
+        if not isinstance(d, dict):
+            raise StreamRNNError(f"activation: expected a name or an object, got {d!r:.60}")
+        for k in ("alpha", "beta"):
+            _json_number(d.get(k), f"activation {d.get('name')!r}.{k}")
         return cls(d["name"], d.get("alpha"), d.get("beta"))
 
     def __repr__(self) -> str:
@@ -546,8 +556,17 @@ class ModelSpec:
     def from_json(cls, d: dict[str, Any], tensors: dict[str, np.ndarray]) -> "ModelSpec":
         layers = []
         used = set()
+        if not isinstance(d.get("layers"), list):
+            raise StreamRNNError(f"layers: expected a list, got {type(d.get('layers')).__name__}")
         for i, h in enumerate(d["layers"]):
+            if not isinstance(h, dict):
+                raise StreamRNNError(f"layers[{i}]: expected an object, got {h!r:.60}")
             h = dict(h)
+            # a file's flags and numbers as JSON says them: bool("no") would be True
+            for k in ("input_forget", "linear_before_reset"):
+                if k in h and not isinstance(h[k], bool):
+                    raise StreamRNNError(f"layers[{i}].{k}: expected true or false, got {h[k]!r:.60}")
+            _json_number(h.get("clip"), f"layers[{i}].clip")
             typ = LAYER_TYPES.get(h.pop("type", None))
             if typ is None:
                 raise StreamRNNError(f"layers[{i}].type: expected one of {sorted(LAYER_TYPES)}, got {h!r}")
@@ -565,4 +584,7 @@ class ModelSpec:
         unused = sorted(set(tensors) - used)
         if unused:
             raise StreamRNNError(f"tensors: expected every tensor to belong to a layer, unused: {unused}")
-        return cls(tuple(layers), name=d.get("name", "model"), metadata=d.get("metadata", {}))
+        name, meta = d.get("name", "model"), d.get("metadata", {})
+        if not isinstance(name, str) or not isinstance(meta, dict):
+            raise StreamRNNError(f"name / metadata: expected a string and an object, got {name!r:.40} / {meta!r:.40}")
+        return cls(tuple(layers), name=name, metadata=meta)

@@ -66,6 +66,31 @@ def test_bad_files(tmp_path):
         srnn.load(tmp_path / "x.txt")
 
 
+def _lstm_arch(mutate):
+    spec = srnn.ModelSpec((srnn.LSTMLayer(2, 3, np.ones((1, 12, 2)), np.ones((1, 12, 3))),)).to_json()
+    mutate(spec)
+    return json.dumps(spec)
+
+
+@pytest.mark.parametrize("mutate, msg", [
+    (lambda d: d["layers"][0].update(input_forget="no"), "input_forget: expected true or false, got 'no'"),
+    (lambda d: d["layers"][0].update(clip="1"), "clip: expected a number or null, got '1'"),
+    (lambda d: d["layers"][0]["activations"][0].update(alpha="x"), r"\.alpha: expected a number or null, got 'x'"),
+    (lambda d: d.update(layers={"a": 1}), "layers: expected a list, got dict"),
+    (lambda d: d.update(layers=[1]), r"layers\[0\]: expected an object, got 1"),
+    (lambda d: d.update(metadata=[1]), "name / metadata"),
+])
+def test_hostile_architecture_is_refused(tmp_path, mutate, msg):
+    """A .srnn architecture is read as JSON says it: a flag "no" was bool("no") = True (a
+    silent misread), "1" a clip of 1.0; a string alpha or a non-list of layers raised a plain
+    ValueError / AttributeError. Each a FormatError naming the field now."""
+    good = tmp_path / "good.srnn"
+    srnn.Model(srnn.ModelSpec((srnn.LSTMLayer(2, 3, np.ones((1, 12, 2)), np.ones((1, 12, 3))),))).save(good)
+    _rewrite_meta(good, tmp_path / "bad.srnn", spec=_lstm_arch(mutate))
+    with pytest.raises(srnn.FormatError, match=msg):
+        srnn.load(tmp_path / "bad.srnn")
+
+
 def test_srnn_readable_by_safetensors(tmp_path):
     st = pytest.importorskip("safetensors.numpy")
     model = srnn.Model(rand_spec(np.random.default_rng(1), n_rec=2))
