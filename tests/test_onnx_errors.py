@@ -102,6 +102,11 @@ def test_unsupported_attribute_and_values():
     soft = helper.make_node("Softmax", ["ys"], ["s"], name="sm", axis=-1, bogus=1)
     with pytest.raises(UnsupportedError, match="sm.*bogus"):
         srnn.from_onnx(_lstm_model([soft]))
+    for hs in (0, -3):  # was a shape error about W (-3) or taken as "absent" (0); onnxruntime refuses both
+        m = _lstm_model()
+        next(a for a in m.graph.node[0].attribute if a.name == "hidden_size").i = hs
+        with pytest.raises(StreamRNNError, match=f"my_lstm.*hidden_size: expected a positive int, got {hs}"):
+            srnn.from_onnx(m)
 
 
 def test_old_opset_refused():

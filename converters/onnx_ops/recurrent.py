@@ -99,6 +99,8 @@ class RecurrentOp(Op):
             raise node.unsupported(f"layout: expected 0 or 1, got {self.layout}")
         hs = node.attr("hidden_size")
         self.hidden_size = None if hs is None else int(hs)
+        if self.hidden_size is not None and self.hidden_size <= 0:
+            raise StreamRNNError(f"{node.label}: hidden_size: expected a positive int, got {self.hidden_size}")
         self.acts = resolve_activations(
             node.attr("activations"), node.attr("activation_alpha"), node.attr("activation_beta"),
             defaults, self.ndir, node.label,
