@@ -45,12 +45,13 @@ class GraphModel:
         self._stream_why = self._check_streamable()
 
     # -- description -----------------------------------------------------------------------
-    input_size = property(lambda self: self.plan.input_size)
-    output_size = property(lambda self: self.plan.output_size)
-    state_size = property(lambda self: self.plan.state_size)
+    input_size = property(lambda self: self.plan.input_size, doc="Features per time step.")
+    output_size = property(lambda self: self.plan.output_size, doc="Outputs per time step.")
+    state_size = property(lambda self: self.plan.state_size, doc="Floats of recurrent state per stream.")
 
     @property
     def streamable(self) -> bool:
+        """Whether ``stream()`` / ``pool()`` accept this graph (see ``not_streamable_because``)."""
         return self._stream_why is None
 
     @property
@@ -189,6 +190,7 @@ class GraphModel:
         return data
 
     def state_from_bytes(self, blob: bytes) -> State:
+        """A State from :meth:`GraphStream.state_bytes` output of this model."""
         return state_from_bytes(blob, self._key, self._slots, self.dtype)
 
     # -- public -------------------------------------------------------------------------------
@@ -233,6 +235,7 @@ class GraphModel:
         return GraphPool(self, capacity)
 
     def save(self, path: str) -> None:
+        """Refused: a graph model has no .srnn form (keep its .onnx file)."""
         raise UnsupportedError(
             f"save: a graph model ({self.graph.name!r}) has no .srnn form; only chains of layers do. "
             "Keep the .onnx file"
@@ -294,11 +297,13 @@ class GraphStream:
         return Y[0]
 
     def reset(self) -> None:
+        """Back to the fresh state (as a new ``model.stream()``)."""
         with self._lock:
             self._st = self.model._fresh(1)
 
     @property
     def state(self) -> State:
+        """A copy of the stream's recurrent state; assign a State to restore it."""
         with self._lock:
             return self.model._new_state(self._st[0].copy())
 
@@ -309,9 +314,11 @@ class GraphStream:
             self._st = data[None].copy()
 
     def state_bytes(self) -> bytes:
+        """The state as portable bytes (restore with :meth:`load_state_bytes`)."""
         return self.state.to_bytes()
 
     def load_state_bytes(self, blob: bytes) -> None:
+        """Restore the state from :meth:`state_bytes` output of this model."""
         self.state = self.model.state_from_bytes(blob)
 
 
@@ -329,12 +336,14 @@ class GraphPool:
         self._free = list(range(self._capacity - 1, -1, -1))
         self._lock = threading.Lock()
 
-    capacity = property(lambda self: self._capacity)
+    capacity = property(lambda self: self._capacity, doc="The most streams this pool holds open at once.")
 
     def __len__(self) -> int:
         return int(self._alive.sum())
 
     def open(self, n: int | None = None):
+        """Open one stream (an int id) or ``n`` streams (an int64 array of ids) in the fresh
+        state; past the capacity CapacityError, and nothing is opened."""
         k = 1 if n is None else n
         if not isinstance(k, (int, np.integer)) or k < 0:
             raise StreamRNNError(f"n: expected a non-negative int, got {n!r}")
@@ -351,20 +360,24 @@ class GraphPool:
         return _live_ids(ids, name, self._alive)
 
     def close(self, ids: Any) -> None:
+        """Close open streams; their ids may be reused by a later ``open``."""
         with self._lock:
             a = self._ids(ids)
             self._alive[a] = False
             self._free.extend(int(i) for i in a[::-1])
 
     def reset(self, ids: Any) -> None:
+        """Back to the fresh state for open streams."""
         with self._lock:
             self._arena[self._ids(ids)] = self._fresh
 
     def get_state(self, sid: int) -> State:
+        """A copy of stream ``sid``'s state."""
         with self._lock:
             return self.model._new_state(self._arena[_live_id(sid, self._alive)].copy())
 
     def set_state(self, sid: int, state: Any) -> None:
+        """Restore stream ``sid`` from a State of this model."""
         data = self.model._state_array(state, "state", None)
         with self._lock:
             self._arena[_live_id(sid, self._alive)] = data

@@ -90,6 +90,7 @@ class InferenceSession:
         return [NodeArg(v.name, list(v.shape or []), v.type) for v in self._graph.inputs]
 
     def get_outputs(self) -> list[NodeArg]:
+        """The graph outputs, as onnxruntime lists them."""
         return [NodeArg(v.name, list(v.shape or []), v.type) for v in self._graph.outputs]
 
     def get_providers(self) -> list[str]:

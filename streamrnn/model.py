@@ -142,10 +142,12 @@ class Model:
     # -- description -----------------------------------------------------------------------
     @property
     def input_size(self) -> int:
+        """Features per time step (the last axis of ``x`` / ``X``)."""
         return self.spec.input_size
 
     @property
     def output_size(self) -> int:
+        """Outputs per time step (the last axis of ``y`` / ``Y``)."""
         return self.spec.output_size
 
     @property
@@ -435,6 +437,7 @@ class Stream:
         return self.state.to_bytes()
 
     def load_state_bytes(self, blob: bytes) -> None:
+        """Restore the state from :meth:`state_bytes` output (of this model, on any device)."""
         self.state = self.model.state_from_bytes(blob)
 
 
@@ -482,6 +485,7 @@ class Pool:
 
     @property
     def capacity(self) -> int:
+        """The most streams this pool holds open at once."""
         return self._capacity
 
     def __len__(self) -> int:

@@ -39,6 +39,7 @@ class State:
 
     @property
     def batch(self) -> int | None:
+        """None for one stream's state, else the number of sequences."""
         return None if self.data.ndim == 1 else int(self.data.shape[0])
 
     def layers(self) -> dict[tuple[int, int, str], np.ndarray]:
@@ -54,6 +55,7 @@ class State:
         return self.layers()[(layer, direction, "c")]
 
     def copy(self) -> "State":
+        """An independent copy (its own data array)."""
         return State(self.data.copy(), self._slots, self._key)
 
     def __getitem__(self, b: int) -> "State":
