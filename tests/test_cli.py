@@ -179,28 +179,15 @@ def test_every_command_on_a_graph_model(tmp_path, capsys):
     the reason (exit 2). Before, inspect, convert and bench failed with AttributeError."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    import io
-    import warnings
-
-    class Residual(torch.nn.Module):  # y = fc(lstm(x) + x)
-        def __init__(self):
-            super().__init__()
-            self.rnn, self.fc = torch.nn.LSTM(4, 4, batch_first=True), torch.nn.Linear(4, 3)
-
-        def forward(self, x):
-            return self.fc(self.rnn(x)[0] + x)
+    pytest.importorskip("onnxruntime")
+    from test_onnx_graph_model import Residual, _export  # y = fc(lstm(x) + x)
 
     torch.manual_seed(3)
     net = Residual().eval()
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(2, 5, 4),), f, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "b", 1: "t"}, "y": {0: "b", 1: "t"}}, dynamo=False,
-                          opset_version=17)
+    onnx_bytes = _export(net, torch.randn(2, 5, 4), {0: "b", 1: "t"})
     path = str(tmp_path / "residual.onnx")
     with open(path, "wb") as fh:
-        fh.write(f.getvalue())
+        fh.write(onnx_bytes)
     n_params = sum(p.numel() for p in net.parameters())
     assert main(["inspect", path, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
