@@ -320,6 +320,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--streams: expected a positive int, got {args.streams}")
     if args.steps < 1:
         raise UsageError(f"--steps: expected a positive int, got {args.steps}")
+    if args.warmup is not None and args.warmup < 0:
+        raise UsageError(f"--warmup: expected a non-negative int, got {args.warmup}")
     if args.threads is not None:
         import numba
 

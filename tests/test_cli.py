@@ -101,6 +101,9 @@ def test_usage_errors_exit_2(capsys):
     assert main([]) == 2
     assert main(["no-such-command"]) == 2
     assert main(["bench"]) == 2  # neither MODEL nor --demo
+    for bad in (["--streams", "0"], ["--steps", "-5"], ["--warmup", "-1"], ["--threads", "0"]):
+        assert main(["bench", "--demo", *bad]) == 2, bad
+        assert bad[0] in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cmd", [[], ["inspect"], ["convert"], ["bench"], ["stream"], ["demo"]])
