@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CapacityError, NonFiniteError, ShapeError, StreamRNNError, UnsupportedError, describe_buffer
-from ..model import _as_float, _check_finite, _live_id, _live_ids
+from ..errors import CapacityError, ShapeError, StreamRNNError, UnsupportedError
+from ..model import _as_float, _check_finite, _check_out, _live_id, _live_ids
 from ..state import State, state_from_bytes
 from .graph import Graph
 from .graph_plan import IOPlan
@@ -242,25 +242,13 @@ class GraphModel:
         )
 
 
-def _check_out(out: Any, shape: tuple, dtype: np.dtype) -> None:
-    """A caller's ``out=`` buffer: a C-contiguous array of the model dtype and ``shape``, as the
-    chain model's (README), or ShapeError saying what it is."""
-    if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype
-                                and out.flags.c_contiguous):
-        raise ShapeError(f"out: expected a C-contiguous {dtype} array of shape {shape}, got {describe_buffer(out)}")
-
-
 def _frames(model: GraphModel, X: Any, name: str, rows: str = "frame") -> np.ndarray:
     """X (n, input_size) of finite values: frames of one stream (push), or one frame per stream
     (``rows="row"``, pool.step); a refusal names the first bad frame / row as the chain model's."""
     X = _as_float(X, name, model.dtype)
     if X.ndim != 2 or X.shape[1] != model.input_size:
         raise ShapeError(f"{name}: expected shape ({'T' if rows == 'frame' else 'n'}, {model.input_size}), got {X.shape}")
-    bad = ~np.isfinite(X)
-    if bad.any():
-        r, k = (int(i) for i in np.argwhere(bad)[0])
-        raise NonFiniteError(f"{name}: expected finite values, got {X[r, k]} at {rows} {r}, feature {k} "
-                             "(non-finite inputs are refused; no state was changed)")
+    _check_finite(X, name, (rows, "feature"))
     return X
 
 
@@ -278,10 +266,7 @@ class GraphStream:
         if xa.shape != (self.model.input_size,):
             raise ShapeError(f"x: expected shape ({self.model.input_size},), got {xa.shape}")
         _check_out(out, (self.model.output_size,), self.model.dtype)
-        if not np.isfinite(xa).all():
-            k = int(np.argmax(~np.isfinite(xa)))
-            raise NonFiniteError(f"x: expected finite values, got {xa[k]} at feature {k} "
-                                 "(non-finite inputs are refused; no state was changed)")
+        _check_finite(xa, "x", ("feature",))
         y = self.push(xa[None])[0]
         if out is None:
             return y

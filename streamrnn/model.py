@@ -42,13 +42,23 @@ def _as_float(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype)  # (a scalar becomes 1-D: one frame of a 1-input model)
 
 
-def _check_finite(a: np.ndarray, name: str) -> None:
+def _check_finite(a: np.ndarray, name: str, axes: tuple[str, ...] | None = None) -> None:
+    """NonFiniteError naming the first non-finite value of ``a``: by its index, or by ``axes``
+    (one word per axis: ``("frame", "feature")`` -> "at frame 1, feature 3")."""
     if not np.isfinite(a).all():
-        idx = np.argwhere(~np.isfinite(a))[0]
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        where = f"index {idx}" if axes is None else ", ".join(f"{w} {i}" for w, i in zip(axes, idx))
         raise NonFiniteError(
-            f"{name}: expected finite values, got {a[tuple(idx)]} at index {tuple(int(i) for i in idx)}"
-            " (non-finite inputs are refused; no state was changed)"
+            f"{name}: expected finite values, got {a[idx]} at {where} (non-finite inputs are refused; no state was changed)"
         )
+
+
+def _check_out(out: Any, shape: tuple, dtype: np.dtype) -> None:
+    """A caller's ``out=`` buffer (None: none): a C-contiguous array of ``dtype`` and ``shape``,
+    or ShapeError saying what it is instead."""
+    if out is not None and not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == dtype
+                                and out.flags.c_contiguous):
+        raise ShapeError(f"out: expected a C-contiguous {dtype} array of shape {shape}, got {describe_buffer(out)}")
 
 
 def _id_array(a: np.ndarray, name: str, what: str) -> np.ndarray:
@@ -563,10 +573,7 @@ class Pool:
         x = _as_float(x, "X", dt)
         if x.ndim != 1:
             raise ShapeError(f"X: expected shape ({self._I},) with one int stream id, got {x.shape}")
-        if out is not None and not (isinstance(out, np.ndarray) and out.dtype == dt and out.flags.c_contiguous
-                                    and out.shape == (self._O,)):
-            # (checked here: the batched call below would name the reshaped (1, n) buffer)
-            raise ShapeError(f"out: expected a C-contiguous {dt} array ({self._O},), got {describe_buffer(out)}")
+        _check_out(out, (self._O,), dt)  # here: the batched call below would name the reshaped (1, n) buffer
         y = self.step(np.array([sid], np.int64), x.reshape(1, -1), None if out is None else out.reshape(1, -1))
         return y[0]
 

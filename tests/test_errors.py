@@ -282,7 +282,7 @@ def test_pool_step_of_one_int_id_checks_its_frame_and_buffer():
             pool.step(ids[0], bad)
     for out, got in ((np.zeros(2 * O, np.float32)[::2], rf"float32 \({O},\), not C-contiguous"),
                      (np.zeros((1, O), np.float32), rf"float32 \(1, {O}\)$")):
-        with pytest.raises(srnn.ShapeError, match=rf"out: expected a C-contiguous float32 array \({O},\), got {got}"):
+        with pytest.raises(srnn.ShapeError, match=rf"out: expected a C-contiguous float32 array of shape \({O},\), got {got}"):
             pool.step(ids[0], x, out=out)
     with pytest.raises(srnn.StreamIdError, match="got bool"):  # True is not stream 1
         pool.step(True, x)
