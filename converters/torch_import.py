@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 
 from streamrnn.errors import FormatError, StreamRNNError, UnsupportedError
+
+from .torch_pickle import Opaque, load_torch_file
 from streamrnn.spec import (
     Activation,
     ActivationLayer,
@@ -152,7 +154,7 @@ def _flatten(d: Mapping, prefix: str, out: dict[str, Any], bad: list[str]) -> No
         elif _is_tensor(v):
             out[key] = v
         else:
-            bad.append(f"{key} ({getattr(v, 'qualname', type(v).__name__)})")
+            bad.append(f"{key} ({type(v).__name__})")
 
 
 def _all_leaves_tensors(d: Mapping, depth: int = 0) -> bool:
@@ -160,7 +162,7 @@ def _all_leaves_tensors(d: Mapping, depth: int = 0) -> bool:
     if depth > 8:
         return False
     return all(
-        _all_leaves_tensors(v, depth + 1) if isinstance(v, Mapping) else _is_tensor(v) or _is_opaque(v)
+        _all_leaves_tensors(v, depth + 1) if isinstance(v, Mapping) else _is_tensor(v) or isinstance(v, Opaque)
         for v in d.values()
     )
 
@@ -198,14 +200,9 @@ def _select_state_dict(obj: Any, source: str) -> tuple[Mapping, str]:
     raise FormatError(f"{source}: expected a state_dict, got wrapper entries nested too deeply ({path})")
 
 
-def _is_opaque(v: Any) -> bool:
-    """A pickled object the reader kept as an inert record (torch_pickle.Opaque)."""
-    return type(v).__name__ == "Opaque" and hasattr(v, "qualname")
-
-
 def _opaque_in(obj: Any, path: str, out: list[str], depth: int = 0) -> None:
     """Paths of the pickled objects the reader kept opaque (torch_pickle.Opaque) inside obj."""
-    if _is_opaque(obj):
+    if isinstance(obj, Opaque):
         out.append(f"{path or '<top>'} ({obj.qualname})")
     elif isinstance(obj, Mapping) and depth < 16:
         for k, v in obj.items():
@@ -764,8 +761,6 @@ def spec_from_checkpoint(path: str | os.PathLike, arch: Any = None) -> ModelSpec
         obj: Any = tensors
         ordered = False  # safetensors writers sort the keys: the order is found by sizes
     elif ext in TORCH_EXTENSIONS:
-        from .torch_pickle import load_torch_file
-
         obj = load_torch_file(p, opaque=True)  # other pickled objects kept as inert records
         ordered = True
     else:
