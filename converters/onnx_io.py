@@ -80,12 +80,12 @@ def _read_external(proto, folder: str) -> None:
             raise FormatError(f"{where}: expected a file inside the model's folder {base}, got location {loc!r}")
         if not os.path.isfile(full):
             raise FormatError(f"{where}: expected the file {full} beside the model, got no such file")
+        size = os.path.getsize(full)
         try:
             offset = int(info.get("offset", 0))
-            length = int(info["length"]) if "length" in info else os.path.getsize(full) - offset
+            length = int(info["length"]) if "length" in info else size - offset
         except ValueError as e:
             raise FormatError(f"{where}: bad offset / length ({e})") from None
-        size = os.path.getsize(full)
         if offset < 0 or length < 0 or offset + length > size:
             raise FormatError(f"{where}: expected bytes {offset}..{offset + length} within {loc!r} ({size} bytes)")
         with open(full, "rb") as f:

@@ -105,6 +105,9 @@ def _fmt_bytes(n: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+_RUNS_ALL = "  runs: model.run (offline), model.stream().step (one stream), model.pool().step (many streams)"
+
+
 def _num_params(model) -> int:
     """Parameters of a chain model (its spec) or of a graph model (its float initializers)."""
     return int(model.spec.num_params() if model.spec is not None else model.num_params())
@@ -112,7 +115,7 @@ def _num_params(model) -> int:
 
 def _inspect_graph(args: argparse.Namespace, model) -> int:
     """``inspect`` of a graph model (an ONNX graph that is not a chain of layers: no spec)."""
-    S, isz = int(model.state_size), model.dtype.itemsize
+    S, isz, n = int(model.state_size), model.dtype.itemsize, _num_params(model)
     why = model.not_streamable_because
     info = {
         "path": os.fspath(args.model),
@@ -120,8 +123,8 @@ def _inspect_graph(args: argparse.Namespace, model) -> int:
         "kind": "onnx graph model",
         "input_size": model.input_size,
         "output_size": model.output_size,
-        "parameters": _num_params(model),
-        "weight_bytes": _num_params(model) * isz,
+        "parameters": n,
+        "weight_bytes": n * isz,
         "state_floats_per_stream": S,
         "state_bytes_per_stream": S * isz,
         "dtype": str(model.dtype),
@@ -142,7 +145,7 @@ def _inspect_graph(args: argparse.Namespace, model) -> int:
     print(f"  weights: {_fmt_bytes(info['weight_bytes'])} as {model.dtype}   "
           f"state per stream: {S} floats ({_fmt_bytes(S * isz)})")
     if why is None:
-        print("  runs: model.run (offline), model.stream().step (one stream), model.pool().step (many streams)")
+        print(_RUNS_ALL)
     else:
         print(f"  runs: model.run (offline) only; stream() and pool() refuse this graph: {why}")
     return EXIT_OK
@@ -182,7 +185,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  weights: {_fmt_bytes(weight_bytes)} as {model.dtype}   state per stream: "
           f"{spec.state_size()} floats ({_fmt_bytes(spec.state_size() * model.dtype.itemsize)})")
     if spec.streamable:
-        print("  runs: model.run (offline), model.stream().step (one stream), model.pool().step (many streams)")
+        print(_RUNS_ALL)
     else:
         print("  runs: model.run (offline) only; stream() and pool() refuse this model because of:")
         for d in offline:
