@@ -159,16 +159,22 @@ class Graph:
         return False
 
     # -- evaluation ---------------------------------------------------------------------------
+    #: what a node's numpy code may raise on bad values / shapes (reported as StreamRNNError)
+    NODE_ERRORS = (StreamRNNError, ValueError, IndexError, TypeError, ArithmeticError)
+
+    @staticmethod
+    def node_error(name: str, op_type: str, e: Exception) -> StreamRNNError:
+        """One of NODE_ERRORS raised by node ``name``, as the StreamRNNError that names it."""
+        if isinstance(e, StreamRNNError):
+            return e if f"{name!r}" in str(e) else type(e)(f"node {name!r} ({op_type}): {e}")
+        return StreamRNNError(f"node {name!r} ({op_type}): {type(e).__name__}: {e}")
+
     @staticmethod
     def _call(name: str, op_type: str, op: Op, ins, **kw):
         try:
             return op.run(ins, **kw) if kw else op(ins)
-        except StreamRNNError as e:
-            if f"{name!r}" in str(e):
-                raise
-            raise type(e)(f"node {name!r} ({op_type}): {e}") from None
-        except (ValueError, IndexError, TypeError, ArithmeticError) as e:
-            raise StreamRNNError(f"node {name!r} ({op_type}): {type(e).__name__}: {e}") from None
+        except Graph.NODE_ERRORS as e:
+            raise Graph.node_error(name, op_type, e) from None
 
     def plan(self, outputs: Iterable[str], cut_init: frozenset = frozenset(), cut_lengths: bool = False) -> list[GNode]:
         """The nodes needed for ``outputs`` in order; recurrent nodes in ``cut_init`` do not need

@@ -21,6 +21,7 @@ from ..model import _as_float, _check_finite, _check_out, _live_id, _live_ids
 from ..state import State, state_from_bytes
 from .graph import Graph
 from .graph_plan import IOPlan
+from .graph_step import NotStepwise, StepPlan
 
 log = logging.getLogger("streamrnn")
 
@@ -43,6 +44,7 @@ class GraphModel:
         desc = json.dumps(["onnx-graph", [r.node.name for r in plan.rec], self._slots])
         self._key = hashlib.sha1(desc.encode()).hexdigest()[:16]
         self._stream_why = self._check_streamable()
+        self._step = self._step_plan()
 
     # -- description -----------------------------------------------------------------------
     input_size = property(lambda self: self.plan.input_size, doc="Features per time step.")
@@ -163,6 +165,19 @@ class GraphModel:
             return "its output at a frame depends on frames after it (not causal frame by frame)"
         return None
 
+    def _step_plan(self) -> StepPlan | None:
+        """The planned one-frame step of ``stream().step`` / ``pool().step`` (CPU; None: they
+        take the general path, ``_forward``)."""
+        if self._stream_why is not None or self.device != "cpu":
+            return None
+        try:
+            plan = StepPlan(self.graph, self.plan)
+            plan.frame(1)  # the first frame of a stream plans nothing
+        except (NotStepwise, StreamRNNError) as e:
+            log.info("graph %r: frames take the general path (%s)", self.graph.name, e)
+            return None
+        return plan
+
     # -- state helpers ------------------------------------------------------------------------
     def _new_state(self, data: np.ndarray) -> State:
         return State(data, self._slots, self._key)
@@ -257,8 +272,21 @@ class GraphStream:
 
     def __init__(self, model: GraphModel):
         self.model = model
-        self._st = model._fresh(1)
+        self._st = model._fresh(1)  # (1, S): the stream's state, every recurrent node's
         self._lock = threading.Lock()
+        # the planned step: one Stream per recurrent node, its state copied in from _st each frame
+        self._runners = None if model._step is None else [
+            self._runner(r.model.stream(), r.offset, r.size) for r in model.plan.rec]
+
+    def _runner(self, node, off: int, S: int):
+        sbuf = node._sbuf  # [state | scratch | flag] of the node's Stream (engine/cpu.py)
+
+        def run(x):  # x (1, I) -> y (1, H), the node's state after the frame (1, S)
+            sbuf[:S] = self._st[0, off : off + S]
+            y = node.step(x[0])
+            return y[None], sbuf[None, :S]
+
+        return run
 
     def step(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
         """Advance one frame: x (input_size,) -> y (output_size,)."""
@@ -267,11 +295,25 @@ class GraphStream:
             raise ShapeError(f"x: expected shape ({self.model.input_size},), got {xa.shape}")
         _check_out(out, (self.model.output_size,), self.model.dtype)
         _check_finite(xa, "x", ("feature",))
-        y = self.push(xa[None])[0]
+        y = self._planned(xa) if self._runners is not None else None
+        if y is None:
+            y = self.push(xa[None])[0]
         if out is None:
             return y
         out[...] = y
         return out
+
+    def _planned(self, x: np.ndarray) -> np.ndarray | None:
+        """The planned step (None: this frame takes the general path; no state changed)."""
+        plan = self.model._step
+        with self._lock:
+            try:
+                Y, rows = plan.step(x[None], self._runners)
+            except NotStepwise:
+                return None
+            for r, st in zip(plan.plan.rec, rows):
+                self._st[0, r.offset : r.offset + r.size] = st[0]
+        return Y[0]
 
     def push(self, X: Any) -> np.ndarray:
         """Advance a chunk: X (T, input_size) -> Y (T, output_size)."""
@@ -320,6 +362,23 @@ class GraphPool:
         self._alive = np.zeros(self._capacity, dtype=bool)
         self._free = list(range(self._capacity - 1, -1, -1))
         self._lock = threading.Lock()
+        # the planned step: one Pool per recurrent node, every id open there; a step copies the
+        # listed streams' rows in from _arena (the state of record)
+        self._runners = None if model._step is None else [
+            self._runner(r.model.pool(self._capacity), r.offset, r.size) for r in model.plan.rec]
+        self._ids_now = np.zeros(0, np.int64)  # the ids of the step in progress (under _lock)
+
+    def _runner(self, node, off: int, S: int):
+        node.open(self._capacity)  # ids 0 .. capacity - 1, as this pool's
+        rows = node._arena  # (capacity, S) of the node's Pool
+
+        def run(x):  # x (n, I) -> y (n, H), the node's state after the frame (n, S)
+            ids = self._ids_now
+            rows[ids, :S] = self._arena[ids, off : off + S]
+            y = node.step(ids, x)
+            return y, rows[ids, :S]
+
+        return run
 
     capacity = property(lambda self: self._capacity, doc="The most streams this pool holds open at once.")
 
@@ -385,12 +444,29 @@ class GraphPool:
             a = self._ids(ids)
             if X.shape[0] != len(a):
                 raise ShapeError(f"X: expected {len(a)} rows (one per id), got {X.shape[0]}")
-            Y, fin = self.model._forward(X[:, None, :], self._arena[a], None)
-            self._arena[a] = fin
+            Y = self._planned(a, X) if self._runners is not None else None
+            if Y is None:
+                Y, fin = self.model._forward(X[:, None, :], self._arena[a], None)
+                Y = Y[:, 0]
+                self._arena[a] = fin
         if out is None:
-            return Y[:, 0]
-        out[...] = Y[:, 0]
+            return Y
+        out[...] = Y
         return out
+
+    def _planned(self, a: np.ndarray, X: np.ndarray) -> np.ndarray | None:
+        """The planned step of streams ``a`` (under the lock; None: the general path, no state changed)."""
+        plan = self.model._step
+        if len(a) == 0 or plan.plan.per_item and len(a) != 1:  # no stream; a graph of one sequence at a time
+            return None
+        self._ids_now = a
+        try:
+            Y, rows = plan.step(X, self._runners)
+        except NotStepwise:
+            return None
+        for r, st in zip(plan.plan.rec, rows):
+            self._arena[a, r.offset : r.offset + r.size] = st
+        return Y
 
     def push(self, sid: int, X: Any) -> np.ndarray:
         """One stream advances a chunk: X (T, input_size) -> (T, output_size)."""
