@@ -23,7 +23,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import StreamRNNError
 from .graph import GNode, Graph
 from .graph_plan import IOPlan
 
