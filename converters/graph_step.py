@@ -94,16 +94,17 @@ class StepPlan:
             slots = {k: (off, off + m) for _, _, k, off, m in r.model.spec.state_slots()}
             kinds = ("h", "c") if r.node.op.kind == "LSTM" else ("h",)
             self._rec.append((r.node.op.layout, r.model.input_size, [slots[k] for k in kinds]))
-        self._frames: dict[int, tuple[dict[str, Any], list[tuple]]] = {}
+        self._frames: dict[int, tuple[dict[str, Any], list[tuple], tuple]] = {}
         log.debug("graph %r: a frame runs %d of %d nodes", graph.name, len(self.dynamic), len(nodes))
 
     def _cut(self, n: GNode, k: int) -> bool:
         return n.recurrent and k in _REC_CUT
 
-    def frame(self, B: int) -> tuple[dict[str, Any], list[tuple]]:
+    def frame(self, B: int) -> tuple[dict[str, Any], list[tuple], tuple]:
         """A frame of B streams: the values its nodes read that are the same for every frame (kept),
-        and its entries (kind, node, input names, output names, arg), planned the first time B is
-        seen from one general evaluation of a frame of zeros (whose shapes are every frame's)."""
+        its entries (kind, node, input names, output names, arg), and the shapes of the graph's X
+        and of Y as (B, O) (None: Y's data is in another order), planned the first time B is seen
+        from one general evaluation of a frame of zeros (whose shapes are every frame's)."""
         fr = self._frames.get(B)
         if fr is not None:
             return fr
@@ -111,7 +112,8 @@ class StepPlan:
         feeds = p.feeds(g, np.zeros((B, 1, p.input_size), p.dtype), False, False)
         zero = {r.node.name: np.zeros((B, r.size), p.dtype) for r in p.rec}
         known = [o for n, _, _ in self.dynamic for o in n.outputs if o in self.shaped]
-        vals, _ = g.evaluate(feeds, self.kept + [i for i in known if i not in self.kept] + [p.x.name], rec_init=zero)
+        want = self.kept + [i for i in known if i not in self.kept] + [p.x.name, p.y.name]
+        vals, _ = g.evaluate(feeds, list(dict.fromkeys(want)), rec_init=zero)
         prog = []
         for n, ins, ri in self.dynamic:
             outs = [o if o in self.read else "" for o in n.outputs]
@@ -122,7 +124,11 @@ class StepPlan:
                 prog.append((_RESHAPE, n, ins, outs, np.shape(vals[n.outputs[0]])))  # a view: same data order
             else:
                 prog.append((_OP, n, ins, outs, None))
-        fr = ({i: vals[i] for i in self.kept}, prog)
+        y = np.shape(vals[p.y.name]) if p.y.name in vals else None
+        order = [p.y_time_axis] if p.y_batch_axis is None else [p.y_batch_axis, p.y_time_axis]
+        y_view = y is not None and _same_order_perm(order + [a for a in range(len(y)) if a not in order], y)
+        shapes = (np.shape(vals[p.x.name]), (B, p.output_size) if y_view else None)
+        fr = ({i: vals[i] for i in self.kept}, prog, shapes)
         if len(self._frames) >= 64:  # many batch sizes (a pool stepping varying id counts)
             self._frames.clear()
         self._frames[B] = fr
@@ -135,9 +141,9 @@ class StepPlan:
         apply (the caller then takes the general path)."""
         p = self.plan
         B = X.shape[0]
-        kept, prog = self.frame(B)
+        kept, prog, (x_shape, y_shape) = self.frame(B)
         env = dict(kept)
-        env[p.x.name] = p.graph_x(X[:, None, :])  # (1, B, I), (B, 1, I) or (1, I)
+        env[p.x.name] = X.reshape(x_shape)  # (1, B, I), (B, 1, I) or (1, I): T = 1, the same data order
         rows: list[Any] = [None] * len(p.rec)
         n = None
         try:
@@ -154,10 +160,13 @@ class StepPlan:
                         env[o] = v
         except Graph.NODE_ERRORS as e:
             raise Graph.node_error(n.name, n.op_type, e) from None
-        Y = p.y_frames(env[p.y.name], B, 1)  # (B, 1, O)
+        y = env[p.y.name]
+        if y_shape is not None and y.size == B * p.output_size:  # the graph's Y in (B, O) data order
+            return y.reshape(y_shape).astype(p.dtype), rows  # a copy: y may be a view of X
+        Y = p.y_frames(y, B, 1)  # (B, 1, O)
         if Y.shape[2] != p.output_size:
             raise NotStepwise(f"Y: {Y.shape[2]} features per frame")
-        return np.array(Y[:, 0], dtype=p.dtype), rows
+        return Y[:, 0].astype(p.dtype), rows
 
     def _recurrent(self, n: GNode, ri: int, x, B: int, runner: NodeRunner, outs: list[str]):
         """A recurrent node's ONNX outputs [Y, Y_h(, Y_c)] for one frame (None where not read),
@@ -181,6 +190,10 @@ def _same_order(n: GNode, shape: tuple[int, ...]) -> bool:
     if n.op_type != "Transpose":
         return True  # Squeeze, Unsqueeze, Reshape, Flatten, Identity
     perm = n.attrs.get("perm")
-    perm = list(range(len(shape)))[::-1] if perm is None else list(perm)
+    return _same_order_perm(list(range(len(shape)))[::-1] if perm is None else list(perm), shape)
+
+
+def _same_order_perm(perm: list[int], shape: tuple[int, ...]) -> bool:
+    """Whether ``transpose(perm)`` of an array of ``shape`` keeps the data in C order."""
     moved = [a for a in perm if shape[a] != 1]
     return moved == sorted(moved)
