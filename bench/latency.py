@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """streamrnn vs onnxruntime vs PyTorch: one-stream latency, many streams, offline sequences.
 
-    python bench/latency.py [--quick] [--out bench/results] [--sections latency,streams,offline,footprint]
+    python bench/latency.py [--quick] [--out bench/results] [--sections latency,streams,offline,graph,footprint]
 
-Four sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
+Five sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
 
 * ``latency``  one stream, one step per call, 1 thread, LSTM + Linear head, float32, for
   I=H=32, I=8/H=64, I=H=128, I=H=512: streamrnn ``stream.step(x, out=y)`` and ``stream.step(x)``,
@@ -14,6 +14,10 @@ Four sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
   they skip the gather / scatter streamrnn does), 2 threads.
 * ``offline``  whole sequence, B=1, T=1000, LSTM and GRU (linear_before_reset, PyTorch's GRU):
   ``model.run`` vs onnxruntime and torch ``nn.LSTM`` / ``nn.GRU``.
+* ``graph``  a graph model (an ONNX graph that is not a chain: y = Linear(LSTM(x) + x), exported
+  as one frame with h / c in and out), one frame of B = 1 or 64 streams per call: streamrnn's
+  planned step and its general path vs onnxruntime ``session.run`` and the torch module, the
+  states fed back.
 * ``footprint``  cold start (fresh process: import, load a .srnn, one step; numba cache warm
   and cold) and memory (RSS over 10^6 steps; a pool of 100,000 streams): ``bench/footprint.py``.
 
@@ -38,9 +42,9 @@ def _parse(argv):
     p.add_argument("--quick", action="store_true", help="short run (< 2 min): fewer calls per method")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                    help="output folder (default bench/results)")
-    p.add_argument("--sections", default="latency,streams,offline,footprint",
-                   help="comma-separated subset of latency,streams,offline,footprint (cold start and "
-                        "memory, bench/footprint.py)")
+    p.add_argument("--sections", default="latency,streams,offline,graph,footprint",
+                   help="comma-separated subset of latency,streams,offline,graph (a graph model, not a chain), "
+                        "footprint (cold start and memory, bench/footprint.py)")
     p.add_argument("--stream-threads", type=int, default=2, help="threads in the streams section (default 2)")
     p.add_argument("--offline-threads", type=int, default=1, help="threads in the offline section (default 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -49,7 +53,7 @@ def _parse(argv):
                    help="measure nothing: rewrite the .md / .png of the sections from their .json in --out")
     a = p.parse_args(argv)
     a.sections = [s.strip() for s in a.sections.split(",") if s.strip()]
-    bad = set(a.sections) - {"latency", "streams", "offline", "footprint"}
+    bad = set(a.sections) - {"latency", "streams", "offline", "graph", "footprint"}
     if bad:
         p.error(f"--sections: unknown {sorted(bad)}")
     return a
@@ -116,6 +120,7 @@ M_TIMER = "(timer + empty Python call)"
 # per section: seconds per method per configuration, min calls, max calls, rounds
 BUDGET = {
     "latency": {True: (0.4, 200, 4000, 10), False: (4.0, 2000, 100_000, 40)},
+    "graph": {True: (0.4, 100, 4000, 10), False: (3.0, 1000, 100_000, 30)},
     "streams": {True: (0.6, 5, 400, 5), False: (5.0, 20, 5000, 20)},
     "offline": {True: (0.5, 4, 100, 4), False: (4.0, 15, 1000, 15)},
 }
@@ -618,6 +623,160 @@ def section_offline(quick: bool, seed: int, nthreads: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------
+# graph models: an ONNX graph that is not a chain of layers (a residual LSTM), one frame per call
+# ---------------------------------------------------------------------------------------------
+
+GRAPH_CONFIGS = [("H=32, B=1", 32, 1), ("H=128, B=1", 128, 1), ("H=512, B=1", 512, 1), ("H=128, B=64", 128, 64)]
+REF_GRAPH = "streamrnn graph model step (planned)"
+M_GRAPH_GENERAL = "streamrnn graph model step, general path"
+M_ORT_GRAPH = "onnxruntime session.run (state fed back)"
+M_TORCH_GRAPH = "torch module (state fed back)"
+
+
+def build_residual_step(H: int, seed: int):
+    """torch ``y = Linear(LSTM(x) + x)`` with h / c in and out, and its ONNX export of one frame
+    (x (B, 1, H), h / c (1, B, H); batch dynamic): the usual streaming export of a model that is
+    not a chain."""
+    import io
+    import warnings
+
+    import torch
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.fc = torch.nn.LSTM(H, H, batch_first=True), torch.nn.Linear(H, HEAD)
+
+        def forward(self, x, h, c):
+            y, (h2, c2) = self.rnn(x, (h, c))
+            return self.fc(y + x), h2, c2
+
+    torch.manual_seed(seed)
+    net = Step().eval()
+    f = io.BytesIO()
+    z = torch.zeros(1, 2, H)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 1, H), z, z), f, input_names=["x", "h", "c"],
+                          output_names=["y", "hn", "cn"], dynamo=False, opset_version=17,
+                          dynamic_axes={"x": {0: "b"}, "h": {1: "b"}, "c": {1: "b"}, "y": {0: "b"}})
+    return net, f.getvalue()
+
+
+GRAPH_TITLE = "Graph model (residual LSTM, not a chain): one frame of B streams per call (µs per call, 1 thread)"
+GRAPH_PLOT = dict(title="graph model y = Linear(LSTM(x) + x), one frame per call (1 thread)", xkey=None,
+                  ylabel="p50 µs per call", value=lambda r: r["p50_us"])
+
+
+def section_graph(quick: bool, seed: int) -> dict:
+    import torch
+
+    threads = set_threads(1)
+    res = _header("graph", quick, threads, {
+        "unit": "us per call (B stream-steps)", "check_steps": CHECK_STEPS,
+        "note": "Model: y = Linear(LSTM(x) + x), I = H, exported from torch as one frame with h / c in and out "
+                "(not a chain: it loads as a graph model). streamrnn: stream.step(x, out=y) for B=1, "
+                "pool.step(ids, X, out=Y) with ids in random order for B=64; the general path is the same model "
+                "evaluating the whole graph per call (before bench/NOTES.md entry 127). onnxruntime / torch: the "
+                "same graph / module, the states fed back",
+    })
+    rng = np.random.default_rng(seed)
+    with torch.inference_mode():
+        for name, H, B in tqdm(GRAPH_CONFIGS, desc="graph", disable=None):
+            net, onnx_bytes = build_residual_step(H, seed)
+            planned = srnn.from_onnx(onnx_bytes, state_map={"h": "hn", "c": "cn"})
+            general = srnn.from_onnx(onnx_bytes, state_map={"h": "hn", "c": "cn"})
+            general._step = None  # the general path only (private switch, for this comparison)
+            sess = ort_session(onnx_bytes, 1)
+            X1 = rng.standard_normal((B, H)).astype(np.float32)
+            pairs = {REF_GRAPH: m_graph_streamrnn(planned, X1, rng), M_GRAPH_GENERAL: m_graph_streamrnn(general, X1, rng),
+                     M_ORT_GRAPH: m_graph_ort(sess, X1, H), M_TORCH_GRAPH: m_graph_torch(net, X1, H)}
+            X = rng.standard_normal((CHECK_STEPS, B, H)).astype(np.float32)
+            checks, Yref = run_checks({k: v[1] for k, v in pairs.items()}, REF_GRAPH, X)
+            net64 = net.double()  # the streamrnn row against torch in float64
+            checks[REF_GRAPH] = compare(Yref, m_graph_torch(net64, X1.astype(np.float64), H)[1](X.astype(np.float64)),
+                                        rtol=RTOL)
+            net.float()
+            fns = {k: v[0] for k, v in pairs.items()}
+            fns[M_TIMER] = lambda: None
+            stats = measure(fns, BUDGET["graph"][quick])
+            for k in stats:
+                stats[k]["check"] = checks.get(k)
+            res["configs"].append({"name": name, "input_size": H, "hidden_size": H, "streams": B,
+                                   "output_size": HEAD, "results": stats})
+    return res
+
+
+def m_graph_streamrnn(model, X1, rng):
+    """B=1: stream.step(x, out=y); B>1: pool.step(ids in random order, X, out=Y)."""
+    B = X1.shape[0]
+    if B == 1:
+        s, y, x = model.stream(), np.empty(model.output_size, np.float32), X1[0]
+        step = s.step
+
+        def fn():
+            step(x, out=y)
+    else:
+        pool = model.pool(B)
+        ids = pool.open(B)[rng.permutation(B)]
+        Y = np.empty((B, model.output_size), np.float32)
+        pstep = pool.step
+
+        def fn():
+            pstep(ids, X1, out=Y)
+
+    def check(X):  # X (T, B, I) -> (T, B, O) from fresh states
+        pool = model.pool(B)
+        ids = pool.open(B)
+        return np.stack([pool.step(ids, x) for x in X])
+
+    return fn, check
+
+
+def m_graph_ort(sess, X1, H):
+    B = X1.shape[0]
+    z = np.zeros((1, B, H), np.float32)
+    feeds = {"x": X1.reshape(B, 1, H), "h": z.copy(), "c": z.copy()}
+    run = sess.run
+
+    def fn():
+        _, feeds["h"], feeds["c"] = run(None, feeds)
+
+    def check(X):
+        f = {"h": z.copy(), "c": z.copy()}
+        out = []
+        for x in X:
+            f["x"] = x.reshape(B, 1, H)
+            y, f["h"], f["c"] = run(None, f)
+            out.append(y.reshape(B, -1))
+        return np.stack(out)
+
+    return fn, check
+
+
+def m_graph_torch(net, X1, H):
+    import torch
+
+    B = X1.shape[0]
+    xt = torch.from_numpy(X1).reshape(B, 1, H)
+    z = torch.zeros(1, B, H, dtype=xt.dtype)
+    st = [z, z]
+
+    def fn():
+        _, st[0], st[1] = net(xt, st[0], st[1])
+
+    def check(X):
+        h = c = z
+        out = []
+        for x in X:
+            y, h, c = net(torch.from_numpy(x).reshape(B, 1, H), h, c)
+            out.append(y.numpy().reshape(B, -1).copy())
+        return np.stack(out)
+
+    return fn, check
+
+
 def _mark(check) -> str:
     if not check:
         return ""
@@ -756,6 +915,7 @@ def render_only(args) -> int:
                                              f"{r['settings']['threads']['numba']} thread(s))", REF_RUN),
                     dict(title=f"offline, B=1, T={OFFLINE_T}", xkey=None, ylabel="p50 µs per time step",
                          value=lambda r: r["p50_us"])),
+        "graph": (lambda r: to_markdown(r, GRAPH_TITLE, REF_GRAPH), GRAPH_PLOT),
     }
     for sec in args.sections:
         if sec not in kinds:
@@ -805,6 +965,12 @@ def main(args) -> int:
         write(res, args.out, "offline", md, args.no_plot,
               dict(title=f"offline, B=1, T={OFFLINE_T}", xkey=None, ylabel="p50 µs per time step",
                    value=lambda r: r["p50_us"]))
+        print(md)
+    if "graph" in args.sections:
+        res = section_graph(args.quick, args.seed)
+        res["loadavg_end"] = load_average()
+        md = to_markdown(res, GRAPH_TITLE, REF_GRAPH)
+        write(res, args.out, "graph", md, args.no_plot, GRAPH_PLOT)
         print(md)
     if "footprint" in args.sections:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
