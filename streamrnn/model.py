@@ -6,7 +6,6 @@ stream's state changes. Every failed call leaves every state exactly as it was.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from typing import Any
@@ -46,9 +45,6 @@ def _as_float(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
 def _check_finite(a: np.ndarray, name: str, axes: tuple[str, ...] | None = None) -> None:
     """NonFiniteError naming the first non-finite value of ``a``: by its index, or by ``axes``
     (one word per axis: ``("frame", "feature")`` -> "at frame 1, feature 3")."""
-    v = a.reshape(-1)
-    if v.dtype.kind == "f" and math.isfinite(v.dot(v)):  # a sum of squares: inf / NaN if any is (~3x faster)
-        return
     if not np.isfinite(a).all():
         idx = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
         where = f"index {idx}" if axes is None else ", ".join(f"{w} {i}" for w, i in zip(axes, idx))
@@ -84,16 +80,23 @@ def _live_ids(ids: Any, name: str, alive: np.ndarray) -> np.ndarray:
     are ``alive`` (capacity rows), distinct; or StreamIdError naming ``name``, the id and why."""
     a = np.asarray(ids)
     a = _id_array(a.reshape(1) if a.ndim == 0 else a, name, "an int or 1-D int array of stream ids")
-    known = (a >= 0) & (a < alive.shape[0])
-    ok = known.copy()
-    ok[known] = alive[a[known]] != 0
-    if not ok.all():  # the first bad row, as a loop over the ids would find it
+    n, cap = a.shape[0], alive.shape[0]
+    if n == 1:
+        bad = not (0 <= a[0] < cap and alive[a[0]])
+    else:  # whole-array calls (a loop over 64 ids took 19.5 us; np.unique 108 us for 1024 ids)
+        bad = n > 0 and (a.min() < 0 or a.max() >= cap or not alive[a].all())
+    if bad:  # the first bad row, as a loop over the ids would find it
+        known = (a >= 0) & (a < cap)
+        ok = known.copy()
+        ok[known] = alive[a[known]] != 0
         r = int(np.argmin(ok))
         if not known[r]:
             raise StreamIdError(f"{name}[{r}]: expected an id of an open stream, got {a[r]} (unknown)")
         raise StreamIdError(f"{name}[{r}]: expected an open stream id, got {a[r]} (closed or never opened)")
-    if len(a) > 1 and len(np.unique(a)) != len(a):
-        raise StreamIdError(f"{name}: expected distinct ids, got repeats in {a.tolist()}")
+    if n > 1:
+        s = np.sort(a)
+        if (s[1:] == s[:-1]).any():
+            raise StreamIdError(f"{name}: expected distinct ids, got repeats in {a.tolist()}")
     return a
 
 

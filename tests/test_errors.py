@@ -314,3 +314,35 @@ def test_one_id_calls_take_exactly_one_id(model):
     lone = model.stream()
     np.testing.assert_allclose(pool.push(np.array([b], np.int32), X), lone.push(X), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pool.get_state([b]).data, lone.state.data, rtol=1e-5, atol=1e-6)
+
+
+def _live_ids_loop(ids, name, alive):
+    """The id rules as a plain loop (what model._live_ids did before it was vectorised)."""
+    for r, sid in enumerate(ids):
+        if sid < 0 or sid >= alive.shape[0]:
+            return f"{name}[{r}]: expected an id of an open stream, got {sid} (unknown)"
+        if not alive[sid]:
+            return f"{name}[{r}]: expected an open stream id, got {sid} (closed or never opened)"
+    if len(set(ids)) != len(ids):
+        return f"{name}: expected distinct ids, got repeats in {list(ids)}"
+    return None
+
+
+def test_live_ids_reports_as_a_loop_over_the_ids_would():
+    """model._live_ids (the id checks of close / reset / get_state and of graph pools) is
+    vectorised; on random id lists with unknown, negative, closed and repeated ids it accepts
+    and refuses as the plain loop, naming the same row and id."""
+    from streamrnn.model import _live_ids
+
+    rng = np.random.default_rng(17)
+    for trial in range(400):
+        cap = int(rng.integers(1, 12))
+        alive = (rng.random(cap) < 0.7).astype(np.uint8 if trial % 2 else bool)
+        ids = rng.integers(-2, cap + 2, size=int(rng.integers(0, 6))).astype(np.int64)
+        want = _live_ids_loop(ids.tolist(), "ids", alive)
+        if want is None:
+            np.testing.assert_array_equal(_live_ids(ids, "ids", alive), ids)
+        else:
+            with pytest.raises(srnn.StreamIdError) as e:
+                _live_ids(ids, "ids", alive)
+            assert str(e.value) == want, (ids, alive)
