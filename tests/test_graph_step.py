@@ -287,3 +287,20 @@ def test_planned_steps_compile_nothing(monkeypatch):
     for n in (1, 2, 8):
         pool.step(ids[:n], X[:n])
     assert seen == [], f"compiled in a real-time call: {sorted(set(seen))}"
+
+
+def test_large_finite_frames_are_not_refused():
+    """Frames of large finite values (|x| ~ 3e19 in float32: their squares overflow; a check by a
+    sum of squares, tried and dropped, must fall back to the exact test) are not refused, a NaN
+    is, by its feature."""
+    torch.manual_seed(8)
+    planned, general = _both(_export(Residual(), torch.randn(2, 5, 4), {0: "b", 1: "t"}))
+    x = np.array([3e19, -3e19, 1.0, 2.0], np.float32)
+    with np.errstate(all="ignore"):  # the LSTM saturates; Linear(x + h) is of x's scale
+        np.testing.assert_allclose(planned.stream().step(x), general.stream().step(x), rtol=1e-5)
+        pool, gpool = planned.pool(1), general.pool(1)
+        np.testing.assert_allclose(pool.step(np.array([pool.open()]), x[None]),
+                                   gpool.step(np.array([gpool.open()]), x[None]), rtol=1e-5)
+    x[2] = np.nan
+    with pytest.raises(srnn.NonFiniteError, match="feature 2"):
+        planned.stream().step(x)
