@@ -457,16 +457,21 @@ class GraphPool:
     def _planned(self, a: np.ndarray, X: np.ndarray) -> np.ndarray | None:
         """The planned step of streams ``a`` (under the lock; None: the general path, no state changed)."""
         plan = self.model._step
-        if len(a) == 0 or plan.plan.per_item and len(a) != 1:  # no stream; a graph of one sequence at a time
+        if len(a) == 0:
             return None
-        self._ids_now = a
-        try:
-            Y, rows = plan.step(X, self._runners)
-        except NotStepwise:
-            return None
-        for r, st in zip(plan.plan.rec, rows):
-            self._arena[a, r.offset : r.offset + r.size] = st
-        return Y
+        # a graph of one sequence at a time (batch fixed to 1 or absent): one planned step per stream
+        parts = [(a[r : r + 1], X[r : r + 1]) for r in range(len(a))] if plan.plan.per_item else [(a, X)]
+        done = []
+        for ids, x in parts:
+            self._ids_now = ids
+            try:
+                done.append((ids,) + plan.step(x, self._runners))
+            except NotStepwise:
+                return None
+        for ids, _, rows in done:  # every stream's frame has succeeded: the states
+            for r, st in zip(plan.plan.rec, rows):
+                self._arena[ids, r.offset : r.offset + r.size] = st
+        return done[0][1] if len(done) == 1 else np.concatenate([Y for _, Y, _ in done])
 
     def push(self, sid: int, X: Any) -> np.ndarray:
         """One stream advances a chunk: X (T, input_size) -> (T, output_size)."""

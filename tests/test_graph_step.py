@@ -100,6 +100,9 @@ def test_planned_steps_match_pytorch_and_the_general_path(name, dtype):
         want = np.stack([tnet(torch.from_numpy(x)).numpy() for x in X]) if unbatched \
             else tnet(torch.from_numpy(X)).numpy()
     tol = TOL[dtype]
+    calls = []  # the planned steps taken (not the general path)
+    plan_step = planned._step.step
+    planned._step.step = lambda *a: calls.append(len(a[0])) or plan_step(*a)
     # one stream: step by step, a push in the middle (the general path), the state carried between
     s, g = planned.stream(), general.stream()
     got = [s.step(X[1, t]) for t in range(3)] + list(s.push(X[1, 3:5])) + [s.step(X[1, t]) for t in range(5, 9)]
@@ -122,6 +125,8 @@ def test_planned_steps_match_pytorch_and_the_general_path(name, dtype):
         np.testing.assert_allclose(y, gpool.step(gids[r], X[r, t[r]]), **tol)
         Y[r, t[r]] = y
         t[r] += 1
+    # every step planned; a graph of one sequence at a time takes one planned step per stream
+    assert calls == [1] * 7 + ([1] * int(t.sum()) if unbatched else [len(r) for r in order]), calls
     for b in range(3):
         np.testing.assert_allclose(Y[b, : t[b]], want[b, : t[b]], **tol)
         np.testing.assert_allclose(pool.get_state(ids[b]).data, gpool.get_state(gids[b]).data, **tol)
