@@ -43,6 +43,7 @@ class GraphModel:
         ]
         desc = json.dumps(["onnx-graph", [r.node.name for r in plan.rec], self._slots])
         self._key = hashlib.sha1(desc.encode()).hexdigest()[:16]
+        self._step = None  # the general path while the graph is checked
         self._stream_why = self._check_streamable()
         self._step = self._step_plan()
 
@@ -132,6 +133,8 @@ class GraphModel:
             if st is None and lengths is not None and (lengths == 0).any():
                 raise StreamRNNError("lengths: expected at least 1 frame per sequence (this graph computes its "
                                      "initial state from its input), got a length of 0")
+        if self._step is not None and st is not None:
+            return self._planned_frames(X3, st, lengths)
         Ys = []
         for t in range(T):
             Y, fin = self._forward(X3[:, t : t + 1], st, None)
@@ -142,6 +145,28 @@ class GraphModel:
             Ys.append(Y)
             st = fin
         return np.concatenate(Ys, axis=1), st
+
+    def _planned_frames(self, X3: np.ndarray, st: np.ndarray, lengths: np.ndarray | None):
+        """``_frame_by_frame`` on planned steps: through a graph stream (B = 1) or a pool of B
+        streams made for this call (its node pools: the engine's pool kernels, compiled the first
+        time a pool is made in the process), started from the states ``st`` (B, S)."""
+        B, T = X3.shape[:2]
+        n = np.full(B, T) if lengths is None else lengths
+        Y = np.zeros((B, T, self.output_size), self.dtype)
+        if B == 1:
+            s = GraphStream(self)
+            s._st = st.copy()
+            for t in range(int(n[0])):
+                s.step(X3[0, t], out=Y[0, t])
+            return Y, s._st
+        pool = GraphPool(self, B)
+        ids = pool.open(B)  # 0 .. B - 1
+        pool._arena[:] = st
+        for t in range(T):
+            act = ids if lengths is None else ids[n > t]  # past its length a sequence rests
+            if len(act):
+                Y[act, t] = pool.step(act, X3[act, t])
+        return Y, pool._arena
 
     def _check_streamable(self) -> str | None:
         p = self.plan

@@ -309,3 +309,49 @@ def test_large_finite_frames_are_not_refused():
     x[2] = np.nan
     with pytest.raises(srnn.NonFiniteError, match="feature 2"):
         planned.stream().step(x)
+
+
+def test_run_of_a_one_frame_graph_takes_planned_frames():
+    """``run`` of a graph exported as one frame (T fixed to 1, h / c in and out) goes frame by
+    frame; each frame takes the planned step (the recurrent nodes through their models' run of
+    one frame): against PyTorch on the whole sequence, with ragged lengths and a given state,
+    and against the general path."""
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.fc = torch.nn.GRU(4, 4, batch_first=True), torch.nn.Linear(4, 3)
+
+        def forward(self, x, h):
+            y, h2 = self.rnn(x, h)
+            return self.fc(y * x), h2
+
+    torch.manual_seed(21)
+    net = Step().eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 1, 4), torch.zeros(1, 2, 4)), f, input_names=["x", "h"],
+                          output_names=["y", "hn"], dynamo=False, opset_version=17,
+                          dynamic_axes={"x": {0: "b"}, "h": {1: "b"}, "y": {0: "b"}})
+    planned, general = _both(f.getvalue(), state_map={"h": "hn"})
+    assert planned.plan.fixed_T == 1
+    calls = []
+    plan_step = planned._step.step
+    planned._step.step = lambda *a: calls.append(len(a[0])) or plan_step(*a)
+    rng = np.random.default_rng(22)
+    X = rng.normal(size=(3, 6, 4)).astype(np.float32)
+    h0 = rng.normal(size=(3, 4)).astype(np.float32) * 0.5
+    with torch.no_grad():
+        want = net(torch.from_numpy(X), torch.from_numpy(h0)[None])[0].numpy()
+    Y, st = planned.run(X, state=h0, return_state=True)
+    np.testing.assert_allclose(Y, want, rtol=1e-5, atol=1e-6)
+    assert calls == [3] * 6
+    L = np.array([6, 2, 0])
+    Yl, stl = planned.run(X, state=h0, lengths=L, return_state=True)
+    Yg, stg = general.run(X, state=h0, lengths=L, return_state=True)
+    np.testing.assert_allclose(Yl, Yg, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stl.data, stg.data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(Yl[1, :2], want[1, :2], rtol=1e-5, atol=1e-6)
+    assert not Yl[1, 2:].any() and not Yl[2].any()
+    np.testing.assert_array_equal(stl.data[2], h0[2])  # a length of 0 keeps its state
