@@ -17,7 +17,8 @@ def _matmul(a, b) -> np.ndarray:
     would run as one small product per stacked matrix (3-4x slower: (64, 1, 128) @ (128, 16)
     15 vs 5 µs, bench/NOTES.md 127)."""
     a, b = np.asarray(a), np.asarray(b)
-    if a.ndim > 2 and b.ndim == 2 and a.shape[-1] == b.shape[0] and a.size:
+    # (more than one stacked matrix: for one, matmul itself is cheaper than two reshapes)
+    if a.ndim > 2 and b.ndim == 2 and a.shape[-1] == b.shape[0] and a.size > a.shape[-2] * a.shape[-1]:
         return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[1],))
     return np.matmul(a, b)
 
