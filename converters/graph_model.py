@@ -21,7 +21,7 @@ from ..model import _as_float, _check_finite, _check_out, _live_id, _live_ids
 from ..state import State, state_from_bytes
 from .graph import Graph
 from .graph_plan import IOPlan
-from .graph_step import NotStepwise, StepPlan
+from .graph_step import _RESHAPE, NotStepwise, StepPlan
 
 log = logging.getLogger("streamrnn")
 
@@ -62,6 +62,20 @@ class GraphModel:
         """Why ``stream()`` / ``pool()`` refuse this graph (None: they do not)."""
         return self._stream_why
 
+    @property
+    def frame_step(self) -> dict[str, Any] | None:
+        """How ``stream().step`` / ``pool().step`` run a frame (None: the graph does not stream):
+        ``{"planned": True, "per_frame": k, "as_reshapes": r, "of": n}`` (k of the graph's n nodes
+        run every frame, r of them as reshapes, the rest once per batch size), or
+        ``{"planned": False, "of": n}`` (the whole graph every frame: the CUDA engine)."""
+        if self._stream_why is not None:
+            return None
+        n = len(self.graph.nodes)
+        if self._step is None:
+            return {"planned": False, "of": n}
+        _, prog, _ = self._step.frame(1)
+        return {"planned": True, "per_frame": len(prog), "as_reshapes": sum(e[0] == _RESHAPE for e in prog), "of": n}
+
     def num_params(self) -> int:
         """Float initializers of the graph (weights, biases), as ``ModelSpec.num_params``."""
         return int(sum(a.size for a in self.graph.consts.values() if a.dtype.kind == "f"))
@@ -76,6 +90,13 @@ class GraphModel:
             lines.append(f"  {n.op_type:<16} {n.name}")
         lines.append(f"  parameters={self.num_params()}  state floats/stream={self.state_size}  streamable="
                      + ("yes" if self.streamable else f"no ({self._stream_why})"))
+        fs = self.frame_step
+        if fs is not None and fs["planned"]:
+            rest = fs["of"] - fs["per_frame"]
+            lines.append(f"  a frame (stream / pool step) runs {fs['per_frame']} of the {fs['of']} nodes "
+                         f"({fs['as_reshapes']} as reshapes)" + (f"; {rest} run once per batch size" if rest else ""))
+        elif fs is not None:
+            lines.append(f"  a frame (stream / pool step) runs the whole graph ({self.device} engine)")
         return "\n".join(lines)
 
     # -- core ---------------------------------------------------------------------------------

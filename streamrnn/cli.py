@@ -131,6 +131,7 @@ def _inspect_graph(args: argparse.Namespace, model) -> int:
         "streamable": why is None,
         "not_streamable_because": why,
         "supports": {"run": True, "stream": why is None, "pool": why is None},
+        "frame_step": model.frame_step,
         "nodes": [{"op": n.op_type, "name": n.name} for n in model.graph.nodes],
         "recurrent_nodes": [
             {"name": r.node.name, "op": r.node.op_type, "state_offset": int(r.offset), "state_floats": int(r.size),

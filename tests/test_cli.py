@@ -198,6 +198,8 @@ def test_every_command_on_a_graph_model(tmp_path, capsys):
     assert (info["input_size"], info["output_size"], info["state_floats_per_stream"]) == (4, 3, 8)
     assert info["streamable"] is True and info["supports"] == {"run": True, "stream": True, "pool": True}
     assert [r["op"] for r in info["recurrent_nodes"]] == ["LSTM"] and {"op": "Add", "name": "/Add"} in info["nodes"]
+    fs = info["frame_step"]  # the planned step: the LSTM, the head, the transposes as reshapes
+    assert fs["planned"] is True and 0 < fs["per_frame"] <= fs["of"] == len(info["nodes"]) and fs["as_reshapes"] >= 2
     assert main(["inspect", path]) == 0
     text = capsys.readouterr().out
     assert "ONNX graph model" in text and f"parameters={n_params}" in text and "model.pool().step" in text

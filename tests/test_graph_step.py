@@ -134,6 +134,10 @@ def test_planned_steps_match_pytorch_and_the_general_path(name, dtype):
         kept = planned._step.kept
         assert any(k not in planned.graph.consts for k in kept), kept
         assert {1, 2, 3} <= set(planned._step._frames)
+        fs = planned.frame_step
+        assert fs["planned"] and fs["per_frame"] < fs["of"] and fs["as_reshapes"] >= 2, fs
+        assert f"runs {fs['per_frame']} of the {fs['of']} nodes" in str(planned)
+    assert general.frame_step == {"planned": False, "of": len(general.graph.nodes)}
 
 
 def _lstm_node(name, X, Y, I, H, layout, rng, outputs=None):
