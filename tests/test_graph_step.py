@@ -19,18 +19,9 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 import streamrnn as srnn  # noqa: E402
 from streamrnn.converters.graph_model import GraphModel  # noqa: E402
 from streamrnn.converters.graph_step import NotStepwise, StepPlan  # noqa: E402
+from test_onnx_graph_model import Parallel, Residual, _export  # noqa: E402
 
 TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-10, atol=1e-12)}
-
-
-def _export(net, x, dyn=None):
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), (x,), f, input_names=["x"], output_names=["y"],
-                          dynamic_axes=None if dyn is None else {"x": dyn, "y": dyn}, dynamo=False,
-                          opset_version=17)
-    return f.getvalue()
 
 
 def _both(onnx_bytes, **kw):
@@ -39,24 +30,6 @@ def _both(onnx_bytes, **kw):
     assert isinstance(planned, GraphModel) and isinstance(planned._step, StepPlan)
     general._step = None
     return planned, general
-
-
-class Residual(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.rnn, self.fc = torch.nn.LSTM(4, 4, batch_first=True), torch.nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(self.rnn(x)[0] + x)
-
-
-class Parallel(torch.nn.Module):  # two recurrent branches, one of two layers
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = torch.nn.GRU(4, 5, batch_first=True), torch.nn.LSTM(4, 3, num_layers=2, batch_first=True)
-
-    def forward(self, x):
-        return torch.cat([self.a(x)[0], torch.tanh(self.b(x)[0])], -1)
 
 
 class Reshaping(torch.nn.Module):  # a Reshape whose shape is computed from x's (Shape, Gather, Concat)
