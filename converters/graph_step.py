@@ -6,9 +6,11 @@ residual LSTM, 4x onnxruntime (bench/NOTES.md 122). A frame (T = 1) of B streams
 
 * nodes that compute shapes (``Shape`` of a tensor whose shape follows from X's, ``Gather`` /
   ``Concat`` / ``Unsqueeze`` of such dims, ...) give the same values for every frame of the same
-  B, so they run once per B and their values are kept (:meth:`StepPlan.static_env`);
-* the other nodes run per frame, in order, the recurrent ones through the engine's one-frame
-  kernels (the caller's ``Stream`` / ``Pool`` of the node's one-layer model, see ``NodeRunner``).
+  B, so they run once per B and their values are kept (:meth:`StepPlan.frame`);
+* the other nodes run per frame, in order: layout nodes that keep the data's order for that B
+  (most transposes, when T = 1) as reshapes, the recurrent ones through the engine's one-frame
+  kernels (the caller's ``Stream`` / ``Pool`` of the node's one-layer model, see ``NodeRunner``),
+  the rest through their numpy ops.
 
 The caller keeps the graph model's flat state; a node runner copies its rows in, steps and
 returns the rows after the step, and the caller writes them back only when the whole frame has
@@ -45,6 +47,8 @@ _SHAPE_ARGS: dict[str, tuple[int, ...]] = {
 }
 _SHAPE_ONLY_OPS = ("Shape", "Size")  # outputs depend on the input's shape, not its values
 _REC_CUT = (4, 5, 6)  # sequence_lens, initial_h, initial_c: the runner holds the state
+_LAYOUT_OPS = ("Transpose", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity")
+_OP, _RESHAPE, _REC = 0, 1, 2  # kinds of a frame's entries
 
 #: ``runner(x (B, I) C-contiguous) -> (y (B, H), rows (B, S))``: one frame of a recurrent node
 #: for the call's B streams, from the caller's state rows; ``rows`` is the node's state after it
@@ -53,10 +57,6 @@ NodeRunner = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 class NotStepwise(Exception):
     """This frame cannot take the planned step (raised before any state is written)."""
-
-
-_LAYOUT_OPS = ("Transpose", "Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity")
-_OP, _RESHAPE, _REC = 0, 1, 2  # kinds of a frame's entries
 
 
 class StepPlan:
