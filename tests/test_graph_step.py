@@ -332,3 +332,53 @@ def test_run_of_a_one_frame_graph_takes_planned_frames():
     np.testing.assert_allclose(Yl[1, :2], want[1, :2], rtol=1e-5, atol=1e-6)
     assert not Yl[1, 2:].any() and not Yl[2].any()
     np.testing.assert_array_equal(stl.data[2], h0[2])  # a length of 0 keeps its state
+
+
+def test_planned_steps_from_threads():
+    """Graph streams of one model stepped from 4 threads at once, and one graph pool stepped from
+    4 threads (each its own ids, with varying counts: frame plans made concurrently): each
+    stream's outputs equal those of the same frames stepped alone."""
+    import threading
+
+    torch.manual_seed(9)
+    planned, _ = _both(_export(Parallel(), torch.randn(2, 5, 4), {0: "b", 1: "t"}))
+    rng = np.random.default_rng(10)
+    X = rng.normal(size=(8, 30, 4)).astype(np.float32)
+    want = planned.run(X)
+    got = np.zeros_like(want)
+    pool = planned.pool(8)
+    ids = pool.open(8)
+    errors = []
+
+    def stream_worker(b):
+        try:
+            s = planned.stream()
+            for t in range(30):
+                got[b, t] = s.step(X[b, t])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def pool_worker(k):
+        try:
+            mine = ids[2 * k : 2 * k + 2]
+            for t in range(30):
+                sel = mine if t % 3 else mine[:1]  # 1 or 2 ids: frame plans for both sizes
+                tt = pool_t[sel]  # each stream's next frame
+                pool_got[sel, tt] = pool.step(sel, X[sel, tt])
+                pool_t[sel] += 1
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=stream_worker, args=(b,)) for b in range(4)]
+    pool_got = np.zeros_like(want)
+    pool_t = np.zeros(8, int)
+    threads += [threading.Thread(target=pool_worker, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    np.testing.assert_allclose(got[:4], want[:4], rtol=1e-5, atol=1e-6)
+    for b in range(8):
+        n = pool_t[b]
+        np.testing.assert_allclose(pool_got[b, :n], want[b, :n], rtol=1e-5, atol=1e-6)
