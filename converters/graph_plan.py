@@ -258,6 +258,11 @@ def _axes_from_runs(plan: IOPlan, runs) -> None:
             else:
                 plan.time_major = not (tb.shape == X1.shape and np.array_equal(tb, X1.transpose(1, 0, 2))
                                        and not np.array_equal(tb, X1))
+        elif isinstance(plan.x.shape[0], int) != isinstance(plan.x.shape[1], int):
+            # no recurrent node shows the axes: of a fixed and a free one, the fixed one is time
+            # (an exporter that unrolled a recurrence over the traced frames, or a one-step
+            # export, leaves the batch free); read the other way, batch and time would mix
+            plan.time_major = isinstance(plan.x.shape[0], int)
         T1, B1, T2, B2 = (a0, a1, b0, b1) if plan.time_major else (a1, a0, b1, b0)
         plan.per_item = B1 == 1 and B2 == 1
         tdecl = plan.x.shape[0 if plan.time_major else 1]

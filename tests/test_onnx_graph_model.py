@@ -431,3 +431,31 @@ def test_single_step_export_of_a_graph_streams(dynamic_batch):
     assert not Yl[1, 2:].any() and not Yl[2].any() and not st.data[2].any()
     _, st1 = model.run(X[1, :2], return_state=True)
     np.testing.assert_allclose(st.data[1], st1.data, rtol=1e-5, atol=1e-6)
+
+
+def test_graph_without_recurrent_nodes_and_a_fixed_time_axis():
+    """A graph with no recurrent node and x declared (b, 3, I): what torch.onnx.export(dynamo=True)
+    makes of nn.RNN (the recurrence unrolled over the traced frames). No node shows which axis
+    is time; of a fixed and a free axis the fixed one is. Before, axis 0 was taken as time: batch
+    and time mixed and run() returned wrong values without an error. Now run() equals onnxruntime,
+    refuses another number of frames, and stream() refuses with the reason."""
+    rng = np.random.default_rng(31)
+    I, O = 4, 2
+    inits = [numpy_helper.from_array(rng.normal(size=(I, O)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array([0], np.int64), "s0"), numpy_helper.from_array(np.array([1], np.int64), "s1"),
+             numpy_helper.from_array(np.array([1], np.int64), "ax")]
+    nodes = [helper.make_node("Slice", ["x", "s0", "s1", "ax"], ["first"]),  # x[:, 0:1]: frame 0 of each sequence
+             helper.make_node("Mul", ["x", "first"], ["m"]), helper.make_node("Tanh", ["m"], ["t"]),
+             helper.make_node("MatMul", ["t", "W"], ["y"])]
+    graph = helper.make_graph(nodes, "unrolled", [helper.make_tensor_value_info("x", FLOAT, ["b", 3, I])],
+                              [helper.make_tensor_value_info("y", FLOAT, ["b", 3, O])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = srnn.from_onnx(proto.SerializeToString())
+    X = rng.normal(size=(2, 3, I)).astype(np.float32)
+    want = _ort(proto, {"x": X})[0]
+    np.testing.assert_allclose(model.run(X), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.run(X[1]), want[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(srnn.ShapeError, match="expected 3 frames"):
+        model.run(X[:, :2])
+    with pytest.raises(srnn.StreamRNNError, match="fixed to 3"):
+        model.stream()
