@@ -182,10 +182,11 @@ def build_plan(graph: Graph, roles: Roles, dtype: np.dtype, device: str) -> IOPl
 
 
 def _probe_shape(plan: IOPlan, k: int) -> tuple[int, int]:
+    """Sizes of X's axes 0 and 1 for probe ``k`` (declared sizes where fixed)."""
     shp = plan.x.shape
     sizes = _PROBES[k]
-    if plan.x_rank == 2:
-        return 1, (shp[0] if isinstance(shp[0], int) else sizes[0])
+    if plan.x_rank == 2:  # (T, I): a0 is the number of frames (as the callers read it)
+        return (shp[0] if isinstance(shp[0], int) else sizes[0]), 1
     a0 = shp[0] if isinstance(shp[0], int) else sizes[0]
     a1 = shp[1] if isinstance(shp[1], int) else sizes[1]
     return a0, a1

@@ -459,3 +459,36 @@ def test_graph_without_recurrent_nodes_and_a_fixed_time_axis():
         model.run(X[:, :2])
     with pytest.raises(srnn.StreamRNNError, match="fixed to 3"):
         model.stream()
+
+
+def test_unbatched_graph_probed_with_several_frames():
+    """A graph of x (T, I) whose output puts time last, y (1, O, T). The load-time probes of
+    rank-2 graphs ran with one frame (T = 1), so y's time axis could not be told from its
+    leading size-1 axis: axis 0 was taken, and run() returned y's data transposed. Now the
+    probes run 5 and 4 frames, as for rank-3 graphs; run() equals onnxruntime."""
+    rng = np.random.default_rng(33)
+    I, H, O = 3, 4, 2
+    inits = [numpy_helper.from_array(rng.normal(size=(1, 3 * H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(1, 3 * H, H)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.normal(size=(H, O)).astype(np.float32), "Wo"),
+             numpy_helper.from_array(np.array([1], np.int64), "a1"), numpy_helper.from_array(np.array([0], np.int64), "a0")]
+    nodes = [helper.make_node("Unsqueeze", ["x", "a1"], ["x3"]),  # (T, 1, I)
+             helper.make_node("GRU", ["x3", "W", "R"], ["Y"], hidden_size=H),  # (T, 1, 1, H)
+             helper.make_node("Reshape", ["Y", "shp"], ["h"]),  # (T, H)
+             helper.make_node("MatMul", ["h", "Wo"], ["m"]),  # (T, O)
+             helper.make_node("Add", ["m", "h2"], ["s"]),  # + a residual: not a chain
+             helper.make_node("Transpose", ["s"], ["st"], perm=[1, 0]),  # (O, T)
+             helper.make_node("Unsqueeze", ["st", "a0"], ["y"])]  # (1, O, T)
+    inits.append(numpy_helper.from_array(np.array([-1, H], np.int64), "shp"))
+    nodes.insert(4, helper.make_node("Slice", ["h", "s0", "s2", "a1"], ["h2"]))  # h[:, :O]
+    inits += [numpy_helper.from_array(np.array([0], np.int64), "s0"), numpy_helper.from_array(np.array([O], np.int64), "s2")]
+    graph = helper.make_graph(nodes, "time_last", [helper.make_tensor_value_info("x", FLOAT, ["T", I])],
+                              [helper.make_tensor_value_info("y", FLOAT, [1, O, "T"])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model = srnn.from_onnx(proto.SerializeToString())
+    assert isinstance(model, GraphModel)
+    X = rng.normal(size=(6, I)).astype(np.float32)
+    want = _ort(proto, {"x": X})[0][0].T  # (T, O)
+    np.testing.assert_allclose(model.run(X), want, rtol=1e-5, atol=1e-6)
+    s = model.stream()
+    np.testing.assert_allclose(np.stack([s.step(x) for x in X]), want, rtol=1e-5, atol=1e-6)
