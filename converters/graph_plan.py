@@ -224,7 +224,13 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
             runs.append((a0, a1, Xg, seen[0] if seen else None, vals))
             break
         else:
-            raise UnsupportedError(f"graph {graph.name!r}: a probe run on X of shape {Xg.shape} failed: {err}")
+            hint = ""
+            if runs:  # the first size ran: the graph's nodes fix sizes its declared X leaves free
+                hint = (f"; it ran on X of shape {runs[0][2].shape}: nodes of the graph fix a size that its "
+                        f"declared input {plan.x.name!r} {plan.x.shape} leaves free (torch.onnx.export(dynamo=True) "
+                        "can bake the traced sequence length into Reshape nodes; export with dynamo=False, or "
+                        "declare that size fixed)")
+            raise UnsupportedError(f"graph {graph.name!r}: a probe run on X of shape {Xg.shape} failed: {err}{hint}")
     _axes_from_runs(plan, runs)
     for r in probe_fresh:
         rows = [_initial_rows(r, run[4], plan.dtype) for run in runs]

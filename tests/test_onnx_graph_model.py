@@ -492,3 +492,25 @@ def test_unbatched_graph_probed_with_several_frames():
     np.testing.assert_allclose(model.run(X), want, rtol=1e-5, atol=1e-6)
     s = model.stream()
     np.testing.assert_allclose(np.stack([s.step(x) for x in X]), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_graph_that_fixes_the_length_its_input_leaves_free_is_refused_with_the_reason():
+    """x declared (T, I) with T free, but a Reshape to (5, H) inside: what the dynamo exporter
+    makes of an unbatched GRU (the traced length baked in). It runs on 5 frames only (so does
+    onnxruntime); the load refuses it, saying it ran on 5 frames and how to export instead."""
+    rng = np.random.default_rng(35)
+    I, H = 3, 4
+    inits = [numpy_helper.from_array(rng.normal(size=(1, 3 * H, I)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(1, 3 * H, H)).astype(np.float32), "R"),
+             numpy_helper.from_array(np.array([1], np.int64), "a1"),
+             numpy_helper.from_array(np.array([5, H], np.int64), "shp")]
+    nodes = [helper.make_node("Unsqueeze", ["x", "a1"], ["x3"]),
+             helper.make_node("GRU", ["x3", "W", "R"], ["Y"], hidden_size=H),
+             helper.make_node("Reshape", ["Y", "shp"], ["h"]),
+             helper.make_node("Add", ["h", "h"], ["y"])]
+    graph = helper.make_graph(nodes, "baked", [helper.make_tensor_value_info("x", FLOAT, ["T", I])],
+                              [helper.make_tensor_value_info("y", FLOAT, ["T", H])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    assert _ort(proto, {"x": rng.normal(size=(5, I)).astype(np.float32)})[0].shape == (5, H)
+    with pytest.raises(srnn.UnsupportedError, match=r"it ran on X of shape \(5, 3\).*dynamo=False"):
+        srnn.from_onnx(proto.SerializeToString())
