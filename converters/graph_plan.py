@@ -225,11 +225,11 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
             break
         else:
             hint = ""
-            if runs:  # the first size ran: the graph's nodes fix sizes its declared X leaves free
-                hint = (f"; it ran on X of shape {runs[0][2].shape}: nodes of the graph fix a size that its "
-                        f"declared input {plan.x.name!r} {plan.x.shape} leaves free (torch.onnx.export(dynamo=True) "
-                        "can bake the traced sequence length into Reshape nodes; export with dynamo=False, or "
-                        "declare that size fixed)")
+            if any(not isinstance(d, int) for d in plan.x.shape[:2]):  # sizes the probes chose
+                ran = f"it ran on X of shape {runs[0][2].shape}; " if runs else ""
+                hint = (f"; {ran}the graph's nodes may fix a size that its declared input {plan.x.name!r} "
+                        f"{plan.x.shape} leaves free (torch.onnx.export(dynamo=True) can bake the traced "
+                        "sequence length into Reshape nodes: export with dynamo=False, or declare that size fixed)")
             raise UnsupportedError(f"graph {graph.name!r}: a probe run on X of shape {Xg.shape} failed: {err}{hint}")
     _axes_from_runs(plan, runs)
     for r in probe_fresh:
