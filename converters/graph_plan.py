@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StreamRNNError, UnsupportedError
+from ..errors import FormatError, StreamRNNError, UnsupportedError
 from .graph import GNode, Graph, ValueInfo
 from .onnx_roles import Roles, glue_leaves
 
@@ -120,6 +120,23 @@ def _input_size(graph: Graph, x: ValueInfo) -> int:
     )
 
 
+def _check_initial(n: GNode, model, kind: str, v: Any) -> None:
+    """FormatError unless node ``n``'s initial_h / initial_c ``v`` has the shape the node implies:
+    (D, batch, size), (batch, D, size) with layout 1 (onnxruntime refuses others when it runs;
+    zeros of another size used to pass here as a fresh state)."""
+    shape = np.shape(v)
+    D = n.op.ndir
+    size = next(m for _, _, k, _, m in model.spec.state_slots() if k == kind)
+    if len(shape) == 3 and shape[1 if n.op.layout == 1 else 0] == D and shape[2] == size:
+        return
+    want = f"(batch, {D}, {size})" if n.op.layout == 1 else f"({D}, batch, {size})"
+    hint = ""
+    if n.op_type == "LSTM" and kind == "c" and len(shape) == 3 and shape[2] > size:
+        hint = (" (torch.onnx.export(dynamo=True) exports an LSTM with proj_size as one without its "
+                "projection; load the PyTorch checkpoint instead, which keeps it)")
+    raise FormatError(f"node {n.name!r} ({n.op_type}): initial_{kind}: expected shape {want}, got {shape}{hint}")
+
+
 def _fresh_state(graph: Graph, roles: Roles, n: GNode, model) -> np.ndarray | str:
     """A new stream's state of node ``n`` when the graph shows it (absent, zero-valued state
     inputs, a constant): an (S,) array; else "probe" (the probe runs look at what it gets)."""
@@ -129,6 +146,7 @@ def _fresh_state(graph: Graph, roles: Roles, n: GNode, model) -> np.ndarray | st
             continue
         t = n.inputs[k]
         if t in graph.consts:
+            _check_initial(n, model, kind, graph.consts[t])
             v = np.asarray(graph.consts[t])
             v = v.transpose(1, 0, 2) if n.op.layout == 1 and v.ndim == 3 else v
             if v.ndim != 3 or v.shape[1] != 1:
@@ -196,7 +214,7 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
     rng = np.random.default_rng(0)
     first = plan.rec[0].node.name if plan.rec else None
     init = {r.node.name: r.fresh[None] for r in plan.rec if r.fresh is not None}
-    extra = [t for r in probe_fresh for t in r.node.inputs[5:7] if t]
+    extra = [t for r in plan.rec for t in r.node.inputs[5:7] if t]  # initial states: shapes checked
     runs = []
     for k in range(2):
         a0, a1 = _probe_shape(plan, k)
@@ -231,6 +249,11 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
                         f"{plan.x.shape} leaves free (torch.onnx.export(dynamo=True) can bake the traced "
                         "sequence length into Reshape nodes: export with dynamo=False, or declare that size fixed)")
             raise UnsupportedError(f"graph {graph.name!r}: a probe run on X of shape {Xg.shape} failed: {err}{hint}")
+    for r in plan.rec:
+        for name, kind in zip(r.node.inputs[5:7], "hc"):
+            for run in runs:
+                if name and name in run[4]:
+                    _check_initial(r.node, r.model, kind, run[4][name])
     _axes_from_runs(plan, runs)
     for r in probe_fresh:
         rows = [_initial_rows(r, run[4], plan.dtype) for run in runs]

@@ -514,3 +514,35 @@ def test_a_graph_that_fixes_the_length_its_input_leaves_free_is_refused_with_the
     assert _ort(proto, {"x": rng.normal(size=(5, I)).astype(np.float32)})[0].shape == (5, H)
     with pytest.raises(srnn.UnsupportedError, match=r"it ran on X of shape \(5, 3\); .*dynamo=False"):
         srnn.from_onnx(proto.SerializeToString())
+
+
+@pytest.mark.parametrize("how", ["computed zeros", "constant"])
+def test_initial_state_of_another_size_is_refused(how):
+    """An LSTM of hidden_size 3 given initial_c of size 6: as zeros built from x's shape (what the
+    dynamo exporter makes of an LSTM with proj_size: the projection dropped, c kept at 6), or as
+    a constant. onnxruntime refuses it when it runs; the load took the zeros for a fresh state
+    and ran a different model (a constant raised a bare numpy ValueError). Now FormatError
+    naming the node, the input and both shapes."""
+    rng = np.random.default_rng(37)
+    I, H = 4, 3
+    f = lambda a, n: numpy_helper.from_array(np.asarray(a), n)  # noqa: E731
+    inits = [f(rng.normal(size=(1, 4 * H, I)).astype(np.float32), "W"),
+             f(rng.normal(size=(1, 4 * H, H)).astype(np.float32), "R"),
+             f(np.array([1], np.int64), "one"), f(np.array([6], np.int64), "six"),
+             f(np.array([1], np.int64), "s1"), f(np.array([2], np.int64), "s2"), f(np.array(0, np.float32), "z")]
+    nodes = []
+    if how == "constant":
+        inits.append(f(np.zeros((1, 1, 6), np.float32), "c0"))
+    else:  # zeros (1, B, 6), B from x (T, B, I)
+        nodes += [helper.make_node("Shape", ["x"], ["shp"]), helper.make_node("Slice", ["shp", "s1", "s2"], ["b"]),
+                  helper.make_node("Concat", ["one", "b", "six"], ["dims"], axis=0),
+                  helper.make_node("Expand", ["z", "dims"], ["c0"])]
+    nodes += [helper.make_node("LSTM", ["x", "W", "R", "", "", "", "c0"], ["Y"], hidden_size=H),
+              helper.make_node("Squeeze", ["Y", "one"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", FLOAT, ["T", "B", I])],
+                              [helper.make_tensor_value_info("y", FLOAT, ["T", "B", H])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    with pytest.raises(Exception, match="initial_c"):  # onnxruntime: "Input initial_c must have shape"
+        _ort(proto, {"x": rng.normal(size=(2, 2, I)).astype(np.float32)})
+    with pytest.raises(srnn.FormatError, match=r"initial_c: expected shape \(1, batch, 3\), got \(1, \w+, 6\)"):
+        srnn.from_onnx(proto.SerializeToString())
