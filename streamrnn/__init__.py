@@ -74,7 +74,13 @@ def load(
     FileNotFoundError : the file does not exist.
     StreamRNNError : the file is unreadable, hostile or holds an unsupported model.
     """
-    p = os.fspath(path)
+    if isinstance(path, (bytes, bytearray, memoryview)) and (len(path) > 4096 or b"\0" in bytes(path)):
+        # a file's contents, not a (bytes) path: FileNotFoundError would print all of them
+        raise StreamRNNError(
+            f"path: expected a file path, got {len(path)} bytes of data; for ONNX bytes use "
+            "srnn.from_onnx(data), for other formats write them to a file first"
+        )
+    p = os.fsdecode(path)  # str, bytes or PathLike: a str (the suffix picks the reader)
     if not os.path.exists(p):
         raise FileNotFoundError(p)
     ext = os.path.splitext(p)[1].lower()

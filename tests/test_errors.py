@@ -346,3 +346,18 @@ def test_live_ids_reports_as_a_loop_over_the_ids_would():
             with pytest.raises(srnn.StreamIdError) as e:
                 _live_ids(ids, "ids", alive)
             assert str(e.value) == want, (ids, alive)
+
+
+def test_load_of_a_files_contents_says_so(tmp_path):
+    """srnn.load(data) with a file's contents (bytes) instead of its path raised FileNotFoundError
+    whose message was the whole contents; now StreamRNNError saying what it got and what to do.
+    A short bytes path is a path (its suffix was compared as bytes: "expected a file ending in")."""
+    with pytest.raises(srnn.StreamRNNError, match=r"path: expected a file path, got 5000 bytes of data"):
+        srnn.load(b"PK\x03\x04" + bytes(4996))
+    with pytest.raises(FileNotFoundError):
+        srnn.load(str(tmp_path / "missing.srnn").encode())
+    from streamrnn.benchutil import random_lstm_spec
+
+    path = str(tmp_path / "m.srnn")
+    srnn.Model(random_lstm_spec(3, 4, 2, seed=1)).save(path)
+    assert srnn.load(path.encode()).input_size == 3
