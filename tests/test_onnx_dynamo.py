@@ -77,18 +77,10 @@ def test_dynamo_export_runs_and_streams_as_pytorch(name):
 def test_dynamo_step_export_with_state_streams():
     """The streaming export: one frame, h / c in and out, y = Linear(LSTM(x) + x); a graph model
     whose stream and pool step equal PyTorch on the whole sequence."""
-
-    class Step(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn, self.fc = torch.nn.LSTM(4, 4, batch_first=True), torch.nn.Linear(4, 3)
-
-        def forward(self, x, h, c):
-            y, (h2, c2) = self.rnn(x, (h, c))
-            return self.fc(y + x), h2, c2
+    from test_onnx_graph_model import ResidualStep
 
     torch.manual_seed(41)
-    net = Step().eval()
+    net = ResidualStep().eval()
     z = torch.zeros(1, 2, 4)
     model = srnn.from_onnx(_export(net, (torch.randn(2, 1, 4), z, z), ({0: AUTO}, {1: AUTO}, {1: AUTO})))
     assert isinstance(model, GraphModel) and model.streamable and model.frame_step["planned"]

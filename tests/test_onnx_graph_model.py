@@ -43,6 +43,16 @@ class Residual(torch.nn.Module):
         return self.fc(self.rnn(x)[0] + x)
 
 
+class ResidualStep(torch.nn.Module):  # one frame of Residual, h / c in and out: the streaming export
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = torch.nn.LSTM(4, 4, batch_first=True), torch.nn.Linear(4, 3)
+
+    def forward(self, x, h, c):
+        y, (h2, c2) = self.rnn(x, (h, c))
+        return self.fc(y + x), h2, c2
+
+
 class Parallel(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -390,18 +400,8 @@ def test_single_step_export_of_a_graph_streams(dynamic_batch):
     refused it ("time dimension is fixed to 1") and run() took T = 1 only. Now it runs frame
     by frame, the state carried: run over any T (ragged lengths too), stream, push, pool, all
     equal to PyTorch on the whole sequence."""
-
-    class Step(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn, self.fc = torch.nn.LSTM(4, 4, batch_first=True), torch.nn.Linear(4, 3)
-
-        def forward(self, x, h, c):
-            y, (h2, c2) = self.rnn(x, (h, c))
-            return self.fc(y + x), h2, c2
-
     torch.manual_seed(12)
-    net = Step().eval()
+    net = ResidualStep().eval()
     f = io.BytesIO()
     axes = {"x": {0: "b"}, "h": {1: "b"}, "c": {1: "b"}, "y": {0: "b"}} if dynamic_batch else None
     with warnings.catch_warnings():
