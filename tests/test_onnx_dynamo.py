@@ -120,6 +120,7 @@ def test_dynamo_export_with_the_length_baked_in_is_refused_with_the_reason():
     np.testing.assert_allclose(model.run(X.transpose(1, 0, 2)), want.transpose(1, 0, 2), **TOL)
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")  # torch's own
 def test_dynamo_export_of_an_lstm_with_projection_is_refused_with_the_reason(tmp_path):
     """nn.LSTM(proj_size=3): the exporter writes a plain LSTM of hidden_size 3 (no projection in
     ONNX's LSTM) fed an initial c of size 6; onnxruntime fails when it runs. It used to load as
