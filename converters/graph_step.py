@@ -104,12 +104,14 @@ class StepPlan:
         """A frame of B streams: the values its nodes read that are the same for every frame (kept),
         its entries (kind, node, input names, output names, arg), and the shapes of the graph's X
         and of Y as (B, O) (None: Y's data is in another order), planned the first time B is seen
-        from one general evaluation of a frame of zeros (whose shapes are every frame's)."""
+        from one general evaluation of a frame (whose shapes are every frame's)."""
         fr = self._frames.get(B)
         if fr is not None:
             return fr
         p, g = self.plan, self.graph
-        feeds = p.feeds(g, np.zeros((B, 1, p.input_size), p.dtype), False, False)
+        # a frame of random values (zeros would make e.g. x / x NaN and stop a recurrent node)
+        X = np.random.default_rng(B).uniform(0.5, 1.0, size=(B, 1, p.input_size)).astype(p.dtype)
+        feeds = p.feeds(g, X, False, False)
         zero = {r.node.name: np.zeros((B, r.size), p.dtype) for r in p.rec}
         known = [o for n, _, _ in self.dynamic for o in n.outputs if o in self.shaped]
         want = self.kept + [i for i in known if i not in self.kept] + [p.x.name, p.y.name]
