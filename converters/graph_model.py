@@ -313,6 +313,12 @@ def _frames(model: GraphModel, X: Any, name: str, rows: str = "frame") -> np.nda
     return X
 
 
+#: a chunk of up to this many frames is pushed as planned steps (~16 µs each, residual LSTM at
+#: H=32) rather than as one evaluation of the whole graph (~77 µs at any length up to 16;
+#: bench/NOTES.md 130)
+PLANNED_PUSH_MAX = 4
+
+
 class GraphStream:
     """One live stream of a :class:`GraphModel` (API of :class:`streamrnn.Stream`)."""
 
@@ -341,30 +347,47 @@ class GraphStream:
             raise ShapeError(f"x: expected shape ({self.model.input_size},), got {xa.shape}")
         _check_out(out, (self.model.output_size,), self.model.dtype)
         _check_finite(xa, "x", ("feature",))
-        y = self._planned(xa) if self._runners is not None else None
-        if y is None:
-            y = self.push(xa[None])[0]
+        y = None
+        if self._runners is not None:
+            with self._lock:
+                y = self._planned(xa[None])
+        y = self.push(xa[None])[0] if y is None else y[0]
         if out is None:
             return y
         out[...] = y
         return out
 
-    def _planned(self, x: np.ndarray) -> np.ndarray | None:
-        """The planned step (None: this frame takes the general path; no state changed)."""
+    def _planned(self, X: np.ndarray) -> np.ndarray | None:
+        """Frames X (T, I) on planned steps, under the lock; None: they take the general path,
+        and no state has changed (nor has it where a frame raises)."""
         plan = self.model._step
-        with self._lock:
-            try:
-                Y, rows = plan.step(x[None], self._runners)
-            except NotStepwise:
-                return None
-            for r, st in zip(plan.plan.rec, rows):
-                self._st[0, r.offset : r.offset + r.size] = st[0]
-        return Y[0]
+        saved = self._st.copy() if len(X) > 1 else None  # a later frame may fail
+        Y = np.empty((len(X), self.model.output_size), self.model.dtype)
+        try:
+            for t in range(len(X)):
+                try:
+                    Yt, rows = plan.step(X[t : t + 1], self._runners)
+                except NotStepwise:
+                    if saved is not None:
+                        self._st[...] = saved
+                    return None
+                for r, st in zip(plan.plan.rec, rows):
+                    self._st[0, r.offset : r.offset + r.size] = st[0]
+                Y[t] = Yt[0]
+        except BaseException:
+            if saved is not None:
+                self._st[...] = saved
+            raise
+        return Y
 
     def push(self, X: Any) -> np.ndarray:
         """Advance a chunk: X (T, input_size) -> Y (T, output_size)."""
         X = _frames(self.model, X, "X")
         with self._lock:
+            if self._runners is not None and 0 < len(X) <= PLANNED_PUSH_MAX:
+                Y = self._planned(X)
+                if Y is not None:
+                    return Y
             Y, st = self.model._forward(X[None], self._st, None)
             self._st = st
         return Y[0]
@@ -524,6 +547,27 @@ class GraphPool:
         X = _frames(self.model, X, "X")
         with self._lock:
             a = _live_id(sid, self._alive)
+            if self._runners is not None and 0 < len(X) <= PLANNED_PUSH_MAX:
+                Y = self._planned_chunk(a, X)
+                if Y is not None:
+                    return Y
             Y, fin = self.model._forward(X[None], self._arena[a : a + 1], None)
             self._arena[a] = fin[0]
         return Y[0]
+
+    def _planned_chunk(self, a: int, X: np.ndarray) -> np.ndarray | None:
+        """Stream ``a``'s frames X (T, I) on planned steps, under the lock; None: the general
+        path, and no state has changed (nor has it where a frame raises)."""
+        saved, ids = self._arena[a].copy(), np.array([a], np.int64)
+        Y = np.empty((len(X), self.model.output_size), self.model.dtype)
+        try:
+            for t in range(len(X)):
+                y = self._planned(ids, X[t : t + 1])
+                if y is None:
+                    self._arena[a] = saved
+                    return None
+                Y[t] = y[0]
+        except BaseException:
+            self._arena[a] = saved
+            raise
+        return Y

@@ -76,7 +76,7 @@ def test_planned_steps_match_pytorch_and_the_general_path(name, dtype):
     calls = []  # the planned steps taken (not the general path)
     plan_step = planned._step.step
     planned._step.step = lambda *a: calls.append(len(a[0])) or plan_step(*a)
-    # one stream: step by step, a push in the middle (the general path), the state carried between
+    # one stream: step by step, a push of 2 frames in the middle, the state carried between
     s, g = planned.stream(), general.stream()
     got = [s.step(X[1, t]) for t in range(3)] + list(s.push(X[1, 3:5])) + [s.step(X[1, t]) for t in range(5, 9)]
     gen = [g.step(X[1, t]) for t in range(9)]
@@ -98,8 +98,9 @@ def test_planned_steps_match_pytorch_and_the_general_path(name, dtype):
         np.testing.assert_allclose(y, gpool.step(gids[r], X[r, t[r]]), **tol)
         Y[r, t[r]] = y
         t[r] += 1
-    # every step planned; a graph of one sequence at a time takes one planned step per stream
-    assert calls == [1] * 7 + ([1] * int(t.sum()) if unbatched else [len(r) for r in order]), calls
+    # every step planned, the push of 2 frames too (one planned step per frame); a graph of one
+    # sequence at a time takes one planned step per stream
+    assert calls == [1] * 9 + ([1] * int(t.sum()) if unbatched else [len(r) for r in order]), calls
     for b in range(3):
         np.testing.assert_allclose(Y[b, : t[b]], want[b, : t[b]], **tol)
         np.testing.assert_allclose(pool.get_state(ids[b]).data, gpool.get_state(gids[b]).data, **tol)
@@ -209,6 +210,9 @@ def test_a_failed_frame_changes_no_state():
         with pytest.raises(srnn.NonFiniteError, match="'b'"):
             s.step(X[0])
         np.testing.assert_array_equal(s.state.data, before)
+        with pytest.raises(srnn.NonFiniteError, match="'b'"):  # a good frame, then the bad one
+            s.push(np.stack([X[0] * 0.1 - X[0] * 0.1, X[0]]))
+        np.testing.assert_array_equal(s.state.data, before)
         pool = model.pool(4)
         ids = pool.open(3)
         for i in ids:
@@ -216,6 +220,8 @@ def test_a_failed_frame_changes_no_state():
         before = [pool.get_state(i).data.copy() for i in ids]
         with pytest.raises(srnn.NonFiniteError, match="'b'"):
             pool.step(ids, X[:3])
+        with pytest.raises(srnn.NonFiniteError, match="'b'"):
+            pool.push(ids[1], np.stack([np.zeros(3, np.float32), X[1]]))
         for i, st in zip(ids, before):
             np.testing.assert_array_equal(pool.get_state(i).data, st)
 
