@@ -308,3 +308,22 @@ def test_session_providers_as_onnxruntime(caplog):
     with caplog.at_level(logging.WARNING, logger="streamrnn"):
         srnn.InferenceSession(_lstm_model(), providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
     assert "'TensorrtExecutionProvider' is not available in streamrnn" in caplog.text
+
+
+def test_a_recurrence_written_as_a_sequence_loop_is_refused_with_the_way_out():
+    """The dynamo exporter writes nn.RNN (its length left free) as SplitToSequence over frames
+    and a loop, with no RNN node. Such ops are refused, as before, by name and with the list of
+    supported ops; now also with what probably happened and what to do. Other unsupported ops
+    get no such hint."""
+    def graph(op, **attrs):
+        node = helper.make_node(op, ["x"], ["s"], **attrs)
+        g = helper.make_graph([node, helper.make_node("Identity", ["s"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    with pytest.raises(UnsupportedError, match=r"op 'SplitToSequence' not supported \(an exporter .*dynamo=False\); "
+                                               r"supported ops: Abs"):
+        srnn.InferenceSession(graph("SplitToSequence", axis=0, keepdims=0))
+    with pytest.raises(UnsupportedError, match=r"op 'Erf' not supported; supported ops: Abs"):
+        srnn.InferenceSession(graph("Erf"))

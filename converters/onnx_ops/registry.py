@@ -116,6 +116,11 @@ def supported_ops() -> list[str]:
     return sorted(_REGISTRY)
 
 
+#: ops of a recurrence written out over frames (sequences, loops)
+_UNROLLED_RECURRENCE_OPS = frozenset({"SplitToSequence", "SequenceAt", "SequenceConstruct", "SequenceInsert",
+                                      "ConcatFromSequence", "Loop", "Scan"})
+
+
 def convert(node: NodeView, domain: str = "") -> Op:
     """The Op of ``node``; UnsupportedError naming the node, the op and what is supported."""
     if domain not in ("", "ai.onnx"):
@@ -124,8 +129,13 @@ def convert(node: NodeView, domain: str = "") -> Op:
         )
     entries = _REGISTRY.get(node.op_type)
     if not entries:
+        hint = ""
+        if node.op_type in _UNROLLED_RECURRENCE_OPS:
+            hint = (" (an exporter may have written a recurrence as a loop over frames instead of an "
+                    "LSTM / GRU / RNN node: torch.onnx.export(dynamo=True) does so for nn.RNN; export with "
+                    "dynamo=False)")
         raise UnsupportedError(
-            f"{node.label}: op {node.op_type!r} not supported; supported ops: {', '.join(supported_ops())}"
+            f"{node.label}: op {node.op_type!r} not supported{hint}; supported ops: {', '.join(supported_ops())}"
         )
     for e in entries:
         if e.since <= node.opset and (e.until is None or node.opset <= e.until):
