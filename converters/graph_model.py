@@ -21,7 +21,7 @@ from ..model import _as_float, _check_finite, _check_out, _live_id, _live_ids
 from ..state import State, state_from_bytes
 from .graph import Graph
 from .graph_plan import IOPlan
-from .graph_step import _RESHAPE, NotStepwise, StepPlan
+from .graph_step import NotStepwise, StepPlan
 
 log = logging.getLogger("streamrnn")
 
@@ -73,8 +73,8 @@ class GraphModel:
         n = len(self.graph.nodes)
         if self._step is None:
             return {"planned": False, "of": n}
-        _, prog, _ = self._step.frame(1)
-        return {"planned": True, "per_frame": len(prog), "as_reshapes": sum(e[0] == _RESHAPE for e in prog), "of": n}
+        per_frame, as_reshapes = self._step.counts()
+        return {"planned": True, "per_frame": per_frame, "as_reshapes": as_reshapes, "of": n}
 
     def num_params(self) -> int:
         """Float initializers of the graph (weights, biases), as ``ModelSpec.num_params``."""
@@ -362,23 +362,20 @@ class GraphStream:
         and no state has changed (nor has it where a frame raises)."""
         plan = self.model._step
         saved = self._st.copy() if len(X) > 1 else None  # a later frame may fail
-        Y = np.empty((len(X), self.model.output_size), self.model.dtype)
+        Ys, done = [], False
         try:
             for t in range(len(X)):
-                try:
-                    Yt, rows = plan.step(X[t : t + 1], self._runners)
-                except NotStepwise:
-                    if saved is not None:
-                        self._st[...] = saved
-                    return None
+                Yt, rows = plan.step(X[t : t + 1], self._runners)  # (1, O)
                 for r, st in zip(plan.plan.rec, rows):
                     self._st[0, r.offset : r.offset + r.size] = st[0]
-                Y[t] = Yt[0]
-        except BaseException:
-            if saved is not None:
+                Ys.append(Yt)
+            done = True
+        except NotStepwise:
+            return None
+        finally:
+            if not done and saved is not None:
                 self._st[...] = saved
-            raise
-        return Y
+        return Ys[0] if len(Ys) == 1 else np.concatenate(Ys)
 
     def push(self, X: Any) -> np.ndarray:
         """Advance a chunk: X (T, input_size) -> Y (T, output_size)."""
@@ -559,15 +556,14 @@ class GraphPool:
         """Stream ``a``'s frames X (T, I) on planned steps, under the lock; None: the general
         path, and no state has changed (nor has it where a frame raises)."""
         saved, ids = self._arena[a].copy(), np.array([a], np.int64)
-        Y = np.empty((len(X), self.model.output_size), self.model.dtype)
+        Ys = []
         try:
             for t in range(len(X)):
-                y = self._planned(ids, X[t : t + 1])
+                y = self._planned(ids, X[t : t + 1])  # (1, O); None: no state changed by it
                 if y is None:
-                    self._arena[a] = saved
                     return None
-                Y[t] = y[0]
-        except BaseException:
-            self._arena[a] = saved
-            raise
-        return Y
+                Ys.append(y)
+        finally:
+            if len(Ys) < len(X):  # a frame gave up or raised: the earlier ones are undone
+                self._arena[a] = saved
+        return np.concatenate(Ys)

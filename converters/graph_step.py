@@ -136,6 +136,11 @@ class StepPlan:
         self._frames[B] = fr
         return fr
 
+    def counts(self) -> tuple[int, int]:
+        """(nodes a frame runs, of them as reshapes), for one stream."""
+        _, prog, _ = self.frame(1)
+        return len(prog), sum(kind == _RESHAPE for kind, *_ in prog)
+
     def step(self, X: np.ndarray, runners: list[NodeRunner]) -> tuple[np.ndarray, list[np.ndarray]]:
         """One frame of B streams: X (B, I) -> (Y (B, O), each recurrent node's state rows (B, S_i)).
 
