@@ -413,3 +413,20 @@ def test_a_graph_that_divides_by_its_input_is_planned():
     pool = planned.pool(2)
     ids = pool.open(2)
     np.testing.assert_allclose(np.stack([pool.step(ids, X[:, t]) for t in range(5)], 1), want, rtol=1e-5, atol=1e-6)
+
+
+def test_frame_plans_past_the_bound_drop_the_oldest(monkeypatch):
+    """A pool stepping varying id counts plans each count once; past FRAMES_KEPT plans the oldest
+    goes (before: all of them, so every count was planned again), and results stay right."""
+    import streamrnn.converters.graph_step as gs
+
+    monkeypatch.setattr(gs, "FRAMES_KEPT", 3)
+    torch.manual_seed(13)
+    planned, general = _both(_export(Residual(), torch.randn(2, 5, 4), {0: "b", 1: "t"}))
+    pool, gpool = planned.pool(6), general.pool(6)
+    ids, gids = pool.open(6), gpool.open(6)
+    rng = np.random.default_rng(14)
+    for n in (1, 2, 3, 4, 5, 1, 6, 2):
+        X = rng.normal(size=(n, 4)).astype(np.float32)
+        np.testing.assert_allclose(pool.step(ids[:n], X), gpool.step(gids[:n], X), **TOL["float32"])
+    assert list(planned._step._frames) == [1, 6, 2]
