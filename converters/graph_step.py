@@ -40,8 +40,10 @@ _SHAPE_ARGS: dict[str, tuple[int, ...]] = {
         "HardSigmoid", "Identity", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "MatMul",
         "Max", "Min", "Mul", "Neg", "Not", "Or", "PRelu", "Pow", "Reciprocal", "Relu", "Selu",
         "Shape", "Sigmoid", "Size", "Softmax", "Softplus", "Softsign", "Sqrt", "Sub", "Sum", "Tanh",
-        "ThresholdedRelu", "Transpose", "Where", "Xor", "LSTM", "GRU", "RNN",
+        "ThresholdedRelu", "Transpose", "Where", "Xor", "LSTM", "GRU", "RNN", "Conv",
     ), ()),
+    **dict.fromkeys(("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2"), (1,)),
+    "Pad": (1, 3),
     "Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
     "Slice": (1, 2, 3, 4), "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,),
 }

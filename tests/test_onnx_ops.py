@@ -112,6 +112,42 @@ CASES = [
     ("gemm_transA", "Gemm", 11, [(F(4, 3), 0), (F(4, 5), 0), (np.array(0.3, np.float32), 0)], {"transA": 1}, 1),
     ("gemm_noC", "Gemm", 11, [(F(3, 4), 0), (F(4, 5), 1)], {}, 1),
     ("gemm_7", "Gemm", 7, [(F(3, 4), 0), (F(4, 5), 1), (F(3, 5), 1)], {}, 1),
+    # convolution: 1-D and 2-D, strides, dilations, groups, explicit and automatic pads, no bias
+    ("conv1d", "Conv", 11, [(F(2, 3, 11), 0), (F(4, 3, 3), 1), (F(4), 1)], {"pads": [1, 1]}, 1),
+    ("conv1d_stride_nobias", "Conv", 11, [(F(2, 1, 40), 0), (F(6, 1, 8), 1)], {"strides": [4], "kernel_shape": [8]}, 1),
+    ("conv1d_uneven_pads", "Conv", 7, [(F(1, 3, 9), 0), (F(5, 3, 3), 1), (F(5), 1)], {"pads": [2, 0], "strides": [2]}, 1),
+    ("conv1d_dilated", "Conv", 11, [(F(2, 2, 15), 0), (F(3, 2, 3), 0), (F(3), 0)], {"dilations": [3], "pads": [2, 1]}, 1),
+    ("conv1d_groups", "Conv", 11, [(F(2, 6, 10), 0), (F(9, 2, 3), 1), (F(9), 1)], {"group": 3, "pads": [1, 1]}, 1),
+    ("conv1d_depthwise", "Conv", 11, [(F(1, 4, 7), 0), (F(4, 1, 5), 1), (F(4), 1)], {"group": 4, "auto_pad": "SAME_UPPER"}, 1),
+    ("conv1d_same_lower", "Conv", 11, [(F(1, 2, 10), 0), (F(3, 2, 4), 1)], {"auto_pad": "SAME_LOWER", "strides": [3]}, 1),
+    ("conv1d_valid", "Conv", 11, [(F(1, 2, 10), 0), (F(3, 2, 4), 1)], {"auto_pad": "VALID", "strides": [2]}, 1),
+    ("conv2d", "Conv", 11, [(F(2, 3, 7, 6), 0), (F(4, 3, 3, 2), 1), (F(4), 1)],
+     {"pads": [1, 0, 2, 1], "strides": [2, 1], "dilations": [1, 2]}, 1),
+    ("conv2d_groups_same", "Conv", 11, [(F(1, 4, 5, 5), 0), (F(6, 2, 3, 3), 1), (F(6), 1)],
+     {"group": 2, "auto_pad": "SAME_UPPER", "strides": [2, 2]}, 1),
+    ("conv3d", "Conv", 11, [(F(1, 2, 4, 5, 3), 0), (F(3, 2, 2, 3, 2), 1), (F(3), 1)], {"pads": [0, 1, 1, 1, 0, 0]}, 1),
+    # padding: every mode, pads as an attribute (opset 2) or an input (11), axes (18), wrap (19)
+    ("pad_2_constant", "Pad", 7, [(F(2, 3), 0)], {"pads": [0, 1, 2, 1], "value": 1.5}, 1),
+    ("pad_2_reflect", "Pad", 10, [(F(2, 5), 0)], {"pads": [0, 3, 1, 2], "mode": "reflect"}, 1),
+    ("pad_11_reflect", "Pad", 11, [(F(3, 6), 0), (I64(0, 4, 0, 4), 1)], {"mode": "reflect"}, 1),
+    ("pad_11_edge", "Pad", 11, [(F(2, 3, 4), 0), (I64(1, 0, 2, 0, 3, 1), 1)], {"mode": "edge"}, 1),
+    ("pad_13_value", "Pad", 13, [(F(2, 3), 0), (I64(1, 1, 0, 2), 1), (np.array(-2.0, np.float32), 1)], {}, 1),
+    ("pad_13_negative", "Pad", 13, [(F(4, 5), 0), (I64(-1, 2, 1, -2), 1)], {}, 1),
+    ("pad_13_int", "Pad", 13, [(I64(1, 2, 3, 4), 0), (I64(2, 1), 1), (np.array(9, np.int64), 1)], {}, 1),
+    ("pad_18_axes", "Pad", 18, [(F(2, 3, 4), 0), (I64(1, 2, 0, 3), 1), (None, 0), (I64(-1, 0), 1)], {"mode": "edge"}, 1),
+    ("pad_19_wrap", "Pad", 19, [(F(3, 4), 0), (I64(1, 2, 2, 3), 1)], {"mode": "wrap"}, 1),
+    # reductions: axes as an attribute or an input, keepdims, all axes, noop_with_empty_axes
+    ("reducemean_13", "ReduceMean", 13, [(F(2, 3, 4), 0)], {"axes": [1], "keepdims": 1}, 1),
+    ("reducemean_13_all", "ReduceMean", 13, [(F(2, 3, 4), 0)], {"keepdims": 0}, 1),
+    ("reducemean_18", "ReduceMean", 18, [(F(2, 3, 4), 0), (I64(-1, 0), 1)], {"keepdims": 0}, 1),
+    ("reducemean_18_noop", "ReduceMean", 18, [(F(2, 3), 0)], {"noop_with_empty_axes": 1}, 1),
+    ("reducesum_11", "ReduceSum", 11, [(F(2, 3, 4), 0)], {"axes": [0, 2]}, 1),
+    ("reducesum_13", "ReduceSum", 13, [(F(2, 3, 4), 0), (I64(1), 0)], {"keepdims": 0}, 1),
+    ("reducesum_13_all", "ReduceSum", 13, [(F(2, 3, 4), 0)], {}, 1),
+    ("reducemax_13", "ReduceMax", 13, [(F(2, 3, 4), 0)], {"axes": [2]}, 1),
+    ("reducemin_18", "ReduceMin", 18, [(F(2, 3, 4), 0), (I64(0), 1)], {}, 1),
+    ("reduceprod_13", "ReduceProd", 13, [(POS(2, 3, 4), 0)], {"axes": [1], "keepdims": 0}, 1),
+    ("reducel2_18", "ReduceL2", 18, [(F(2, 3, 4), 0), (I64(2), 1)], {}, 1),
 ]
 
 
@@ -229,3 +265,29 @@ def test_torch_export_glue_folds():
         torch.onnx.export(net, (torch.randn(2, 5, 3),), f, dynamo=False, opset_version=17)
     ops = [n.op_type for n in Graph(onnx.load_from_string(f.getvalue())).nodes]
     assert "Constant" not in ops and "Shape" not in ops and "ConstantOfShape" not in ops, ops
+
+
+def _one(op, opset, inputs, attrs):
+    model, feeds = _model(op, opset, inputs, attrs, 1)
+    return srnn.InferenceSession(model), feeds
+
+
+def test_conv_pad_reduce_refusals():
+    # pads a reflection cannot give (onnxruntime refuses them too), at run time, naming the node and the axis
+    sess, feeds = _one("Pad", 13, [(F(2, 3), 0), (I64(0, 3, 0, 1), 1)], {"mode": "reflect"})
+    with pytest.raises(srnn.StreamRNNError, match=r"the_Pad.*pads.*axis size 3.*\(3, 1\) on axis 1"):
+        sess.run(None, feeds)
+    sess, feeds = _one("Pad", 13, [(F(2, 3), 0), (I64(-1, 0, 0, 0), 1)], {"mode": "edge"})
+    with pytest.raises(srnn.StreamRNNError, match="non-negative pads in mode 'edge'"):
+        sess.run(None, feeds)
+    # wrap is an opset 19 mode; an unknown auto_pad; weights of the wrong number of channels
+    with pytest.raises(srnn.UnsupportedError, match=r"mode: expected one of \['constant', 'reflect', 'edge'\], got 'wrap'"):
+        _one("Pad", 18, [(F(2, 3), 0), (I64(0, 1, 0, 1), 1)], {"mode": "wrap"})
+    with pytest.raises(srnn.UnsupportedError, match="auto_pad"):
+        _one("Conv", 11, [(F(1, 2, 5), 0), (F(3, 2, 2), 1)], {"auto_pad": "FULL"})
+    sess, feeds = _one("Conv", 11, [(F(1, 4, 5), 0), (F(3, 2, 2), 1)], {})
+    with pytest.raises(srnn.StreamRNNError, match=r"the_Conv.*W: expected shape \(3, 4/group"):
+        sess.run(None, feeds)
+    sess, feeds = _one("ReduceMean", 18, [(F(2, 3), 0), (I64(2), 0)], {})
+    with pytest.raises(srnn.StreamRNNError, match=r"axes: expected values in \[-2, 1\], got \[2\]"):
+        sess.run(None, feeds)

@@ -4,7 +4,7 @@ Importing this package registers every converter.
 """
 from __future__ import annotations
 
-from . import elementwise, linear, recurrent, tensor  # noqa: F401  (register converters)
+from . import conv, elementwise, linear, recurrent, reduce, tensor  # noqa: F401  (register converters)
 from .recurrent import KINDS as RECURRENT_OPS
 from .recurrent import RecurrentOp
 from .registry import NodeView, Op, convert, converter, supported_ops
