@@ -6,7 +6,6 @@ Pad, then a Conv with a fixed basis) and its Conv1d encoder, applied within each
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ...errors import StreamRNNError
 from .registry import NodeView, Op, converter
@@ -29,40 +28,85 @@ def _conv_pads(in_sp, win, strides, auto_pad: str, pads) -> list[tuple[int, int]
     return [(int(pads[i]), int(pads[i + n])) for i in range(n)]
 
 
-def _conv(x, w, b, strides, dilations, auto_pad, pads, group, label) -> np.ndarray:
-    """ONNX Conv: x (N, C, *S), w (M, C / group, *K), b (M,) or None -> (N, M, *S_out)."""
-    x, w = np.asarray(x), np.asarray(w)
-    sp = x.ndim - 2
-    if sp < 1 or w.ndim != x.ndim:
-        raise StreamRNNError(f"{label}: X and W: expected ranks equal and >= 3, got X {x.shape}, W {w.shape}")
-    N, C = x.shape[:2]
-    M, k = w.shape[0], w.shape[2:]
-    if C != w.shape[1] * group or M % group:
-        raise StreamRNNError(f"{label}: W: expected shape ({M}, {C // group if C % group == 0 else C}/group, ...) "
-                             f"for X of {C} channels and group {group}, got {w.shape}")
-    strides = strides or (1,) * sp
-    dilations = dilations or (1,) * sp
-    win = [d * (kk - 1) + 1 for d, kk in zip(dilations, k)]
-    pw = _conv_pads(x.shape[2:], win, strides, auto_pad, pads)
-    xp = np.pad(x, [(0, 0), (0, 0)] + pw) if any(p != (0, 0) for p in pw) else x
-    if any(xp.shape[2 + i] < win[i] for i in range(sp)):
-        raise StreamRNNError(f"{label}: X: expected spatial dims of at least {win} after padding, got {xp.shape[2:]}")
-    v = sliding_window_view(xp, win, axis=tuple(range(2, 2 + sp)))  # (N, C, *S_full, *win): a view
-    v = v[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides)
-          + tuple(slice(None, None, d) for d in dilations)]  # (N, C, *S_out, *K)
-    out = v.shape[2 : 2 + sp]
-    P, K, G = int(np.prod(out)), int(np.prod(k)), group
-    # patches (G, N * P, C / G * K) @ weights (G, C / G * K, M / G) -> (G, N * P, M / G)
-    v = v.reshape((N, G, C // G) + out + tuple(k))
-    v = np.moveaxis(v, 1, 0)  # (G, N, C/G, *S_out, *K)
-    v = np.moveaxis(v.reshape((G, N, C // G, P, K)), 3, 2)  # (G, N, P, C/G, K)
-    pat = v.reshape(G, N * P, (C // G) * K)
-    wm = w.reshape(G, M // G, (C // G) * K).transpose(0, 2, 1)  # (G, C/G * K, M/G)
-    y = np.matmul(pat, wm)  # (G, N * P, M / G)
-    y = y.reshape(G, N, P, M // G).transpose(1, 0, 3, 2).reshape((N, M) + out)  # (N, M, *S_out)
-    if b is not None:
-        y = y + np.asarray(b).reshape((M,) + (1,) * sp)
-    return y.astype(x.dtype, copy=False)
+class _Conv:
+    """ONNX Conv: x (N, C, *S), w (M, C / group, *K), b (M,) or None -> (N, M, *S_out).
+
+    A gather of the input's patches by a flat index (made once per input shape), then one
+    matrix product: W (G, M / G, C / G * K) @ patches (N, G, C / G * K, P), or, for several
+    items of one group, patches (N * P, C * K) @ W (C * K, M). The weights' matrices are made
+    once where W is a constant (bench/NOTES.md 132)."""
+
+    def __init__(self, strides, dilations, auto_pad: str, pads, group: int, w_const, label: str):
+        self.strides, self.dilations, self.auto_pad, self.pads = strides, dilations, auto_pad, pads
+        self.group, self.label = group, label
+        self._w = None if w_const is None else (w_const, self._wmats(np.asarray(w_const)))
+        self._plans: dict[tuple, tuple] = {}
+
+    def _wmats(self, w: np.ndarray):
+        G, M = self.group, w.shape[0]
+        wg = np.ascontiguousarray(w.reshape(G, M // G, -1))  # (G, M / G, C / G * K)
+        return wg, np.ascontiguousarray(wg[0].T) if G == 1 else None  # (C * K, M)
+
+    def _plan(self, xs: tuple[int, ...], k: tuple[int, ...]):
+        """For an input of shape xs: (padding of each spatial axis, flat patch index (K, P) into
+        the padded spatial dims, output spatial dims)."""
+        sp = len(xs) - 2
+        strides = tuple(self.strides or (1,) * sp)
+        dil = tuple(self.dilations or (1,) * sp)
+        win = [d * (kk - 1) + 1 for d, kk in zip(dil, k)]
+        pw = _conv_pads(xs[2:], win, strides, self.auto_pad, self.pads)
+        padded = tuple(n + b + e for n, (b, e) in zip(xs[2:], pw))
+        if any(padded[i] < win[i] for i in range(sp)):
+            raise StreamRNNError(f"{self.label}: X: expected spatial dims of at least {win} after padding, "
+                                 f"got {padded}")
+        out = tuple((padded[i] - win[i]) // strides[i] + 1 for i in range(sp))
+        # flat index of each kernel offset (K) at each output position (P) in the padded grid
+        pos = np.indices(out).reshape(sp, -1) * np.array(strides)[:, None]  # (sp, P)
+        off = np.indices(k).reshape(sp, -1) * np.array(dil)[:, None]  # (sp, K)
+        grid = off[:, :, None] + pos[:, None, :]  # (sp, K, P)
+        idx = np.ravel_multi_index(tuple(grid), padded)  # (K, P)
+        return pw, padded, idx, out
+
+    def __call__(self, x, w, b=None) -> np.ndarray:
+        x = np.asarray(x)
+        if self._w is not None and w is self._w[0]:
+            wg, w2 = self._w[1]
+            w = np.asarray(w)
+        else:
+            w = np.asarray(w)
+            if w.ndim < 3 or w.shape[0] % self.group:
+                raise StreamRNNError(f"{self.label}: W: expected shape (M, C / group, *K) with M a multiple "
+                                     f"of group {self.group}, got {w.shape}")
+            wg, w2 = self._wmats(w)
+        if x.ndim < 3 or w.ndim != x.ndim:
+            raise StreamRNNError(f"{self.label}: X and W: expected ranks equal and >= 3, got X {x.shape}, W {w.shape}")
+        N, C = x.shape[:2]
+        G, M, k = self.group, w.shape[0], w.shape[2:]
+        if C != w.shape[1] * G:
+            raise StreamRNNError(f"{self.label}: W: expected shape ({M}, {C // G if C % G == 0 else C}/group, ...) "
+                                 f"for X of {C} channels and group {G}, got {w.shape}")
+        key = (x.shape, k)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(x.shape, k)
+        pw, padded, idx, out = plan
+        if any(p != (0, 0) for p in pw):
+            xp = np.zeros((N, C) + padded, x.dtype)
+            xp[(slice(None), slice(None)) + tuple(slice(b, b + n) for (b, _), n in zip(pw, x.shape[2:]))] = x
+        else:
+            xp = x
+        xf = xp.reshape(N, C, -1)  # (N, C, L)
+        P = idx.shape[1]
+        if G == 1 and N > 1:  # one product over every item: (N * P, C * K) @ (C * K, M)
+            pat = xf[:, :, idx.T].transpose(0, 2, 1, 3).reshape(N * P, -1)  # (N * P, C * K)
+            y = (pat @ w2).reshape(N, P, M).transpose(0, 2, 1)  # (N, M, P)
+        else:
+            pat = xf[:, :, idx].reshape(N, G, -1, P)  # (N, G, C / G * K, P)
+            y = np.matmul(wg, pat).reshape(N, M, P)  # (N, G, M / G, P) -> (N, M, P)
+        y = y.reshape((N, M) + out)
+        if b is not None:
+            y = y + np.asarray(b).reshape((M,) + (1,) * len(out))
+        return y.astype(x.dtype, copy=False)
 
 
 @converter("Conv", since=1)
@@ -73,43 +117,88 @@ def conv(node: NodeView) -> Op:
     if auto_pad not in _AUTO_PADS:
         raise node.unsupported(f"auto_pad: expected one of {list(_AUTO_PADS)}, got {auto_pad!r}")
     group = int(node.attr("group", 1))
-    strides, dil, pads = node.attr("strides"), node.attr("dilations"), node.attr("pads")
-    kshape = node.attr("kernel_shape")
     w = node.const(1)
+    kshape = node.attr("kernel_shape")
     if kshape is not None and w is not None and tuple(kshape) != tuple(w.shape[2:]):
         raise node.unsupported(f"kernel_shape {list(kshape)} differs from W's {list(w.shape[2:])}")
-    label = node.label
-    return Op(lambda x, w, b=None: _conv(x, w, b, strides, dil, auto_pad, pads, group, label), nin=3)
+    if w is not None and (w.ndim < 3 or w.shape[0] % group):
+        raise node.unsupported(f"W: expected shape (M, C / group, *K) with M a multiple of group {group}, got {w.shape}")
+    return Op(_Conv(node.attr("strides"), node.attr("dilations"), auto_pad, node.attr("pads"), group, w,
+                    node.label), nin=3)
 
 
-_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
-
-
-def _pad(x, pads, value, axes, mode: str, label: str) -> np.ndarray:
-    x = np.asarray(x)
+def _pad_width(shape: tuple[int, ...], pads, axes, mode: str, label: str) -> list[tuple[int, int]]:
+    """ONNX pads (and axes) as numpy's (begin, end) per axis of an input of ``shape``; checked."""
+    rank = len(shape)
     pads = np.asarray(pads, dtype=np.int64).reshape(-1).tolist()
-    ax = list(range(x.ndim)) if axes is None else [
-        a + x.ndim if a < 0 else a for a in np.asarray(axes, np.int64).reshape(-1).tolist()]
-    if len(pads) != 2 * len(ax) or any(not 0 <= a < x.ndim for a in ax):
-        raise StreamRNNError(f"{label}: pads: expected {2 * len(ax)} values for axes {ax} of a rank-{x.ndim} "
+    ax = list(range(rank)) if axes is None else [
+        a + rank if a < 0 else a for a in np.asarray(axes, np.int64).reshape(-1).tolist()]
+    if len(pads) != 2 * len(ax) or any(not 0 <= a < rank for a in ax):
+        raise StreamRNNError(f"{label}: pads: expected {2 * len(ax)} values for axes {ax} of a rank-{rank} "
                              f"input, got {len(pads)}")
-    width = [(0, 0)] * x.ndim
+    width = [(0, 0)] * rank
     for i, a in enumerate(ax):
         width[a] = (pads[i], pads[i + len(ax)])
-    if any(p < 0 for w in width for p in w):  # negative pads crop
-        if mode != "constant":
-            raise StreamRNNError(f"{label}: pads: expected non-negative pads in mode {mode!r}, got {pads}")
-        x = x[tuple(slice(-min(b, 0), x.shape[i] + min(e, 0)) for i, (b, e) in enumerate(width))]
-        width = [(max(b, 0), max(e, 0)) for b, e in width]
-    if mode == "constant":
-        v = 0 if value is None else np.asarray(value).reshape(-1)
-        v = v if np.isscalar(v) else (v[0] if v.size else 0)
-        return np.pad(x, width, mode="constant", constant_values=v)
-    for i, (b, e) in enumerate(width):
-        if (b or e) and (x.shape[i] == 0 or (mode == "reflect" and max(b, e) >= x.shape[i])):
-            raise StreamRNNError(f"{label}: pads: expected pads below the axis size {x.shape[i]} in mode "
-                                 f"{mode!r}, got {(b, e)} on axis {i}")
-    return np.pad(x, width, mode=_PAD_MODES[mode])
+    if mode != "constant":
+        for i, (b, e) in enumerate(width):
+            if b < 0 or e < 0:
+                raise StreamRNNError(f"{label}: pads: expected non-negative pads in mode {mode!r}, got {pads}")
+            if (b or e) and (shape[i] == 0 or (mode == "reflect" and max(b, e) >= shape[i])):
+                raise StreamRNNError(f"{label}: pads: expected pads below the axis size {shape[i]} in mode "
+                                     f"{mode!r}, got {(b, e)} on axis {i}")
+    return width
+
+
+def _gather_index(n: int, b: int, e: int, mode: str) -> np.ndarray:
+    """Indices into an axis of size n giving it b values before and e after, by ``mode``."""
+    i = np.arange(-b, n + e)
+    if mode == "edge":
+        return np.clip(i, 0, n - 1)
+    if mode == "wrap":
+        return i % n
+    i = np.abs(i)  # reflect (the edge value not repeated)
+    return np.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+class _Pad:
+    """ONNX Pad: constant (negative pads crop), reflect, edge, wrap. For a given input shape the
+    padding is planned once (a slice and a fill, or an index per padded axis) where pads and
+    axes are constants."""
+
+    def __init__(self, mode: str, pads_const, axes_const, label: str):
+        self.mode, self.label = mode, label
+        self._consts = (pads_const, axes_const)
+        self._plans: dict[tuple[int, ...], tuple] = {}
+
+    def _plan(self, shape, pads, axes):
+        width = _pad_width(shape, pads, axes, self.mode, self.label)
+        if self.mode == "constant":
+            crop = tuple(slice(-min(b, 0), n + min(e, 0)) for n, (b, e) in zip(shape, width))
+            width = [(max(b, 0), max(e, 0)) for b, e in width]
+            out = tuple(c.stop - c.start + b + e for c, (b, e) in zip(crop, width))
+            place = tuple(slice(b, b + c.stop - c.start) for c, (b, _) in zip(crop, width))
+            return crop, out, place
+        return [(a, _gather_index(shape[a], b, e, self.mode)) for a, (b, e) in enumerate(width) if b or e]
+
+    def __call__(self, x, pads, value=None, axes=None) -> np.ndarray:
+        x = np.asarray(x)
+        if pads is self._consts[0] and axes is self._consts[1]:
+            plan = self._plans.get(x.shape)
+            if plan is None:
+                if len(self._plans) >= 64:
+                    self._plans.clear()
+                plan = self._plans[x.shape] = self._plan(x.shape, pads, axes)
+        else:
+            plan = self._plan(x.shape, pads, axes)
+        if self.mode == "constant":
+            crop, out, place = plan
+            v = 0 if value is None else np.asarray(value).reshape(-1)
+            y = np.full(out, v if np.isscalar(v) else (v[0] if v.size else 0), dtype=x.dtype)
+            y[place] = x[crop]
+            return y
+        for a, idx in plan:
+            x = np.take(x, idx, axis=a)
+        return x
 
 
 def _pad_mode(node: NodeView, since: int) -> str:
@@ -127,11 +216,12 @@ def pad_2(node: NodeView) -> Op:
     mode, pads, value = _pad_mode(node, 2), node.attr("pads"), node.attr("value", 0.0)
     if pads is None:
         raise node.unsupported("attribute 'pads' is required")
-    return Op(lambda x: _pad(x, pads, np.asarray(value, np.asarray(x).dtype), None, mode, node.label), nin=1)
+    pads = np.asarray(pads, np.int64)
+    pad = _Pad(mode, pads, None, node.label)
+    return Op(lambda x: pad(x, pads, np.asarray(value, np.asarray(x).dtype)), nin=1)
 
 
 @converter("Pad", since=11)
 def pad_11(node: NodeView) -> Op:
     node.check_attrs(("mode",))
-    mode = _pad_mode(node, node.opset)
-    return Op(lambda x, pads, value=None, axes=None: _pad(x, pads, value, axes, mode, node.label), nin=4)
+    return Op(_Pad(_pad_mode(node, node.opset), node.const(1), node.const(3), node.label), nin=4)

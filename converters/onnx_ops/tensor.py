@@ -154,17 +154,18 @@ def split_13(node: NodeView) -> Op:
     return Op(lambda x, split=None: _split(x, axis, split, n, node.label, ceil_last), nin=2)
 
 
-def _slice(x: np.ndarray, starts, ends, axes, steps) -> np.ndarray:
-    x = np.asarray(x)
+def _slice_index(shape: tuple[int, ...], starts, ends, axes, steps) -> tuple[slice, ...]:
+    """The numpy index of ONNX Slice on an input of ``shape``."""
+    rank = len(shape)
     starts = np.asarray(starts, np.int64).reshape(-1)
     ends = np.asarray(ends, np.int64).reshape(-1)
-    axes = list(range(len(starts))) if axes is None else _axes(axes, x.ndim, "Slice axes")
+    axes = list(range(len(starts))) if axes is None else _axes(axes, rank, "Slice axes")
     steps = np.ones(len(starts), np.int64) if steps is None else np.asarray(steps, np.int64).reshape(-1)
-    idx = [slice(None)] * x.ndim
+    idx = [slice(None)] * rank
     for a, s, e, st in zip(axes, starts.tolist(), ends.tolist(), steps.tolist()):
         if st == 0:
             raise StreamRNNError("Slice: steps: expected non-zero steps, got 0")
-        dim = x.shape[a]
+        dim = shape[a]
         s = s + dim if s < 0 else s
         e = e + dim if e < 0 else e
         if st > 0:
@@ -172,7 +173,12 @@ def _slice(x: np.ndarray, starts, ends, axes, steps) -> np.ndarray:
         else:
             s, e = min(max(s, 0), dim - 1), min(max(e, -1), dim - 1)
         idx[a] = slice(s, e if e >= 0 else None, st)
-    return x[tuple(idx)]
+    return tuple(idx)
+
+
+def _slice(x: np.ndarray, starts, ends, axes, steps) -> np.ndarray:
+    x = np.asarray(x)
+    return x[_slice_index(x.shape, starts, ends, axes, steps)]
 
 
 @converter("Slice", since=1, until=9)
@@ -185,7 +191,24 @@ def slice_1(node: NodeView) -> Op:
 @converter("Slice", since=10)
 def slice_10(node: NodeView) -> Op:
     node.check_attrs(())
-    return Op(lambda x, s, e, a=None, st=None: _slice(x, s, e, a, st), nin=5)
+    consts = [node.const(i) for i in (1, 2, 3, 4)]
+    if consts[0] is None or consts[1] is None or (node.has_input(3) and consts[2] is None) or (
+            node.has_input(4) and consts[3] is None):
+        return Op(lambda x, s, e, a=None, st=None: _slice(x, s, e, a, st), nin=5)
+    plans: dict[tuple[int, ...], tuple[slice, ...]] = {}  # constant starts / ends / axes / steps: per shape
+
+    def run(x, s, e, a=None, st=None):
+        x = np.asarray(x)
+        if not (s is consts[0] and e is consts[1] and a is consts[2] and st is consts[3]):
+            return _slice(x, s, e, a, st)
+        idx = plans.get(x.shape)
+        if idx is None:
+            if len(plans) >= 64:
+                plans.clear()
+            idx = plans[x.shape] = _slice_index(x.shape, s, e, a, st)
+        return x[idx]
+
+    return Op(run, nin=5)
 
 
 @converter("Gather", since=1)
