@@ -40,7 +40,7 @@ class GraphModel:
             (i, d, k, r.offset + off, n)
             for i, r in enumerate(plan.rec)
             for _, d, k, off, n in r.model.spec.state_slots()
-        ]
+        ] + [(len(plan.rec) + j, 0, f.name, f.offset, f.size) for j, f in enumerate(plan.feedback)]
         desc = json.dumps(["onnx-graph", [r.node.name for r in plan.rec], self._slots])
         self._key = hashlib.sha1(desc.encode()).hexdigest()[:16]
         self._step = None  # the general path while the graph is checked
@@ -103,7 +103,8 @@ class GraphModel:
     def _fresh(self, B: int) -> np.ndarray | None:
         if any(r.fresh is None for r in self.plan.rec):
             return None
-        v = np.concatenate([r.fresh for r in self.plan.rec]) if self.plan.rec else np.zeros(0)
+        v = np.concatenate([r.fresh for r in self.plan.rec] + [np.zeros(f.size) for f in self.plan.feedback]
+                           + [np.zeros(0)])
         return np.tile(v.astype(self.dtype), (B, 1))
 
     def _forward(self, X3: np.ndarray, st: np.ndarray | None, lengths: np.ndarray | None):
@@ -120,9 +121,12 @@ class GraphModel:
             return self._frame_by_frame(X3, st, lengths)
         if p.fixed_T is not None and T != p.fixed_T:
             raise ShapeError(f"X: expected {p.fixed_T} frames (the graph fixes its time dimension), got {T}")
-        if p.per_item and B != 1:
-            parts = [self._forward(X3[b : b + 1], None if st is None else st[b : b + 1],
-                                   None if lengths is None else lengths[b : b + 1]) for b in range(B)]
+        if (p.per_item and B != 1) or (p.feedback and lengths is not None):
+            # one sequence at a time; a state fed back by the graph is its state after every frame
+            # it is given, so each sequence gets only its own frames
+            parts = [self._forward(X3[b : b + 1], None if st is None else st[b : b + 1], None) if lengths is None
+                     else self._forward_upto(X3[b : b + 1], None if st is None else st[b : b + 1], int(lengths[b]))
+                     for b in range(B)]
             return np.concatenate([y for y, _ in parts]), np.concatenate([f for _, f in parts])
         init: dict[str, np.ndarray] = {}
         for r in p.rec:
@@ -132,7 +136,11 @@ class GraphModel:
                 init[r.node.name] = r.fresh[None].astype(self.dtype)
         computed = st is None and any(r.fresh is None for r in p.rec)
         feeds = p.feeds(g, X3, lengths is not None, computed)
-        vals, finals = g.evaluate(feeds, [p.y.name], rec_init=init or None, rec_lengths=lengths, device=self.device)
+        for f in p.feedback:  # states the graph feeds back: zeros for a new stream
+            rows = np.zeros((B, f.size), self.dtype) if st is None else st[:, f.offset : f.offset + f.size]
+            feeds[f.name] = np.ascontiguousarray(f.tensor(rows), dtype=self.dtype)
+        vals, finals = g.evaluate(feeds, [p.y.name] + [f.out for f in p.feedback], rec_init=init or None,
+                                  rec_lengths=lengths, device=self.device)
         Y = np.ascontiguousarray(p.y_frames(vals[p.y.name], B, T), dtype=self.dtype)
         if Y.shape[2] != self.output_size:
             raise ShapeError(f"Y: expected {self.output_size} features per frame, got shape {Y.shape}")
@@ -143,7 +151,19 @@ class GraphModel:
             f = finals.get(r.node.name, init.get(r.node.name))
             if f is not None:
                 final[:, r.offset : r.offset + r.size] = f
+        for f in p.feedback:
+            final[:, f.offset : f.offset + f.size] = f.rows(vals[f.out], B)
         return Y, final
+
+    def _forward_upto(self, X1: np.ndarray, st: np.ndarray | None, n: int):
+        """One sequence X1 (1, T, I) of which the first n frames count: outputs past them 0, the
+        state after them."""
+        Y = np.zeros(X1.shape[:2] + (self.output_size,), self.dtype)
+        if n == 0:
+            init = st if st is not None else self._fresh(1)
+            return Y, np.array(init, dtype=self.dtype)
+        Y[:, :n], fin = self._forward(X1[:, :n], st, None)
+        return Y, fin
 
     def _frame_by_frame(self, X3: np.ndarray, st: np.ndarray | None, lengths: np.ndarray | None):
         """A graph whose time dimension is fixed to 1, over T frames: one frame at a time, the
@@ -328,7 +348,8 @@ class GraphStream:
         self._lock = threading.Lock()
         # the planned step: one Stream per recurrent node, its state copied in from _st each frame
         self._runners = None if model._step is None else [
-            self._runner(r.model.stream(), r.offset, r.size) for r in model.plan.rec]
+            self._runner(r.model.stream(), r.offset, r.size) for r in model.plan.rec] + [
+            self._fed_back(f.offset, f.size) for f in model.plan.feedback]
 
     def _runner(self, node, off: int, S: int):
         sbuf = node._sbuf  # [state | scratch | flag] of the node's Stream (engine/cpu.py)
@@ -339,6 +360,9 @@ class GraphStream:
             return y[None], sbuf[None, :S]
 
         return run
+
+    def _fed_back(self, off: int, S: int):
+        return lambda: self._st[:, off : off + S]  # (1, S): a state the graph feeds back, before the frame
 
     def step(self, x: Any, out: np.ndarray | None = None) -> np.ndarray:
         """Advance one frame: x (input_size,) -> y (output_size,)."""
@@ -366,8 +390,8 @@ class GraphStream:
         try:
             for t in range(len(X)):
                 Yt, rows = plan.step(X[t : t + 1], self._runners)  # (1, O)
-                for r, st in zip(plan.plan.rec, rows):
-                    self._st[0, r.offset : r.offset + r.size] = st[0]
+                for (off, size), st in zip(plan.plan.parts(), rows):
+                    self._st[0, off : off + size] = st[0]
                 Ys.append(Yt)
             done = True
         except NotStepwise:
@@ -431,7 +455,8 @@ class GraphPool:
         # the planned step: one Pool per recurrent node, every id open there; a step copies the
         # listed streams' rows in from _arena (the state of record)
         self._runners = None if model._step is None else [
-            self._runner(r.model.pool(self._capacity), r.offset, r.size) for r in model.plan.rec]
+            self._runner(r.model.pool(self._capacity), r.offset, r.size) for r in model.plan.rec] + [
+            self._fed_back(f.offset, f.size) for f in model.plan.feedback]
         self._ids_now = np.zeros(0, np.int64)  # the ids of the step in progress (under _lock)
 
     def _runner(self, node, off: int, S: int):
@@ -445,6 +470,9 @@ class GraphPool:
             return y, rows[ids, :S]
 
         return run
+
+    def _fed_back(self, off: int, S: int):
+        return lambda: self._arena[self._ids_now, off : off + S]  # (n, S): before the frame
 
     capacity = property(lambda self: self._capacity, doc="The most streams this pool holds open at once.")
 
@@ -535,8 +563,8 @@ class GraphPool:
             except NotStepwise:
                 return None
         for ids, _, rows in done:  # every stream's frame has succeeded: the states
-            for r, st in zip(plan.plan.rec, rows):
-                self._arena[ids, r.offset : r.offset + r.size] = st
+            for (off, size), st in zip(plan.plan.parts(), rows):
+                self._arena[ids, off : off + size] = st
         return done[0][1] if len(done) == 1 else np.concatenate([Y for _, Y, _ in done])
 
     def push(self, sid: int, X: Any) -> np.ndarray:

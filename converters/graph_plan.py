@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, StreamRNNError, UnsupportedError
+from ..errors import FormatError, ShapeError, StreamRNNError, UnsupportedError
 from .graph import GNode, Graph, ValueInfo
 from .onnx_roles import Roles, glue_leaves
 
@@ -37,6 +37,39 @@ class RecInfo:
 
 
 @dataclass
+class FeedbackInfo:
+    """A state the graph computes itself: graph input ``name`` takes the value graph output
+    ``out`` had on the previous chunk (zeros for a new stream)."""
+
+    name: str
+    out: str
+    shape: tuple[int, ...]  # one stream's part: the tensor's dims without the batch axis
+    batch_axis: int | None  # None: the tensor holds one stream (the graph's batch is fixed to 1)
+    offset: int = 0  # in the graph model's flat state
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def tensor(self, rows: np.ndarray) -> np.ndarray:
+        """(B, size) state rows -> the graph input's tensor."""
+        if self.batch_axis is None:
+            return rows.reshape(self.shape)
+        return np.moveaxis(rows.reshape((rows.shape[0],) + self.shape), 0, self.batch_axis)
+
+    def rows(self, v: Any, B: int) -> np.ndarray:
+        """The graph output's tensor -> (B, size) state rows; ShapeError if it is not the input's shape."""
+        v = np.asarray(v)
+        if self.batch_axis is None and B != 1:
+            raise ShapeError(f"input {self.name!r}: a state of one stream (declared {self.shape}) for {B} streams")
+        want = self.shape if self.batch_axis is None else self.shape[: self.batch_axis] + (B,) + self.shape[self.batch_axis:]
+        if v.shape != want:
+            raise ShapeError(f"output {self.out!r}: expected the shape {want} of state input {self.name!r}, "
+                             f"got {v.shape}")
+        return (v if self.batch_axis is None else np.moveaxis(v, self.batch_axis, 0)).reshape(B, self.size)
+
+
+@dataclass
 class IOPlan:
     """Everything a graph model needs to feed the graph and read Y."""
 
@@ -47,11 +80,13 @@ class IOPlan:
     rec: list[RecInfo]
     time_major: bool = True
     per_item: bool = False  # feed one sequence at a time (the graph's batch is fixed to 1 or absent)
+    frame_rows: bool = False  # X (B, I): one frame of B streams, no time axis (a step exported with a batch)
     fixed_T: int | None = None
-    y_time_axis: int = 0
+    y_time_axis: int | None = 0  # None: Y has no time axis (frame_rows)
     y_batch_axis: int | None = None
     output_size: int = 0
     notes: list[str] = field(default_factory=list)
+    feedback: list[FeedbackInfo] = field(default_factory=list)
 
     @property
     def x(self) -> ValueInfo:
@@ -61,13 +96,19 @@ class IOPlan:
     def y(self) -> ValueInfo:
         return self.roles.y
 
+    def parts(self) -> list[tuple[int, int]]:
+        """(offset, size) in the flat state of each recurrent node's state, then of each state fed back."""
+        return [(r.offset, r.size) for r in self.rec] + [(f.offset, f.size) for f in self.feedback]
+
     @property
     def state_size(self) -> int:
-        return sum(r.size for r in self.rec)
+        return sum(r.size for r in self.rec) + sum(f.size for f in self.feedback)
 
     # -- feeding ----------------------------------------------------------------------------
     def graph_x(self, X3: np.ndarray) -> np.ndarray:
         """(B, T, I) frames -> the graph's X layout."""
+        if self.frame_rows:
+            return X3[:, 0]  # T = 1 (fixed_T)
         if self.x_rank == 2:
             return X3[0]
         return X3.transpose(1, 0, 2) if self.time_major else X3
@@ -90,10 +131,12 @@ class IOPlan:
     def y_frames(self, y: np.ndarray, B: int, T: int) -> np.ndarray:
         """The graph's Y -> (B, T, O)."""
         y = np.asarray(y)
-        others = [a for a in range(y.ndim) if a not in (self.y_time_axis, self.y_batch_axis)]
-        if self.y_batch_axis is None:
-            return y.transpose([self.y_time_axis] + others).reshape(B, T, -1)
-        return y.transpose([self.y_batch_axis, self.y_time_axis] + others).reshape(B, T, -1)
+        return y.transpose(self.y_order(y.ndim)).reshape(B, T, -1)
+
+    def y_order(self, ndim: int) -> list[int]:
+        """Y's axes in (batch, time, features) order, for a Y of ``ndim`` axes."""
+        lead = [a for a in (self.y_batch_axis, self.y_time_axis) if a is not None]
+        return lead + [a for a in range(ndim) if a not in lead]
 
 
 def _input_size(graph: Graph, x: ValueInfo) -> int:
@@ -179,14 +222,23 @@ def build_plan(graph: Graph, roles: Roles, dtype: np.dtype, device: str) -> IOPl
     off = 0
     for r in rec:
         r.offset, off = off, off + r.size
-    plan = IOPlan(roles=roles, dtype=dtype, x_rank=len(x.shape), input_size=_input_size(graph, x), rec=rec)
+    feedback = []
+    for name, out in roles.feedback.items():
+        f = _feedback(graph, name, out)
+        f.offset, off = off, off + f.size
+        feedback.append(f)
+    plan = IOPlan(roles=roles, dtype=dtype, x_rank=len(x.shape), input_size=_input_size(graph, x), rec=rec,
+                  feedback=feedback)
     needed = {i for n in graph.plan([roles.y.name], frozenset(r.node.name for r in rec), True) for i in n.inputs}
     extra = [vi.name for vi in graph.inputs if vi.name in needed and vi.name != x.name
              and vi.name not in roles.state_inputs and vi.name not in {l.name for l in roles.lengths_inputs}]
     if extra:
+        outs = [vi.name for vi in graph.outputs if vi.name != roles.y.name and vi.name not in roles.pairs.values()]
+        hint = (f"; if they are states the graph gives back as outputs {outs}, pair them: "
+                f"state_map={{{', '.join(f'{e!r}: ...' for e in extra)}}}") if outs else ""
         raise UnsupportedError(
             f"inputs {extra}: a model feeds only the frame input {x.name!r}, state inputs and sequence "
-            "lengths; for other graph inputs use srnn.InferenceSession"
+            f"lengths{hint}; for other graph inputs use srnn.InferenceSession"
         )
     probe_fresh = []
     for r in rec:
@@ -197,6 +249,19 @@ def build_plan(graph: Graph, roles: Roles, dtype: np.dtype, device: str) -> IOPl
             r.fresh = f
     _probe_axes(graph, plan, probe_fresh, device)
     return plan
+
+
+def _feedback(graph: Graph, name: str, out: str) -> FeedbackInfo:
+    """The FeedbackInfo of state input ``name`` from its declared shape: fixed dims, and at most
+    one free one (the batch)."""
+    vi = next(v for v in graph.inputs if v.name == name)
+    if vi.shape is None:
+        raise UnsupportedError(f"input {name!r}: a state the graph feeds back from {out!r} needs a declared shape")
+    free = [a for a, d in enumerate(vi.shape) if not isinstance(d, int)]
+    if len(free) > 1:
+        raise UnsupportedError(f"input {name!r}: expected a state of fixed dims and at most one free (batch) "
+                               f"dim, got declared shape {vi.shape}")
+    return FeedbackInfo(name, out, tuple(d for d in vi.shape if isinstance(d, int)), free[0] if free else None)
 
 
 def _probe_shape(plan: IOPlan, k: int) -> tuple[int, int]:
@@ -215,13 +280,16 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
     first = plan.rec[0].node.name if plan.rec else None
     init = {r.node.name: r.fresh[None] for r in plan.rec if r.fresh is not None}
     extra = [t for r in plan.rec for t in r.node.inputs[5:7] if t]  # initial states: shapes checked
-    runs = []
+    extra += [f.out for f in plan.feedback]
+    runs: list = []
+    batches = []  # the batch of the state inputs in each run
     for k in range(2):
         a0, a1 = _probe_shape(plan, k)
         shape = (a0, plan.input_size) if plan.x_rank == 2 else (a0, a1, plan.input_size)
         Xg = rng.uniform(-1, 1, size=shape).astype(plan.dtype)
         err = None
-        for Bg, Tg in ((1, a0),) if plan.x_rank == 2 else ((a1, a0), (a0, a1)):
+        tries = ((a1, a0), (a0, a1)) if plan.x_rank == 3 else ((a0, 1),) if plan.frame_rows else ((1, a0),)
+        for Bg, Tg in tries:
             feeds = {plan.x.name: Xg}
             for name in plan.roles.state_inputs:
                 vi = next(v for v in graph.inputs if v.name == name)
@@ -239,7 +307,12 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
             except StreamRNNError as e:
                 err = e
                 continue
+            if k == 0 and plan.x_rank == 2 and not plan.frame_rows and (
+                    _rows_are_streams(plan, seen, a0) or _fed_back_per_row(plan, feeds, vals, a0)):
+                plan.frame_rows = True  # probe again with the state inputs' batch set to the rows
+                return _probe_axes(graph, plan, probe_fresh, device)
             runs.append((a0, a1, Xg, seen[0] if seen else None, vals))
+            batches.append(Bg)
             break
         else:
             hint = ""
@@ -254,7 +327,14 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
             for run in runs:
                 if name and name in run[4]:
                     _check_initial(r.node, r.model, kind, run[4][name])
+
     _axes_from_runs(plan, runs)
+    for f in plan.feedback:  # the graph must give back each state in the shape it took it
+        for (_, _, _, _, vals), Bg in zip(runs, batches):
+            try:
+                f.rows(vals[f.out], Bg)
+            except ShapeError as e:
+                raise UnsupportedError(f"graph {graph.name!r}: {e}; a state fed back keeps its shape") from None
     for r in probe_fresh:
         rows = [_initial_rows(r, run[4], plan.dtype) for run in runs]
         if all(x is not None for x in rows) and all(np.array_equal(x, rows[0][:1].repeat(len(x), 0)) for x in rows):
@@ -262,6 +342,23 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
         else:
             plan.notes.append(f"node {r.node.name!r}: its initial state is computed by the graph")
             log.info("ONNX graph %r: %s", graph.name, plan.notes[-1])
+
+
+def _fed_back_per_row(plan: IOPlan, feeds: dict, vals: dict, rows: int) -> bool:
+    """Whether a state fed back grew its batch axis from 1 to the rows of a rank-2 X (a cell
+    step exported with a batch: X (B, I), h (B, H))."""
+    return rows > 1 and any(
+        f.batch_axis is not None and np.shape(vals[f.out])[f.batch_axis: f.batch_axis + 1] == (rows,)
+        and np.shape(feeds[f.name])[f.batch_axis] == 1 for f in plan.feedback)
+
+
+def _rows_are_streams(plan: IOPlan, seen: list, rows: int) -> bool:
+    """Whether the rows of a rank-2 X are streams (one frame each), not frames: the first
+    recurrent node got them as its batch, with a sequence of one frame."""
+    if not seen or np.ndim(seen[0]) != 3 or rows < 2:
+        return False
+    t, b = (1, 0) if plan.rec[0].node.op.layout == 1 else (0, 1)
+    return seen[0].shape[t] == 1 and seen[0].shape[b] == rows
 
 
 def _initial_rows(r: RecInfo, vals: dict, dtype) -> np.ndarray | None:
@@ -296,6 +393,9 @@ def _axes_from_runs(plan: IOPlan, runs) -> None:
         T1, B1, T2, B2 = (a0, a1, b0, b1) if plan.time_major else (a1, a0, b1, b0)
         plan.per_item = B1 == 1 and B2 == 1
         tdecl = plan.x.shape[0 if plan.time_major else 1]
+    elif plan.frame_rows:  # X (B, I): one frame of B streams
+        T1, B1, T2, B2 = 1, a0, 1, b0
+        tdecl = 1
     else:
         T1, B1, T2, B2 = a0, 1, b0, 1
         plan.per_item = True
@@ -306,6 +406,9 @@ def _axes_from_runs(plan: IOPlan, runs) -> None:
         raise UnsupportedError(f"output {plan.y.name!r}: rank changes with the input's size")
     t_ax = [a for a in range(y1.ndim) if y1.shape[a] == T1 and y2.shape[a] == T2]
     b_ax = [a for a in range(y1.ndim) if y1.shape[a] == B1 and y2.shape[a] == B2 and a not in t_ax[:1]]
+    if plan.frame_rows:  # Y (B, ...): a time axis only where one of size 1 is left besides the batch
+        b_ax = [a for a in range(y1.ndim) if y1.shape[a] == B1 and y2.shape[a] == B2]
+        t_ax = [a for a in t_ax if a not in b_ax[:1]] or [None]
     if not t_ax:
         raise UnsupportedError(
             f"output {plan.y.name!r}: expected a time axis (an output per frame), got shape {y1.shape} "

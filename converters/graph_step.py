@@ -68,13 +68,14 @@ class StepPlan:
     def __init__(self, graph: Graph, plan: IOPlan):
         self.graph, self.plan = graph, plan
         self.rec_index = {r.node.name: i for i, r in enumerate(plan.rec)}
-        nodes = graph.plan([plan.y.name], frozenset(self.rec_index), True)
-        fed = {plan.x.name} | {li.name for li in plan.roles.lengths_inputs}
+        self.outputs = [plan.y.name] + [f.out for f in plan.feedback]
+        nodes = graph.plan(self.outputs, frozenset(self.rec_index), True)
+        fed = {plan.x.name} | {li.name for li in plan.roles.lengths_inputs} | {f.name for f in plan.feedback}
         need = {i for n in nodes for k, i in enumerate(n.inputs) if i and not self._cut(n, k)}
         missing = sorted(i for i in need if i not in graph.consts and i not in graph.producer and i not in fed)
         if missing:  # e.g. a state input read by a node other than its recurrent node
             raise NotStepwise(f"graph inputs {missing} are needed every frame")
-        varies = {plan.x.name}  # values that change from frame to frame
+        varies = {plan.x.name} | {f.name for f in plan.feedback}  # values that change from frame to frame
         self.shaped = set(fed) | set(graph.consts)  # values whose shapes follow from B
         self.dynamic: list[tuple[GNode, list[str], int | None]] = []
         for n in nodes:
@@ -90,7 +91,7 @@ class StepPlan:
                 self.dynamic.append((n, ins, self.rec_index.get(n.name) if n.recurrent else None))
         # what the per-frame nodes read that is not computed per frame (consts and kept values)
         self.kept = sorted({i for _, ins, _ in self.dynamic for i in ins if i and i not in varies})
-        self.read = {i for _, ins, _ in self.dynamic for i in ins if i} | {plan.y.name}
+        self.read = {i for _, ins, _ in self.dynamic for i in ins if i} | set(self.outputs)
         # per recurrent node: layout, input size, the columns of h (and c) in its state rows
         self._rec = []
         for r in plan.rec:
@@ -115,9 +116,11 @@ class StepPlan:
         # a frame of random values (zeros would make e.g. x / x NaN and stop a recurrent node)
         X = np.random.default_rng(B).uniform(0.5, 1.0, size=(B, 1, p.input_size)).astype(p.dtype)
         feeds = p.feeds(g, X, False, False)
+        for f in p.feedback:
+            feeds[f.name] = f.tensor(np.random.default_rng(B).uniform(0.5, 1.0, size=(B, f.size)).astype(p.dtype))
         zero = {r.node.name: np.zeros((B, r.size), p.dtype) for r in p.rec}
         known = [o for n, _, _ in self.dynamic for o in n.outputs if o in self.shaped]
-        want = self.kept + [i for i in known if i not in self.kept] + [p.x.name, p.y.name]
+        want = self.kept + [i for i in known if i not in self.kept] + [p.x.name] + self.outputs
         vals, _ = g.evaluate(feeds, list(dict.fromkeys(want)), rec_init=zero)
         prog = []
         for n, ins, ri in self.dynamic:
@@ -130,8 +133,7 @@ class StepPlan:
             else:
                 prog.append((_OP, n, ins, outs, None))
         y = np.shape(vals[p.y.name]) if p.y.name in vals else None
-        order = [p.y_time_axis] if p.y_batch_axis is None else [p.y_batch_axis, p.y_time_axis]
-        y_view = y is not None and _same_order_perm(order + [a for a in range(len(y)) if a not in order], y)
+        y_view = y is not None and _same_order_perm(p.y_order(len(y)), y)
         shapes = (np.shape(vals[p.x.name]), (B, p.output_size) if y_view else None)
         fr = ({i: vals[i] for i in self.kept}, prog, shapes)
         # a pool stepping varying id counts plans each count once (~0.4 ms, residual LSTM H=128):
@@ -146,17 +148,22 @@ class StepPlan:
         _, prog, _ = self.frame(1)
         return len(prog), sum(kind == _RESHAPE for kind, *_ in prog)
 
-    def step(self, X: np.ndarray, runners: list[NodeRunner]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One frame of B streams: X (B, I) -> (Y (B, O), each recurrent node's state rows (B, S_i)).
+    def step(self, X: np.ndarray, runners: list) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One frame of B streams: X (B, I) -> (Y (B, O), the state rows after it: each recurrent
+        node's (B, S_i), then each state the graph feeds back (B, S_j)).
 
-        Writes no state (the runners step their own buffers); NotStepwise where the plan does not
-        apply (the caller then takes the general path)."""
+        ``runners``: a NodeRunner per recurrent node, then per state fed back a function giving
+        its rows before the frame. Writes no state (the runners step their own buffers);
+        NotStepwise where the plan does not apply (the caller then takes the general path)."""
         p = self.plan
         B = X.shape[0]
         kept, prog, (x_shape, y_shape) = self.frame(B)
         env = dict(kept)
         env[p.x.name] = X.reshape(x_shape)  # (1, B, I), (B, 1, I) or (1, I): T = 1, the same data order
-        rows: list[Any] = [None] * len(p.rec)
+        nrec = len(p.rec)
+        for j, f in enumerate(p.feedback):
+            env[f.name] = f.tensor(runners[nrec + j]())
+        rows: list[Any] = [None] * (nrec + len(p.feedback))
         n = None
         try:
             for kind, n, ins, outs, arg in prog:
@@ -172,6 +179,8 @@ class StepPlan:
                         env[o] = v
         except Graph.NODE_ERRORS as e:
             raise Graph.node_error(n.name, n.op_type, e) from None
+        for j, f in enumerate(p.feedback):
+            rows[nrec + j] = f.rows(env[f.out], B)
         y = env[p.y.name]
         if y_shape is not None and y.size == B * p.output_size:  # the graph's Y in (B, O) data order
             return y.reshape(y_shape).astype(p.dtype), rows  # a copy: y may be a view of X

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..errors import StreamRNNError, UnsupportedError
 from .graph import GNode, Graph, ValueInfo
 
@@ -54,6 +56,38 @@ class Roles:
     state_outputs: dict[str, str] = field(default_factory=dict)
     pairs: dict[str, str] = field(default_factory=dict)  # state input -> state output
     lengths_inputs: list[ValueInfo] = field(default_factory=list)
+    #: pairs whose input reaches no recurrent node: a state the graph computes itself (an
+    #: exported LSTMCell / GRUCell step, a hand-written cell), fed back from output to input
+    feedback: dict[str, str] = field(default_factory=dict)
+
+
+#: name endings of a state input / output pair ("h" / "hn", "state" / "stateN", "h_in" / "h_out")
+_STATE_SUFFIXES = ("_in", "in", "_out", "out", "_n", "n", "_next", "next", "_new", "new", "_prev", "prev",
+                   "0", "1", "_0", "_1")
+
+
+def _stems(name: str) -> set[str]:
+    n = name.lower()
+    return {n} | {n[: -len(x)] for x in _STATE_SUFFIXES if n.endswith(x) and len(n) > len(x)}
+
+
+def _same_decl(a: ValueInfo, b: ValueInfo) -> bool:
+    if a.shape is None or b.shape is None:
+        return True
+    return len(a.shape) == len(b.shape) and all(
+        not (isinstance(x, int) and isinstance(y, int)) or x == y for x, y in zip(a.shape, b.shape))
+
+
+def _pair_by_name(ins: list[ValueInfo], outs: list[ValueInfo]) -> dict[str, str]:
+    """Inputs paired with outputs by name (a common stem, see ``_STATE_SUFFIXES``) and declared
+    shape, where every input finds exactly one output and no output two inputs; else {}."""
+    pairs: dict[str, str] = {}
+    for i in ins:
+        c = [o for o in outs if _stems(i.name) & _stems(o.name) and _same_decl(i, o)]
+        if len(c) != 1 or c[0].name in pairs.values():
+            return {}
+        pairs[i.name] = c[0].name
+    return pairs
 
 
 def find_roles(graph: Graph, state_map: dict[str, str] | None = None) -> Roles:
@@ -104,6 +138,15 @@ def find_roles(graph: Graph, state_map: dict[str, str] | None = None) -> Roles:
         st_in.setdefault(s, "state")
         st_out.setdefault(o, st_in[s])
         pairs[s] = o
+    # states the graph computes itself (no recurrent node behind them): paired by name where
+    # every other float input finds its output, the first input staying the frame input
+    rest = [vi for vi in graph.inputs if vi.name not in st_in and vi.name not in len_in]
+    if len(rest) > 1:
+        cand = [vi for vi in rest[1:] if vi.dtype is None or np.dtype(vi.dtype).kind == "f"]
+        outs = [vi for vi in graph.outputs if vi.name not in st_out and vi.name not in pairs.values()]
+        auto = _pair_by_name(cand, outs[1:]) if len(cand) == len(rest) - 1 else {}
+        for si, so in auto.items():
+            st_in[si], st_out[so], pairs[si] = "state", "state", so
     xs = [vi for vi in graph.inputs if vi.name not in st_in and vi.name not in len_in]
     if not xs:
         raise UnsupportedError(
@@ -119,4 +162,5 @@ def find_roles(graph: Graph, state_map: dict[str, str] | None = None) -> Roles:
     return Roles(
         x=xs[0], y=ys[0], state_inputs=st_in, state_outputs=st_out, pairs=pairs,
         lengths_inputs=[inputs[n] for n in inputs if n in len_in],
+        feedback={si: so for si, so in pairs.items() if si not in st_nodes},
     )

@@ -1,0 +1,278 @@
+"""Step exports: ONNX graphs of ONE frame whose state goes in and out through graph inputs and
+outputs, the usual way to export a model for streaming.
+
+* X (B, I) with no time axis, a recurrent node behind the state (``nn.LSTM`` / ``nn.GRU`` fed
+  ``x[None]``): the rows of X are streams, not frames. Before, the rows were taken as frames of
+  one sequence; the load failed with a bare numpy ValueError.
+* No recurrent node at all (``nn.LSTMCell`` / ``nn.GRUCell`` / a hand-written cell): the graph
+  computes the state itself, and the model feeds each output back to its input (paired by name,
+  or by ``state_map``). Before, such graphs were refused.
+* Silero-VAD-shaped graphs: a framewise feature extractor (reflect Pad, Conv STFT, Conv1d
+  encoder) in front of an LSTM whose state is packed as (2, B, H).
+
+Every case is checked against PyTorch run frame by frame with the state fed back, over
+``run`` (several streams, ragged lengths), ``stream`` (step and push) and ``pool``.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+
+import streamrnn as srnn  # noqa: E402
+from streamrnn.converters.graph_model import GraphModel  # noqa: E402
+
+from conftest import assert_close  # noqa: E402
+
+I, H, O = 5, 6, 3
+
+
+class LSTMStep(torch.nn.Module):
+    """nn.LSTM on one frame of B streams: x (B, I), h / c (L, B, H)."""
+
+    def __init__(self, layers=1):
+        super().__init__()
+        self.rnn, self.fc = torch.nn.LSTM(I, H, num_layers=layers), torch.nn.Linear(H, O)
+
+    def forward(self, x, h, c):
+        y, (h, c) = self.rnn(x[None], (h, c))
+        return self.fc(y[0]), h, c
+
+
+class GRUStepPacked(torch.nn.Module):
+    """Two-layer nn.GRU, one frame, its state named "state" / "stateN"."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = torch.nn.GRU(I, H, num_layers=2), torch.nn.Linear(H, O)
+
+    def forward(self, x, state):
+        y, s = self.rnn(x[None], state)
+        return torch.tanh(self.fc(y[0])), s
+
+
+class LSTMCellStep(torch.nn.Module):
+    """nn.LSTMCell: no recurrent ONNX node, the graph computes the state itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell, self.fc = torch.nn.LSTMCell(I, H), torch.nn.Linear(H, O)
+
+    def forward(self, x, h, c):
+        h, c = self.cell(x, (h, c))
+        return self.fc(h), h, c
+
+
+class GRUCellStack(torch.nn.Module):
+    """Two stacked nn.GRUCell with a residual, their states packed (2, B, H)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = torch.nn.GRUCell(I, H), torch.nn.GRUCell(H, H), torch.nn.Linear(H, O)
+
+    def forward(self, x, state):
+        h1 = self.a(x, state[0])
+        h2 = self.b(h1, state[1]) + h1
+        return self.fc(h2), torch.stack([h1, h2])
+
+
+class LeakyIntegrator(torch.nn.Module):
+    """A hand-written recurrence: s' = a * s + tanh(W x); y = V s'."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.v = torch.nn.Linear(I, H), torch.nn.Linear(H, O)
+        self.a = torch.nn.Parameter(torch.rand(H) * 0.9)
+
+    def forward(self, x, mem):
+        m = self.a * mem + torch.tanh(self.w(x))
+        return self.v(m), m
+
+
+class SileroLike(torch.nn.Module):
+    """Silero VAD's shape at a small size: x (B, N) samples, state (2, B, H) -> p (B, 1), stateN.
+    Reflect pad, an STFT as a Conv1d with a fixed basis, the magnitude, a Conv1d encoder, an
+    LSTM step, a 1x1 Conv1d decoder, the mean over the chunk's frames."""
+
+    N, FFT, HOP = 96, 32, 16
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("basis", torch.randn(self.FFT + 2, 1, self.FFT) * 0.2)
+        self.enc1 = torch.nn.Conv1d(self.FFT // 2 + 1, 12, 3, padding=1)
+        self.enc2 = torch.nn.Conv1d(12, H, 3, stride=2, padding=1)
+        self.rnn = torch.nn.LSTM(H, H)
+        self.dec = torch.nn.Conv1d(H, 1, 1)
+
+    def forward(self, x, state):
+        x = torch.nn.functional.pad(x[:, None], (self.HOP, self.HOP), mode="reflect")[:, 0]
+        s = torch.nn.functional.conv1d(x[:, None], self.basis, stride=self.HOP)  # (B, FFT + 2, F)
+        k = self.FFT // 2 + 1
+        mag = torch.sqrt(s[:, :k] ** 2 + s[:, k:] ** 2)
+        z = torch.relu(self.enc2(torch.relu(self.enc1(mag))))  # (B, H, F')
+        z = z.mean(dim=2)  # (B, H)
+        y, (h, c) = self.rnn(z[None], (state[:1], state[1:]))
+        p = torch.sigmoid(self.dec(torch.relu(y[0])[:, :, None]))  # (B, 1, 1)
+        return p[:, :, 0], torch.cat([h, c])
+
+
+def _export(net, inputs, names, outs, batch_axes):
+    """ONNX bytes of ``net`` on ``inputs``; ``batch_axes``: name -> its batch axis (None: fixed)."""
+    f = io.BytesIO()
+    dyn = {n: {a: "b"} for n, a in batch_axes.items() if a is not None} or None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), inputs, f, input_names=names, output_names=outs, dynamic_axes=dyn,
+                          dynamo=False, opset_version=17)
+    return f.getvalue()
+
+
+def _torch_frames(net, X, states):
+    """PyTorch frame by frame: X (B, T, I); ``states`` the initial state tensors (batch B) -> Y (B, T, O)."""
+    Y = []
+    with torch.no_grad():
+        st = [torch.from_numpy(s) for s in states]
+        for t in range(X.shape[1]):
+            out = net(torch.from_numpy(np.ascontiguousarray(X[:, t])), *st)
+            Y.append(out[0].numpy())
+            st = list(out[1:])
+    return np.stack(Y, 1)
+
+
+# (module, input names, output names, state shapes with B for the batch, batch axis of each, input size)
+CASES = {
+    "lstm_step": (lambda: LSTMStep(), ["x", "h", "c"], ["y", "hn", "cn"], [(1, "B", H), (1, "B", H)], 1, I),
+    "lstm2_step": (lambda: LSTMStep(2), ["x", "h", "c"], ["y", "hn", "cn"], [(2, "B", H), (2, "B", H)], 1, I),
+    "gru_packed": (GRUStepPacked, ["x", "state"], ["y", "stateN"], [(2, "B", H)], 1, I),
+    "lstm_cell": (LSTMCellStep, ["x", "h", "c"], ["y", "hn", "cn"], [("B", H), ("B", H)], 0, I),
+    "gru_cells": (GRUCellStack, ["x", "state"], ["y", "stateN"], [(2, "B", H)], 1, I),
+    "integrator": (LeakyIntegrator, ["x", "mem"], ["y", "mem_next"], [("B", H)], 0, I),
+    "silero_like": (SileroLike, ["input", "state"], ["output", "stateN"], [(2, "B", H)], 1, SileroLike.N),
+}
+
+
+def _case(name, seed, dynamic=True):
+    make, names, outs, shapes, bax, n_in = CASES[name]
+    torch.manual_seed(seed)
+    net = make().eval()
+    ex = [torch.randn(2, n_in)] + [torch.zeros(*[2 if d == "B" else d for d in s]) for s in shapes]
+    axes = {n: (0 if k == 0 else bax) if dynamic else None for k, n in enumerate(names)}
+    axes.update({n: (0 if k == 0 else bax) if dynamic else None for k, n in enumerate(outs)})
+    if not dynamic:  # batch fixed to 1
+        ex = [e[:1] if k == 0 else e.narrow(bax, 0, 1) for k, e in enumerate(ex)]
+    return net, _export(net, tuple(ex), names, outs, axes), shapes, n_in
+
+
+def _zeros(shapes, B, dtype=np.float32):
+    return [np.zeros([B if d == "B" else d for d in s], dtype) for s in shapes]
+
+
+@pytest.mark.parametrize("planned", [True, False], ids=["planned", "general"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_step_export_runs_streams_and_pools_as_torch(name, planned):
+    net, blob, shapes, n_in = _case(name, 3)
+    model = srnn.from_onnx(blob)
+    assert isinstance(model, GraphModel) and model.streamable and model.plan.frame_rows, model
+    assert model.frame_step["planned"], model.frame_step
+    if not planned:  # the general path: the whole graph evaluated for each frame
+        model._step = None
+    assert model.input_size == n_in and model.output_size == (1 if name == "silero_like" else O)
+    assert model.state_size == sum(int(np.prod([d for d in s if d != "B"])) for s in shapes)
+    rng = np.random.default_rng(4)
+    B, T = 3, 6
+    X = rng.normal(size=(B, T, n_in)).astype(np.float32)
+    want = _torch_frames(net, X, _zeros(shapes, B))
+    assert np.abs(want).max() > 1e-3  # not zeros
+    assert_close(model.run(X), want)
+    s = model.stream()
+    assert_close(np.stack([s.step(x) for x in X[1]]), want[1])
+    s.reset()
+    assert_close(np.concatenate([s.push(X[2, :2]), s.push(X[2, 2:])]), want[2])
+    pool = model.pool(5)
+    ids = pool.open(B)[::-1]
+    Y = np.stack([pool.step(ids, X[::-1, t]) for t in range(T)], 1)[::-1]
+    assert_close(Y, want)
+    # ragged lengths: past its length a sequence's output is 0, its state the one at its length
+    L = np.array([T, 2, 0])
+    Yl, st = model.run(X, lengths=L, return_state=True)
+    assert_close(Yl[0], want[0])
+    assert_close(Yl[1, :2], want[1, :2])
+    assert not Yl[1, 2:].any() and not Yl[2].any() and not st.data[2].any()
+    _, st1 = model.run(X[1, :2], return_state=True)
+    assert_close(st.data[1], st1.data)
+    # a state restored: the stream goes on as torch from that state
+    s2 = model.stream()
+    s2.state = st1
+    assert_close(np.stack([s2.step(x) for x in X[1, 2:]]), want[1, 2:])
+
+
+@pytest.mark.parametrize("name", ["lstm_step", "lstm_cell", "silero_like"])
+def test_step_export_float64(name):
+    net, blob, shapes, n_in = _case(name, 5)
+    model = srnn.from_onnx(blob, dtype="float64")
+    X = np.random.default_rng(6).normal(size=(2, 4, n_in))
+    want = _torch_frames(net.double(), X, _zeros(shapes, 2, np.float64))
+    assert_close(model.run(X), want, np.float64)
+    pool = model.pool(2)
+    ids = pool.open(2)
+    assert_close(np.stack([pool.step(ids, X[:, t]) for t in range(4)], 1), want, np.float64)
+
+
+@pytest.mark.parametrize("name", ["lstm_step", "lstm_cell", "gru_cells"])
+def test_step_export_with_batch_fixed_to_one(name):
+    """Exported without dynamic axes (batch 1): one stream per evaluation; a pool steps each."""
+    net, blob, shapes, n_in = _case(name, 7, dynamic=False)
+    model = srnn.from_onnx(blob)
+    assert model.streamable
+    X = np.random.default_rng(8).normal(size=(2, 5, n_in)).astype(np.float32)
+    want = np.concatenate([_torch_frames(net, X[b : b + 1], _zeros(shapes, 1)) for b in range(2)])
+    assert_close(model.run(X), want)
+    pool = model.pool(3)
+    ids = pool.open(2)
+    assert_close(np.stack([pool.step(ids, X[:, t]) for t in range(5)], 1), want)
+
+
+def test_planned_steps_and_failed_frames_leave_states():
+    net, blob, shapes, _ = _case("lstm_cell", 9)
+    model = srnn.from_onnx(blob)
+    assert model.frame_step["planned"], model.frame_step
+    s = model.stream()
+    x = np.random.default_rng(10).normal(size=(3, I)).astype(np.float32)
+    s.step(x[0])
+    before = s.state.data.copy()
+    for bad in (np.full(I, np.nan, np.float32), np.zeros(I + 1, np.float32)):
+        with pytest.raises(srnn.StreamRNNError, match="x"):
+            s.step(bad)
+        assert np.array_equal(s.state.data, before)
+    pool = model.pool(3)
+    ids = pool.open(2)
+    pool.step(ids, x[:2])
+    snap = [pool.get_state(int(i)).data.copy() for i in ids]
+    with pytest.raises(srnn.StreamRNNError, match="X"):
+        pool.step(ids, np.array([x[0], [np.inf] * I], np.float32))
+    assert all(np.array_equal(pool.get_state(int(i)).data, d) for i, d in zip(ids, snap))
+    # the state round-trips through bytes
+    s2 = model.stream()
+    s2.load_state_bytes(s.state_bytes())
+    assert np.array_equal(s2.step(x[2]), s.step(x[2]))
+
+
+def test_state_names_that_do_not_pair_need_state_map():
+    """Inputs / outputs whose names do not tell the pairing: refused, naming state_map; with it,
+    the model equals torch."""
+    torch.manual_seed(11)
+    net = LeakyIntegrator().eval()
+    blob = _export(net, (torch.randn(2, I), torch.zeros(2, H)), ["x", "a"], ["y", "b"],
+                   {"x": 0, "a": 0, "y": 0, "b": 0})
+    with pytest.raises(srnn.UnsupportedError, match=r"inputs \['a'\].*state_map=\{'a': \.\.\.\}"):
+        srnn.from_onnx(blob)
+    with pytest.raises(srnn.UnsupportedError, match="a state fed back keeps its shape"):
+        srnn.from_onnx(blob, state_map={"a": "y"})  # y (B, 3) is no state of a (B, 6)
+    model = srnn.from_onnx(blob, state_map={"a": "b"})
+    X = np.random.default_rng(12).normal(size=(2, 4, I)).astype(np.float32)
+    assert_close(model.run(X), _torch_frames(net, X, _zeros([("B", H)], 2)))
