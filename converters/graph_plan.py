@@ -248,7 +248,63 @@ def build_plan(graph: Graph, roles: Roles, dtype: np.dtype, device: str) -> IOPl
         else:
             r.fresh = f
     _probe_axes(graph, plan, probe_fresh, device)
+    _try_rows(graph, plan, device)
     return plan
+
+
+def _try_rows(graph: Graph, plan: IOPlan, device: str) -> None:
+    """A one-frame graph declared for one stream (X (1, I), states of batch 1) often computes
+    each row of a batch on its own all the same (Silero VAD's files): where an evaluation of 3
+    rows equals the 3 rows evaluated one by one, on random inputs and states, outputs and states
+    alike, the plan takes X's rows as streams (a pool steps them in one evaluation, not one per
+    stream). Otherwise (a size baked into a Reshape, rows mixed) nothing changes."""
+    if not (plan.per_item and plan.x_rank == 2 and plan.fixed_T == 1) or any(r.fresh is None for r in plan.rec):
+        return
+    fb = []
+    for f in plan.feedback:  # the batch axis of a state declared for one stream: its one axis of size 1
+        ones = [a for a, d in enumerate(f.shape) if d == 1]
+        if f.batch_axis is not None or len(ones) != 1:
+            return
+        fb.append(FeedbackInfo(f.name, f.out, f.shape[: ones[0]] + f.shape[ones[0] + 1:], ones[0], f.offset))
+    rng = np.random.default_rng(5)
+    B, dt = 3, plan.dtype
+    X = rng.uniform(-1, 1, size=(B, plan.input_size)).astype(dt)
+    init = {r.node.name: rng.uniform(-0.5, 0.5, size=(B, r.size)).astype(dt) for r in plan.rec}
+    rows0 = [rng.uniform(-0.5, 0.5, size=(B, f.size)).astype(dt) for f in fb]
+
+    def run(sel: slice):
+        n = sel.stop - sel.start
+        feeds = {plan.x.name: X[sel]}
+        for li in plan.roles.lengths_inputs:
+            feeds[li.name] = np.ones(n, dtype=li.dtype or np.int32)
+        for f, r in zip(fb, rows0):
+            feeds[f.name] = f.tensor(r[sel])
+        vals, finals = graph.evaluate(feeds, [plan.y.name] + [f.out for f in fb],
+                                      rec_init={k: v[sel] for k, v in init.items()}, device=device)
+        return (np.asarray(vals[plan.y.name]), [finals[r.node.name] for r in plan.rec]
+                + [f.rows(vals[f.out], n) for f in fb])
+
+    try:
+        yb, sb = run(slice(0, B))
+        parts = [run(slice(b, b + 1)) for b in range(B)]
+    except (StreamRNNError,) + Graph.NODE_ERRORS:
+        return
+    y1 = parts[0][0]
+    ax = [a for a in range(yb.ndim) if yb.ndim == y1.ndim and yb.shape[a] == B and y1.shape[a] == 1
+          and yb.shape[:a] + yb.shape[a + 1:] == y1.shape[:a] + y1.shape[a + 1:]]
+    if not ax:
+        return
+    tol = dict(rtol=1e-4, atol=1e-5) if dt == np.float32 else dict(rtol=1e-9, atol=1e-10)
+    for b, (yr, sr) in enumerate(parts):
+        if not np.allclose(np.take(yb, [b], axis=ax[0]), yr, **tol) or not all(
+                np.allclose(x[b : b + 1], r, **tol) for x, r in zip(sb, sr)):
+            return
+    plan.per_item, plan.frame_rows, plan.feedback = False, True, fb
+    plan.y_batch_axis = ax[0]
+    t_ax = [a for a in range(yb.ndim) if a != ax[0] and yb.shape[a] == 1]
+    plan.y_time_axis = t_ax[0] if t_ax else None
+    log.info("ONNX graph %r: declared for one stream, it computes each row of a batch on its own: "
+             "X's rows are taken as streams", graph.name)
 
 
 def _feedback(graph: Graph, name: str, out: str) -> FeedbackInfo:

@@ -223,12 +223,31 @@ def test_step_export_float64(name):
     assert_close(np.stack([pool.step(ids, X[:, t]) for t in range(4)], 1), want, np.float64)
 
 
-@pytest.mark.parametrize("name", ["lstm_step", "lstm_cell", "gru_cells"])
+class RowMixer(torch.nn.Module):
+    """A cell step whose output adds the sum over the batch: for one stream 2 h, for a batch
+    every row mixed with the others. Exported for one stream, its rows must not be batched."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell, self.fc = torch.nn.GRUCell(I, H), torch.nn.Linear(H, O)
+
+    def forward(self, x, h):
+        h = self.cell(x, h)
+        return self.fc(h + h.sum(dim=0, keepdim=True)), h
+
+
+CASES["row_mixer"] = (RowMixer, ["x", "h"], ["y", "hn"], [("B", H)], 0, I)
+
+
+@pytest.mark.parametrize("name", ["lstm_step", "lstm_cell", "gru_cells", "silero_like", "row_mixer"])
 def test_step_export_with_batch_fixed_to_one(name):
-    """Exported without dynamic axes (batch 1): one stream per evaluation; a pool steps each."""
+    """Exported without dynamic axes (batch 1). Where 3 rows evaluated at once equal them one by
+    one (at load, random inputs and states), a pool steps its streams in one evaluation; the row
+    mixer does not, and each stream is evaluated alone."""
     net, blob, shapes, n_in = _case(name, 7, dynamic=False)
     model = srnn.from_onnx(blob)
     assert model.streamable
+    assert model.plan.frame_rows == (name != "row_mixer") and model.plan.per_item == (name == "row_mixer")
     X = np.random.default_rng(8).normal(size=(2, 5, n_in)).astype(np.float32)
     want = np.concatenate([_torch_frames(net, X[b : b + 1], _zeros(shapes, 1)) for b in range(2)])
     assert_close(model.run(X), want)
