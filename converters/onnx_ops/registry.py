@@ -134,6 +134,10 @@ def convert(node: NodeView, domain: str = "") -> Op:
             hint = (" (an exporter may have written a recurrence as a loop over frames instead of an "
                     "LSTM / GRU / RNN node: torch.onnx.export(dynamo=True) does so for nn.RNN; export with "
                     "dynamo=False)")
+        elif node.op_type == "If":
+            hint = (" (control flow: export with the branch you use taken, as a Python `if` on a value "
+                    "fixed at export time does; e.g. Silero VAD's package ships silero_vad_16k_sequence.onnx "
+                    "and silero_vad_openvino_16k.onnx without If nodes, and both load)")
         raise UnsupportedError(
             f"{node.label}: op {node.op_type!r} not supported{hint}; supported ops: {', '.join(supported_ops())}"
         )
