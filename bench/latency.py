@@ -3,7 +3,7 @@
 
     python bench/latency.py [--quick] [--out bench/results] [--sections latency,streams,offline,graph,footprint]
 
-Five sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
+Six sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
 
 * ``latency``  one stream, one step per call, 1 thread, LSTM + Linear head, float32, for
   I=H=32, I=8/H=64, I=H=128, I=H=512: streamrnn ``stream.step(x, out=y)`` and ``stream.step(x)``,
@@ -18,6 +18,10 @@ Five sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
   as one frame with h / c in and out), one frame of B = 1 or 64 streams per call: streamrnn's
   planned step and its general path vs onnxruntime ``session.run`` and the torch module, the
   states fed back.
+* ``silero``  a real streaming model, Silero VAD (the silero-vad 6.2.3 wheel's ONNX files, fetched
+  by pip; not in the default set): one 576-sample chunk of B = 1, 16, 64 streams per call, streamrnn
+  on the two files it loads vs onnxruntime on the package's main file (batched) and on the
+  openvino file (one call per stream).
 * ``footprint``  cold start (fresh process: import, load a .srnn, one step; numba cache warm
   and cold) and memory (RSS over 10^6 steps; a pool of 100,000 streams): ``bench/footprint.py``.
 
@@ -44,6 +48,7 @@ def _parse(argv):
                    help="output folder (default bench/results)")
     p.add_argument("--sections", default="latency,streams,offline,graph,footprint",
                    help="comma-separated subset of latency,streams,offline,graph (a graph model, not a chain), "
+                        "silero (Silero VAD's ONNX files; not in the default set: fetches the silero-vad wheel), "
                         "footprint (cold start and memory, bench/footprint.py)")
     p.add_argument("--stream-threads", type=int, default=2, help="threads in the streams section (default 2)")
     p.add_argument("--offline-threads", type=int, default=1, help="threads in the offline section (default 1)")
@@ -53,7 +58,7 @@ def _parse(argv):
                    help="measure nothing: rewrite the .md / .png of the sections from their .json in --out")
     a = p.parse_args(argv)
     a.sections = [s.strip() for s in a.sections.split(",") if s.strip()]
-    bad = set(a.sections) - {"latency", "streams", "offline", "graph", "footprint"}
+    bad = set(a.sections) - {"latency", "streams", "offline", "graph", "silero", "footprint"}
     if bad:
         p.error(f"--sections: unknown {sorted(bad)}")
     return a
@@ -121,6 +126,7 @@ M_TIMER = "(timer + empty Python call)"
 BUDGET = {
     "latency": {True: (0.4, 200, 4000, 10), False: (4.0, 2000, 100_000, 40)},
     "graph": {True: (0.4, 100, 4000, 10), False: (3.0, 1000, 100_000, 30)},
+    "silero": {True: (0.4, 50, 2000, 10), False: (3.0, 200, 20_000, 20)},
     "streams": {True: (0.6, 5, 400, 5), False: (5.0, 20, 5000, 20)},
     "offline": {True: (0.5, 4, 100, 4), False: (4.0, 15, 1000, 15)},
 }
@@ -777,6 +783,104 @@ def m_graph_torch(net, X1, H):
     return fn, check
 
 
+SILERO_CONFIGS = [("B=1", 1), ("B=16", 16), ("B=64", 64)]
+SILERO_N = 576  # samples per chunk at 16 kHz (64 of context + 512 new)
+REF_SILERO = "streamrnn, openvino file (rows batched)"
+M_SILERO_SEQ = "streamrnn, sequence file (one stream per evaluation)"
+M_ORT_SILERO = "onnxruntime, silero_vad.onnx (batched, sr=16000)"
+M_ORT_SILERO_OV = "onnxruntime, openvino file (one call per stream)"
+SILERO_TITLE = "Silero VAD (silero-vad 6.2.3's ONNX files): one 576-sample chunk of B streams per call (µs per call, 1 thread)"
+SILERO_PLOT = dict(title="Silero VAD, one chunk of B streams per call (1 thread)", xkey=None,
+                   ylabel="p50 µs per call", value=lambda r: r["p50_us"])
+
+
+def section_silero(quick: bool, seed: int) -> dict:
+    """A real streaming model: Silero VAD, B streams advance one chunk per call."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from silero import VERSION, silero_dir
+
+    d, why = silero_dir()
+    if d is None:
+        raise SystemExit(f"silero section: {why}")
+    threads = set_threads(1)
+    res = _header("silero", quick, threads, {
+        "unit": "us per call (B stream-steps)", "check_steps": CHECK_STEPS, "silero_vad": VERSION,
+        "model": "Silero VAD 16 kHz (reflect pad, STFT as a Conv, 4 Conv1d, LSTM 128, Conv1d decoder)",
+        "ref_check": "equal to the same file loaded in float64",
+        "note": "streamrnn loads silero_vad_openvino_16k.onnx (input (1, 576), state (2, 1, 128); its rows found "
+                "to compute on their own at load, so pool.step evaluates the graph once for B streams) and "
+                "silero_vad_16k_sequence.onnx (input (T, 576), h / c (1, 1, 128): one stream per evaluation); "
+                "stream.step(x, out=y) for B=1, pool.step(ids, X, out=Y) with ids in random order otherwise. "
+                "onnxruntime runs the package's main file silero_vad.onnx (what silero-vad itself uses; its If "
+                "nodes keep streamrnn from loading it) with B streams in one call, the state (2, B, 128) pre-stacked "
+                "and fed back, and the openvino file one call per stream. Outputs checked against streamrnn's over "
+                f"{CHECK_STEPS} chunks of noise with tone bursts",
+    })
+    rng = np.random.default_rng(seed)
+    ov = srnn.load(str(d / "silero_vad_openvino_16k.onnx"))
+    ov64 = srnn.load(str(d / "silero_vad_openvino_16k.onnx"), dtype="float64")
+    seq = srnn.load(str(d / "silero_vad_16k_sequence.onnx"))
+    main_sess = ort_session(open(d / "silero_vad.onnx", "rb").read(), 1)
+    ov_sess = ort_session(open(d / "silero_vad_openvino_16k.onnx", "rb").read(), 1)
+    for name, B in tqdm(SILERO_CONFIGS, desc="silero", disable=None):
+        X1 = (0.3 * rng.standard_normal((B, SILERO_N))).astype(np.float32)
+        pairs = {REF_SILERO: m_graph_streamrnn(ov, X1, rng), M_SILERO_SEQ: m_graph_streamrnn(seq, X1, rng),
+                 M_ORT_SILERO: m_silero_ort(main_sess, X1), M_ORT_SILERO_OV: m_silero_ort(ov_sess, X1, per_stream=True)}
+        t = np.arange(CHECK_STEPS * SILERO_N) / 16000.0
+        X = 0.05 * rng.standard_normal((B, CHECK_STEPS * SILERO_N)) + 0.5 * np.sin(2 * np.pi * 220 * t) * (
+            np.sin(2 * np.pi * 2 * t) > 0)
+        X = X.reshape(B, CHECK_STEPS, SILERO_N).transpose(1, 0, 2).astype(np.float32)  # (T, B, N)
+        checks, Yref = run_checks({k: v[1] for k, v in pairs.items()}, REF_SILERO, X)
+        checks[REF_SILERO] = compare(Yref, m_graph_streamrnn(ov64, X1.astype(np.float64), rng)[1](X.astype(np.float64)),
+                                     rtol=RTOL)
+        fns = {k: v[0] for k, v in pairs.items()}
+        fns[M_TIMER] = lambda: None
+        stats = measure(fns, BUDGET["silero"][quick])
+        for k in stats:
+            stats[k]["check"] = checks.get(k)
+        res["configs"].append({"name": name, "streams": B, "input_size": SILERO_N, "output_size": 1, "results": stats})
+    return res
+
+
+def m_silero_ort(sess, X1, per_stream: bool = False):
+    """Silero VAD on onnxruntime, the state fed back: B streams in one call (the main file, with
+    sr) or one call per stream (the openvino file, batch fixed to 1)."""
+    B = X1.shape[0]
+    names = {i.name for i in sess.get_inputs()}
+    sr = {"sr": np.array(16000, np.int64)} if "sr" in names else {}
+    run = sess.run
+    if per_stream:
+        feeds = [{"input": X1[b : b + 1], "state": np.zeros((2, 1, 128), np.float32), **sr} for b in range(B)]
+
+        def fn():
+            for f in feeds:
+                _, f["state"] = run(None, f)
+    else:
+        f1 = {"input": X1, "state": np.zeros((2, B, 128), np.float32), **sr}
+
+        def fn():
+            _, f1["state"] = run(None, f1)
+
+    def check(X):  # X (T, B, N) -> (T, B, 1)
+        out = []
+        if per_stream:
+            st = [np.zeros((2, 1, 128), np.float32) for _ in range(B)]
+            for x in X:
+                ys = []
+                for b in range(B):
+                    y, st[b] = run(None, {"input": x[b : b + 1], "state": st[b], **sr})
+                    ys.append(y.reshape(1))
+                out.append(np.stack(ys))
+            return np.stack(out)
+        st = np.zeros((2, B, 128), np.float32)
+        for x in X:
+            y, st = run(None, {"input": x, "state": st, **sr})
+            out.append(y.reshape(B, 1))
+        return np.stack(out)
+
+    return fn, check
+
+
 def _mark(check) -> str:
     if not check:
         return ""
@@ -806,8 +910,9 @@ def to_markdown(res: dict, title: str, ref: str, *, unit_scale: float = 1.0, uni
         f"{' + uncommitted changes' if res['git'].get('modified_files') else ''}. "
         f"Machine: {_machine_line(res['machine'])}.",
         f"float32; threads: {s['threads']}; "
-        f"{'LSTM or GRU (as the column says)' if any(c.get('cell') == 'gru' for c in cfgs) else 'LSTM'} "
-        f"+ Linear head ({HEAD} outputs); methods measured interleaved "
+        + (s.get("model") or f"{'LSTM or GRU (as the column says)' if any(c.get('cell') == 'gru' for c in cfgs) else 'LSTM'} "
+                              f"+ Linear head ({HEAD} outputs)")
+        + "; methods measured interleaved "
         f"(round-robin blocks) after a warm-up, every call timed alone, gc paused. "
         f"Load average at the end: {res.get('loadavg_end')} (this run adds about 1, 2 with 2 threads; more means other processes shared the cores).",
     ]
@@ -822,8 +927,8 @@ def to_markdown(res: dict, title: str, ref: str, *, unit_scale: float = 1.0, uni
     lines += [
         "",
         f"Cells: p50 / p99 {unit}{' (thousands of stream-steps/s at p50)' if throughput else ''}. "
-        f"✓ = outputs equal streamrnn's (rtol {RTOL:g}); for the streamrnn row: equal to a float64 numpy "
-        f"reference. ✗ = mismatch (a fast wrong answer).",
+        f"✓ = outputs equal streamrnn's (rtol {RTOL:g}); for the streamrnn row: "
+        f"{s.get('ref_check', 'equal to a float64 numpy reference')}. ✗ = mismatch (a fast wrong answer).",
         "",
         "| method | " + " | ".join(c["name"] for c in cfgs) + " |",
         "|---|" + "---|" * len(cfgs),
@@ -916,6 +1021,7 @@ def render_only(args) -> int:
                     dict(title=f"offline, B=1, T={OFFLINE_T}", xkey=None, ylabel="p50 µs per time step",
                          value=lambda r: r["p50_us"])),
         "graph": (lambda r: to_markdown(r, GRAPH_TITLE, REF_GRAPH), GRAPH_PLOT),
+        "silero": (lambda r: to_markdown(r, SILERO_TITLE, REF_SILERO), SILERO_PLOT),
     }
     for sec in args.sections:
         if sec not in kinds:
@@ -971,6 +1077,12 @@ def main(args) -> int:
         res["loadavg_end"] = load_average()
         md = to_markdown(res, GRAPH_TITLE, REF_GRAPH)
         write(res, args.out, "graph", md, args.no_plot, GRAPH_PLOT)
+        print(md)
+    if "silero" in args.sections:
+        res = section_silero(args.quick, args.seed)
+        res["loadavg_end"] = load_average()
+        md = to_markdown(res, SILERO_TITLE, REF_SILERO)
+        write(res, args.out, "silero", md, args.no_plot, SILERO_PLOT)
         print(md)
     if "footprint" in args.sections:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -291,3 +291,14 @@ def test_conv_pad_reduce_refusals():
     sess, feeds = _one("ReduceMean", 18, [(F(2, 3), 0), (I64(2), 0)], {})
     with pytest.raises(srnn.StreamRNNError, match=r"axes: expected values in \[-2, 1\], got \[2\]"):
         sess.run(None, feeds)
+
+
+def test_readme_lists_the_supported_ops():
+    import os
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    m = re.search(r"Supported\s+ops: ([A-Za-z0-9, \n]+)\.", readme)
+    assert m, "README: no 'Supported ops:' list"
+    listed = [o.strip() for o in m.group(1).replace("\n", " ").split(",")]
+    assert listed == supported_ops()
