@@ -97,7 +97,9 @@ class _Conv:
             xp = x
         xf = xp.reshape(N, C, -1)  # (N, C, L)
         P = idx.shape[1]
-        if G == 1 and N > 1:  # one product over every item: (N * P, C * K) @ (C * K, M)
+        if G == 1 and N == 1:  # one stream's frame: W (M, C * K) @ patches (C * K, P), 2-D
+            y = wg[0] @ xf[0][:, idx].reshape(-1, P)  # (M, P)
+        elif G == 1:  # one product over every item: (N * P, C * K) @ (C * K, M)
             pat = xf[:, :, idx.T].transpose(0, 2, 1, 3).reshape(N * P, -1)  # (N * P, C * K)
             y = (pat @ w2).reshape(N, P, M).transpose(0, 2, 1)  # (N, M, P)
         else:
