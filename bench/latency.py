@@ -1072,18 +1072,14 @@ def main(args) -> int:
               dict(title=f"offline, B=1, T={OFFLINE_T}", xkey=None, ylabel="p50 µs per time step",
                    value=lambda r: r["p50_us"]))
         print(md)
-    if "graph" in args.sections:
-        res = section_graph(args.quick, args.seed)
-        res["loadavg_end"] = load_average()
-        md = to_markdown(res, GRAPH_TITLE, REF_GRAPH)
-        write(res, args.out, "graph", md, args.no_plot, GRAPH_PLOT)
-        print(md)
-    if "silero" in args.sections:
-        res = section_silero(args.quick, args.seed)
-        res["loadavg_end"] = load_average()
-        md = to_markdown(res, SILERO_TITLE, REF_SILERO)
-        write(res, args.out, "silero", md, args.no_plot, SILERO_PLOT)
-        print(md)
+    for sec, measure_fn, title, ref, plot_kw in (("graph", section_graph, GRAPH_TITLE, REF_GRAPH, GRAPH_PLOT),
+                                                 ("silero", section_silero, SILERO_TITLE, REF_SILERO, SILERO_PLOT)):
+        if sec in args.sections:
+            res = measure_fn(args.quick, args.seed)
+            res["loadavg_end"] = load_average()
+            md = to_markdown(res, title, ref)
+            write(res, args.out, sec, md, args.no_plot, plot_kw)
+            print(md)
     if "footprint" in args.sections:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import footprint
