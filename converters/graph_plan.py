@@ -344,7 +344,9 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
         shape = (a0, plan.input_size) if plan.x_rank == 2 else (a0, a1, plan.input_size)
         Xg = rng.uniform(-1, 1, size=shape).astype(plan.dtype)
         err = None
-        tries = ((a1, a0), (a0, a1)) if plan.x_rank == 3 else ((a0, 1),) if plan.frame_rows else ((1, a0),)
+        # rank 2: the rows as frames of one sequence, else as streams (a cell that concatenates
+        # x and h runs only so, its state fed with the rows' batch)
+        tries = ((a1, a0), (a0, a1)) if plan.x_rank == 3 else ((a0, 1),) if plan.frame_rows else ((1, a0), (a0, 1))
         for Bg, Tg in tries:
             feeds = {plan.x.name: Xg}
             for name in plan.roles.state_inputs:
@@ -363,8 +365,8 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
             except StreamRNNError as e:
                 err = e
                 continue
-            if k == 0 and plan.x_rank == 2 and not plan.frame_rows and (
-                    _rows_are_streams(plan, seen, a0) or _fed_back_per_row(plan, feeds, vals, a0)):
+            if k == 0 and plan.x_rank == 2 and not plan.frame_rows and a0 > 1 and (
+                    Bg == a0 or _rows_are_streams(plan, seen, a0) or _fed_back_per_row(plan, feeds, vals, a0)):
                 plan.frame_rows = True  # probe again with the state inputs' batch set to the rows
                 return _probe_axes(graph, plan, probe_fresh, device)
             runs.append((a0, a1, Xg, seen[0] if seen else None, vals))

@@ -94,6 +94,19 @@ class LeakyIntegrator(torch.nn.Module):
         return self.v(m), m
 
 
+class ConcatCell(torch.nn.Module):
+    """A hand-written cell on cat([x, h]): its graph runs only with h of X's batch (the first
+    probe, rows as frames and h of batch 1, fails in the Concat)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l, self.fc = torch.nn.Linear(I + H, H), torch.nn.Linear(H, O)
+
+    def forward(self, x, h):
+        h = torch.tanh(self.l(torch.cat([x, h], 1)))
+        return self.fc(h), h
+
+
 class SileroLike(torch.nn.Module):
     """Silero VAD's shape at a small size: x (B, N) samples, state (2, B, H) -> p (B, 1), stateN.
     Reflect pad, an STFT as a Conv1d with a fixed basis, the magnitude, a Conv1d encoder, an
@@ -152,6 +165,7 @@ CASES = {
     "lstm_cell": (LSTMCellStep, ["x", "h", "c"], ["y", "hn", "cn"], [("B", H), ("B", H)], 0, I),
     "gru_cells": (GRUCellStack, ["x", "state"], ["y", "stateN"], [(2, "B", H)], 1, I),
     "integrator": (LeakyIntegrator, ["x", "mem"], ["y", "mem_next"], [("B", H)], 0, I),
+    "concat_cell": (ConcatCell, ["x", "h"], ["y", "h_out"], [("B", H)], 0, I),
     "silero_like": (SileroLike, ["input", "state"], ["output", "stateN"], [(2, "B", H)], 1, SileroLike.N),
 }
 
@@ -239,7 +253,7 @@ class RowMixer(torch.nn.Module):
 CASES["row_mixer"] = (RowMixer, ["x", "h"], ["y", "hn"], [("B", H)], 0, I)
 
 
-@pytest.mark.parametrize("name", ["lstm_step", "lstm_cell", "gru_cells", "silero_like", "row_mixer"])
+@pytest.mark.parametrize("name", ["lstm_step", "lstm_cell", "gru_cells", "silero_like", "concat_cell", "row_mixer"])
 def test_step_export_with_batch_fixed_to_one(name):
     """Exported without dynamic axes (batch 1). Where 3 rows evaluated at once equal them one by
     one (at load, random inputs and states), a pool steps its streams in one evaluation; the row
