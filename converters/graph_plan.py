@@ -320,6 +320,10 @@ def _feedback(graph: Graph, name: str, out: str) -> FeedbackInfo:
     return FeedbackInfo(name, out, tuple(d for d in vi.shape if isinstance(d, int)), free[0] if free else None)
 
 
+class _StateShape(ShapeError):
+    """A probe run gave a state fed back in another shape than it took."""
+
+
 def _probe_shape(plan: IOPlan, k: int) -> tuple[int, int]:
     """Sizes of X's axes 0 and 1 for probe ``k`` (declared sizes where fixed)."""
     shp = plan.x.shape
@@ -338,7 +342,6 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
     extra = [t for r in plan.rec for t in r.node.inputs[5:7] if t]  # initial states: shapes checked
     extra += [f.out for f in plan.feedback]
     runs: list = []
-    batches = []  # the batch of the state inputs in each run
     for k in range(2):
         a0, a1 = _probe_shape(plan, k)
         shape = (a0, plan.input_size) if plan.x_rank == 2 else (a0, a1, plan.input_size)
@@ -362,6 +365,11 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
 
             try:
                 vals, _ = graph.evaluate(feeds, [plan.y.name] + extra, rec_init=init, device=device, hook=hook)
+                for f in plan.feedback:  # a state fed back comes back in the shape it went in
+                    try:
+                        f.rows(vals[f.out], Bg)
+                    except ShapeError as e:
+                        raise _StateShape(f"{e}; a state fed back keeps its shape") from None
             except StreamRNNError as e:
                 err = e
                 continue
@@ -370,9 +378,10 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
                 plan.frame_rows = True  # probe again with the state inputs' batch set to the rows
                 return _probe_axes(graph, plan, probe_fresh, device)
             runs.append((a0, a1, Xg, seen[0] if seen else None, vals))
-            batches.append(Bg)
             break
         else:
+            if isinstance(err, _StateShape):
+                raise UnsupportedError(f"graph {graph.name!r}: {err}")
             hint = ""
             if any(not isinstance(d, int) for d in plan.x.shape[:2]):  # sizes the probes chose
                 ran = f"it ran on X of shape {runs[0][2].shape}; " if runs else ""
@@ -387,12 +396,6 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
                     _check_initial(r.node, r.model, kind, run[4][name])
 
     _axes_from_runs(plan, runs)
-    for f in plan.feedback:  # the graph must give back each state in the shape it took it
-        for (_, _, _, _, vals), Bg in zip(runs, batches):
-            try:
-                f.rows(vals[f.out], Bg)
-            except ShapeError as e:
-                raise UnsupportedError(f"graph {graph.name!r}: {e}; a state fed back keeps its shape") from None
     for r in probe_fresh:
         rows = [_initial_rows(r, run[4], plan.dtype) for run in runs]
         if all(x is not None for x in rows) and all(np.array_equal(x, rows[0][:1].repeat(len(x), 0)) for x in rows):

@@ -309,3 +309,52 @@ def test_state_names_that_do_not_pair_need_state_map():
     model = srnn.from_onnx(blob, state_map={"a": "b"})
     X = np.random.default_rng(12).normal(size=(2, 4, I)).astype(np.float32)
     assert_close(model.run(X), _torch_frames(net, X, _zeros([("B", H)], 2)))
+
+
+class CellFrame(torch.nn.Module):
+    """A GRUCell step on x (B, 1, I): rank 3, the time axis fixed to one frame, no recurrent node."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell, self.fc = torch.nn.GRUCell(I, H), torch.nn.Linear(H, O)
+
+    def forward(self, x, h):
+        h = self.cell(x[:, 0], h)
+        return self.fc(h)[:, None], h
+
+
+def test_cell_step_with_a_time_axis_of_one_frame():
+    """x (b, 1, I): the first probe (time-major, h of batch 1) gives hn of X's batch; that try
+    is dropped (a state fed back keeps its shape) and the batch-first one taken."""
+    torch.manual_seed(13)
+    net = CellFrame().eval()
+    blob = _export(net, (torch.randn(2, 1, I), torch.zeros(2, H)), ["x", "h"], ["y", "hn"],
+                   {"x": 0, "h": 0, "y": 0, "hn": 0})
+    model = srnn.from_onnx(blob)
+    assert model.plan.fixed_T == 1 and not model.plan.time_major and model.streamable
+    X = np.random.default_rng(14).normal(size=(3, 5, I)).astype(np.float32)
+    want = _torch_frames(net, X[:, :, None], _zeros([("B", H)], 3))[:, :, 0]
+    assert_close(model.run(X), want)
+    pool = model.pool(3)
+    ids = pool.open(3)
+    assert_close(np.stack([pool.step(ids, X[:, t]) for t in range(5)], 1), want)
+
+
+def test_cell_step_from_the_dynamo_exporter():
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(15)
+    net = LSTMCellStep().eval()
+    f = io.BytesIO()
+    auto = {0: torch.export.Dim.AUTO}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, I), torch.zeros(2, H), torch.zeros(2, H)), f, dynamo=True,
+                          input_names=["x", "h", "c"], output_names=["y", "hn", "cn"],
+                          dynamic_shapes={"x": auto, "h": auto, "c": auto})
+    model = srnn.from_onnx(f.getvalue())
+    assert model.plan.frame_rows and model.frame_step["planned"]
+    X = np.random.default_rng(16).normal(size=(3, 5, I)).astype(np.float32)
+    want = _torch_frames(net, X, _zeros([("B", H), ("B", H)], 3))
+    assert_close(model.run(X), want)
+    s = model.stream()
+    assert_close(np.stack([s.step(x) for x in X[2]]), want[2])
