@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .graph import GNode, Graph
+from .onnx_ops import Op
 from .graph_plan import IOPlan
 
 log = logging.getLogger("streamrnn")
@@ -130,6 +131,9 @@ class StepPlan:
             elif n.op_type in _LAYOUT_OPS and len(n.outputs) == 1 and n.outputs[0] in vals and ins[0] in vals \
                     and _same_order(n, np.shape(vals[ins[0]])):
                 prog.append((_RESHAPE, n, ins, outs, np.shape(vals[n.outputs[0]])))  # a view: same data order
+            elif type(n.op) is Op:  # its function called directly, the inputs as Op.__call__ lays them out
+                nin = n.op.nin
+                prog.append((_OP, n, ins if nin is None else (list(ins) + [""] * nin)[:nin], outs, n.op.fn))
             else:
                 prog.append((_OP, n, ins, outs, None))
         y = np.shape(vals[p.y.name]) if p.y.name in vals else None
@@ -171,7 +175,12 @@ class StepPlan:
                     env[outs[0]] = env[ins[0]].reshape(arg)
                     continue
                 if kind == _OP:
-                    vals = n.op([env[i] if i else None for i in ins])
+                    if arg is None:
+                        vals = n.op([env[i] if i else None for i in ins])
+                    else:
+                        vals = arg(*[env[i] if i else None for i in ins])
+                        if not isinstance(vals, (tuple, list)):
+                            vals = (vals,)
                 else:
                     vals, rows[arg] = self._recurrent(n, arg, env[ins[0]], B, runners[arg], outs)
                 for o, v in zip(outs, vals):

@@ -36,11 +36,14 @@ class _Conv:
     items of one group, patches (N * P, C * K) @ W (C * K, M). The weights' matrices are made
     once where W is a constant (bench/NOTES.md 132)."""
 
-    def __init__(self, strides, dilations, auto_pad: str, pads, group: int, w_const, label: str):
+    def __init__(self, strides, dilations, auto_pad: str, pads, group: int, w_const, b_const, label: str):
         self.strides, self.dilations, self.auto_pad, self.pads = strides, dilations, auto_pad, pads
         self.group, self.label = group, label
-        self._w = None if w_const is None else (w_const, self._wmats(np.asarray(w_const)))
-        self._plans: dict[tuple, tuple] = {}
+        self._wc, self._bc = w_const, b_const
+        self._wm = None if w_const is None else self._wmats(np.asarray(w_const))
+        self._bm = None if b_const is None else np.asarray(b_const).reshape(-1)
+        #: per input shape, where W and B are the constants: everything a call needs but the data
+        self._fast: dict[tuple[int, ...], tuple] = {}
 
     def _wmats(self, w: np.ndarray):
         G, M = self.group, w.shape[0]
@@ -48,8 +51,9 @@ class _Conv:
         return wg, np.ascontiguousarray(wg[0].T) if G == 1 else None  # (C * K, M)
 
     def _plan(self, xs: tuple[int, ...], k: tuple[int, ...]):
-        """For an input of shape xs: (padding of each spatial axis, flat patch index (K, P) into
-        the padded spatial dims, output spatial dims)."""
+        """For an input of shape xs: (the padded input's shape and the input's place in it, or
+        None without padding; the flat patch index (K, P) into the padded spatial dims; the
+        output's spatial dims)."""
         sp = len(xs) - 2
         strides = tuple(self.strides or (1,) * sp)
         dil = tuple(self.dilations or (1,) * sp)
@@ -65,50 +69,69 @@ class _Conv:
         off = np.indices(k).reshape(sp, -1) * np.array(dil)[:, None]  # (sp, K)
         grid = off[:, :, None] + pos[:, None, :]  # (sp, K, P)
         idx = np.ravel_multi_index(tuple(grid), padded)  # (K, P)
-        return pw, padded, idx, out
+        pad = None
+        if any(p != (0, 0) for p in pw):
+            place = (slice(None), slice(None)) + tuple(slice(b, b + n) for (b, _), n in zip(pw, xs[2:]))
+            pad = (xs[:2] + padded, place)
+        return pad, idx, out
 
     def __call__(self, x, w, b=None) -> np.ndarray:
+        fast = self._fast.get(x.shape) if w is self._wc and b is self._bc and isinstance(x, np.ndarray) else None
+        if fast is None:
+            return self._checked(x, w, b)
+        return self._run(x, *fast)
+
+    def _checked(self, x, w, b) -> np.ndarray:
+        """A call with its checks; where W and B are the constants, its plan is kept for the
+        calls of this input shape after it."""
         x = np.asarray(x)
-        if self._w is not None and w is self._w[0]:
-            wg, w2 = self._w[1]
-            w = np.asarray(w)
-        else:
-            w = np.asarray(w)
-            if w.ndim < 3 or w.shape[0] % self.group:
-                raise StreamRNNError(f"{self.label}: W: expected shape (M, C / group, *K) with M a multiple "
-                                     f"of group {self.group}, got {w.shape}")
-            wg, w2 = self._wmats(w)
+        const = w is self._wc and b is self._bc and self._wm is not None
+        w = np.asarray(w)
+        if w.ndim < 3 or w.shape[0] % self.group:
+            raise StreamRNNError(f"{self.label}: W: expected shape (M, C / group, *K) with M a multiple "
+                                 f"of group {self.group}, got {w.shape}")
         if x.ndim < 3 or w.ndim != x.ndim:
             raise StreamRNNError(f"{self.label}: X and W: expected ranks equal and >= 3, got X {x.shape}, W {w.shape}")
-        N, C = x.shape[:2]
-        G, M, k = self.group, w.shape[0], w.shape[2:]
+        C, G, M = x.shape[1], self.group, w.shape[0]
         if C != w.shape[1] * G:
             raise StreamRNNError(f"{self.label}: W: expected shape ({M}, {C // G if C % G == 0 else C}/group, ...) "
                                  f"for X of {C} channels and group {G}, got {w.shape}")
-        key = (x.shape, k)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = self._plan(x.shape, k)
-        pw, padded, idx, out = plan
-        if any(p != (0, 0) for p in pw):
-            xp = np.zeros((N, C) + padded, x.dtype)
-            xp[(slice(None), slice(None)) + tuple(slice(b, b + n) for (b, _), n in zip(pw, x.shape[2:]))] = x
+        if b is not None and np.size(b) != M:
+            raise StreamRNNError(f"{self.label}: B: expected {M} values, got shape {np.shape(b)}")
+        wg, w2 = self._wm if const else self._wmats(w)
+        bm = None if b is None else (self._bm if const else np.asarray(b).reshape(-1))
+        plan = self._plan(x.shape, w.shape[2:]) + (wg, w2, bm)
+        if const:
+            if len(self._fast) >= 64:
+                self._fast.clear()
+            self._fast[x.shape] = plan
+        return self._run(x, *plan)
+
+    def _run(self, x: np.ndarray, pad, idx, out, wg, w2, bm) -> np.ndarray:
+        N, C = x.shape[:2]
+        if pad is not None:
+            xp = np.zeros(pad[0], x.dtype)
+            xp[pad[1]] = x
         else:
             xp = x
         xf = xp.reshape(N, C, -1)  # (N, C, L)
         P = idx.shape[1]
-        if G == 1 and N == 1:  # one stream's frame: W (M, C * K) @ patches (C * K, P), 2-D
+        M = wg.shape[0] * wg.shape[1]
+        if w2 is not None and N == 1:  # one item, one group: W (M, C * K) @ patches (C * K, P), 2-D
             y = wg[0] @ xf[0][:, idx].reshape(-1, P)  # (M, P)
-        elif G == 1:  # one product over every item: (N * P, C * K) @ (C * K, M)
-            pat = xf[:, :, idx.T].transpose(0, 2, 1, 3).reshape(N * P, -1)  # (N * P, C * K)
-            y = (pat @ w2).reshape(N, P, M).transpose(0, 2, 1)  # (N, M, P)
+            if bm is not None:
+                y += bm[:, None]
+        elif w2 is not None:  # one product over every item: (N * P, C * K) @ (C * K, M)
+            y = xf[:, :, idx.T].transpose(0, 2, 1, 3).reshape(N * P, -1) @ w2  # (N * P, M)
+            if bm is not None:
+                y += bm
+            y = y.reshape(N, P, M).transpose(0, 2, 1)  # (N, M, P)
         else:
-            pat = xf[:, :, idx].reshape(N, G, -1, P)  # (N, G, C / G * K, P)
-            y = np.matmul(wg, pat).reshape(N, M, P)  # (N, G, M / G, P) -> (N, M, P)
-        y = y.reshape((N, M) + out)
-        if b is not None:
-            y = y + np.asarray(b).reshape((M,) + (1,) * len(out))
-        return y.astype(x.dtype, copy=False)
+            G = wg.shape[0]
+            y = np.matmul(wg, xf[:, :, idx].reshape(N, G, -1, P)).reshape(N, M, P)  # (N, G, M / G, P)
+            if bm is not None:
+                y += bm[:, None]
+        return y.reshape((N, M) + out).astype(x.dtype, copy=False)
 
 
 @converter("Conv", since=1)
@@ -126,7 +149,7 @@ def conv(node: NodeView) -> Op:
     if w is not None and (w.ndim < 3 or w.shape[0] % group):
         raise node.unsupported(f"W: expected shape (M, C / group, *K) with M a multiple of group {group}, got {w.shape}")
     return Op(_Conv(node.attr("strides"), node.attr("dilations"), auto_pad, node.attr("pads"), group, w,
-                    node.label), nin=3)
+                    node.const(2), node.label), nin=3)
 
 
 def _pad_width(shape: tuple[int, ...], pads, axes, mode: str, label: str) -> list[tuple[int, int]]:
