@@ -107,6 +107,22 @@ class ConcatCell(torch.nn.Module):
         return self.fc(h), h
 
 
+class StreamingConv(torch.nn.Module):
+    """A causal Conv1d over time whose last K - 1 frames are a state (a streaming model's conv
+    cache), then a GRUCell: two states of different shapes fed back."""
+
+    K = 3
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.cell, self.fc = torch.nn.Conv1d(I, 7, self.K), torch.nn.GRUCell(7, H), torch.nn.Linear(H, O)
+
+    def forward(self, x, cache, h):
+        buf = torch.cat([cache, x[:, :, None]], 2)  # (B, I, K)
+        h = self.cell(torch.relu(self.conv(buf))[:, :, 0], h)
+        return self.fc(h), buf[:, :, 1:], h
+
+
 class SileroLike(torch.nn.Module):
     """Silero VAD's shape at a small size: x (B, N) samples, state (2, B, H) -> p (B, 1), stateN.
     Reflect pad, an STFT as a Conv1d with a fixed basis, the magnitude, a Conv1d encoder, an
@@ -166,6 +182,8 @@ CASES = {
     "gru_cells": (GRUCellStack, ["x", "state"], ["y", "stateN"], [(2, "B", H)], 1, I),
     "integrator": (LeakyIntegrator, ["x", "mem"], ["y", "mem_next"], [("B", H)], 0, I),
     "concat_cell": (ConcatCell, ["x", "h"], ["y", "h_out"], [("B", H)], 0, I),
+    "conv_cache": (StreamingConv, ["x", "cache", "h"], ["y", "cache_out", "h_out"],
+                   [("B", I, StreamingConv.K - 1), ("B", H)], 0, I),
     "silero_like": (SileroLike, ["input", "state"], ["output", "stateN"], [(2, "B", H)], 1, SileroLike.N),
 }
 
