@@ -373,8 +373,11 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
             except StreamRNNError as e:
                 err = e
                 continue
+            # the rows are streams: only so does the graph run (a cell on cat([x, h]); a cell whose
+            # h of batch 1 grew to the rows' batch failed the shape check above), or the first
+            # recurrent node takes them as its batch
             if k == 0 and plan.x_rank == 2 and not plan.frame_rows and a0 > 1 and (
-                    Bg == a0 or _rows_are_streams(plan, seen, a0) or _fed_back_per_row(plan, feeds, vals, a0)):
+                    Bg == a0 or _rows_are_streams(plan, seen, a0)):
                 plan.frame_rows = True  # probe again with the state inputs' batch set to the rows
                 return _probe_axes(graph, plan, probe_fresh, device)
             runs.append((a0, a1, Xg, seen[0] if seen else None, vals))
@@ -403,14 +406,6 @@ def _probe_axes(graph: Graph, plan: IOPlan, probe_fresh: list[RecInfo], device: 
         else:
             plan.notes.append(f"node {r.node.name!r}: its initial state is computed by the graph")
             log.info("ONNX graph %r: %s", graph.name, plan.notes[-1])
-
-
-def _fed_back_per_row(plan: IOPlan, feeds: dict, vals: dict, rows: int) -> bool:
-    """Whether a state fed back grew its batch axis from 1 to the rows of a rank-2 X (a cell
-    step exported with a batch: X (B, I), h (B, H))."""
-    return rows > 1 and any(
-        f.batch_axis is not None and np.shape(vals[f.out])[f.batch_axis: f.batch_axis + 1] == (rows,)
-        and np.shape(feeds[f.name])[f.batch_axis] == 1 for f in plan.feedback)
 
 
 def _rows_are_streams(plan: IOPlan, seen: list, rows: int) -> bool:
