@@ -1058,6 +1058,25 @@ _CASES = {
                 assert calls, "the session's LSTM did not run on the CUDA engine"
             finally:
                 CudaEngine.run = run0
+        # a step export: x (B, I) whose rows are streams (the LSTM fed x[None]), h / c in and out,
+        # a residual; on the CUDA engine (the general path, a frame at a time) as on the CPU
+        f = lambda a, n: numpy_helper.from_array(a.astype(np.float32), n)
+        inits = [f(R(1, 4 * H, I), "W"), f(R(1, 4 * H, H), "R"), f(R(1, 8 * H), "B"), f(R(H, O), "Wo"),
+                 numpy_helper.from_array(np.array([0], np.int64), "a0"), numpy_helper.from_array(np.array([0, 1], np.int64), "a01")]
+        nodes = [helper.make_node("Unsqueeze", ["x", "a0"], ["xs"]),
+                 helper.make_node("LSTM", ["xs", "W", "R", "B", "", "h", "c"], ["Y", "hn", "cn"], hidden_size=H),
+                 helper.make_node("Squeeze", ["Y", "a01"], ["ys"]), helper.make_node("Add", ["ys", "x"], ["r"]),
+                 helper.make_node("MatMul", ["r", "Wo"], ["y"])]  # residual: a graph model, not a chain
+        vi = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+        g = helper.make_graph(nodes, "step", [vi("x", ["b", I]), vi("h", [1, "b", H]), vi("c", [1, "b", H])],
+                              [vi("y", ["b", O]), vi("hn", [1, "b", H]), vi("cn", [1, "b", H])], inits)
+        proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+        for dtype in ("float32", "float64"):
+            mc, mg = srnn.from_onnx(proto, dtype=dtype), srnn.from_onnx(proto, dtype=dtype, device="cuda")
+            assert mg.plan.frame_rows and mg.plan.rec[0].model._cuda is not None and mg.frame_step["planned"] is False
+            check_run(mc, mg, dtype, what=f"step export {dtype}")
+            check_stream(mc, mg, dtype)
+            check_pool(mc, mg, dtype)
     """,
     # The persistent step kernel (STREAMRNN_CUDA_PERSIST=1, engine/persist.py): one-row steps
     # served by one launch that runs every layer's row-tile body over that layer's grid (in the
