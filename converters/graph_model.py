@@ -90,6 +90,9 @@ class GraphModel:
             lines.append(f"  {n.op_type:<16} {n.name}")
         lines.append(f"  parameters={self.num_params()}  state floats/stream={self.state_size}  streamable="
                      + ("yes" if self.streamable else f"no ({self._stream_why})"))
+        if self.plan.feedback:
+            lines.append("  states the graph feeds back: " + ", ".join(
+                f"{f.out} -> {f.name} ({f.size} floats)" for f in self.plan.feedback))
         fs = self.frame_step
         if fs is not None and fs["planned"]:
             rest = fs["of"] - fs["per_frame"]

@@ -138,6 +138,10 @@ def _inspect_graph(args: argparse.Namespace, model) -> int:
              "layer": _layer_info(0, r.model.spec.layers[0])}
             for r in model.plan.rec
         ],
+        "states_fed_back": [
+            {"input": f.name, "output": f.out, "state_offset": int(f.offset), "state_floats": int(f.size)}
+            for f in model.plan.feedback
+        ],
     }
     if args.json:
         print(json.dumps(info, indent=2, default=str))

@@ -376,3 +376,22 @@ def test_cell_step_from_the_dynamo_exporter():
     assert_close(model.run(X), want)
     s = model.stream()
     assert_close(np.stack([s.step(x) for x in X[2]]), want[2])
+
+
+def test_print_and_inspect_name_the_states_fed_back(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    _, blob, _, _ = _case("conv_cache", 17)
+    path = tmp_path / "step.onnx"
+    path.write_bytes(blob)
+    model = srnn.load(str(path))
+    assert f"states the graph feeds back: cache_out -> cache ({I * 2} floats), h_out -> h ({H} floats)" in str(model)
+    r = subprocess.run([sys.executable, "-m", "streamrnn", "inspect", "--json", str(path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert [(f["input"], f["output"], f["state_floats"]) for f in info["states_fed_back"]] == [
+        ("cache", "cache_out", I * 2), ("h", "h_out", H)]
+    assert info["state_floats_per_stream"] == I * 2 + H
