@@ -395,3 +395,46 @@ def test_print_and_inspect_name_the_states_fed_back(tmp_path):
     assert [(f["input"], f["output"], f["state_floats"]) for f in info["states_fed_back"]] == [
         ("cache", "cache_out", I * 2), ("h", "h_out", H)]
     assert info["state_floats_per_stream"] == I * 2 + H
+
+
+def test_streams_of_one_step_export_in_threads():
+    """Streams of one model stepped from 4 threads at once (the ops' per-shape plans are shared)
+    give what each stream gives alone; a pool of the same model stepped from 2 threads too."""
+    import threading
+
+    net, blob, shapes, n_in = _case("silero_like", 19)
+    model = srnn.from_onnx(blob)
+    X = np.random.default_rng(20).normal(size=(4, 30, n_in)).astype(np.float32)
+    want = _torch_frames(net, X, _zeros(shapes, 4))
+    got = np.zeros_like(want)
+    errors = []
+
+    def work(b):
+        try:
+            s = model.stream()
+            for t in range(X.shape[1]):
+                got[b, t] = s.step(X[b, t])
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(b,)) for b in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert_close(got, want)
+    pool = model.pool(4)
+    ids = pool.open(4)
+    Y = np.zeros_like(want)
+
+    def half(rows):
+        for t in range(X.shape[1]):
+            Y[rows, t] = pool.step(ids[rows], X[rows, t])
+
+    threads = [threading.Thread(target=half, args=(r,)) for r in (slice(0, 2), slice(2, 4))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert_close(Y, want)
