@@ -4,7 +4,8 @@ Stateless nodes run vectorised in numpy over a whole chunk; recurrent nodes run 
 kernels (a one-layer model per node). The recurrent state of a stream is the state of every
 recurrent node, carried from chunk to chunk, so ``stream()`` / ``pool()`` work when the graph
 is causal frame by frame (checked at load time on a probe input: running a sequence whole must
-equal running it in two chunks).
+equal running it in two chunks). States the graph computes itself (``plan.feedback``) follow the
+recurrent nodes' in the flat state and are fed back from output to input chunk by chunk.
 """
 from __future__ import annotations
 

@@ -4,6 +4,12 @@
 which axis of the graph's X is time and which is batch (from what the first recurrent node
 receives), which axes of Y are time / batch / features, and each recurrent node's initial state
 when a stream starts (zero, a constant, or computed by the graph).
+
+Step exports (one frame per evaluation, bench/NOTES.md 133-134): a rank-2 X whose rows are
+streams, not frames (``frame_rows``: the first recurrent node takes them as its batch, or the
+graph runs only so); states the graph computes itself and gives back as outputs
+(:class:`FeedbackInfo`, fed back from output to input each chunk); and a graph declared for one
+stream whose rows compute on their own, found at load (:func:`_try_rows`).
 """
 from __future__ import annotations
 

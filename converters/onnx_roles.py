@@ -7,6 +7,11 @@ A state input is a graph input that reaches a recurrent node's ``initial_h`` / `
 outputs through data-movement ops only (Concat, Slice, Squeeze, ...). Inputs and outputs pair
 automatically when they share a recurrent node and a kind (h / c); ``state_map`` names pairs the
 graph hides.
+
+A graph with no recurrent node behind a state (an exported ``nn.LSTMCell`` / ``nn.GRUCell`` step,
+a hand-written cell, a conv cache) computes the state itself: its other float inputs pair with
+outputs by name (``h`` / ``hn``, ``state`` / ``stateN``, ``cache`` / ``cache_out``) and declared
+shape, or by ``state_map``; those pairs are ``Roles.feedback``.
 """
 from __future__ import annotations
 
