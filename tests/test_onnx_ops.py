@@ -302,3 +302,30 @@ def test_readme_lists_the_supported_ops():
     assert m, "README: no 'Supported ops:' list"
     listed = [o.strip() for o in m.group(1).replace("\n", " ").split(",")]
     assert listed == supported_ops()
+
+
+def test_conv_pad_reduce_more_refusals():
+    """Each check of Conv / Pad / reductions, with the node named in the message."""
+    def runs(op, opset, inputs, attrs, match, err=srnn.StreamRNNError):
+        sess, feeds = _one(op, opset, inputs, attrs)
+        with pytest.raises(err, match=match):
+            sess.run(None, feeds)
+
+    runs("Conv", 11, [(F(1, 2, 3), 0), (F(3, 2, 5), 1)], {}, r"the_Conv.*X: expected spatial dims of at least \[5\]")
+    runs("Conv", 11, [(F(1, 2, 5), 0), (F(3, 2), 0)], {}, r"the_Conv.*W: expected shape \(M, C / group, \*K\)")
+    runs("Conv", 11, [(F(2, 5), 0), (F(3, 2, 2), 1)], {}, r"the_Conv.*X and W: expected ranks equal and >= 3")
+    runs("Conv", 11, [(F(1, 2, 5), 0), (F(3, 2, 2), 1), (F(4), 0)], {}, r"the_Conv.*B: expected 3 values, got shape \(4,\)")
+    with pytest.raises(srnn.UnsupportedError, match=r"kernel_shape \[3\] differs from W's \[2\]"):
+        _one("Conv", 11, [(F(1, 2, 5), 0), (F(3, 2, 2), 1)], {"kernel_shape": [3]})
+    with pytest.raises(srnn.UnsupportedError, match="M a multiple of group 2"):
+        _one("Conv", 11, [(F(1, 4, 5), 0), (F(3, 2, 2), 1)], {"group": 2})
+    runs("Pad", 13, [(F(2, 3), 0), (I64(1, 1, 1), 1)], {}, r"the_Pad.*pads: expected 4 values for axes \[0, 1\]")
+    runs("ReduceMax", 18, [(np.zeros((0, 3), np.float32), 0)], {}, r"the_ReduceMax.*data: expected a non-empty input")
+
+
+def test_pad_with_pads_fed_at_run_time():
+    """Pads that are not constants: planned per call (no per-shape plan), as onnxruntime."""
+    for pads in (I64(0, 2, 1, 0), I64(1, 0, 0, 2)):
+        model, feeds = _model("Pad", 13, [(F(2, 3), 0), (pads, 0)], {"mode": "reflect"}, 1)
+        got = srnn.InferenceSession(model).run(None, feeds)[0]
+        np.testing.assert_array_equal(got, _ort(model, feeds)[0])

@@ -438,3 +438,46 @@ def test_streams_of_one_step_export_in_threads():
     for th in threads:
         th.join()
     assert_close(Y, want)
+
+
+class BakedCell(torch.nn.Module):
+    """A cell whose export bakes the batch of 1 into a Reshape: 3 rows at once fail to evaluate,
+    so the one-stream graph stays one stream per evaluation."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell, self.fc = torch.nn.GRUCell(I, H), torch.nn.Linear(H, O)
+
+    def forward(self, x, h):
+        h = self.cell(x, h)
+        return self.fc(h.reshape(1, H)), h
+
+
+def test_one_stream_graph_that_cannot_take_rows_stays_per_stream():
+    torch.manual_seed(21)
+    net = BakedCell().eval()
+    blob = _export(net, (torch.randn(1, I), torch.zeros(1, H)), ["x", "h"], ["y", "hn"], {})
+    model = srnn.from_onnx(blob)
+    assert model.plan.per_item and not model.plan.frame_rows
+    X = np.random.default_rng(22).normal(size=(2, 4, I)).astype(np.float32)
+    want = np.concatenate([_torch_frames(net, X[b : b + 1], _zeros([("B", H)], 1)) for b in range(2)])
+    pool = model.pool(2)
+    ids = pool.open(2)
+    assert_close(np.stack([pool.step(ids, X[:, t]) for t in range(4)], 1), want)
+
+
+def test_states_fed_back_need_a_declared_shape_with_one_free_dim():
+    from onnx import TensorProto, helper
+
+    def graph(state_shape):
+        nodes = [helper.make_node("Add", ["x", "s"], ["s2"]), helper.make_node("Relu", ["s2"], ["y"])]
+        vi = helper.make_tensor_value_info
+        g = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, ["b", 3]), vi("s", TensorProto.FLOAT, state_shape)],
+                              [vi("y", TensorProto.FLOAT, ["b", 3]), vi("s2", TensorProto.FLOAT, state_shape)])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    with pytest.raises(srnn.UnsupportedError, match=r"input 's': expected a state of fixed dims and at most one free"):
+        srnn.from_onnx(graph(["b", "k"]), state_map={"s": "s2"})
+    model = srnn.from_onnx(graph(["b", 3]), state_map={"s": "s2"})  # a running sum: y = relu(sum of frames)
+    X = np.random.default_rng(23).normal(size=(2, 5, 3)).astype(np.float32)
+    assert_close(model.run(X), np.maximum(np.cumsum(X, axis=1), 0))
