@@ -38,6 +38,7 @@ def silero_dir() -> tuple[Path | None, str]:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                                "--timeout", "20", "--retries", "2",
                                 "-d", tmp, f"silero-vad=={VERSION}"], capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as e:
             return None, f"pip download silero-vad=={VERSION} failed: {e}"
