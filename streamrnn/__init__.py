@@ -65,7 +65,10 @@ def load(
     dtype : "float32" (default) or "float64".
     device : "cpu" (default) or "cuda".
     arch : for PyTorch checkpoints, what a state_dict cannot tell (see ``from_torch``).
-    state_map : for ONNX graphs, pairs of state input -> state output names.
+    state_map : for ONNX graphs, pairs of state input -> state output names: where the graph
+        hides which output carries a recurrent node's final state, or a state the graph computes
+        itself (an exported ``nn.LSTMCell`` step) whose names do not pair by themselves
+        (``h`` -> ``hn``, ``state`` -> ``stateN`` and the like do).
     weights : "float" (default) or "bfloat16": opt-in reduced-precision recurrent weights for
         the per-frame CPU paths (see ``Model``). Not for ONNX graph models.
 
