@@ -22,6 +22,7 @@ from . import onnx_io
 from .graph import Graph
 from .graph_model import GraphModel
 from .graph_plan import build_plan
+from .onnx_cells import fuse_lstm_cells
 from .onnx_chain import extract_chain
 from .onnx_roles import find_roles
 
@@ -65,6 +66,18 @@ def model_from_onnx(
     roles = find_roles(graph, state_map)
     plan = build_plan(graph, roles, dt, device)
     gm = GraphModel(graph, plan, device=device)
+    fused = fuse_lstm_cells(proto, graph, roles)
+    if fused is not None:  # LSTM cells written out as plain ops: one LSTM node each, if it agrees
+        try:
+            graph2 = Graph(fused, float_dtype=dt)
+            plan2 = build_plan(graph2, find_roles(graph2, state_map), dt, device)
+            gm2 = GraphModel(graph2, plan2, device=device)
+            _check_same(gm2, gm)
+        except StreamRNNError as e:
+            log.info("ONNX graph %r: its LSTM cells are left as they are (%s)", graph.name, e)
+        else:
+            log.info("ONNX graph %r: LSTM cells written out as plain ops fused into LSTM nodes", graph.name)
+            graph, plan, gm = graph2, plan2, gm2
     try:
         spec = extract_chain(graph, plan)
         model = Model(spec, dtype=dt, device=device)
@@ -76,8 +89,9 @@ def model_from_onnx(
     return model
 
 
-def _check_same(model: Model, gm: GraphModel) -> None:
-    """StreamRNNError unless the chain model reproduces the graph on random inputs and states."""
+def _check_same(model: Model | GraphModel, gm: GraphModel) -> None:
+    """StreamRNNError unless ``model`` (a chain, or a rewritten graph) reproduces the graph on
+    random inputs and states (in the same state layout)."""
     rng = np.random.default_rng(2)
     B = 1 if gm.plan.per_item else 3
     T = gm.plan.fixed_T or 5

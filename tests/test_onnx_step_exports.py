@@ -68,6 +68,19 @@ class LSTMCellStep(torch.nn.Module):
         return self.fc(h), h, c
 
 
+class LSTMCellStack(torch.nn.Module):
+    """Two stacked nn.LSTMCell, four states."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = torch.nn.LSTMCell(I, H), torch.nn.LSTMCell(H, H), torch.nn.Linear(H, O)
+
+    def forward(self, x, h1, c1, h2, c2):
+        h1, c1 = self.a(x, (h1, c1))
+        h2, c2 = self.b(h1, (h2, c2))
+        return self.fc(h2), h1, c1, h2, c2
+
+
 class GRUCellStack(torch.nn.Module):
     """Two stacked nn.GRUCell with a residual, their states packed (2, B, H)."""
 
@@ -182,6 +195,8 @@ CASES = {
     "gru_cells": (GRUCellStack, ["x", "state"], ["y", "stateN"], [(2, "B", H)], 1, I),
     "integrator": (LeakyIntegrator, ["x", "mem"], ["y", "mem_next"], [("B", H)], 0, I),
     "concat_cell": (ConcatCell, ["x", "h"], ["y", "h_out"], [("B", H)], 0, I),
+    "lstm_cells2": (lambda: LSTMCellStack(), ["x", "h1", "c1", "h2", "c2"], ["y", "h1_out", "c1_out", "h2_out", "c2_out"],
+                    [("B", H), ("B", H), ("B", H), ("B", H)], 0, I),
     "conv_cache": (StreamingConv, ["x", "cache", "h"], ["y", "cache_out", "h_out"],
                    [("B", I, StreamingConv.K - 1), ("B", H)], 0, I),
     "silero_like": (SileroLike, ["input", "state"], ["output", "stateN"], [(2, "B", H)], 1, SileroLike.N),
@@ -204,13 +219,21 @@ def _zeros(shapes, B, dtype=np.float32):
     return [np.zeros([B if d == "B" else d for d in s], dtype) for s in shapes]
 
 
-@pytest.mark.parametrize("planned", [True, False], ids=["planned", "general"])
-@pytest.mark.parametrize("name", sorted(CASES))
+#: exports whose LSTM cells are fused into LSTM nodes at load (converters/onnx_cells.py): they
+#: become chain models; the others stay graph models, planned step or general path
+FUSED = {"lstm_cell", "lstm_cells2"}
+
+
+@pytest.mark.parametrize("name,planned", [(n, p) for n in sorted(CASES) for p in (True, False)
+                                          if p or n not in FUSED])
 def test_step_export_runs_streams_and_pools_as_torch(name, planned):
     net, blob, shapes, n_in = _case(name, 3)
     model = srnn.from_onnx(blob)
-    assert isinstance(model, GraphModel) and model.streamable and model.plan.frame_rows, model
-    assert model.frame_step["planned"], model.frame_step
+    if name in FUSED:
+        assert isinstance(model, srnn.Model), model  # one fused LSTM layer per cell, and the head
+    else:
+        assert isinstance(model, GraphModel) and model.streamable and model.plan.frame_rows, model
+        assert model.frame_step["planned"], model.frame_step
     if not planned:  # the general path: the whole graph evaluated for each frame
         model._step = None
     assert model.input_size == n_in and model.output_size == (1 if name == "silero_like" else O)
@@ -278,8 +301,11 @@ def test_step_export_with_batch_fixed_to_one(name):
     mixer does not, and each stream is evaluated alone."""
     net, blob, shapes, n_in = _case(name, 7, dynamic=False)
     model = srnn.from_onnx(blob)
-    assert model.streamable
-    assert model.plan.frame_rows == (name != "row_mixer") and model.plan.per_item == (name == "row_mixer")
+    if name in FUSED:
+        assert isinstance(model, srnn.Model), model
+    else:
+        assert model.streamable
+        assert model.plan.frame_rows == (name != "row_mixer") and model.plan.per_item == (name == "row_mixer")
     X = np.random.default_rng(8).normal(size=(2, 5, n_in)).astype(np.float32)
     want = np.concatenate([_torch_frames(net, X[b : b + 1], _zeros(shapes, 1)) for b in range(2)])
     assert_close(model.run(X), want)
@@ -289,7 +315,7 @@ def test_step_export_with_batch_fixed_to_one(name):
 
 
 def test_planned_steps_and_failed_frames_leave_states():
-    net, blob, shapes, _ = _case("lstm_cell", 9)
+    net, blob, shapes, _ = _case("gru_cells", 9)
     model = srnn.from_onnx(blob)
     assert model.frame_step["planned"], model.frame_step
     s = model.stream()
@@ -370,7 +396,7 @@ def test_cell_step_from_the_dynamo_exporter():
                           input_names=["x", "h", "c"], output_names=["y", "hn", "cn"],
                           dynamic_shapes={"x": auto, "h": auto, "c": auto})
     model = srnn.from_onnx(f.getvalue())
-    assert model.plan.frame_rows and model.frame_step["planned"]
+    assert isinstance(model, srnn.Model)  # its LSTMCell fused into an LSTM layer, as the other exporter's
     X = np.random.default_rng(16).normal(size=(3, 5, I)).astype(np.float32)
     want = _torch_frames(net, X, _zeros([("B", H), ("B", H)], 3))
     assert_close(model.run(X), want)
@@ -481,3 +507,43 @@ def test_states_fed_back_need_a_declared_shape_with_one_free_dim():
     model = srnn.from_onnx(graph(["b", 3]), state_map={"s": "s2"})  # a running sum: y = relu(sum of frames)
     X = np.random.default_rng(23).normal(size=(2, 5, 3)).astype(np.float32)
     assert_close(model.run(X), np.maximum(np.cumsum(X, axis=1), 0))
+
+
+def test_lstm_cell_fusion_is_kept_only_where_it_agrees(monkeypatch):
+    """The fusion of a written-out LSTMCell is checked against the graph itself at load: with
+    the gates put in a wrong order, the check fails and the graph model is kept (still right)."""
+    from streamrnn.converters import onnx_cells
+
+    net, blob, shapes, n_in = _case("lstm_cell", 24)
+    monkeypatch.setattr(onnx_cells, "_TORCH_TO_ONNX", [0, 1, 2, 3])
+    model = srnn.from_onnx(blob)
+    assert isinstance(model, GraphModel) and model.plan.feedback, model
+    X = np.random.default_rng(25).normal(size=(2, 4, n_in)).astype(np.float32)
+    assert_close(model.run(X), _torch_frames(net, X, _zeros(shapes, 2)))
+
+
+class CellReadInside(torch.nn.Module):
+    """An LSTMCell written out by hand whose forget gate is also an output: the cell's inside is
+    read elsewhere, so it is not fused."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.r, self.fc = torch.nn.Linear(I, 4 * H), torch.nn.Linear(H, 4 * H), torch.nn.Linear(H, O)
+
+    def forward(self, x, h, c):
+        i, f, g, o = (self.w(x) + self.r(h)).chunk(4, 1)
+        f = torch.sigmoid(f)
+        c = f * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return self.fc(h) + f.sum(1, keepdim=True), h, c
+
+
+def test_a_cell_whose_inside_is_read_elsewhere_is_not_fused():
+    torch.manual_seed(26)
+    net = CellReadInside().eval()
+    blob = _export(net, (torch.randn(2, I), torch.zeros(2, H), torch.zeros(2, H)), ["x", "h", "c"],
+                   ["y", "hn", "cn"], {k: 0 for k in ("x", "h", "c", "y", "hn", "cn")})
+    model = srnn.from_onnx(blob)
+    assert isinstance(model, GraphModel) and len(model.plan.feedback) == 2
+    X = np.random.default_rng(27).normal(size=(2, 4, I)).astype(np.float32)
+    assert_close(model.run(X), _torch_frames(net, X, _zeros([("B", H), ("B", H)], 2)))

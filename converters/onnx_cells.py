@@ -1,0 +1,180 @@
+"""LSTM cells written out as plain ops, fused into one ONNX LSTM node (an ONNX Runtime-style
+fusion, at load time).
+
+``torch.onnx.export`` writes ``nn.LSTMCell`` (both exporters) as two Gemms, an Add, a Split into
+four gates, Sigmoid / Tanh and the Mul / Add of the cell update, its state coming in as graph
+inputs h, c and going out as outputs. Run node by node that is ~14 numpy calls a frame (~75 µs
+at H=128, 3x onnxruntime; bench/NOTES.md 139). When the graph feeds h and c back (they are
+states the graph computes itself, :attr:`Roles.feedback`), the cell is exactly one step of an
+LSTM whose initial state is (h, c): :func:`fuse_lstm_cells` rewrites it so, and the caller
+keeps the rewrite only if it gives the original graph's outputs on random frames.
+
+Only the pattern is matched; nothing about its numbers is assumed (the caller's check is what
+makes the rewrite safe).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .graph import GNode, Graph
+from .onnx_roles import Roles
+
+#: torch's gate blocks (i, f, g, o) in ONNX's LSTM order (i, o, f, c)
+_TORCH_TO_ONNX = [0, 3, 1, 2]
+
+
+def _producer(graph: Graph, name: str, op_type: str) -> GNode | None:
+    p = graph.producer.get(name)
+    return p[0] if p is not None and p[0].op_type == op_type else None
+
+
+def _gemm(graph: Graph, n: GNode | None) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """(data input, W (4H, K), bias (4H,)) of a Gemm ``a @ W.T + b`` with constant W and b."""
+    if n is None or n.op_type != "Gemm" or n.attrs.get("transA", 0) or float(n.attrs.get("alpha", 1.0)) != 1.0 \
+            or float(n.attrs.get("beta", 1.0)) != 1.0 or n.inputs[1] not in graph.consts:
+        return None
+    w = np.asarray(graph.consts[n.inputs[1]])
+    if w.ndim != 2:
+        return None
+    w = w if n.attrs.get("transB", 0) else w.T
+    b = np.zeros(w.shape[0], w.dtype)
+    if len(n.inputs) > 2 and n.inputs[2]:
+        if n.inputs[2] not in graph.consts:
+            return None
+        b = np.asarray(graph.consts[n.inputs[2]])
+        if b.size != w.shape[0]:
+            return None
+        b = b.reshape(-1)
+    return n.inputs[0], w, b
+
+
+def _only_consumer(graph: Graph, name: str, op_type: str) -> GNode | None:
+    c = graph.consumers(name)
+    return c[0][0] if len(c) == 1 and c[0][0].op_type == op_type else None
+
+
+def _other(n: GNode, name: str) -> str | None:
+    """The other input of a two-input node that reads ``name``."""
+    a, b = n.inputs[:2]
+    return b if a == name else a if b == name else None
+
+
+def _match(graph: Graph, split: GNode, fb: dict[str, str]) -> dict[str, Any] | None:
+    """The LSTM cell around a 4-way Split, or None."""
+    gates = [o for o in split.outputs if o]
+    if len(gates) != 4 or int(split.attrs.get("axis", 0)) not in (1, -1):
+        return None
+    if len(split.inputs) > 1 and split.inputs[1]:
+        sizes = graph.consts.get(split.inputs[1])
+        if sizes is None or len(set(np.asarray(sizes).reshape(-1).tolist())) != 1:
+            return None
+    elif "split" in split.attrs and len(set(split.attrs["split"])) != 1:
+        return None
+    add = _producer(graph, split.inputs[0], "Add")
+    if add is None:
+        return None
+    g1, g2 = (_gemm(graph, graph.producer.get(i, (None,))[0]) for i in add.inputs[:2])
+    if g1 is None or g2 is None:
+        return None
+    (a1, w1, b1), (a2, w2, b2) = g1, g2
+    if a2 in fb and a1 not in fb:
+        (a1, w1, b1), (a2, w2, b2) = (a2, w2, b2), (a1, w1, b1)
+    if a1 not in fb:  # a1: the hidden state h, a2: the cell's input
+        return None
+    h, x, R, W, br, bw = a1, a2, w1, w2, b1, b2
+    H = R.shape[1]
+    if R.shape[0] != 4 * H or W.shape[0] != 4 * H:
+        return None
+    acts = [_only_consumer(graph, g, t) for g, t in zip(gates, ("Sigmoid", "Sigmoid", "Tanh", "Sigmoid"))]
+    if any(a is None for a in acts):
+        return None
+    i_s, f_s, g_t, o_s = (a.outputs[0] for a in acts)
+    mul_f = _only_consumer(graph, f_s, "Mul")  # f * c
+    mul_i = _only_consumer(graph, i_s, "Mul")  # i * g
+    mul_o = _only_consumer(graph, o_s, "Mul")  # o * tanh(c')
+    if mul_f is None or mul_i is None or mul_o is None or _other(mul_i, i_s) != g_t:
+        return None
+    if len(graph.consumers(g_t)) != 1:
+        return None
+    c = _other(mul_f, f_s)
+    if c not in fb:
+        return None
+    add_c = _only_consumer(graph, mul_f.outputs[0], "Add")
+    if add_c is None or _other(add_c, mul_f.outputs[0]) != mul_i.outputs[0] or len(graph.consumers(mul_i.outputs[0])) != 1:
+        return None
+    c_new = add_c.outputs[0]
+    tanh_c = _other(mul_o, o_s)
+    t = _producer(graph, tanh_c, "Tanh") if tanh_c else None
+    if t is None or t.inputs[0] != c_new or len(graph.consumers(tanh_c)) != 1:
+        return None
+    h_new = mul_o.outputs[0]
+    if fb.get(h) != h_new or fb.get(c) != c_new:
+        return None
+    nodes = [graph.producer[add.inputs[0]][0], graph.producer[add.inputs[1]][0], add, split, *acts, mul_f, mul_i,
+             add_c, t, mul_o]
+    inner = {o for n in nodes for o in n.outputs if o} - {h_new, c_new}
+    outputs = {vi.name for vi in graph.outputs}
+    if inner & outputs or any(cn not in nodes for v in inner for cn, _ in graph.consumers(v)):
+        return None  # a value inside the cell is read elsewhere: leave it as it is
+    return dict(x=x, h=h, c=c, h_new=h_new, c_new=c_new, W=W, R=R, bw=bw, br=br, H=H,
+                drop={o for n in nodes for o in n.outputs if o})
+
+
+def _reorder(a: np.ndarray, H: int) -> np.ndarray:
+    return a.reshape((4, H) + a.shape[1:])[_TORCH_TO_ONNX].reshape(a.shape)
+
+
+def fuse_lstm_cells(proto, graph: Graph, roles: Roles):
+    """A copy of ``proto`` with each LSTM cell whose h and c the graph feeds back replaced by
+    an ONNX LSTM node of one step (X = the cell's input, initial_h / initial_c = h / c); None
+    where there is no such cell."""
+    if not roles.feedback:
+        return None
+    cells = [m for n in graph.nodes if n.op_type == "Split" for m in [_match(graph, n, roles.feedback)] if m]
+    if not cells:
+        return None
+    from onnx import helper, numpy_helper
+
+    out = type(proto)()
+    out.CopyFrom(proto)
+    g = out.graph
+    new_axes = graph.opset >= 13  # Unsqueeze / Squeeze axes as an input from opset 13
+    kept, inits = [], []
+    placed = set()
+    for pn in g.node:
+        cell = next((k for k, m in enumerate(cells) if set(pn.output) & m["drop"]), None)
+        if cell is None:
+            kept.append(pn)
+            continue
+        if cell in placed:
+            continue
+        placed.add(cell)
+        m = cells[cell]
+        H, p = m["H"], f"{m['h_new']}__lstm_cell"
+
+        def axes_node(op, src, dst, axes):
+            if new_axes:
+                inits.append(numpy_helper.from_array(np.array(axes, np.int64), f"{dst}__axes"))
+                return helper.make_node(op, [src, f"{dst}__axes"], [dst], name=dst)
+            return helper.make_node(op, [src], [dst], name=dst, axes=axes)
+
+        W = _reorder(m["W"], H)[None]  # (1, 4H, I)
+        R = _reorder(m["R"], H)[None]  # (1, 4H, H)
+        B = np.concatenate([_reorder(m["bw"], H), _reorder(m["br"], H)])[None]  # (1, 8H)
+        for name, a in ((f"{p}__W", W), (f"{p}__R", R), (f"{p}__B", B)):
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(a), name))
+        kept += [
+            axes_node("Unsqueeze", m["x"], f"{p}__x", [0]),
+            axes_node("Unsqueeze", m["h"], f"{p}__h0", [0]),
+            axes_node("Unsqueeze", m["c"], f"{p}__c0", [0]),
+            helper.make_node("LSTM", [f"{p}__x", f"{p}__W", f"{p}__R", f"{p}__B", "", f"{p}__h0", f"{p}__c0"],
+                             [f"{p}__Y", f"{p}__Yh", f"{p}__Yc"], name=p, hidden_size=H),
+            axes_node("Squeeze", f"{p}__Y", m["h_new"], [0, 1]),
+            axes_node("Squeeze", f"{p}__Yc", m["c_new"], [0]),
+        ]
+    del g.node[:]
+    g.node.extend(kept)
+    g.initializer.extend(inits)
+    return out
