@@ -1,5 +1,5 @@
-"""LSTM cells written out as plain ops, fused into one ONNX LSTM node (an ONNX Runtime-style
-fusion, at load time).
+"""LSTM and GRU cells written out as plain ops, fused into one ONNX LSTM / GRU node (an ONNX
+Runtime-style fusion, at load time).
 
 ``torch.onnx.export`` writes ``nn.LSTMCell`` (both exporters) as two Gemms, an Add, a Split into
 four gates, Sigmoid / Tanh and the Mul / Add of the cell update, its state coming in as graph
@@ -7,7 +7,8 @@ inputs h, c and going out as outputs. Run node by node that is ~14 numpy calls a
 at H=128, 3x onnxruntime; bench/NOTES.md 139). When the graph feeds h and c back (they are
 states the graph computes itself, :attr:`Roles.feedback`), the cell is exactly one step of an
 LSTM whose initial state is (h, c): :func:`fuse_lstm_cells` rewrites it so, and the caller
-keeps the rewrite only if it gives the original graph's outputs on random frames.
+keeps the rewrite only if it gives the original graph's outputs on random frames. ``nn.GRUCell``
+likewise (two Gemms, two 3-way Splits; an ONNX GRU with ``linear_before_reset=1``).
 
 Only the pattern is matched; nothing about its numbers is assumed (the caller's check is what
 makes the rewrite safe).
@@ -23,6 +24,8 @@ from .onnx_roles import Roles
 
 #: torch's gate blocks (i, f, g, o) in ONNX's LSTM order (i, o, f, c)
 _TORCH_TO_ONNX = [0, 3, 1, 2]
+#: torch's GRU gate blocks (r, z, n) in ONNX's GRU order (z, r, h)
+_TORCH_TO_ONNX_GRU = [1, 0, 2]
 
 
 def _producer(graph: Graph, name: str, op_type: str) -> GNode | None:
@@ -118,21 +121,96 @@ def _match(graph: Graph, split: GNode, fb: dict[str, str]) -> dict[str, Any] | N
     outputs = {vi.name for vi in graph.outputs}
     if inner & outputs or any(cn not in nodes for v in inner for cn, _ in graph.consumers(v)):
         return None  # a value inside the cell is read elsewhere: leave it as it is
-    return dict(x=x, h=h, c=c, h_new=h_new, c_new=c_new, W=W, R=R, bw=bw, br=br, H=H,
+    return dict(kind="LSTM", x=x, h=h, c=c, h_new=h_new, c_new=c_new, W=W, R=R, bw=bw, br=br, H=H,
                 drop={o for n in nodes for o in n.outputs if o})
 
 
-def _reorder(a: np.ndarray, H: int) -> np.ndarray:
-    return a.reshape((4, H) + a.shape[1:])[_TORCH_TO_ONNX].reshape(a.shape)
+def _split3(graph: Graph, n: GNode | None) -> bool:
+    if n is None or n.op_type != "Split" or len([o for o in n.outputs if o]) != 3 \
+            or int(n.attrs.get("axis", 0)) not in (1, -1):
+        return False
+    if len(n.inputs) > 1 and n.inputs[1]:
+        sizes = graph.consts.get(n.inputs[1])
+        return sizes is not None and len(set(np.asarray(sizes).reshape(-1).tolist())) == 1
+    return "split" not in n.attrs or len(set(n.attrs["split"])) == 1
+
+
+def _match_gru(graph: Graph, split_h: GNode, fb: dict[str, str]) -> dict[str, Any] | None:
+    """The GRU cell (torch's GRUCell: r, z, n; n = tanh(x_n + r * (h_n))) whose recurrent 3-way
+    Split is ``split_h``, or None."""
+    if not _split3(graph, split_h):
+        return None
+    gh = _gemm(graph, graph.producer.get(split_h.inputs[0], (None,))[0])
+    if gh is None or gh[0] not in fb:
+        return None
+    h, R, br = gh
+    hr, hz, hn = split_h.outputs[:3]
+    adds = [_only_consumer(graph, hr, "Add"), _only_consumer(graph, hz, "Add")]
+    if any(a is None for a in adds):
+        return None
+    xr, xz = _other(adds[0], hr), _other(adds[1], hz)
+    px, pz = graph.producer.get(xr), graph.producer.get(xz)
+    if px is None or pz is None or px[0] is not pz[0] or (px[1], pz[1]) != (0, 1) or not _split3(graph, px[0]):
+        return None
+    split_x = px[0]
+    gx = _gemm(graph, graph.producer.get(split_x.inputs[0], (None,))[0])
+    if gx is None:
+        return None
+    x, W, bw = gx
+    H = R.shape[1]
+    if R.shape[0] != 3 * H or W.shape[0] != 3 * H:
+        return None
+    sig_r, sig_z = (_only_consumer(graph, a.outputs[0], "Sigmoid") for a in adds)
+    if sig_r is None or sig_z is None:
+        return None
+    r, z = sig_r.outputs[0], sig_z.outputs[0]
+    mul_n = _only_consumer(graph, hn, "Mul")  # r * h_n
+    if mul_n is None or _other(mul_n, hn) != r or len(graph.consumers(r)) != 1:
+        return None
+    add_n = _only_consumer(graph, mul_n.outputs[0], "Add")  # x_n + r * h_n
+    if add_n is None or _other(add_n, mul_n.outputs[0]) != split_x.outputs[2] \
+            or len(graph.consumers(split_x.outputs[2])) != 1:
+        return None
+    tanh_n = _only_consumer(graph, add_n.outputs[0], "Tanh")
+    if tanh_n is None:
+        return None
+    n_ = tanh_n.outputs[0]
+    uses = graph.consumers(n_)
+    sub = next((c for c, k in uses if c.op_type == "Sub" and c.inputs[:2] == [h, n_]), None)
+    if sub is None or len(uses) != 2:
+        return None
+    mul_h = _only_consumer(graph, sub.outputs[0], "Mul")  # (h - n) * z
+    if mul_h is None or _other(mul_h, sub.outputs[0]) != z or len(graph.consumers(z)) != 1:
+        return None
+    add_h = _only_consumer(graph, mul_h.outputs[0], "Add")  # + n
+    if add_h is None or _other(add_h, mul_h.outputs[0]) != n_ or not any(c is add_h for c, _ in uses):
+        return None
+    h_new = add_h.outputs[0]
+    if fb.get(h) != h_new:
+        return None
+    nodes = [graph.producer[split_h.inputs[0]][0], split_h, graph.producer[split_x.inputs[0]][0], split_x, *adds,
+             sig_r, sig_z, mul_n, add_n, tanh_n, sub, mul_h, add_h]
+    inner = {o for n in nodes for o in n.outputs if o} - {h_new}
+    outputs = {vi.name for vi in graph.outputs}
+    if inner & outputs or any(cn not in nodes for v in inner for cn, _ in graph.consumers(v)):
+        return None
+    return dict(kind="GRU", x=x, h=h, h_new=h_new, W=W, R=R, bw=bw, br=br, H=H,
+                drop={o for n in nodes for o in n.outputs if o})
+
+
+def _reorder(a: np.ndarray, H: int, order: list[int] | None = None) -> np.ndarray:
+    order = _TORCH_TO_ONNX if order is None else order
+    return a.reshape((len(order), H) + a.shape[1:])[order].reshape(a.shape)
 
 
 def fuse_lstm_cells(proto, graph: Graph, roles: Roles):
     """A copy of ``proto`` with each LSTM cell whose h and c the graph feeds back replaced by
-    an ONNX LSTM node of one step (X = the cell's input, initial_h / initial_c = h / c); None
-    where there is no such cell."""
+    an ONNX LSTM node of one step (X = the cell's input, initial_h / initial_c = h / c), and
+    each such GRU cell by a GRU node; None where there is no such cell."""
     if not roles.feedback:
         return None
-    cells = [m for n in graph.nodes if n.op_type == "Split" for m in [_match(graph, n, roles.feedback)] if m]
+    cells = [m for n in graph.nodes if n.op_type == "Split"
+             for m in [_match(graph, n, roles.feedback) or _match_gru(graph, n, roles.feedback)] if m]
     if not cells:
         return None
     from onnx import helper, numpy_helper
@@ -160,20 +238,24 @@ def fuse_lstm_cells(proto, graph: Graph, roles: Roles):
                 return helper.make_node(op, [src, f"{dst}__axes"], [dst], name=dst)
             return helper.make_node(op, [src], [dst], name=dst, axes=axes)
 
-        W = _reorder(m["W"], H)[None]  # (1, 4H, I)
-        R = _reorder(m["R"], H)[None]  # (1, 4H, H)
-        B = np.concatenate([_reorder(m["bw"], H), _reorder(m["br"], H)])[None]  # (1, 8H)
+        order = _TORCH_TO_ONNX if m["kind"] == "LSTM" else _TORCH_TO_ONNX_GRU
+        W = _reorder(m["W"], H, order)[None]  # (1, G * H, I)
+        R = _reorder(m["R"], H, order)[None]  # (1, G * H, H)
+        B = np.concatenate([_reorder(m["bw"], H, order), _reorder(m["br"], H, order)])[None]  # (1, 2 G H)
         for name, a in ((f"{p}__W", W), (f"{p}__R", R), (f"{p}__B", B)):
             inits.append(numpy_helper.from_array(np.ascontiguousarray(a), name))
-        kept += [
-            axes_node("Unsqueeze", m["x"], f"{p}__x", [0]),
-            axes_node("Unsqueeze", m["h"], f"{p}__h0", [0]),
-            axes_node("Unsqueeze", m["c"], f"{p}__c0", [0]),
-            helper.make_node("LSTM", [f"{p}__x", f"{p}__W", f"{p}__R", f"{p}__B", "", f"{p}__h0", f"{p}__c0"],
-                             [f"{p}__Y", f"{p}__Yh", f"{p}__Yc"], name=p, hidden_size=H),
-            axes_node("Squeeze", f"{p}__Y", m["h_new"], [0, 1]),
-            axes_node("Squeeze", f"{p}__Yc", m["c_new"], [0]),
-        ]
+        kept += [axes_node("Unsqueeze", m["x"], f"{p}__x", [0]), axes_node("Unsqueeze", m["h"], f"{p}__h0", [0])]
+        if m["kind"] == "LSTM":
+            kept += [
+                axes_node("Unsqueeze", m["c"], f"{p}__c0", [0]),
+                helper.make_node("LSTM", [f"{p}__x", f"{p}__W", f"{p}__R", f"{p}__B", "", f"{p}__h0", f"{p}__c0"],
+                                 [f"{p}__Y", f"{p}__Yh", f"{p}__Yc"], name=p, hidden_size=H),
+                axes_node("Squeeze", f"{p}__Yc", m["c_new"], [0]),
+            ]
+        else:
+            kept.append(helper.make_node("GRU", [f"{p}__x", f"{p}__W", f"{p}__R", f"{p}__B", "", f"{p}__h0"],
+                                         [f"{p}__Y", f"{p}__Yh"], name=p, hidden_size=H, linear_before_reset=1))
+        kept.append(axes_node("Squeeze", f"{p}__Y", m["h_new"], [0, 1]))
     del g.node[:]
     g.node.extend(kept)
     g.initializer.extend(inits)

@@ -68,6 +68,18 @@ class LSTMCellStep(torch.nn.Module):
         return self.fc(h), h, c
 
 
+class GRUCellStep(torch.nn.Module):
+    """nn.GRUCell: written out as plain ops by the exporters, fused back into a GRU node."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell, self.fc = torch.nn.GRUCell(I, H), torch.nn.Linear(H, O)
+
+    def forward(self, x, h):
+        h = self.cell(x, h)
+        return self.fc(h), h
+
+
 class LSTMCellStack(torch.nn.Module):
     """Two stacked nn.LSTMCell, four states."""
 
@@ -195,6 +207,7 @@ CASES = {
     "gru_cells": (GRUCellStack, ["x", "state"], ["y", "stateN"], [(2, "B", H)], 1, I),
     "integrator": (LeakyIntegrator, ["x", "mem"], ["y", "mem_next"], [("B", H)], 0, I),
     "concat_cell": (ConcatCell, ["x", "h"], ["y", "h_out"], [("B", H)], 0, I),
+    "gru_cell": (GRUCellStep, ["x", "h"], ["y", "hn"], [("B", H)], 0, I),
     "lstm_cells2": (lambda: LSTMCellStack(), ["x", "h1", "c1", "h2", "c2"], ["y", "h1_out", "c1_out", "h2_out", "c2_out"],
                     [("B", H), ("B", H), ("B", H), ("B", H)], 0, I),
     "conv_cache": (StreamingConv, ["x", "cache", "h"], ["y", "cache_out", "h_out"],
@@ -221,7 +234,7 @@ def _zeros(shapes, B, dtype=np.float32):
 
 #: exports whose LSTM cells are fused into LSTM nodes at load (converters/onnx_cells.py): they
 #: become chain models; the others stay graph models, planned step or general path
-FUSED = {"lstm_cell", "lstm_cells2"}
+FUSED = {"lstm_cell", "lstm_cells2", "gru_cell"}
 
 
 @pytest.mark.parametrize("name,planned", [(n, p) for n in sorted(CASES) for p in (True, False)
@@ -384,21 +397,23 @@ def test_cell_step_with_a_time_axis_of_one_frame():
     assert_close(np.stack([pool.step(ids, X[:, t]) for t in range(5)], 1), want)
 
 
-def test_cell_step_from_the_dynamo_exporter():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cell_step_from_the_dynamo_exporter(cell):
     pytest.importorskip("onnxscript")
     torch.manual_seed(15)
-    net = LSTMCellStep().eval()
+    net = (LSTMCellStep() if cell == "lstm" else GRUCellStep()).eval()
+    names = ["h", "c"] if cell == "lstm" else ["h"]
     f = io.BytesIO()
     auto = {0: torch.export.Dim.AUTO}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(2, I), torch.zeros(2, H), torch.zeros(2, H)), f, dynamo=True,
-                          input_names=["x", "h", "c"], output_names=["y", "hn", "cn"],
-                          dynamic_shapes={"x": auto, "h": auto, "c": auto})
+        torch.onnx.export(net, (torch.randn(2, I),) + tuple(torch.zeros(2, H) for _ in names), f, dynamo=True,
+                          input_names=["x"] + names, output_names=["y"] + [n + "n" for n in names],
+                          dynamic_shapes={k: auto for k in ["x"] + names})
     model = srnn.from_onnx(f.getvalue())
-    assert isinstance(model, srnn.Model)  # its LSTMCell fused into an LSTM layer, as the other exporter's
+    assert isinstance(model, srnn.Model)  # its cell fused into an LSTM / GRU layer, as the other exporter's
     X = np.random.default_rng(16).normal(size=(3, 5, I)).astype(np.float32)
-    want = _torch_frames(net, X, _zeros([("B", H), ("B", H)], 3))
+    want = _torch_frames(net, X, _zeros([("B", H)] * len(names), 3))
     assert_close(model.run(X), want)
     s = model.stream()
     assert_close(np.stack([s.step(x) for x in X[2]]), want[2])
@@ -472,10 +487,10 @@ class BakedCell(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.cell, self.fc = torch.nn.GRUCell(I, H), torch.nn.Linear(H, O)
+        self.l, self.fc = torch.nn.Linear(I + H, H), torch.nn.Linear(H, O)
 
     def forward(self, x, h):
-        h = self.cell(x, h)
+        h = torch.tanh(self.l(torch.cat([x, h], 1)))
         return self.fc(h.reshape(1, H)), h
 
 
@@ -547,3 +562,14 @@ def test_a_cell_whose_inside_is_read_elsewhere_is_not_fused():
     assert isinstance(model, GraphModel) and len(model.plan.feedback) == 2
     X = np.random.default_rng(27).normal(size=(2, 4, I)).astype(np.float32)
     assert_close(model.run(X), _torch_frames(net, X, _zeros([("B", H), ("B", H)], 2)))
+
+
+def test_gru_cell_fusion_is_kept_only_where_it_agrees(monkeypatch):
+    from streamrnn.converters import onnx_cells
+
+    net, blob, shapes, n_in = _case("gru_cell", 28)
+    monkeypatch.setattr(onnx_cells, "_TORCH_TO_ONNX_GRU", [0, 1, 2])  # r and z swapped: a wrong GRU
+    model = srnn.from_onnx(blob)
+    assert isinstance(model, GraphModel) and model.plan.feedback, model
+    X = np.random.default_rng(29).normal(size=(2, 4, n_in)).astype(np.float32)
+    assert_close(model.run(X), _torch_frames(net, X, _zeros(shapes, 2)))
