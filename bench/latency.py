@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """streamrnn vs onnxruntime vs PyTorch: one-stream latency, many streams, offline sequences.
 
-    python bench/latency.py [--quick] [--out bench/results] [--sections latency,streams,offline,graph,footprint]
+    python bench/latency.py [--quick] [--out bench/results] [--sections latency,streams,offline,graph,cells,footprint]
 
-Six sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
+Seven sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
 
 * ``latency``  one stream, one step per call, 1 thread, LSTM + Linear head, float32, for
   I=H=32, I=8/H=64, I=H=128, I=H=512: streamrnn ``stream.step(x, out=y)`` and ``stream.step(x)``,
@@ -18,6 +18,9 @@ Six sections, each written as ``<out>/<section>.json``, ``.md`` and ``.png``:
   as one frame with h / c in and out), one frame of B = 1 or 64 streams per call: streamrnn's
   planned step and its general path vs onnxruntime ``session.run`` and the torch module, the
   states fed back.
+* ``cells``  ``nn.LSTMCell`` / ``nn.GRUCell`` + Linear exported as one step with the states in and
+  out, B = 1 and 64: streamrnn (the cell fused into an LSTM / GRU layer at load) and the same
+  file unfused vs onnxruntime ``session.run`` and the torch module, the states fed back.
 * ``silero``  a real streaming model, Silero VAD (the silero-vad 6.2.3 wheel's ONNX files, fetched
   by pip; not in the default set): one 576-sample chunk of B = 1, 16, 64 streams per call, streamrnn
   on the two files it loads vs onnxruntime on the package's main file (batched) and on the
@@ -46,8 +49,9 @@ def _parse(argv):
     p.add_argument("--quick", action="store_true", help="short run (< 2 min): fewer calls per method")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                    help="output folder (default bench/results)")
-    p.add_argument("--sections", default="latency,streams,offline,graph,footprint",
+    p.add_argument("--sections", default="latency,streams,offline,graph,cells,footprint",
                    help="comma-separated subset of latency,streams,offline,graph (a graph model, not a chain), "
+                        "cells (nn.LSTMCell / nn.GRUCell step exports), "
                         "silero (Silero VAD's ONNX files; not in the default set: fetches the silero-vad wheel), "
                         "footprint (cold start and memory, bench/footprint.py)")
     p.add_argument("--stream-threads", type=int, default=2, help="threads in the streams section (default 2)")
@@ -58,7 +62,7 @@ def _parse(argv):
                    help="measure nothing: rewrite the .md / .png of the sections from their .json in --out")
     a = p.parse_args(argv)
     a.sections = [s.strip() for s in a.sections.split(",") if s.strip()]
-    bad = set(a.sections) - {"latency", "streams", "offline", "graph", "silero", "footprint"}
+    bad = set(a.sections) - {"latency", "streams", "offline", "graph", "cells", "silero", "footprint"}
     if bad:
         p.error(f"--sections: unknown {sorted(bad)}")
     return a
@@ -126,6 +130,7 @@ M_TIMER = "(timer + empty Python call)"
 BUDGET = {
     "latency": {True: (0.4, 200, 4000, 10), False: (4.0, 2000, 100_000, 40)},
     "graph": {True: (0.4, 100, 4000, 10), False: (3.0, 1000, 100_000, 30)},
+    "cells": {True: (0.4, 100, 4000, 10), False: (3.0, 1000, 100_000, 30)},
     "silero": {True: (0.4, 50, 2000, 10), False: (3.0, 200, 20_000, 20)},
     "streams": {True: (0.6, 5, 400, 5), False: (5.0, 20, 5000, 20)},
     "offline": {True: (0.5, 4, 100, 4), False: (4.0, 15, 1000, 15)},
@@ -783,6 +788,141 @@ def m_graph_torch(net, X1, H):
     return fn, check
 
 
+CELL_CONFIGS = [("LSTMCell, B=1", "lstm", 1), ("LSTMCell, B=64", "lstm", 64), ("GRUCell, B=1", "gru", 1),
+                ("GRUCell, B=64", "gru", 64)]
+CELL_H = 128
+REF_CELL = "streamrnn (cells fused into LSTM / GRU layers)"
+M_CELL_GRAPH = "streamrnn, the cell's ops as exported (no fusion, before)"
+M_ORT_CELL = "onnxruntime session.run (states fed back)"
+M_TORCH_CELL = "torch module (states fed back)"
+CELL_TITLE = (f"Cell step exports (nn.LSTMCell / nn.GRUCell + Linear, H={CELL_H}, states in and out): one frame "
+              "of B streams per call (µs per call, 1 thread)")
+CELL_PLOT = dict(title=f"cell step exports, H={CELL_H}, one frame per call (1 thread)", xkey=None,
+                 ylabel="p50 µs per call", value=lambda r: r["p50_us"])
+
+
+def build_cell_step(kind: str, H: int, seed: int):
+    """torch ``nn.LSTMCell`` / ``nn.GRUCell`` + Linear with its state in and out (x (B, H), h (B, H)
+    [, c (B, H)]), and its ONNX export (batch dynamic): how a step is exported for streaming."""
+    import io
+    import warnings
+
+    import torch
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(H, H)
+            self.fc = torch.nn.Linear(H, HEAD)
+
+        def forward(self, x, *st):
+            st = self.cell(x, st if kind == "lstm" else st[0])
+            st = st if kind == "lstm" else (st,)
+            return (self.fc(st[0]),) + tuple(st)
+
+    torch.manual_seed(seed)
+    net = Step().eval()
+    names = ["h", "c"] if kind == "lstm" else ["h"]
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, H),) + tuple(torch.zeros(2, H) for _ in names), f,
+                          input_names=["x"] + names, output_names=["y"] + [n + "n" for n in names], dynamo=False,
+                          opset_version=17, dynamic_axes={k: {0: "b"} for k in ["x", "y"] + names + [n + "n" for n in names]})
+    return net, f.getvalue(), names
+
+
+def section_cells(quick: bool, seed: int) -> dict:
+    import torch
+
+    from streamrnn.converters import onnx_import
+
+    threads = set_threads(1)
+    res = _header("cells", quick, threads, {
+        "unit": "us per call (B stream-steps)", "check_steps": CHECK_STEPS,
+        "model": f"nn.LSTMCell / nn.GRUCell ({CELL_H} -> {CELL_H}) + Linear ({HEAD} outputs), exported with its states "
+                 "in and out",
+        "note": "The export writes the cell as plain ops (two Gemms, a Split, Sigmoid / Tanh, Mul / Add). streamrnn "
+                "fuses it into an LSTM / GRU layer at load (bench/NOTES.md 139; checked against the graph): a chain "
+                "model, stream.step(x, out=y) for B=1, pool.step(ids in random order, X, out=Y) for B=64. The "
+                "'no fusion' row is the same file loaded with the fusion switched off (the graph model of entry 133). "
+                "onnxruntime / torch: the same graph / module, the states fed back",
+    })
+    rng = np.random.default_rng(seed)
+    with torch.inference_mode():
+        for name, kind, B in tqdm(CELL_CONFIGS, desc="cells", disable=None):
+            net, onnx_bytes, names = build_cell_step(kind, CELL_H, seed)
+            fused = srnn.from_onnx(onnx_bytes)
+            keep = onnx_import.fuse_lstm_cells
+            onnx_import.fuse_lstm_cells = lambda *a: None  # the file as exported (private switch, for this comparison)
+            try:
+                plain = srnn.from_onnx(onnx_bytes)
+            finally:
+                onnx_import.fuse_lstm_cells = keep
+            sess = ort_session(onnx_bytes, 1)
+            X1 = rng.standard_normal((B, CELL_H)).astype(np.float32)
+            pairs = {REF_CELL: m_graph_streamrnn(fused, X1, rng), M_CELL_GRAPH: m_graph_streamrnn(plain, X1, rng),
+                     M_ORT_CELL: m_cell_ort(sess, X1, names), M_TORCH_CELL: m_cell_torch(net, X1, names)}
+            X = rng.standard_normal((CHECK_STEPS, B, CELL_H)).astype(np.float32)
+            checks, Yref = run_checks({k: v[1] for k, v in pairs.items()}, REF_CELL, X)
+            net64 = net.double()
+            checks[REF_CELL] = compare(Yref, m_cell_torch(net64, X1.astype(np.float64), names)[1](X.astype(np.float64)),
+                                       rtol=RTOL)
+            net.float()
+            fns = {k: v[0] for k, v in pairs.items()}
+            fns[M_TIMER] = lambda: None
+            stats = measure(fns, BUDGET["cells"][quick])
+            for k in stats:
+                stats[k]["check"] = checks.get(k)
+            res["configs"].append({"name": name, "cell": kind, "hidden_size": CELL_H, "streams": B,
+                                   "output_size": HEAD, "results": stats})
+    return res
+
+
+def m_cell_ort(sess, X1, names):
+    B, H = X1.shape
+    feeds = {"x": X1, **{n: np.zeros((B, H), np.float32) for n in names}}
+    run = sess.run
+
+    def fn():
+        out = run(None, feeds)
+        for n, v in zip(names, out[1:]):
+            feeds[n] = v
+
+    def check(X):
+        f = {n: np.zeros((B, H), np.float32) for n in names}
+        out = []
+        for x in X:
+            f["x"] = x
+            y, *st = run(None, f)
+            f.update(zip(names, st))
+            out.append(y)
+        return np.stack(out)
+
+    return fn, check
+
+
+def m_cell_torch(net, X1, names):
+    import torch
+
+    B, H = X1.shape
+    xt = torch.from_numpy(X1)
+    st = [torch.zeros(B, H, dtype=xt.dtype) for _ in names]
+
+    def fn():
+        st[:] = net(xt, *st)[1:]
+
+    def check(X):
+        s = [torch.zeros(B, H, dtype=xt.dtype) for _ in names]
+        out = []
+        for x in X:
+            y, *s = net(torch.from_numpy(x), *s)
+            out.append(y.numpy().copy())
+        return np.stack(out)
+
+    return fn, check
+
+
 SILERO_CONFIGS = [("B=1", 1), ("B=16", 16), ("B=64", 64)]
 SILERO_N = 576  # samples per chunk at 16 kHz (64 of context + 512 new)
 REF_SILERO = "streamrnn, openvino file (rows batched)"
@@ -1022,6 +1162,7 @@ def render_only(args) -> int:
                          value=lambda r: r["p50_us"])),
         "graph": (lambda r: to_markdown(r, GRAPH_TITLE, REF_GRAPH), GRAPH_PLOT),
         "silero": (lambda r: to_markdown(r, SILERO_TITLE, REF_SILERO), SILERO_PLOT),
+        "cells": (lambda r: to_markdown(r, CELL_TITLE, REF_CELL), CELL_PLOT),
     }
     for sec in args.sections:
         if sec not in kinds:
@@ -1073,6 +1214,7 @@ def main(args) -> int:
                    value=lambda r: r["p50_us"]))
         print(md)
     for sec, measure_fn, title, ref, plot_kw in (("graph", section_graph, GRAPH_TITLE, REF_GRAPH, GRAPH_PLOT),
+                                                 ("cells", section_cells, CELL_TITLE, REF_CELL, CELL_PLOT),
                                                  ("silero", section_silero, SILERO_TITLE, REF_SILERO, SILERO_PLOT)):
         if sec in args.sections:
             res = measure_fn(args.quick, args.seed)
