@@ -686,6 +686,7 @@ def section_graph(quick: bool, seed: int) -> dict:
     threads = set_threads(1)
     res = _header("graph", quick, threads, {
         "unit": "us per call (B stream-steps)", "check_steps": CHECK_STEPS,
+        "ref_check": "equal to the torch module in float64",
         "note": "Model: y = Linear(LSTM(x) + x), I = H, exported from torch as one frame with h / c in and out "
                 "(not a chain: it loads as a graph model). streamrnn: stream.step(x, out=y) for B=1, "
                 "pool.step(ids, X, out=Y) with ids in random order for B=64; the general path is the same model "
@@ -704,19 +705,28 @@ def section_graph(quick: bool, seed: int) -> dict:
             pairs = {REF_GRAPH: m_graph_streamrnn(planned, X1, rng), M_GRAPH_GENERAL: m_graph_streamrnn(general, X1, rng),
                      M_ORT_GRAPH: m_graph_ort(sess, X1, H), M_TORCH_GRAPH: m_graph_torch(net, X1, H)}
             X = rng.standard_normal((CHECK_STEPS, B, H)).astype(np.float32)
-            checks, Yref = run_checks({k: v[1] for k, v in pairs.items()}, REF_GRAPH, X)
-            net64 = net.double()  # the streamrnn row against torch in float64
-            checks[REF_GRAPH] = compare(Yref, m_graph_torch(net64, X1.astype(np.float64), H)[1](X.astype(np.float64)),
-                                        rtol=RTOL)
-            net.float()
-            fns = {k: v[0] for k, v in pairs.items()}
-            fns[M_TIMER] = lambda: None
-            stats = measure(fns, BUDGET["graph"][quick])
-            for k in stats:
-                stats[k]["check"] = checks.get(k)
+            stats = checked_stats(pairs, REF_GRAPH, X, lambda X64: m_graph_torch(net, X1.astype(np.float64), H)[1](X64),
+                                  net, BUDGET["graph"][quick])
             res["configs"].append({"name": name, "input_size": H, "hidden_size": H, "streams": B,
                                    "output_size": HEAD, "results": stats})
     return res
+
+
+def checked_stats(pairs: dict, ref: str, X: np.ndarray, torch64, net, budget: tuple) -> dict:
+    """Each method's outputs over the frames X against the reference method's, the reference's
+    against ``torch64(X in float64)`` (run with ``net`` in float64), then every method timed."""
+    checks, Yref = run_checks({k: v[1] for k, v in pairs.items()}, ref, X)
+    net.double()
+    try:
+        checks[ref] = compare(Yref, torch64(X.astype(np.float64)), rtol=RTOL)
+    finally:
+        net.float()
+    fns = {k: v[0] for k, v in pairs.items()}
+    fns[M_TIMER] = lambda: None
+    stats = measure(fns, budget)
+    for k in stats:
+        stats[k]["check"] = checks.get(k)
+    return stats
 
 
 def m_graph_streamrnn(model, X1, rng):
@@ -842,6 +852,7 @@ def section_cells(quick: bool, seed: int) -> dict:
         "unit": "us per call (B stream-steps)", "check_steps": CHECK_STEPS,
         "model": f"nn.LSTMCell / nn.GRUCell ({CELL_H} -> {CELL_H}) + Linear ({HEAD} outputs), exported with its states "
                  "in and out",
+        "ref_check": "equal to the torch module in float64",
         "note": "The export writes the cell as plain ops (two Gemms, a Split, Sigmoid / Tanh, Mul / Add). streamrnn "
                 "fuses it into an LSTM / GRU layer at load (bench/NOTES.md 139; checked against the graph): a chain "
                 "model, stream.step(x, out=y) for B=1, pool.step(ids in random order, X, out=Y) for B=64. The "
@@ -864,16 +875,8 @@ def section_cells(quick: bool, seed: int) -> dict:
             pairs = {REF_CELL: m_graph_streamrnn(fused, X1, rng), M_CELL_GRAPH: m_graph_streamrnn(plain, X1, rng),
                      M_ORT_CELL: m_cell_ort(sess, X1, names), M_TORCH_CELL: m_cell_torch(net, X1, names)}
             X = rng.standard_normal((CHECK_STEPS, B, CELL_H)).astype(np.float32)
-            checks, Yref = run_checks({k: v[1] for k, v in pairs.items()}, REF_CELL, X)
-            net64 = net.double()
-            checks[REF_CELL] = compare(Yref, m_cell_torch(net64, X1.astype(np.float64), names)[1](X.astype(np.float64)),
-                                       rtol=RTOL)
-            net.float()
-            fns = {k: v[0] for k, v in pairs.items()}
-            fns[M_TIMER] = lambda: None
-            stats = measure(fns, BUDGET["cells"][quick])
-            for k in stats:
-                stats[k]["check"] = checks.get(k)
+            stats = checked_stats(pairs, REF_CELL, X, lambda X64: m_cell_torch(net, X1.astype(np.float64), names)[1](X64),
+                                  net, BUDGET["cells"][quick])
             res["configs"].append({"name": name, "cell": kind, "hidden_size": CELL_H, "streams": B,
                                    "output_size": HEAD, "results": stats})
     return res
