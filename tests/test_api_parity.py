@@ -149,12 +149,12 @@ def test_chain_and_graph_models_end_each_call_the_same_way(models, name):
     assert got[0] == got[1], f"{name}: chain model {got[0]}, graph model {got[1]}"
 
 
-def test_both_models_name_the_first_non_finite_frame_row_or_feature(models):
+def test_both_models_name_the_first_non_finite_frame_row_or_feature(models, step_export):
     x = np.zeros(I)
     x[2] = np.nan
     X = np.zeros((3, I))
     X[1, 3] = np.inf
-    for m in models:
+    for m in models + step_export[1:]:
         p = m.pool(4)
         ids = p.open(3)
         for call, where in ((lambda: m.stream().step(x), "x: .* at feature 2"), (lambda: m.stream().push(X), "X: .* at frame 1"),
@@ -175,3 +175,36 @@ def test_both_models_reuse_ids_in_the_same_order(models):
         p.close(7)
         assert [p.open(), p.open()] == [7, 5] and p.open(1).tolist() == [2]  # within one close: in list order
         assert len(p) == 10
+
+
+class _CellStep(torch.nn.Module):  # a hand-written cell exported as one step, h in and out
+    def __init__(self):
+        super().__init__()
+        self.l, self.fc = torch.nn.Linear(I + 5, 5), torch.nn.Linear(5, 3)
+
+    def forward(self, x, h):
+        h = torch.tanh(self.l(torch.cat([x, h], 1)))
+        return self.fc(h) + x[:, :3], h
+
+
+@pytest.fixture(scope="module")
+def step_export(models):
+    """The third implementation of a stream: a graph whose state goes out and back in as graph
+    outputs / inputs (states fed back, converters/graph_plan.py)."""
+    torch.manual_seed(12)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_CellStep().eval(), (torch.randn(2, I), torch.zeros(2, 5)), f, input_names=["x", "h"],
+                          output_names=["y", "hn"], dynamo=False, opset_version=17,
+                          dynamic_axes={k: {0: "b"} for k in ("x", "h", "y", "hn")})
+    m = srnn.from_onnx(f.getvalue())
+    assert isinstance(m, GraphModel) and m.plan.feedback and m.plan.frame_rows
+    return models[0], m
+
+
+@pytest.mark.parametrize("name", list(CALLS))
+def test_chain_models_and_step_exports_end_each_call_the_same_way(step_export, name):
+    chain, step = step_export
+    got = _outcome(CALLS[name], chain, step), _outcome(CALLS[name], step, chain)
+    assert got[0] == got[1], f"{name}: chain model {got[0]}, step export {got[1]}"
