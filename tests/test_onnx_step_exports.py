@@ -573,3 +573,18 @@ def test_gru_cell_fusion_is_kept_only_where_it_agrees(monkeypatch):
     assert isinstance(model, GraphModel) and model.plan.feedback, model
     X = np.random.default_rng(29).normal(size=(2, 4, n_in)).astype(np.float32)
     assert_close(model.run(X), _torch_frames(net, X, _zeros(shapes, 2)))
+
+
+def test_a_fused_cell_export_converts_to_srnn(tmp_path):
+    """Fused into a chain, an LSTMCell step export has a .srnn form (graph models do not)."""
+    import subprocess
+    import sys
+
+    net, blob, shapes, n_in = _case("lstm_cell", 30)
+    src, dst = tmp_path / "cell.onnx", tmp_path / "cell.srnn"
+    src.write_bytes(blob)
+    r = subprocess.run([sys.executable, "-m", "streamrnn", "convert", str(src), "-o", str(dst)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    X = np.random.default_rng(31).normal(size=(2, 5, n_in)).astype(np.float32)
+    assert_close(srnn.load(str(dst)).run(X), _torch_frames(net, X, _zeros(shapes, 2)))
