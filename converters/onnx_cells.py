@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .graph import GNode, Graph
-from .onnx_roles import Roles
+from .onnx_roles import Roles, glue_leaves
 
 #: torch's gate blocks (i, f, g, o) in ONNX's LSTM order (i, o, f, c)
 _TORCH_TO_ONNX = [0, 3, 1, 2]
@@ -64,7 +64,25 @@ def _other(n: GNode, name: str) -> str | None:
     return b if a == name else a if b == name else None
 
 
-def _match(graph: Graph, split: GNode, fb: dict[str, str]) -> dict[str, Any] | None:
+class _States:
+    """Which values are states the graph feeds back: a state input itself or data moved out of
+    one (a packed state's Gather / Slice), and values that reach a state output through data
+    movement only (a Concat / Unsqueeze packing them)."""
+
+    def __init__(self, graph: Graph, fb: dict[str, str]):
+        self.graph, self.inputs = graph, set(fb)
+        self.outs = set(fb.values()).union(*(glue_leaves(graph, o) for o in fb.values()))
+
+    def is_in(self, v: str | None) -> bool:
+        if not v:
+            return False
+        return v in self.inputs or (bool(leaves := glue_leaves(self.graph, v)) and leaves <= self.inputs)
+
+    def is_out(self, v: str) -> bool:
+        return v in self.outs
+
+
+def _match(graph: Graph, split: GNode, fb: _States) -> dict[str, Any] | None:
     """The LSTM cell around a 4-way Split, or None."""
     gates = [o for o in split.outputs if o]
     if len(gates) != 4 or int(split.attrs.get("axis", 0)) not in (1, -1):
@@ -82,9 +100,9 @@ def _match(graph: Graph, split: GNode, fb: dict[str, str]) -> dict[str, Any] | N
     if g1 is None or g2 is None:
         return None
     (a1, w1, b1), (a2, w2, b2) = g1, g2
-    if a2 in fb and a1 not in fb:
+    if fb.is_in(a2) and not fb.is_in(a1):
         (a1, w1, b1), (a2, w2, b2) = (a2, w2, b2), (a1, w1, b1)
-    if a1 not in fb:  # a1: the hidden state h, a2: the cell's input
+    if not fb.is_in(a1):  # a1: the hidden state h, a2: the cell's input
         return None
     h, x, R, W, br, bw = a1, a2, w1, w2, b1, b2
     H = R.shape[1]
@@ -102,7 +120,7 @@ def _match(graph: Graph, split: GNode, fb: dict[str, str]) -> dict[str, Any] | N
     if len(graph.consumers(g_t)) != 1:
         return None
     c = _other(mul_f, f_s)
-    if c not in fb:
+    if not fb.is_in(c):
         return None
     add_c = _only_consumer(graph, mul_f.outputs[0], "Add")
     if add_c is None or _other(add_c, mul_f.outputs[0]) != mul_i.outputs[0] or len(graph.consumers(mul_i.outputs[0])) != 1:
@@ -113,7 +131,7 @@ def _match(graph: Graph, split: GNode, fb: dict[str, str]) -> dict[str, Any] | N
     if t is None or t.inputs[0] != c_new or len(graph.consumers(tanh_c)) != 1:
         return None
     h_new = mul_o.outputs[0]
-    if fb.get(h) != h_new or fb.get(c) != c_new:
+    if not (fb.is_out(h_new) and fb.is_out(c_new)):
         return None
     nodes = [graph.producer[add.inputs[0]][0], graph.producer[add.inputs[1]][0], add, split, *acts, mul_f, mul_i,
              add_c, t, mul_o]
@@ -135,13 +153,13 @@ def _split3(graph: Graph, n: GNode | None) -> bool:
     return "split" not in n.attrs or len(set(n.attrs["split"])) == 1
 
 
-def _match_gru(graph: Graph, split_h: GNode, fb: dict[str, str]) -> dict[str, Any] | None:
+def _match_gru(graph: Graph, split_h: GNode, fb: _States) -> dict[str, Any] | None:
     """The GRU cell (torch's GRUCell: r, z, n; n = tanh(x_n + r * (h_n))) whose recurrent 3-way
     Split is ``split_h``, or None."""
     if not _split3(graph, split_h):
         return None
     gh = _gemm(graph, graph.producer.get(split_h.inputs[0], (None,))[0])
-    if gh is None or gh[0] not in fb:
+    if gh is None or not fb.is_in(gh[0]):
         return None
     h, R, br = gh
     hr, hz, hn = split_h.outputs[:3]
@@ -186,7 +204,7 @@ def _match_gru(graph: Graph, split_h: GNode, fb: dict[str, str]) -> dict[str, An
     if add_h is None or _other(add_h, mul_h.outputs[0]) != n_ or not any(c is add_h for c, _ in uses):
         return None
     h_new = add_h.outputs[0]
-    if fb.get(h) != h_new:
+    if not fb.is_out(h_new):
         return None
     nodes = [graph.producer[split_h.inputs[0]][0], split_h, graph.producer[split_x.inputs[0]][0], split_x, *adds,
              sig_r, sig_z, mul_n, add_n, tanh_n, sub, mul_h, add_h]
@@ -209,8 +227,8 @@ def fuse_lstm_cells(proto, graph: Graph, roles: Roles):
     each such GRU cell by a GRU node; None where there is no such cell."""
     if not roles.feedback:
         return None
-    cells = [m for n in graph.nodes if n.op_type == "Split"
-             for m in [_match(graph, n, roles.feedback) or _match_gru(graph, n, roles.feedback)] if m]
+    st = _States(graph, roles.feedback)
+    cells = [m for n in graph.nodes if n.op_type == "Split" for m in [_match(graph, n, st) or _match_gru(graph, n, st)] if m]
     if not cells:
         return None
     from onnx import helper, numpy_helper

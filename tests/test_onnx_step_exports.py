@@ -80,6 +80,18 @@ class GRUCellStep(torch.nn.Module):
         return self.fc(h), h
 
 
+class LSTMCellPacked(torch.nn.Module):
+    """nn.LSTMCell with its h and c packed into one state (2, B, H), as Silero packs its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell, self.fc = torch.nn.LSTMCell(I, H), torch.nn.Linear(H, O)
+
+    def forward(self, x, state):
+        h, c = self.cell(x, (state[0], state[1]))
+        return self.fc(h), torch.stack([h, c])
+
+
 class LSTMCellStack(torch.nn.Module):
     """Two stacked nn.LSTMCell, four states."""
 
@@ -208,6 +220,7 @@ CASES = {
     "integrator": (LeakyIntegrator, ["x", "mem"], ["y", "mem_next"], [("B", H)], 0, I),
     "concat_cell": (ConcatCell, ["x", "h"], ["y", "h_out"], [("B", H)], 0, I),
     "gru_cell": (GRUCellStep, ["x", "h"], ["y", "hn"], [("B", H)], 0, I),
+    "lstm_cell_packed": (LSTMCellPacked, ["x", "state"], ["y", "stateN"], [(2, "B", H)], 1, I),
     "lstm_cells2": (lambda: LSTMCellStack(), ["x", "h1", "c1", "h2", "c2"], ["y", "h1_out", "c1_out", "h2_out", "c2_out"],
                     [("B", H), ("B", H), ("B", H), ("B", H)], 0, I),
     "conv_cache": (StreamingConv, ["x", "cache", "h"], ["y", "cache_out", "h_out"],
@@ -234,7 +247,7 @@ def _zeros(shapes, B, dtype=np.float32):
 
 #: exports whose LSTM cells are fused into LSTM nodes at load (converters/onnx_cells.py): they
 #: become chain models; the others stay graph models, planned step or general path
-FUSED = {"lstm_cell", "lstm_cells2", "gru_cell"}
+FUSED = {"lstm_cell", "lstm_cells2", "gru_cell", "lstm_cell_packed"}
 
 
 @pytest.mark.parametrize("name,planned", [(n, p) for n in sorted(CASES) for p in (True, False)
