@@ -74,9 +74,9 @@ def model_from_onnx(
             gm2 = GraphModel(graph2, plan2, device=device)
             _check_same(gm2, gm)
         except StreamRNNError as e:
-            log.info("ONNX graph %r: its LSTM cells are left as they are (%s)", graph.name, e)
+            log.info("ONNX graph %r: its LSTM / GRU cells are left as they are (%s)", graph.name, e)
         else:
-            log.info("ONNX graph %r: LSTM cells written out as plain ops fused into LSTM nodes", graph.name)
+            log.info("ONNX graph %r: LSTM / GRU cells written out as plain ops fused into LSTM / GRU nodes", graph.name)
             graph, plan, gm = graph2, plan2, gm2
     try:
         spec = extract_chain(graph, plan)
