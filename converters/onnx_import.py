@@ -5,6 +5,9 @@
    ``UnsupportedError`` here, naming the node.
 2. The model-level roles are assigned (:mod:`.onnx_roles`): frame input X, state inputs paired
    with state outputs, output Y. Probe runs find the axes of X and Y (:mod:`.graph_plan`).
+   LSTM / GRU cells written out as plain ops whose state the graph feeds back (an exported
+   ``nn.LSTMCell`` step) are fused into LSTM / GRU nodes (:mod:`.onnx_cells`), kept only if the
+   rewritten graph reproduces the original on a random frame and state.
 3. When the graph is a chain of layers (:mod:`.onnx_chain`) and the chain reproduces the graph
    on random probe inputs and states, the result is the fused :class:`streamrnn.Model`.
    Otherwise it is a :class:`.graph_model.GraphModel` that runs the graph node by node.
