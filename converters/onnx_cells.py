@@ -1,5 +1,5 @@
-"""LSTM and GRU cells written out as plain ops, fused into one ONNX LSTM / GRU node (an ONNX
-Runtime-style fusion, at load time).
+"""LSTM, GRU and Elman (RNN) cells written out as plain ops, fused into one ONNX LSTM / GRU / RNN
+node (an ONNX Runtime-style fusion, at load time).
 
 ``torch.onnx.export`` writes ``nn.LSTMCell`` (both exporters) as two Gemms, an Add, a Split into
 four gates, Sigmoid / Tanh and the Mul / Add of the cell update, its state coming in as graph
@@ -8,7 +8,8 @@ at H=128, 3x onnxruntime; bench/NOTES.md 139). When the graph feeds h and c back
 states the graph computes itself, :attr:`Roles.feedback`), the cell is exactly one step of an
 LSTM whose initial state is (h, c): :func:`fuse_lstm_cells` rewrites it so, and the caller
 keeps the rewrite only if it gives the original graph's outputs on random frames. ``nn.GRUCell``
-likewise (two Gemms, two 3-way Splits; an ONNX GRU with ``linear_before_reset=1``).
+likewise (two Gemms, two 3-way Splits; an ONNX GRU with ``linear_before_reset=1``), and
+``nn.RNNCell`` (Tanh or Relu of two Gemms added; an ONNX RNN).
 
 Only the pattern is matched; nothing about its numbers is assumed (the caller's check is what
 makes the rewrite safe).
@@ -216,6 +217,33 @@ def _match_gru(graph: Graph, split_h: GNode, fb: _States) -> dict[str, Any] | No
                 drop={o for n in nodes for o in n.outputs if o})
 
 
+def _match_rnn(graph: Graph, act: GNode, fb: _States) -> dict[str, Any] | None:
+    """An Elman cell (torch's RNNCell): Tanh / Relu of a Gemm of the state plus a Gemm of the
+    input, giving the state back; or None."""
+    add = _producer(graph, act.inputs[0], "Add")
+    if add is None or len(graph.consumers(add.outputs[0])) != 1:
+        return None
+    g1, g2 = (_gemm(graph, graph.producer.get(i, (None,))[0]) for i in add.inputs[:2])
+    if g1 is None or g2 is None:
+        return None
+    (a1, w1, b1), (a2, w2, b2) = g1, g2
+    if fb.is_in(a2) and not fb.is_in(a1):
+        (a1, w1, b1), (a2, w2, b2) = (a2, w2, b2), (a1, w1, b1)
+    h_new = act.outputs[0]
+    if not fb.is_in(a1) or not fb.is_out(h_new):
+        return None
+    R, W = w1, w2
+    H = R.shape[1]
+    if R.shape[0] != H or W.shape[0] != H:
+        return None
+    nodes = [graph.producer[add.inputs[0]][0], graph.producer[add.inputs[1]][0], add, act]
+    inner = {o for n in nodes for o in n.outputs if o} - {h_new}
+    if inner & {vi.name for vi in graph.outputs} or any(cn not in nodes for v in inner for cn, _ in graph.consumers(v)):
+        return None
+    return dict(kind="RNN", act=act.op_type, x=a2, h=a1, h_new=h_new, W=W, R=R, bw=b2, br=b1, H=H,
+                drop={o for n in nodes for o in n.outputs if o})
+
+
 def _reorder(a: np.ndarray, H: int, order: list[int] | None = None) -> np.ndarray:
     order = _TORCH_TO_ONNX if order is None else order
     return a.reshape((len(order), H) + a.shape[1:])[order].reshape(a.shape)
@@ -229,6 +257,7 @@ def fuse_lstm_cells(proto, graph: Graph, roles: Roles):
         return None
     st = _States(graph, roles.feedback)
     cells = [m for n in graph.nodes if n.op_type == "Split" for m in [_match(graph, n, st) or _match_gru(graph, n, st)] if m]
+    cells += [m for n in graph.nodes if n.op_type in ("Tanh", "Relu") for m in [_match_rnn(graph, n, st)] if m]
     if not cells:
         return None
     from onnx import helper, numpy_helper
@@ -256,7 +285,7 @@ def fuse_lstm_cells(proto, graph: Graph, roles: Roles):
                 return helper.make_node(op, [src, f"{dst}__axes"], [dst], name=dst)
             return helper.make_node(op, [src], [dst], name=dst, axes=axes)
 
-        order = _TORCH_TO_ONNX if m["kind"] == "LSTM" else _TORCH_TO_ONNX_GRU
+        order = {"LSTM": _TORCH_TO_ONNX, "GRU": _TORCH_TO_ONNX_GRU, "RNN": [0]}[m["kind"]]
         W = _reorder(m["W"], H, order)[None]  # (1, G * H, I)
         R = _reorder(m["R"], H, order)[None]  # (1, G * H, H)
         B = np.concatenate([_reorder(m["bw"], H, order), _reorder(m["br"], H, order)])[None]  # (1, 2 G H)
@@ -270,9 +299,12 @@ def fuse_lstm_cells(proto, graph: Graph, roles: Roles):
                                  [f"{p}__Y", f"{p}__Yh", f"{p}__Yc"], name=p, hidden_size=H),
                 axes_node("Squeeze", f"{p}__Yc", m["c_new"], [0]),
             ]
-        else:
+        elif m["kind"] == "GRU":
             kept.append(helper.make_node("GRU", [f"{p}__x", f"{p}__W", f"{p}__R", f"{p}__B", "", f"{p}__h0"],
                                          [f"{p}__Y", f"{p}__Yh"], name=p, hidden_size=H, linear_before_reset=1))
+        else:
+            kept.append(helper.make_node("RNN", [f"{p}__x", f"{p}__W", f"{p}__R", f"{p}__B", "", f"{p}__h0"],
+                                         [f"{p}__Y", f"{p}__Yh"], name=p, hidden_size=H, activations=[m["act"]]))
         kept.append(axes_node("Squeeze", f"{p}__Y", m["h_new"], [0, 1]))
     del g.node[:]
     g.node.extend(kept)

@@ -80,6 +80,18 @@ class GRUCellStep(torch.nn.Module):
         return self.fc(h), h
 
 
+class RNNCellStep(torch.nn.Module):
+    """nn.RNNCell (tanh or relu): Tanh / Relu of two Gemms added, fused back into an RNN node."""
+
+    def __init__(self, nonlinearity="tanh"):
+        super().__init__()
+        self.cell, self.fc = torch.nn.RNNCell(I, H, nonlinearity=nonlinearity), torch.nn.Linear(H, O)
+
+    def forward(self, x, h):
+        h = self.cell(x, h)
+        return self.fc(h), h
+
+
 class LSTMCellPacked(torch.nn.Module):
     """nn.LSTMCell with its h and c packed into one state (2, B, H), as Silero packs its own."""
 
@@ -221,6 +233,8 @@ CASES = {
     "concat_cell": (ConcatCell, ["x", "h"], ["y", "h_out"], [("B", H)], 0, I),
     "gru_cell": (GRUCellStep, ["x", "h"], ["y", "hn"], [("B", H)], 0, I),
     "lstm_cell_packed": (LSTMCellPacked, ["x", "state"], ["y", "stateN"], [(2, "B", H)], 1, I),
+    "rnn_cell_tanh": (lambda: RNNCellStep("tanh"), ["x", "h"], ["y", "hn"], [("B", H)], 0, I),
+    "rnn_cell_relu": (lambda: RNNCellStep("relu"), ["x", "h"], ["y", "hn"], [("B", H)], 0, I),
     "lstm_cells2": (lambda: LSTMCellStack(), ["x", "h1", "c1", "h2", "c2"], ["y", "h1_out", "c1_out", "h2_out", "c2_out"],
                     [("B", H), ("B", H), ("B", H), ("B", H)], 0, I),
     "conv_cache": (StreamingConv, ["x", "cache", "h"], ["y", "cache_out", "h_out"],
@@ -247,7 +261,7 @@ def _zeros(shapes, B, dtype=np.float32):
 
 #: exports whose LSTM cells are fused into LSTM nodes at load (converters/onnx_cells.py): they
 #: become chain models; the others stay graph models, planned step or general path
-FUSED = {"lstm_cell", "lstm_cells2", "gru_cell", "lstm_cell_packed"}
+FUSED = {"lstm_cell", "lstm_cells2", "gru_cell", "lstm_cell_packed", "rnn_cell_tanh", "rnn_cell_relu"}
 
 
 @pytest.mark.parametrize("name,planned", [(n, p) for n in sorted(CASES) for p in (True, False)
