@@ -35,7 +35,11 @@ def _producer(graph: Graph, name: str, op_type: str) -> GNode | None:
 
 
 def _gemm(graph: Graph, n: GNode | None) -> tuple[str, np.ndarray, np.ndarray] | None:
-    """(data input, W (4H, K), bias (4H,)) of a Gemm ``a @ W.T + b`` with constant W and b."""
+    """(data input, W (4H, K), bias (4H,)) of a Gemm ``a @ W.T + b`` with constant W and b, or of
+    a MatMul ``a @ Wt`` by a constant matrix (a cell without bias: bias 0)."""
+    if n is not None and n.op_type == "MatMul" and n.inputs[1] in graph.consts:
+        wt = np.asarray(graph.consts[n.inputs[1]])
+        return (n.inputs[0], wt.T, np.zeros(wt.shape[1], wt.dtype)) if wt.ndim == 2 else None
     if n is None or n.op_type != "Gemm" or n.attrs.get("transA", 0) or float(n.attrs.get("alpha", 1.0)) != 1.0 \
             or float(n.attrs.get("beta", 1.0)) != 1.0 or n.inputs[1] not in graph.consts:
         return None

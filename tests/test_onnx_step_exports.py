@@ -615,3 +615,31 @@ def test_a_fused_cell_export_converts_to_srnn(tmp_path):
     assert r.returncode == 0, r.stderr
     X = np.random.default_rng(31).normal(size=(2, 5, n_in)).astype(np.float32)
     assert_close(srnn.load(str(dst)).run(X), _torch_frames(net, X, _zeros(shapes, 2)))
+
+
+class NoBiasCell(torch.nn.Module):
+    """A cell without biases: the exporter writes MatMuls by the transposed weights, not Gemms."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.cell = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}[kind](I, H, bias=False)
+        self.fc = torch.nn.Linear(H, O)
+
+    def forward(self, x, *st):
+        st = self.cell(x, tuple(st) if self.kind == "lstm" else st[0])
+        st = st if self.kind == "lstm" else (st,)
+        return (self.fc(st[0]),) + tuple(st)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_cells_without_bias_are_fused(kind):
+    torch.manual_seed(32)
+    net = NoBiasCell(kind).eval()
+    names = ["h", "c"] if kind == "lstm" else ["h"]
+    blob = _export(net, (torch.randn(2, I),) + tuple(torch.zeros(2, H) for _ in names), ["x"] + names,
+                   ["y"] + [n + "n" for n in names], {k: 0 for k in ["x", "y"] + names + [n + "n" for n in names]})
+    model = srnn.from_onnx(blob)
+    assert isinstance(model, srnn.Model), model
+    X = np.random.default_rng(33).normal(size=(3, 5, I)).astype(np.float32)
+    assert_close(model.run(X), _torch_frames(net, X, _zeros([("B", H)] * len(names), 3)))
