@@ -69,6 +69,41 @@ def _other(n: GNode, name: str) -> str | None:
     return b if a == name else a if b == name else None
 
 
+def _equal_split(graph: Graph, n: GNode | None, parts: int) -> bool:
+    """Whether ``n`` is a Split of the last axis of a (B, parts * H) value into ``parts`` equal parts."""
+    if n is None or n.op_type != "Split" or len([o for o in n.outputs if o]) != parts \
+            or int(n.attrs.get("axis", 0)) not in (1, -1):
+        return False
+    if len(n.inputs) > 1 and n.inputs[1]:
+        sizes = graph.consts.get(n.inputs[1])
+        return sizes is not None and len(set(np.asarray(sizes).reshape(-1).tolist())) == 1
+    return "split" not in n.attrs or len(set(n.attrs["split"])) == 1
+
+
+def _state_and_input(graph: Graph, add: GNode, fb: "_States"):
+    """For ``add`` = a product of the state plus a product of the cell's input (either order):
+    (h, x, R (G H, H), W (G H, I), bias of R, bias of W), or None."""
+    g1, g2 = (_gemm(graph, graph.producer.get(i, (None,))[0]) for i in add.inputs[:2])
+    if g1 is None or g2 is None:
+        return None
+    if fb.is_in(g2[0]) and not fb.is_in(g1[0]):
+        g1, g2 = g2, g1
+    if not fb.is_in(g1[0]):
+        return None
+    (h, R, br), (x, W, bw) = g1, g2
+    return h, x, R, W, br, bw
+
+
+def _closed(graph: Graph, nodes: list[GNode], kept: set[str]) -> set[str] | None:
+    """The outputs of ``nodes`` (to drop), where none of them but ``kept`` is read outside
+    ``nodes`` or is a graph output; else None (a value inside the cell is read elsewhere)."""
+    drop = {o for n in nodes for o in n.outputs if o}
+    inner = drop - kept
+    if inner & {vi.name for vi in graph.outputs} or any(cn not in nodes for v in inner for cn, _ in graph.consumers(v)):
+        return None
+    return drop
+
+
 class _States:
     """Which values are states the graph feeds back: a state input itself or data moved out of
     one (a packed state's Gather / Slice), and values that reach a state output through data
@@ -89,27 +124,14 @@ class _States:
 
 def _match(graph: Graph, split: GNode, fb: _States) -> dict[str, Any] | None:
     """The LSTM cell around a 4-way Split, or None."""
+    if not _equal_split(graph, split, 4):
+        return None
     gates = [o for o in split.outputs if o]
-    if len(gates) != 4 or int(split.attrs.get("axis", 0)) not in (1, -1):
-        return None
-    if len(split.inputs) > 1 and split.inputs[1]:
-        sizes = graph.consts.get(split.inputs[1])
-        if sizes is None or len(set(np.asarray(sizes).reshape(-1).tolist())) != 1:
-            return None
-    elif "split" in split.attrs and len(set(split.attrs["split"])) != 1:
-        return None
     add = _producer(graph, split.inputs[0], "Add")
-    if add is None:
+    si = None if add is None else _state_and_input(graph, add, fb)
+    if si is None:
         return None
-    g1, g2 = (_gemm(graph, graph.producer.get(i, (None,))[0]) for i in add.inputs[:2])
-    if g1 is None or g2 is None:
-        return None
-    (a1, w1, b1), (a2, w2, b2) = g1, g2
-    if fb.is_in(a2) and not fb.is_in(a1):
-        (a1, w1, b1), (a2, w2, b2) = (a2, w2, b2), (a1, w1, b1)
-    if not fb.is_in(a1):  # a1: the hidden state h, a2: the cell's input
-        return None
-    h, x, R, W, br, bw = a1, a2, w1, w2, b1, b2
+    h, x, R, W, br, bw = si
     H = R.shape[1]
     if R.shape[0] != 4 * H or W.shape[0] != 4 * H:
         return None
@@ -138,30 +160,17 @@ def _match(graph: Graph, split: GNode, fb: _States) -> dict[str, Any] | None:
     h_new = mul_o.outputs[0]
     if not (fb.is_out(h_new) and fb.is_out(c_new)):
         return None
-    nodes = [graph.producer[add.inputs[0]][0], graph.producer[add.inputs[1]][0], add, split, *acts, mul_f, mul_i,
-             add_c, t, mul_o]
-    inner = {o for n in nodes for o in n.outputs if o} - {h_new, c_new}
-    outputs = {vi.name for vi in graph.outputs}
-    if inner & outputs or any(cn not in nodes for v in inner for cn, _ in graph.consumers(v)):
-        return None  # a value inside the cell is read elsewhere: leave it as it is
-    return dict(kind="LSTM", x=x, h=h, c=c, h_new=h_new, c_new=c_new, W=W, R=R, bw=bw, br=br, H=H,
-                drop={o for n in nodes for o in n.outputs if o})
-
-
-def _split3(graph: Graph, n: GNode | None) -> bool:
-    if n is None or n.op_type != "Split" or len([o for o in n.outputs if o]) != 3 \
-            or int(n.attrs.get("axis", 0)) not in (1, -1):
-        return False
-    if len(n.inputs) > 1 and n.inputs[1]:
-        sizes = graph.consts.get(n.inputs[1])
-        return sizes is not None and len(set(np.asarray(sizes).reshape(-1).tolist())) == 1
-    return "split" not in n.attrs or len(set(n.attrs["split"])) == 1
+    drop = _closed(graph, [graph.producer[add.inputs[0]][0], graph.producer[add.inputs[1]][0], add, split, *acts,
+                           mul_f, mul_i, add_c, t, mul_o], {h_new, c_new})
+    if drop is None:
+        return None
+    return dict(kind="LSTM", x=x, h=h, c=c, h_new=h_new, c_new=c_new, W=W, R=R, bw=bw, br=br, H=H, drop=drop)
 
 
 def _match_gru(graph: Graph, split_h: GNode, fb: _States) -> dict[str, Any] | None:
     """The GRU cell (torch's GRUCell: r, z, n; n = tanh(x_n + r * (h_n))) whose recurrent 3-way
     Split is ``split_h``, or None."""
-    if not _split3(graph, split_h):
+    if not _equal_split(graph, split_h, 3):
         return None
     gh = _gemm(graph, graph.producer.get(split_h.inputs[0], (None,))[0])
     if gh is None or not fb.is_in(gh[0]):
@@ -173,7 +182,7 @@ def _match_gru(graph: Graph, split_h: GNode, fb: _States) -> dict[str, Any] | No
         return None
     xr, xz = _other(adds[0], hr), _other(adds[1], hz)
     px, pz = graph.producer.get(xr), graph.producer.get(xz)
-    if px is None or pz is None or px[0] is not pz[0] or (px[1], pz[1]) != (0, 1) or not _split3(graph, px[0]):
+    if px is None or pz is None or px[0] is not pz[0] or (px[1], pz[1]) != (0, 1) or not _equal_split(graph, px[0], 3):
         return None
     split_x = px[0]
     gx = _gemm(graph, graph.producer.get(split_x.inputs[0], (None,))[0])
@@ -211,41 +220,29 @@ def _match_gru(graph: Graph, split_h: GNode, fb: _States) -> dict[str, Any] | No
     h_new = add_h.outputs[0]
     if not fb.is_out(h_new):
         return None
-    nodes = [graph.producer[split_h.inputs[0]][0], split_h, graph.producer[split_x.inputs[0]][0], split_x, *adds,
-             sig_r, sig_z, mul_n, add_n, tanh_n, sub, mul_h, add_h]
-    inner = {o for n in nodes for o in n.outputs if o} - {h_new}
-    outputs = {vi.name for vi in graph.outputs}
-    if inner & outputs or any(cn not in nodes for v in inner for cn, _ in graph.consumers(v)):
+    drop = _closed(graph, [graph.producer[split_h.inputs[0]][0], split_h, graph.producer[split_x.inputs[0]][0],
+                           split_x, *adds, sig_r, sig_z, mul_n, add_n, tanh_n, sub, mul_h, add_h], {h_new})
+    if drop is None:
         return None
-    return dict(kind="GRU", x=x, h=h, h_new=h_new, W=W, R=R, bw=bw, br=br, H=H,
-                drop={o for n in nodes for o in n.outputs if o})
+    return dict(kind="GRU", x=x, h=h, h_new=h_new, W=W, R=R, bw=bw, br=br, H=H, drop=drop)
 
 
 def _match_rnn(graph: Graph, act: GNode, fb: _States) -> dict[str, Any] | None:
     """An Elman cell (torch's RNNCell): Tanh / Relu of a Gemm of the state plus a Gemm of the
     input, giving the state back; or None."""
     add = _producer(graph, act.inputs[0], "Add")
-    if add is None or len(graph.consumers(add.outputs[0])) != 1:
-        return None
-    g1, g2 = (_gemm(graph, graph.producer.get(i, (None,))[0]) for i in add.inputs[:2])
-    if g1 is None or g2 is None:
-        return None
-    (a1, w1, b1), (a2, w2, b2) = g1, g2
-    if fb.is_in(a2) and not fb.is_in(a1):
-        (a1, w1, b1), (a2, w2, b2) = (a2, w2, b2), (a1, w1, b1)
+    si = None if add is None else _state_and_input(graph, add, fb)
     h_new = act.outputs[0]
-    if not fb.is_in(a1) or not fb.is_out(h_new):
+    if si is None or not fb.is_out(h_new):
         return None
-    R, W = w1, w2
+    h, x, R, W, br, bw = si
     H = R.shape[1]
     if R.shape[0] != H or W.shape[0] != H:
         return None
-    nodes = [graph.producer[add.inputs[0]][0], graph.producer[add.inputs[1]][0], add, act]
-    inner = {o for n in nodes for o in n.outputs if o} - {h_new}
-    if inner & {vi.name for vi in graph.outputs} or any(cn not in nodes for v in inner for cn, _ in graph.consumers(v)):
+    drop = _closed(graph, [graph.producer[add.inputs[0]][0], graph.producer[add.inputs[1]][0], add, act], {h_new})
+    if drop is None:
         return None
-    return dict(kind="RNN", act=act.op_type, x=a2, h=a1, h_new=h_new, W=W, R=R, bw=b2, br=b1, H=H,
-                drop={o for n in nodes for o in n.outputs if o})
+    return dict(kind="RNN", act=act.op_type, x=x, h=h, h_new=h_new, W=W, R=R, bw=bw, br=br, H=H, drop=drop)
 
 
 def _reorder(a: np.ndarray, H: int, order: list[int] | None = None) -> np.ndarray:
