@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import StreamRNNError
-from .registry import NodeView, Op, converter
+from .registry import NodeView, Op, ShapePlans, converter
 
 _AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
@@ -43,7 +43,7 @@ class _Conv:
         self._wm = None if w_const is None else self._wmats(np.asarray(w_const))
         self._bm = None if b_const is None else np.asarray(b_const).reshape(-1)
         #: per input shape, where W and B are the constants: everything a call needs but the data
-        self._fast: dict[tuple[int, ...], tuple] = {}
+        self._fast = ShapePlans()
 
     def _wmats(self, w: np.ndarray):
         G, M = self.group, w.shape[0]
@@ -102,9 +102,7 @@ class _Conv:
         bm = None if b is None else (self._bm if const else np.asarray(b).reshape(-1))
         plan = self._plan(x.shape, w.shape[2:]) + (wg, w2, bm)
         if const:
-            if len(self._fast) >= 64:
-                self._fast.clear()
-            self._fast[x.shape] = plan
+            self._fast.remember(x.shape, plan)
         return self._run(x, *plan)
 
     def _run(self, x: np.ndarray, pad, idx, out, wg, w2, bm) -> np.ndarray:
@@ -193,7 +191,7 @@ class _Pad:
     def __init__(self, mode: str, pads_const, axes_const, label: str):
         self.mode, self.label = mode, label
         self._consts = (pads_const, axes_const)
-        self._plans: dict[tuple[int, ...], tuple] = {}
+        self._plans = ShapePlans()
 
     def _plan(self, shape, pads, axes):
         width = _pad_width(shape, pads, axes, self.mode, self.label)
@@ -208,11 +206,7 @@ class _Pad:
     def __call__(self, x, pads, value=None, axes=None) -> np.ndarray:
         x = np.asarray(x)
         if pads is self._consts[0] and axes is self._consts[1]:
-            plan = self._plans.get(x.shape)
-            if plan is None:
-                if len(self._plans) >= 64:
-                    self._plans.clear()
-                plan = self._plans[x.shape] = self._plan(x.shape, pads, axes)
+            plan = self._plans.plan(x.shape, lambda: self._plan(x.shape, pads, axes))
         else:
             plan = self._plan(x.shape, pads, axes)
         if self.mode == "constant":

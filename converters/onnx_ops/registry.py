@@ -39,6 +39,24 @@ class Op:
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
+class ShapePlans(dict):
+    """What an op computes once per input shape (indices, paddings, slices), kept for the calls
+    after; bounded: past ``LIMIT`` shapes (a pool stepping ever new numbers of ids) all go."""
+
+    LIMIT = 64
+
+    def remember(self, shape: tuple[int, ...], plan: Any) -> Any:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        self[shape] = plan
+        return plan
+
+    def plan(self, shape: tuple[int, ...], make: Callable[[], Any]) -> Any:
+        """The plan for ``shape``, made by ``make()`` the first time."""
+        p = self.get(shape)
+        return self.remember(shape, make()) if p is None else p
+
+
 @dataclass
 class NodeView:
     """What a converter sees of a node: its names, attributes and the constants known at load."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import StreamRNNError
-from .registry import NodeView, Op, converter
+from .registry import NodeView, Op, ShapePlans, converter
 
 
 def _axes(axes, rank: int, what: str) -> list[int]:
@@ -151,17 +151,13 @@ class _Split:
 
     def __init__(self, axis: int, split_const, n_out: int, label: str, ceil_last: bool):
         self.axis, self.split_const, self.n, self.label, self.ceil_last = axis, split_const, n_out, label, ceil_last
-        self._plans: dict[tuple[int, ...], list] = {}
+        self._plans = ShapePlans()
 
     def __call__(self, x, split=None) -> list[np.ndarray]:
         x = np.asarray(x)
         if split is None or split is self.split_const:
-            idx = self._plans.get(x.shape)
-            if idx is None:
-                if len(self._plans) >= 64:
-                    self._plans.clear()
-                idx = self._plans[x.shape] = _split_index(x.shape, self.axis, self.split_const, self.n, self.label,
-                                                          self.ceil_last)
+            idx = self._plans.plan(x.shape, lambda: _split_index(x.shape, self.axis, self.split_const, self.n,
+                                                                 self.label, self.ceil_last))
         else:
             idx = _split_index(x.shape, self.axis, split, self.n, self.label, self.ceil_last)
         return [x[i] for i in idx]
@@ -221,18 +217,13 @@ def slice_10(node: NodeView) -> Op:
     if consts[0] is None or consts[1] is None or (node.has_input(3) and consts[2] is None) or (
             node.has_input(4) and consts[3] is None):
         return Op(lambda x, s, e, a=None, st=None: _slice(x, s, e, a, st), nin=5)
-    plans: dict[tuple[int, ...], tuple[slice, ...]] = {}  # constant starts / ends / axes / steps: per shape
+    plans = ShapePlans()  # constant starts / ends / axes / steps: an index per input shape
 
     def run(x, s, e, a=None, st=None):
         x = np.asarray(x)
         if not (s is consts[0] and e is consts[1] and a is consts[2] and st is consts[3]):
             return _slice(x, s, e, a, st)
-        idx = plans.get(x.shape)
-        if idx is None:
-            if len(plans) >= 64:
-                plans.clear()
-            idx = plans[x.shape] = _slice_index(x.shape, s, e, a, st)
-        return x[idx]
+        return x[plans.plan(x.shape, lambda: _slice_index(x.shape, s, e, a, st))]
 
     return Op(run, nin=5)
 
