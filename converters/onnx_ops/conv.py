@@ -44,6 +44,7 @@ class _Conv:
         self._bm = None if b_const is None else np.asarray(b_const).reshape(-1)
         #: per input shape, where W and B are the constants: everything a call needs but the data
         self._fast = ShapePlans()
+        self._idx = ShapePlans()  # (padding, patch index, output dims) per (input shape, kernel), any W
 
     def _wmats(self, w: np.ndarray):
         G, M = self.group, w.shape[0]
@@ -100,7 +101,8 @@ class _Conv:
             raise StreamRNNError(f"{self.label}: B: expected {M} values, got shape {np.shape(b)}")
         wg, w2 = self._wm if const else self._wmats(w)
         bm = None if b is None else (self._bm if const else np.asarray(b).reshape(-1))
-        plan = self._plan(x.shape, w.shape[2:]) + (wg, w2, bm)
+        k = w.shape[2:]
+        plan = self._idx.plan((x.shape, k), lambda: self._plan(x.shape, k)) + (wg, w2, bm)
         if const:
             self._fast.remember(x.shape, plan)
         return self._run(x, *plan)
